@@ -1,0 +1,235 @@
+"""Typed, frozen settings: a TOML file, then environment overrides named after the key path.
+
+`OFFLOAD__SOURCE__DSN` overrides `[source] dsn`; `OFFLOAD__TABLES__0__SETTLE...` reaches into the list;
+a value that parses as JSON (numbers, booleans, lists) is taken as JSON, anything else as a string.
+Relative paths (chdb directory, SQLite file, file:// warehouse) are resolved against the folder of
+the config file, so a worker started elsewhere finds the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = "offload.toml"
+ENV_PREFIX = "OFFLOAD__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSettings(_Section):
+    dsn: str = "chdb://.offload/clickhouse"
+    database: str = "k2"
+    lock_timeout_seconds: float = Field(default=120.0, ge=0)
+    """How long to wait for the embedded engine when another process holds it."""
+
+
+class CatalogSettings(_Section):
+    name: str = "offload"
+    type: str = "sql"
+    uri: str = "sqlite:///.offload/catalog.db"
+    warehouse: str = "file://.offload/warehouse"
+    namespace: str = "cold"
+    properties: dict[str, str] = Field(default_factory=dict)
+    """Extra pyiceberg catalog properties (s3.endpoint, credentials, ...)."""
+
+
+class OffloadSettings(_Section):
+    settle_seconds: int = Field(default=120, ge=0)
+    max_rows_per_commit: int = Field(default=2_000_000, ge=1)
+    batch_rows: int = Field(default=1_000_000, ge=1)
+    """Rows per Arrow batch read from ClickHouse; each batch becomes one or more data files."""
+
+
+PartitionBy = Literal["hour", "day", "month", "none"]
+Layer = Literal["bronze", "silver", "gold"]
+LAYERS: tuple[Layer, ...] = ("bronze", "silver", "gold")
+
+
+class TableSettings(_Section):
+    source: str
+    target: str = ""
+    layer: Layer = "bronze"
+    timestamp_column: str
+    sequence_column: str | None = None
+    columns: list[str] = Field(default_factory=list)
+    partition_by: PartitionBy = "day"
+    final: bool = False
+    closed_after_seconds: int = Field(default=0, ge=0)
+    key_columns: list[str] = Field(default_factory=list)
+    column_types: dict[str, str] = Field(default_factory=dict)
+    """Opt-in mappings for lossy or out-of-range cases, e.g. {sequence_number = "decimal(20,0)"}."""
+
+    @field_validator("source", "timestamp_column")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults(self) -> TableSettings:
+        if not self.target:
+            object.__setattr__(self, "target", self.source)
+        if self.sequence_column == "":
+            object.__setattr__(self, "sequence_column", None)
+        if not self.key_columns:
+            keys = [self.timestamp_column] + ([self.sequence_column] if self.sequence_column else [])
+            object.__setattr__(self, "key_columns", keys)
+        if self.columns:
+            needed = {self.timestamp_column, *(c for c in [self.sequence_column] if c)}
+            missing = sorted(needed - set(self.columns))
+            if missing:
+                raise ValueError(f"columns must include {', '.join(missing)} (the window needs them)")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.target
+
+
+class Settings(_Section):
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    offload: OffloadSettings = Field(default_factory=OffloadSettings)
+    tables: list[TableSettings] = Field(default_factory=list)
+    path: str = ""
+    """The config file this came from ('' for the embedded default)."""
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> Settings:
+        seen: set[str] = set()
+        for table in self.tables:
+            if table.target in seen:
+                raise ValueError(f"two [[tables]] entries write to target {table.target!r}; give each its own")
+            seen.add(table.target)
+        return self
+
+    def table(self, name: str) -> TableSettings:
+        for table in self.tables:
+            if name in (table.target, table.source):
+                return table
+        known = ", ".join(t.target for t in self.tables) or "none"
+        raise ConfigError(f"no table {name!r} in {self.path or 'the config'}", f"use one of: {known}")
+
+    def select(self, names: list[str] | None) -> list[TableSettings]:
+        return [self.table(n) for n in names] if names else list(self.tables)
+
+
+def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read the TOML file (default ./offload.toml; none = embedded default) and apply env overrides."""
+    env = dict(os.environ if env is None else env)
+    explicit = path is not None or "OFFLOAD_CONFIG" in env
+    file = Path(path if path is not None else env.get("OFFLOAD_CONFIG", DEFAULT_CONFIG))
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}", f"fix the syntax in {file}") from exc
+        base = file.resolve().parent
+        data["path"] = str(file.resolve())
+    elif explicit:
+        raise ConfigError(f"config file {file} does not exist",
+                          "pass --config with an existing file, or run `iceberg-offload demo` to write one")
+    else:
+        base = Path.cwd()
+    _apply_env(data, env)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, str(file)) from None
+    return _resolve_paths(settings, base)
+
+
+def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
+    for key in sorted(env):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        raw = env[key]
+        # Lists and tables come as JSON; scalars stay strings (pydantic coerces "120" and "true").
+        value: Any = raw
+        if raw.lstrip().startswith(("[", "{")):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"environment {key}: not valid JSON: {exc}", f"fix or unset {key}") from exc
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            nxt: Any = {} if not parts[i + 1].isdigit() else []
+            if isinstance(node, list):
+                idx = int(part)
+                while len(node) <= idx:
+                    node.append({})
+                node = node[idx]
+            else:
+                node = node.setdefault(part, nxt)
+        last = parts[-1]
+        if isinstance(node, list) and last.isdigit():
+            idx = int(last)
+            while len(node) <= idx:
+                node.append({})
+            node[idx] = value
+        else:
+            node[last] = value
+
+
+def _config_error(exc: ValidationError, file: str) -> ConfigError:
+    lines, fixes = [], []
+    for err in exc.errors():
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
+        kind = err["type"]
+        if kind == "missing":
+            lines.append(f"{file}: key {loc} is missing")
+            fixes.append(f"add {loc.split('.')[-1]} = ... to the {_section(loc)} section")
+        elif kind == "extra_forbidden":
+            lines.append(f"{file}: unknown key {loc} = {err.get('input')!r}")
+            fixes.append(f"remove or rename {loc.split('.')[-1]} in the {_section(loc)} section (see offload.example.toml)")
+        else:
+            lines.append(f"{file}: {loc} = {err.get('input')!r}: {err['msg']}")
+            fixes.append(f"set {loc} to a valid value ({err['msg']})")
+    return ConfigError("; ".join(lines), "; ".join(dict.fromkeys(fixes)))
+
+
+def _section(loc: str) -> str:
+    head = loc.split(".")[0]
+    return f"[[{head.split('[')[0]}]]" if "[" in head else f"[{head}]" if "." in loc else "top-level"
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    def absolute(p: str) -> str:
+        return p if os.path.isabs(p) else str((base / p).resolve())
+
+    src = settings.source
+    dsn = src.dsn
+    if dsn.startswith("chdb://"):
+        rest = dsn[len("chdb://"):]
+        if rest and not rest.startswith("/") and rest != ":memory:":
+            dsn = "chdb://" + absolute(rest)
+    cat = settings.catalog
+    uri = cat.uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        rest = uri[len("sqlite:///"):]
+        if rest and rest != ":memory:":
+            uri = "sqlite:///" + absolute(rest)
+    warehouse = cat.warehouse
+    if warehouse.startswith("file://") and not warehouse.startswith("file:///"):
+        warehouse = "file://" + absolute(warehouse[len("file://"):])
+    elif "://" not in warehouse:
+        warehouse = "file://" + absolute(warehouse)
+    return settings.model_copy(update={
+        "source": src.model_copy(update={"dsn": dsn}),
+        "catalog": cat.model_copy(update={"uri": uri, "warehouse": warehouse}),
+    })

@@ -1,0 +1,106 @@
+"""One exception tree: transient errors are retried, terminal ones stop and tell the operator.
+
+Every error carries `fix`: the next thing the operator should do, in one line. Third-party errors are
+translated into this tree at the edge (source, sink); nothing above those modules catches a library
+exception.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+class OffloadError(Exception):
+    """Base of every error this tool raises on purpose."""
+
+    transient = False
+    kind = "error"
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(redact(message))
+        self.message = redact(message)
+        self.fix = redact(fix)
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  fix: {self.fix}" if self.fix else self.message
+
+    def as_dict(self) -> dict[str, object]:
+        return {"type": self.kind, "transient": self.transient, "message": self.message, "fix": self.fix}
+
+
+class TransientError(OffloadError):
+    """Worth retrying as is: a service was unreachable, a lock was busy, another writer won a race."""
+
+    transient = True
+    kind = "transient"
+
+
+class TerminalError(OffloadError):
+    """Retrying changes nothing until an operator acts: bad config, a refused type, schema drift."""
+
+    kind = "terminal"
+
+
+class ConfigError(TerminalError):
+    kind = "config"
+
+
+class SourceUnavailable(TransientError):
+    kind = "source_unavailable"
+
+
+class EngineBusy(TransientError):
+    kind = "engine_busy"
+
+
+class CatalogUnavailable(TransientError):
+    kind = "catalog_unavailable"
+
+
+class CommitConflict(TransientError):
+    """Another writer committed to the table after our watermark was read; nothing of ours landed."""
+
+    kind = "commit_conflict"
+
+
+class CommitOutcomeUnknown(TransientError):
+    """The commit request was sent and the answer lost; the next run settles it from the history."""
+
+    kind = "commit_outcome_unknown"
+
+
+class SourceError(TerminalError):
+    """ClickHouse answered with an error that retrying will not fix (missing table, bad column)."""
+
+    kind = "source_error"
+
+
+class TypeRefused(TerminalError):
+    kind = "type_refused"
+
+
+class ValueOutOfRange(TerminalError):
+    kind = "value_out_of_range"
+
+
+class SchemaDrift(TerminalError):
+    kind = "schema_drift"
+
+
+_SECRET_PATTERNS = [
+    # user:password@ in any URL
+    (re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<secret>[^@\s/]+)(?=@)"), r"\g<head>***"),
+    # password=... / secret=... / token=... in query strings or key=value text
+    (
+        re.compile(r"(?P<head>(?:password|passwd|secret|token|auth_string|access[-_]key[-_]id|secret[-_]access[-_]key)"
+                   r"[\"']?\s*[=:]\s*[\"']?)(?P<secret>[^\s&\"',;]+)", re.IGNORECASE),
+        r"\g<head>***",
+    ),
+]
+
+
+def redact(text: str) -> str:
+    """Remove credentials from any text that may reach a log, an error or --json output."""
+    for pattern, repl in _SECRET_PATTERNS:
+        text = pattern.sub(repl, text)
+    return text

@@ -1,0 +1,272 @@
+"""One table, one cycle: read the watermark -> cut the window -> read -> commit, until caught up.
+
+This module knows nothing of Prefect: the flows wrap it, the CLI calls it, the tests call it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from pyiceberg.table import Table
+from pyiceberg.types import TimestamptzType
+
+from . import __version__
+from .config import LAYERS, Settings, TableSettings
+from .errors import CommitConflict, CommitOutcomeUnknown, ConfigError, OffloadError, SourceError
+from .sink import COMMIT_ID, Sink, open_catalog
+from .source import Source, TableInfo, open_source
+from .typemap import ColumnMap, conform, iceberg_fields, plan_columns
+from .window import (
+    NS,
+    PREFIX,
+    Key,
+    Watermark,
+    Window,
+    chunk_query,
+    count_query,
+    cut_query,
+    last_key_query,
+    upper_bound,
+)
+
+Progress = Callable[[str, int, int], None]
+MAX_CONFLICTS = 3
+
+
+@dataclass
+class TableResult:
+    table: str
+    layer: str
+    status: str = "ok"  # ok | failed
+    rows: int = 0
+    commits: int = 0
+    watermark_before: dict[str, Any] | None = None
+    watermark_after: dict[str, Any] | None = None
+    pending_rows: int = 0
+    duration_seconds: float = 0.0
+    error: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CycleResult:
+    run_id: str
+    tables: list[TableResult] = field(default_factory=list)
+    duration_seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        failed = sum(t.status != "ok" for t in self.tables)
+        return "success" if failed == 0 else "failed" if failed == len(self.tables) else "partial"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": self.status, "duration_seconds": round(self.duration_seconds, 3),
+                "rows": sum(t.rows for t in self.tables), "tables": [t.as_dict() for t in self.tables]}
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """What the offload of one table reads and writes, derived from ClickHouse and the config."""
+
+    cfg: TableSettings
+    info: TableInfo
+    key: Key
+    columns: list[ColumnMap]
+
+    @classmethod
+    def build(cls, source: Source, cfg: TableSettings) -> TablePlan:
+        info = source.table_info(cfg.source)
+        all_cols = dict(info.columns)
+        if cfg.columns:
+            missing = [c for c in cfg.columns if c not in all_cols]
+            if missing:
+                raise SourceError(f"{cfg.source}: columns {', '.join(missing)} are not in the ClickHouse table",
+                                  f"fix columns = [...]; the table has: {', '.join(all_cols)}")
+            chosen = [(c, all_cols[c]) for c in cfg.columns]
+        else:
+            chosen = list(info.columns)
+        key = Key.for_table(cfg.source, all_cols, cfg.timestamp_column, cfg.sequence_column)
+        unknown_keys = [c for c in cfg.key_columns if c not in dict(chosen)]
+        if unknown_keys:
+            raise ConfigError(f"{cfg.source}: key_columns {', '.join(unknown_keys)} are not offloaded columns",
+                              "fix key_columns (they must be among the offloaded columns)")
+        plans = plan_columns(cfg.source, chosen, cfg.column_types)
+        return cls(cfg, info, key, plans)
+
+    def ensure(self, sink: Sink) -> Table:
+        fields = iceberg_fields(self.columns)
+        ts_field = next(f for f in fields if f.name == self.cfg.timestamp_column)
+        if self.cfg.partition_by != "none" and not isinstance(ts_field.field_type, TimestamptzType):
+            raise ConfigError(f"{self.cfg.source}: partition_by = {self.cfg.partition_by!r} needs "
+                              f"{self.cfg.timestamp_column} as a timestamp, but it maps to {ts_field.field_type}",
+                              'set partition_by = "none" or drop its column_types override')
+        return sink.ensure_table(self.cfg.target, fields, self.cfg.partition_by, self.cfg.timestamp_column,
+                                 evolve=not self.cfg.columns)
+
+    def window(self, settings: Settings, lower: Watermark | None, now_ns: int) -> Window:
+        return Window(lower, upper_bound(now_ns, settings.offload.settle_seconds, self.cfg.closed_after_seconds))
+
+
+def offload_table(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, run_id: str,
+                  now_ns: int | None = None, progress: Progress | None = None) -> TableResult:
+    """Offload one table until its window is empty. Errors are returned in the result, never raised."""
+    started = time.monotonic()
+    result = TableResult(cfg.target, cfg.layer)
+    try:
+        _offload(settings, cfg, source, sink, run_id, now_ns or time.time_ns(), progress, result)
+    except OffloadError as exc:
+        result.status = "failed"
+        result.error = exc.as_dict()
+    result.duration_seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, run_id: str, now_ns: int,
+             progress: Progress | None, result: TableResult) -> None:
+    plan = TablePlan.build(source, cfg)
+    table = plan.ensure(sink)
+    lower, _ = sink.watermark(table)
+    result.watermark_before = result.watermark_after = lower.as_dict() if lower else None
+    table_sql, final = plan.info.qualified, cfg.final
+    window = plan.window(settings, lower, now_ns)
+    total = int(source.rows(count_query(table_sql, final, plan.key, window))[0][0])
+    if progress:
+        progress(cfg.target, 0, total)
+    conflicts = 0
+    while True:
+        cut_rows = source.rows(cut_query(table_sql, final, plan.key, window, settings.offload.max_rows_per_commit))
+        if not cut_rows:
+            cut_rows = source.rows(last_key_query(table_sql, final, plan.key, window))
+        if not cut_rows:
+            break
+        cut = plan.key.watermark(cut_rows[0])
+        commit_id = f"{run_id}/{uuid.uuid4().hex[:12]}"
+        props = {**cut.to_props(), f"{PREFIX}run-id": run_id, COMMIT_ID: commit_id,
+                 f"{PREFIX}window.lower-ns": str(window.lower.ts_ns) if window.lower else "",
+                 f"{PREFIX}window.upper-ns": str(window.upper_ns), f"{PREFIX}source": plan.info.qualified,
+                 f"{PREFIX}version": __version__}
+        sql = chunk_query(table_sql, final, plan.key, [c.select for c in plan.columns], window, cut)
+        chunks = _read(source, sql, plan, table, settings.offload.batch_rows)
+        t0 = time.monotonic()
+        try:
+            table, rows = sink.commit(table, chunks, props, t0)
+        except CommitConflict:
+            conflicts += 1
+            if conflicts > MAX_CONFLICTS:
+                raise
+            table = sink.load(cfg.target) or table
+            lower, _ = sink.watermark(table)
+            window = plan.window(settings, lower, now_ns)
+            continue
+        except CommitOutcomeUnknown:
+            if sink.find_commit(cfg.target, commit_id) is None:
+                raise
+            table = sink.load(cfg.target) or table
+            rows = int(props.get(f"{PREFIX}rows", 0))
+        result.rows += rows
+        result.commits += 1
+        result.watermark_after = cut.as_dict()
+        window = Window(cut, window.upper_ns)
+        if progress:
+            progress(cfg.target, result.rows, max(total, result.rows))
+    result.pending_rows = 0
+
+
+def _read(source: Source, sql: str, plan: TablePlan, table: Table, batch_rows: int) -> Iterator[pa.Table]:
+    target = table.schema().as_arrow()
+    name = plan.cfg.source
+    batches = source.batches(sql, batch_rows)
+    return prefetch(conform(t, plan.columns, target, name) for t in rebatch(batches, batch_rows))
+
+
+def rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """Group small record batches into tables of about `rows` rows (one data file each)."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(pending)
+            pending, count = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterator[pa.Table], depth: int = 1) -> Iterator[pa.Table]:
+    """Produce the next item on a thread while the consumer works on the current one."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            q.put(exc)
+
+    worker = threading.Thread(target=run, name="offload-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                q.get_nowait()
+        worker.join(timeout=30)
+
+
+def new_run_id() -> str:
+    return f"cli-{uuid.uuid4().hex[:16]}"
+
+
+def run_cycle(settings: Settings, names: list[str] | None = None, run_id: str | None = None,
+              now_ns: int | None = None, progress: Progress | None = None) -> CycleResult:
+    """One cycle over the configured (or named) tables, bronze then silver then gold."""
+    started = time.monotonic()
+    tables = settings.select(names)
+    if not tables:
+        raise ConfigError(f"no tables configured in {settings.path or 'the embedded default'}",
+                          "add [[tables]] entries to offload.toml, or run `iceberg-offload demo`")
+    cycle = CycleResult(run_id or new_run_id())
+    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+    with open_source(settings.source) as source:
+        for layer in LAYERS:
+            for cfg in (t for t in tables if t.layer == layer):
+                cycle.tables.append(offload_table(settings, cfg, source, sink, cycle.run_id, now_ns, progress))
+    cycle.duration_seconds = time.monotonic() - started
+    return cycle
+
+
+def seconds(ns: int) -> float:
+    return ns / NS

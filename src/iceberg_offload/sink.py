@@ -1,0 +1,265 @@
+"""Iceberg through pyiceberg: ensure the table, read the watermark, commit data + watermark atomically.
+
+The watermark lives only in snapshot summaries: the newest snapshot in the main branch's ancestry
+that carries `offload.watermark.*`. A commit is a compare-and-swap on the snapshot the watermark was
+read from: pyiceberg would rebase a conflicting append onto the new head and retry it, which for an
+offload appends the same window twice, so our transaction refuses to rebase and the commit fails
+instead (`CommitConflict`), with its data files removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
+from pyiceberg.io.pyarrow import _dataframe_to_data_files
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table, Transaction
+from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.transforms import DayTransform, HourTransform, MonthTransform
+from pyiceberg.types import IcebergType, ListType, MapType, NestedField, StructType
+
+from .config import CatalogSettings
+from .errors import (
+    CatalogUnavailable,
+    CommitConflict,
+    CommitOutcomeUnknown,
+    OffloadError,
+    SchemaDrift,
+    TerminalError,
+    redact,
+)
+from .window import PREFIX, Watermark
+
+COMMIT_ID = f"{PREFIX}commit-id"
+_TRANSFORMS = {"hour": HourTransform, "day": DayTransform, "month": MonthTransform}
+
+
+class WarehouseError(TerminalError):
+    kind = "warehouse_error"
+
+
+class _CasTransaction(Transaction):
+    """A transaction whose commit never rebases onto a snapshot it did not read."""
+
+    def _rebuild_snapshot_updates(self) -> None:
+        raise CommitFailedException("the table changed after the watermark was read")
+
+
+@dataclass(frozen=True)
+class Commit:
+    snapshot_id: int
+    timestamp_ms: int
+    operation: str
+    props: dict[str, str]
+
+    @property
+    def watermark(self) -> Watermark | None:
+        return Watermark.from_props(self.props)
+
+    def as_dict(self) -> dict[str, Any]:
+        wm = self.watermark
+        return {"snapshot_id": self.snapshot_id, "committed_at_ms": self.timestamp_ms,
+                "operation": self.operation, "watermark": wm.as_dict() if wm else None,
+                "run_id": self.props.get(f"{PREFIX}run-id"), "rows": int(self.props.get(f"{PREFIX}rows", 0)),
+                "window_lower_ns": self.props.get(f"{PREFIX}window.lower-ns") or None,
+                "window_upper_ns": self.props.get(f"{PREFIX}window.upper-ns") or None}
+
+
+@contextlib.contextmanager
+def catalog_errors(what: str) -> Iterator[None]:
+    """Translate catalog-transport failures into CatalogUnavailable; our own errors pass through."""
+    try:
+        yield
+    except OffloadError:
+        raise
+    except (NoSuchTableError, CommitFailedException):
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything from SQLAlchemy/HTTP/FileIO means the same here
+        raise CatalogUnavailable(f"Iceberg catalog failed while {what}: {redact(str(exc)).splitlines()[0][:300]}",
+                                 "check that the catalog is reachable and [catalog] uri is right") from exc
+
+
+def open_catalog(settings: CatalogSettings) -> Catalog:
+    props = {"type": settings.type, "uri": settings.uri, "warehouse": settings.warehouse, **settings.properties}
+    with catalog_errors("connecting"):
+        return load_catalog(settings.name, **props)
+
+
+class Sink:
+    def __init__(self, catalog: Catalog, namespace: str) -> None:
+        self.catalog = catalog
+        self.namespace = namespace
+
+    def ident(self, target: str) -> tuple[str, str]:
+        return (self.namespace, target)
+
+    def load(self, target: str) -> Table | None:
+        with catalog_errors(f"loading {target}"):
+            try:
+                return self.catalog.load_table(self.ident(target))
+            except NoSuchTableError:
+                return None
+
+    def ensure_table(self, target: str, fields: list[NestedField], partition_by: str, ts_column: str,
+                     evolve: bool) -> Table:
+        """Create the table, or add new columns (by name) and refuse dropped or retyped ones."""
+        table = self.load(target)
+        if table is None:
+            table = self._create(target, fields, partition_by, ts_column)
+        return self._evolve(table, fields, evolve)
+
+    def _create(self, target: str, fields: list[NestedField], partition_by: str, ts_column: str) -> Table:
+        schema = Schema(*fields)
+        spec = PartitionSpec()
+        if partition_by != "none":
+            source = schema.find_field(ts_column)
+            spec = PartitionSpec(PartitionField(source_id=source.field_id, field_id=1000,
+                                                transform=_TRANSFORMS[partition_by](),
+                                                name=f"{ts_column}_{partition_by}"))
+        with catalog_errors(f"creating {target}"):
+            with contextlib.suppress(NamespaceAlreadyExistsError):
+                self.catalog.create_namespace_if_not_exists(self.namespace)
+            try:
+                return self.catalog.create_table(self.ident(target), schema=schema, partition_spec=spec,
+                                                 properties={"write.parquet.compression-codec": "zstd"})
+            except TableAlreadyExistsError:  # another offload created it first
+                return self.catalog.load_table(self.ident(target))
+
+    def _evolve(self, table: Table, fields: list[NestedField], evolve: bool) -> Table:
+        current = {f.name: f for f in table.schema().fields}
+        planned = {f.name: f for f in fields}
+        name = ".".join(table.name())
+        problems = []
+        for f in fields:
+            have = current.get(f.name)
+            if have is None:
+                continue
+            if _shape(have.field_type) != _shape(f.field_type):
+                problems.append(f"column {f.name!r} is {_shape(f.field_type)} in ClickHouse but "
+                                f"{_shape(have.field_type)} in Iceberg (retyped)")
+            elif have.required and not f.required:
+                problems.append(f"column {f.name!r} became Nullable in ClickHouse but is required in Iceberg")
+        dropped = [n for n in current if n not in planned]
+        if dropped:
+            problems.append(f"column(s) {', '.join(map(repr, dropped))} exist in Iceberg but not in ClickHouse "
+                            f"(dropped)")
+        if problems:
+            raise SchemaDrift(f"{name}: " + "; ".join(problems) + "; nothing was written",
+                              "restore the ClickHouse column, or point [[tables]] target at a new Iceberg table, "
+                              "or list the columns to keep in columns = [...]")
+        added = [f for f in fields if f.name not in current]
+        if added and not evolve:
+            raise SchemaDrift(f"{name}: ClickHouse has columns not in Iceberg: {', '.join(f.name for f in added)}",
+                              "add them to columns = [...] (after evolving the table) or leave columns empty")
+        if added:
+            with catalog_errors(f"adding columns to {name}"), table.update_schema() as update:
+                for f in added:
+                    update.add_column(f.name, f.field_type, required=False)
+            table = self.load(table.name()[-1]) or table
+        return table
+
+    # -- history and watermark --------------------------------------------------------------------
+    def history(self, table: Table) -> list[Commit]:
+        """Snapshots of the main branch, newest first (expired ones are gone from here)."""
+        meta = table.metadata
+        out = []
+        snap = table.current_snapshot()
+        while snap is not None:
+            summary = snap.summary
+            props = dict(summary.additional_properties) if summary is not None else {}
+            op = summary.operation.value if summary is not None else "?"
+            out.append(Commit(snap.snapshot_id, snap.timestamp_ms, op, props))
+            snap = meta.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
+        return out
+
+    def watermark(self, table: Table) -> tuple[Watermark | None, Commit | None]:
+        for commit in self.history(table):
+            wm = commit.watermark
+            if wm is not None:
+                return wm, commit
+        return None, None
+
+    def find_commit(self, target: str, commit_id: str) -> Snapshot | None:
+        """Settle an unknown outcome: did a commit with this id land?"""
+        table = self.load(target)
+        if table is None:
+            return None
+        for commit in self.history(table):
+            if commit.props.get(COMMIT_ID) == commit_id:
+                return table.metadata.snapshot_by_id(commit.snapshot_id)
+        return None
+
+    # -- commit -------------------------------------------------------------------------------------
+    def commit(self, table: Table, chunks: Iterable[pa.Table], props: dict[str, str],
+               started: float) -> tuple[Table, int]:
+        """Write `chunks` as data files and commit them with `props` in one snapshot, CAS on the table's
+        current snapshot. `started` (monotonic) times the commit for its summary. Returns the new table
+        state and the row count."""
+        txn = _CasTransaction(table)
+        rows = 0
+        written: list[str] = []
+        try:
+            with txn.update_snapshot(snapshot_properties=props).fast_append() as append:
+                counter = itertools.count(0)
+                for chunk in chunks:
+                    rows += chunk.num_rows
+                    for data_file in _dataframe_to_data_files(table_metadata=txn.table_metadata, df=chunk,
+                                                              io=table.io, write_uuid=append.commit_uuid,
+                                                              counter=counter):
+                        written.append(data_file.file_path)
+                        append.append_data_file(data_file)
+                # pyiceberg builds the summary from this same dict when the block exits
+                props[f"{PREFIX}rows"] = str(rows)
+                props[f"{PREFIX}duration-ms"] = str(int((time.monotonic() - started) * 1000))
+        except OSError as exc:
+            self._discard(table, written)
+            raise WarehouseError(f"writing data files for {'.'.join(table.name())} failed: {exc}",
+                                 "check free space and write permission at [catalog] warehouse") from exc
+        except BaseException:
+            self._discard(table, written)
+            raise
+        try:
+            new_table = txn.commit_transaction()
+        except CommitFailedException as exc:
+            raise CommitConflict(f"{'.'.join(table.name())}: another writer committed after the watermark was "
+                                 f"read ({exc}); this commit was discarded, nothing appended",
+                                 "none needed: the next run continues from the new watermark") from exc
+        except Exception as exc:  # noqa: BLE001 - the request may or may not have landed
+            raise CommitOutcomeUnknown(
+                f"{'.'.join(table.name())}: commit {props.get(COMMIT_ID)} outcome unknown: "
+                f"{redact(str(exc)).splitlines()[0][:300]}",
+                "none needed: the next run reads the watermark from Iceberg and settles it") from exc
+        return new_table, rows
+
+    @staticmethod
+    def _discard(table: Table, paths: list[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(Exception):
+                table.io.delete(path)
+
+
+def _shape(t: IcebergType) -> str:
+    """A type's structure without field ids, for comparing planned and existing schemas."""
+    if isinstance(t, StructType):
+        return "struct<" + ", ".join(f"{f.name}: {'' if f.required else 'optional '}{_shape(f.field_type)}"
+                                     for f in t.fields) + ">"
+    if isinstance(t, ListType):
+        return f"list<{'' if t.element_required else 'optional '}{_shape(t.element_type)}>"
+    if isinstance(t, MapType):
+        return (f"map<{_shape(t.key_type)}, {'' if t.value_required else 'optional '}"
+                f"{_shape(t.value_type)}>")
+    return str(t)

@@ -1,0 +1,263 @@
+"""ClickHouse through clickhouse-connect: `chdb://path` (embedded) or `http(s)://` (a server).
+
+The embedded engine can be open in one process at a time, and the worker, its flow runs, the exporter
+and the CLI are separate processes. So a process holds the engine only while it works: `open_source()`
+takes an exclusive file lock beside the chdb directory (bounded wait, the holder named on timeout),
+shares one engine between the threads of the process, and closes it when the last user leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from .config import SourceSettings
+from .errors import EngineBusy, SourceError, SourceUnavailable, redact
+
+# ClickHouse error codes we translate into fixes.
+_UNKNOWN_TABLE, _UNKNOWN_DATABASE, _AUTH_FAILED, _UNKNOWN_IDENTIFIER = 60, 81, 516, 47
+
+
+def quote(identifier: str) -> str:
+    """Quote a ClickHouse identifier; every name we put into SQL goes through here."""
+    return "`" + identifier.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def literal(value: str) -> str:
+    """Quote a ClickHouse string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    database: str
+    name: str
+    engine: str
+    sorting_key: str
+    ttl: str | None
+    """The row TTL expression (e.g. `toDateTime(ts) + toIntervalDay(7)`), or None."""
+    columns: tuple[tuple[str, str], ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{quote(self.database)}.{quote(self.name)}"
+
+
+class _EngineLock:
+    """Process-wide exclusive lock on an embedded chdb path, shared by the threads of one process."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock_file = path.rstrip("/") + ".lock"
+        self.users = 0
+        self.fd: int | None = None
+        self.mutex = threading.Lock()
+
+    def acquire(self, timeout: float) -> None:
+        with self.mutex:
+            if self.users == 0:
+                self._take(timeout)
+            self.users += 1
+
+    def release(self) -> bool:
+        """Drop one user; True when this was the last and the engine must close."""
+        with self.mutex:
+            self.users -= 1
+            if self.users > 0:
+                return False
+            assert self.fd is not None
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+            return True
+
+    def _take(self, timeout: float) -> None:
+        os.makedirs(os.path.dirname(self.lock_file) or ".", exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _read_holder(fd)
+                    os.close(fd)
+                    raise EngineBusy(
+                        f"embedded ClickHouse at {self.path} is held by {holder} (waited {timeout:.0f}s)",
+                        "wait for that process to finish, or stop it; raise [source] lock_timeout_seconds "
+                        "if offloads routinely take longer",
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "cmd": " ".join(sys.argv)[:200], "since": time.time()}
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self.fd = fd
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        age = time.time() - float(info.get("since", time.time()))
+        return f"pid {info.get('pid', '?')} ({info.get('cmd', '?')}, for {age:.0f}s)"
+    except (ValueError, OSError):
+        return "another process"
+
+
+_LOCKS: dict[str, _EngineLock] = {}
+_LOCKS_MUTEX = threading.Lock()
+
+
+def chdb_path(dsn: str) -> str | None:
+    """The on-disk path of an embedded DSN, None for a server DSN."""
+    if not dsn.startswith("chdb://"):
+        return None
+    return dsn[len("chdb://"):] or ":memory:"
+
+
+class Source:
+    """One client on one thread. Use `open_source(settings)`; never construct directly."""
+
+    def __init__(self, settings: SourceSettings, client: Any) -> None:
+        self.settings = settings
+        self.database = settings.database
+        self.client = client
+        self.embedded = chdb_path(settings.dsn)
+
+    # -- queries -----------------------------------------------------------------------------------
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        with self._translate(sql):
+            return list(self.client.query(sql).result_rows)
+
+    def command(self, sql: str) -> None:
+        with self._translate(sql):
+            self.client.command(sql)
+
+    def arrow(self, sql: str) -> pa.Table:
+        with self._translate(sql):
+            return self.client.query_arrow(sql, use_strings=True)
+
+    def batches(self, sql: str, rows_per_batch: int) -> Iterator[pa.RecordBatch]:
+        """Stream a query as Arrow record batches, memory bounded by the batch, not the result."""
+        if self.embedded is None:
+            with self._translate(sql), self.client.query_arrow_stream(sql, use_strings=True) as stream:
+                for batch in stream:
+                    yield from _as_batches(batch)
+            return
+        import chdb  # the embedded engine's own stream: clickhouse-connect materializes on chdb
+
+        with self._translate(sql):
+            conn = chdb.connect(self.embedded)
+            try:
+                result = conn.send_query(sql, "Arrow")
+                try:
+                    yield from result.record_batch(rows_per_batch=rows_per_batch)
+                finally:
+                    result.close()
+            finally:
+                conn.close()
+
+    def table_info(self, table: str) -> TableInfo:
+        db = literal(self.database)
+        found = self.rows(
+            f"SELECT engine, sorting_key, engine_full FROM system.tables "
+            f"WHERE database = {db} AND name = {literal(table)}"
+        )
+        if not found:
+            dbs = self.rows(f"SELECT name FROM system.databases WHERE name = {db}")
+            where = f"database {self.database!r}" if dbs else f"server (no database {self.database!r})"
+            raise SourceError(f"ClickHouse table {self.database}.{table} does not exist in the {where}",
+                              "fix [[tables]] source or [source] database in the config")
+        engine, sorting_key, engine_full = found[0]
+        cols = self.rows(
+            f"SELECT name, type FROM system.columns WHERE database = {db} AND table = {literal(table)} "
+            f"ORDER BY position"
+        )
+        return TableInfo(self.database, table, engine, sorting_key, _ttl_expression(engine_full),
+                         tuple((str(n), str(t)) for n, t in cols))
+
+    @contextlib.contextmanager
+    def _translate(self, sql: str) -> Iterator[None]:
+        from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+        try:
+            yield
+        except OperationalError as exc:
+            raise SourceUnavailable(f"ClickHouse at {self.settings.dsn} is unreachable: {exc}",
+                                    "check that ClickHouse is running and [source] dsn is right") from exc
+        except DatabaseError as exc:
+            raise _database_error(exc, sql) from exc
+
+
+def _database_error(exc: Exception, sql: str) -> Exception:
+    code = getattr(exc, "code", None)
+    text = redact(str(exc).split("\n")[0][:500])
+    if code == _AUTH_FAILED or "Authentication failed" in text:
+        return SourceUnavailable(f"ClickHouse refused the credentials: {text}",
+                                 "fix the user or password in [source] dsn (or OFFLOAD__SOURCE__DSN)")
+    if code in (_UNKNOWN_TABLE, _UNKNOWN_DATABASE):
+        return SourceError(f"ClickHouse: {text}", "fix [[tables]] source or [source] database in the config")
+    if "Connection refused" in text or "timed out" in text.lower():
+        return SourceUnavailable(f"ClickHouse unreachable: {text}", "check ClickHouse and [source] dsn")
+    return SourceError(f"ClickHouse rejected a query: {text}", f"query was: {sql[:300]}")
+
+
+def _as_batches(obj: Any) -> Sequence[pa.RecordBatch]:
+    if isinstance(obj, pa.RecordBatch):
+        return [obj]
+    if isinstance(obj, pa.Table):
+        return obj.to_batches()
+    raise TypeError(f"unexpected stream item {type(obj)}")
+
+
+def _ttl_expression(engine_full: str) -> str | None:
+    """The row-level TTL expression from `engine_full` (column and move TTLs are not ours)."""
+    marker = " TTL "
+    pos = engine_full.find(marker)
+    if pos < 0:
+        return None
+    rest = engine_full[pos + len(marker):]
+    end = rest.find(" SETTINGS ")
+    expr = (rest if end < 0 else rest[:end]).strip()
+    # `TTL a + INTERVAL 1 DAY DELETE, b TO VOLUME 'x'`: keep the first delete rule.
+    first = expr.split(",")[0].strip()
+    for suffix in (" DELETE",):
+        if first.upper().endswith(suffix):
+            first = first[: -len(suffix)].strip()
+    return None if " TO " in first.upper() else first
+
+
+@contextlib.contextmanager
+def open_source(settings: SourceSettings) -> Iterator[Source]:
+    """A connected Source for this thread; the embedded engine is locked for the process meanwhile."""
+    import clickhouse_connect
+
+    path = chdb_path(settings.dsn)
+    lock: _EngineLock | None = None
+    if path is not None and path != ":memory:":
+        with _LOCKS_MUTEX:
+            lock = _LOCKS.setdefault(path, _EngineLock(path))
+        lock.acquire(settings.lock_timeout_seconds)
+    try:
+        try:
+            client = clickhouse_connect.get_client(dsn=settings.dsn)
+        except Exception as exc:  # noqa: BLE001 - every connect failure means the same to the operator
+            raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
+                                    "check that ClickHouse is running and [source] dsn is right") from exc
+        try:
+            yield Source(settings, client)
+        finally:
+            client.close()
+    finally:
+        if lock is not None:
+            lock.release()

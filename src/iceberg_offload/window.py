@@ -1,0 +1,170 @@
+"""The window: rows with (ts, seq) > watermark and ts <= now - settle (- closed_after), cut into chunks.
+
+A watermark is the key of the last row a commit carried: epoch nanoseconds of the timestamp column,
+exact for every ClickHouse precision, plus the sequence value when the table has one. Chunks are cut
+at a key, never inside a run of equal keys, so a chunk boundary can never split rows that compare
+equal. The SQL here keeps the timestamp column bare on the left of every comparison so ClickHouse
+uses the sort key (checked with EXPLAIN indexes in the tests).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from .errors import ConfigError
+from .source import quote
+from .typemap import CHType, parse
+
+NS = 1_000_000_000
+PREFIX = "offload."
+_INT_TYPES = {f"{s}Int{b}" for s in ("", "U") for b in (8, 16, 32, 64)}
+
+
+@dataclass(frozen=True, order=True)
+class Watermark:
+    ts_ns: int
+    seq: int | None = None
+
+    def to_props(self) -> dict[str, str]:
+        props = {f"{PREFIX}watermark.ts-ns": str(self.ts_ns), f"{PREFIX}watermark.ts": iso(self.ts_ns)}
+        if self.seq is not None:
+            props[f"{PREFIX}watermark.seq"] = str(self.seq)
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> Watermark | None:
+        raw = props.get(f"{PREFIX}watermark.ts-ns")
+        if raw is None:
+            return None
+        seq = props.get(f"{PREFIX}watermark.seq")
+        return cls(int(raw), int(seq) if seq not in (None, "") else None)
+
+    def describe(self) -> str:
+        return iso(self.ts_ns) + (f" seq {self.seq}" if self.seq is not None else "")
+
+    def as_dict(self) -> dict[str, object]:
+        return {"ts": iso(self.ts_ns), "ts_ns": self.ts_ns, "seq": self.seq}
+
+
+def iso(ns: int) -> str:
+    stamp = dt.datetime.fromtimestamp(ns // NS, tz=dt.UTC).replace(tzinfo=None)
+    frac = ns % NS
+    return stamp.isoformat() + (f".{frac:09d}".rstrip("0") if frac else "") + "Z"
+
+
+def _unwrap(t: CHType) -> CHType:
+    while t.name in ("Nullable", "LowCardinality"):
+        t = t.children[0]
+    return t
+
+
+@dataclass(frozen=True)
+class Key:
+    """How one table's key (timestamp column, optional sequence column) is written in SQL."""
+
+    ts: str
+    ts_type: CHType
+    seq: str | None
+
+    @classmethod
+    def for_table(cls, table: str, columns: dict[str, str], ts: str, seq: str | None) -> Key:
+        if ts not in columns:
+            raise ConfigError(f"{table}: timestamp_column {ts!r} is not a column of the ClickHouse table",
+                              f"set timestamp_column to one of: {', '.join(columns)}")
+        ts_type = _unwrap(parse(columns[ts]))
+        if ts_type.name not in ("DateTime", "DateTime64"):
+            raise ConfigError(f"{table}: timestamp_column {ts!r} is {columns[ts]}, not a time type",
+                              "choose a DateTime or DateTime64 column for timestamp_column")
+        if seq is not None:
+            if seq not in columns:
+                raise ConfigError(f"{table}: sequence_column {seq!r} is not a column of the ClickHouse table",
+                                  f"set sequence_column to one of: {', '.join(columns)}, or remove it")
+            if _unwrap(parse(columns[seq])).name not in _INT_TYPES:
+                raise ConfigError(f"{table}: sequence_column {seq!r} is {columns[seq]}, not an integer",
+                                  "choose an integer column (UInt64, Int64, ...) or remove sequence_column")
+        return cls(ts, ts_type, seq)
+
+    # -- SQL pieces --------------------------------------------------------------------------------
+    def ts_literal(self, ns: int) -> str:
+        if self.ts_type.name == "DateTime":
+            return f"toDateTime({ns // NS}, 'UTC')"
+        return f"CAST(fromUnixTimestamp64Nano(toInt64({ns}), 'UTC'), '{_sql_str(str(self.ts_type))}')"
+
+    def ts_ns_expr(self) -> str:
+        if self.ts_type.name == "DateTime":
+            return f"toInt64(toUnixTimestamp({quote(self.ts)})) * {NS}"
+        return f"toUnixTimestamp64Nano(CAST({quote(self.ts)}, 'DateTime64(9)'))"
+
+    def select_key(self) -> str:
+        return self.ts_ns_expr() + (f", {quote(self.seq)}" if self.seq else "")
+
+    def order_by(self, desc: bool = False) -> str:
+        d = " DESC" if desc else ""
+        return f"{quote(self.ts)}{d}" + (f", {quote(self.seq)}{d}" if self.seq else "")
+
+    def after(self, wm: Watermark | None) -> str:
+        """key > wm (everything when there is no watermark yet)."""
+        if wm is None:
+            return "1"
+        lit, ts = self.ts_literal(wm.ts_ns), quote(self.ts)
+        if self.seq is None or wm.seq is None:
+            return f"{ts} > {lit}"
+        return f"{ts} >= {lit} AND ({ts} > {lit} OR {quote(self.seq)} > {wm.seq})"
+
+    def at_most(self, wm: Watermark) -> str:
+        """key <= wm."""
+        lit, ts = self.ts_literal(wm.ts_ns), quote(self.ts)
+        if self.seq is None or wm.seq is None:
+            return f"{ts} <= {lit}"
+        return f"{ts} <= {lit} AND ({ts} < {lit} OR {quote(self.seq)} <= {wm.seq})"
+
+    def not_after(self, ns: int) -> str:
+        return f"{quote(self.ts)} <= {self.ts_literal(ns)}"
+
+    def watermark(self, row: tuple[object, ...]) -> Watermark:
+        ts_ns = int(row[0])  # type: ignore[call-overload]
+        return Watermark(ts_ns, int(row[1]) if self.seq is not None else None)  # type: ignore[call-overload]
+
+
+def _sql_str(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+@dataclass(frozen=True)
+class Window:
+    """(lower, upper]: lower is the committed watermark, upper a timestamp in epoch nanoseconds."""
+
+    lower: Watermark | None
+    upper_ns: int
+
+    def where(self, key: Key) -> str:
+        return f"({key.after(self.lower)}) AND {key.not_after(self.upper_ns)}"
+
+
+def upper_bound(now_ns: int, settle_seconds: int, closed_after_seconds: int) -> int:
+    """Newest timestamp a cycle may offload: rows younger than settle (or in an open candle) wait."""
+    return now_ns - (settle_seconds + closed_after_seconds) * NS
+
+
+def cut_query(table_sql: str, final: bool, key: Key, window: Window, max_rows: int) -> str:
+    """The key of the max_rows-th row of the window, in key order: the end of the next chunk."""
+    return (f"SELECT {key.select_key()} FROM {table_sql}{' FINAL' if final else ''} "
+            f"WHERE {window.where(key)} ORDER BY {key.order_by()} LIMIT 1 OFFSET {max_rows - 1}")
+
+
+def last_key_query(table_sql: str, final: bool, key: Key, window: Window) -> str:
+    """The greatest key in the window (the end of a chunk that takes the whole window)."""
+    return (f"SELECT {key.select_key()} FROM {table_sql}{' FINAL' if final else ''} "
+            f"WHERE {window.where(key)} ORDER BY {key.order_by(desc=True)} LIMIT 1")
+
+
+def chunk_query(table_sql: str, final: bool, key: Key, select: list[str], window: Window, cut: Watermark) -> str:
+    """Every row with lower < key <= cut, inside the window. No ORDER BY: one commit holds them all."""
+    cols = ", ".join(f"{expr} AS c{i}" for i, expr in enumerate(select))
+    return (f"SELECT {cols} FROM {table_sql}{' FINAL' if final else ''} "
+            f"WHERE {window.where(key)} AND {key.at_most(cut)}")
+
+
+def count_query(table_sql: str, final: bool, key: Key, window: Window) -> str:
+    return f"SELECT count() FROM {table_sql}{' FINAL' if final else ''} WHERE {window.where(key)}"
