@@ -122,6 +122,9 @@ class Settings(_Section):
         raise ConfigError(f"no table {name!r} in {self.path or 'the config'}", f"use one of: {known}")
 
     def select(self, names: list[str] | None) -> list[TableSettings]:
+        if not self.tables:
+            raise ConfigError(f"no tables configured in {self.path or 'the embedded default (no offload.toml here)'}",
+                              "add [[tables]] entries to offload.toml, pass --config, or run `iceberg-offload demo`")
         return [self.table(n) for n in names] if names else list(self.tables)
 
 
@@ -196,7 +199,8 @@ def _config_error(exc: ValidationError, file: str) -> ConfigError:
             fixes.append(f"add {loc.split('.')[-1]} = ... to the {_section(loc)} section")
         elif kind == "extra_forbidden":
             lines.append(f"{file}: unknown key {loc} = {err.get('input')!r}")
-            fixes.append(f"remove or rename {loc.split('.')[-1]} in the {_section(loc)} section (see offload.example.toml)")
+            fixes.append(f"remove or rename {loc.split('.')[-1]} in the {_section(loc)} section "
+                         "(offload.example.toml lists every key)")
         else:
             lines.append(f"{file}: {loc} = {err.get('input')!r}: {err['msg']}")
             fixes.append(f"set {loc} to a valid value ({err['msg']})")

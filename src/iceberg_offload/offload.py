@@ -255,9 +255,6 @@ def run_cycle(settings: Settings, names: list[str] | None = None, run_id: str | 
     """One cycle over the configured (or named) tables, bronze then silver then gold."""
     started = time.monotonic()
     tables = settings.select(names)
-    if not tables:
-        raise ConfigError(f"no tables configured in {settings.path or 'the embedded default'}",
-                          "add [[tables]] entries to offload.toml, or run `iceberg-offload demo`")
     cycle = CycleResult(run_id or new_run_id())
     sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
     with open_source(settings.source) as source:

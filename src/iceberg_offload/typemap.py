@@ -223,7 +223,7 @@ def map_type(t: CHType, where: str, override: str | None = None, top: bool = Tru
         return Mapped(CHType("Tuple", children=tuple(k.target for k in kids), names=names), struct, False,
                       renamed or any(k.changed for k in kids))
     raise TypeRefused(f"{where}: ClickHouse type {t} has no Iceberg mapping",
-                      f"leave the column out with an explicit columns = [...] list, or cast it in a view")
+                      "leave the column out with an explicit columns = [...] list, or cast it in a view")
 
 
 def _col(where: str) -> str:
