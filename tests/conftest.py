@@ -1,0 +1,129 @@
+"""Shared fixtures: a fresh embedded ClickHouse per test, and a real catalog (SQLite, or Postgres on
+127.0.0.1:5432 in a database made for the test)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from iceberg_offload import config
+from iceberg_offload.config import Settings
+from iceberg_offload.sink import Sink, open_catalog
+from iceberg_offload.source import Source, open_source
+
+PG_DSN = os.environ.get("OFFLOAD_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/")
+
+
+def _pg_admin() -> Any:
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def catalog_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The catalog URI: a SQLite file in the test folder, or a new Postgres database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/catalog.db"
+        return
+    name = f"offload_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = _pg_admin()
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"Postgres at 127.0.0.1:5432 is not answering ({exc}); start it: "
+                    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_DSN + name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/catalog.db"
+
+
+Make = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Make:
+    """Write an offload.toml in the test folder and load it. Tables are dicts of [[tables]] keys."""
+
+    def make(tables: list[dict[str, Any]], catalog_uri: str | None = None, **offload: Any) -> Settings:
+        uri = catalog_uri or f"sqlite:///{tmp_path}/catalog.db"
+        lines = ["[source]", f'dsn = "chdb://{tmp_path}/ch"', 'database = "k2"', "lock_timeout_seconds = 20", "",
+                 "[catalog]", f'uri = "{uri}"', f'warehouse = "file://{tmp_path}/warehouse"', "",
+                 "[offload]", f"settle_seconds = {offload.pop('settle_seconds', 0)}"]
+        lines += [f"{k} = {_toml(v)}" for k, v in offload.items()]
+        for t in tables:
+            lines += ["", "[[tables]]"] + [f"{k} = {_toml(v)}" for k, v in t.items()]
+        path = tmp_path / "offload.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return config.load(path, env={})
+
+    return make
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+    return str(value)
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").isalnum() and k.isascii() else _toml(k)
+
+
+@contextlib.contextmanager
+def clickhouse(settings: Settings) -> Iterator[Source]:
+    with open_source(settings.source) as src:
+        src.command("CREATE DATABASE IF NOT EXISTS k2")
+        yield src
+
+
+def sink_for(settings: Settings) -> Sink:
+    return Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+
+
+def cold(settings: Settings, target: str) -> pa.Table:
+    table = sink_for(settings).load(target)
+    assert table is not None, f"no Iceberg table {target}"
+    return table.scan().to_arrow()
+
+
+def keys_of(tbl: pa.Table, *cols: str) -> list[tuple[Any, ...]]:
+    return list(zip(*(tbl.column(c).to_pylist() for c in cols), strict=True))
+
+
+TRADES_DDL = """CREATE TABLE k2.{name} (
+    ts DateTime64(3), seq UInt64, symbol LowCardinality(String), price Decimal(18, 8)
+) ENGINE = MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY (ts, seq)"""
+
+
+def insert_trades(src: Source, name: str, start_ms: int, count: int, seq0: int = 0, step_ms: int = 1000) -> None:
+    src.command(f"""INSERT INTO k2.{name} SELECT fromUnixTimestamp64Milli(toInt64({start_ms} + number * {step_ms})),
+        {seq0} + number, ['BTC', 'ETH'][1 + number % 2], toDecimal64(number / 100, 8) FROM numbers({count})""")
+
+
+def trades_table(name: str = "trades", **extra: Any) -> dict[str, Any]:
+    return {"source": name, "timestamp_column": "ts", "sequence_column": "seq", **extra}
