@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -95,6 +96,8 @@ def catalog_errors(what: str) -> Iterator[None]:
 
 def open_catalog(settings: CatalogSettings) -> Catalog:
     props = {"type": settings.type, "uri": settings.uri, "warehouse": settings.warehouse, **settings.properties}
+    if settings.uri.startswith("sqlite:////"):  # the embedded default: make its folder on first use
+        os.makedirs(os.path.dirname(settings.uri[len("sqlite:///"):]), exist_ok=True)
     with catalog_errors("connecting"):
         return load_catalog(settings.name, **props)
 
