@@ -21,9 +21,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
-    NamespaceAlreadyExistsError,
     NoSuchTableError,
-    TableAlreadyExistsError,
 )
 from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.partitioning import PartitionField, PartitionSpec
@@ -46,6 +44,9 @@ from .errors import (
 from .window import PREFIX, Watermark
 
 COMMIT_ID = f"{PREFIX}commit-id"
+# Offload commits must never be rebased (see _CasTransaction); with no retries pyiceberg also stops
+# logging "retrying" for a conflict that we are about to report.
+TABLE_PROPERTIES = {"write.parquet.compression-codec": "zstd", "commit.retry.num-retries": "0"}
 _TRANSFORMS = {"hour": HourTransform, "day": DayTransform, "month": MonthTransform}
 
 
@@ -99,7 +100,14 @@ def open_catalog(settings: CatalogSettings) -> Catalog:
     if settings.uri.startswith("sqlite:////"):  # the embedded default: make its folder on first use
         os.makedirs(os.path.dirname(settings.uri[len("sqlite:///"):]), exist_ok=True)
     with catalog_errors("connecting"):
-        return load_catalog(settings.name, **props)
+        for attempt in range(5):
+            try:
+                return load_catalog(settings.name, **props)
+            except Exception as exc:  # noqa: BLE001 - two processes initialising a new SQL catalog at once
+                if "already exists" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 class Sink:
@@ -134,13 +142,19 @@ class Sink:
                                                 transform=_TRANSFORMS[partition_by](),
                                                 name=f"{ts_column}_{partition_by}"))
         with catalog_errors(f"creating {target}"):
-            with contextlib.suppress(NamespaceAlreadyExistsError):
+            try:
                 self.catalog.create_namespace_if_not_exists(self.namespace)
+            except Exception:  # another process created it between the check and the insert
+                if (self.namespace,) not in self.catalog.list_namespaces():
+                    raise
             try:
                 return self.catalog.create_table(self.ident(target), schema=schema, partition_spec=spec,
-                                                 properties={"write.parquet.compression-codec": "zstd"})
-            except TableAlreadyExistsError:  # another offload created it first
-                return self.catalog.load_table(self.ident(target))
+                                                 properties=TABLE_PROPERTIES)
+            except Exception:  # another offload created it first (TableAlreadyExists or a unique violation)
+                existing = self.load(target)
+                if existing is None:
+                    raise
+                return existing
 
     def _evolve(self, table: Table, fields: list[NestedField], evolve: bool) -> Table:
         current = {f.name: f for f in table.schema().fields}
@@ -238,6 +252,7 @@ class Sink:
         try:
             new_table = txn.commit_transaction()
         except CommitFailedException as exc:
+            self._discard(table, written)  # the commit surely did not land: its files are ours to remove
             raise CommitConflict(f"{'.'.join(table.name())}: another writer committed after the watermark was "
                                  f"read ({exc}); this commit was discarded, nothing appended",
                                  "none needed: the next run continues from the new watermark") from exc
