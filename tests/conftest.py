@@ -121,7 +121,7 @@ TRADES_DDL = """CREATE TABLE k2.{name} (
 
 
 def insert_trades(src: Source, name: str, start_ms: int, count: int, seq0: int = 0, step_ms: int = 1000) -> None:
-    src.command(f"""INSERT INTO k2.{name} SELECT fromUnixTimestamp64Milli(toInt64({start_ms} + number * {step_ms})),
+    src.command(f"""INSERT INTO k2.{name} (ts, seq, symbol, price) SELECT fromUnixTimestamp64Milli(toInt64({start_ms} + number * {step_ms})),
         {seq0} + number, ['BTC', 'ETH'][1 + number % 2], toDecimal64(number / 100, 8) FROM numbers({count})""")
 
 
