@@ -223,17 +223,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = load(str(path))
     cycle = run_cycle(settings, progress=_Bar(not args.json)).as_dict()
     states = {s.table: s for s in status(settings)}
+    tables = [{"table": t["table"], "rows_this_run": t["rows"], "cold_rows": states[t["table"]].cold_rows,
+               "watermark": (t["watermark_after"] or {}).get("ts"),
+               "pending_rows": states[t["table"]].pending_rows, "status": t["status"]} for t in cycle["tables"]]
     data = {"config_written": written, "config": str(path.resolve()), "inserted": inserted, "cycle": cycle,
-            "tables": [{"table": t["table"], "rows_this_run": t["rows"], "cold_rows": states[t["table"]].cold_rows,
-                        "watermark": (t["watermark_after"] or {}).get("ts"),
-                        "pending_rows": states[t["table"]].pending_rows, "status": t["status"]}
-                       for t in cycle["tables"]]}
+            "tables": tables}
 
     def text() -> str:
         head = (f"wrote {path} (the embedded default with ten demo tables)\n" if written else "")
         head += f"inserted {sum(inserted.values()):,} new hot rows into chdb at {settings.source.dsn}\n\n"
         rows = [[t["table"], t["status"], f"{t['rows_this_run']:,}", f"{t['cold_rows']:,}", t["watermark"],
-                 t["pending_rows"]] for t in data["tables"]]
+                 t["pending_rows"]] for t in tables]
         body = _grid(["table", "status", "offloaded now", "in iceberg", "watermark", "waiting (settle/open)"], rows)
         tail = (f"\n\ncycle {cycle['status']}: {cycle['rows']:,} rows in {cycle['duration_seconds']}s. "
                 f"Run `iceberg-offload demo` again to add and offload a new slice; "
