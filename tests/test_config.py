@@ -95,3 +95,13 @@ def test_passwords_never_appear_in_errors(tmp_path):
     from iceberg_offload.errors import redact
 
     assert redact("http://admin:hunter2@ch:8123/ password=hunter2") == "http://admin:***@ch:8123/ password=***"
+
+
+def test_example_config_loads_and_documents_every_key():
+    example = Path(__file__).parent.parent / "offload.example.toml"
+    s = config.load(example, env={})
+    assert [t.source for t in s.tables] == ["bronze_trades_binance", "ohlcv_1m"]
+    text = example.read_text()
+    for section in (config.SourceSettings, config.CatalogSettings, config.OffloadSettings, config.TableSettings):
+        for key in section.model_fields:
+            assert f"{key} =" in text or f"[catalog.{key}]" in text, f"offload.example.toml does not mention {key}"
