@@ -60,17 +60,19 @@ def child_export(ch: Path, out: Path) -> dict[str, float]:
     return {"seconds": seconds, "bytes": out.stat().st_size}
 
 
-def child_offload(ch: Path, work: Path) -> dict[str, float]:
+def child_offload(ch: Path, work: Path, batch_rows: int) -> dict[str, float]:
     from iceberg_offload import config
     from iceberg_offload.offload import run_cycle
+    from iceberg_offload.source import limit_malloc_arenas
 
+    limit_malloc_arenas()
     cat = work / "catalog"
     shutil.rmtree(cat, ignore_errors=True)
     cat.mkdir(parents=True)
     cfg = work / "offload.toml"
     cfg.write_text(f"""[source]\ndsn = "chdb://{ch}"\ndatabase = "k2"\n
 [catalog]\nuri = "sqlite:///{cat}/catalog.db"\nwarehouse = "file://{cat}/warehouse"\n
-[offload]\nsettle_seconds = 0\n
+[offload]\nsettle_seconds = 0\nbatch_rows = {batch_rows}\n
 [[tables]]\nsource = "bronze_trades"\ntimestamp_column = "exchange_timestamp"
 sequence_column = "sequence_number"\npartition_by = "day"\n""")
     settings = config.load(cfg, env={})
@@ -83,8 +85,9 @@ sequence_column = "sequence_number"\npartition_by = "day"\n""")
     return {"seconds": seconds, "rows": table.rows, "commits": table.commits, "bytes": size}
 
 
-def measure(kind: str, ch: Path, work: Path) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, __file__, "_child", kind, str(ch), str(work)], capture_output=True,
+def measure(kind: str, ch: Path, work: Path, batch_rows: int) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, __file__, "_child", kind, str(ch), str(work), str(batch_rows)],
+                          capture_output=True,
                           text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
@@ -97,6 +100,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "out")
     ap.add_argument("--only", choices=["both", "offload", "export"], default="both")
+    ap.add_argument("--batch-rows", type=int, default=500_000)
     args = ap.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -108,7 +112,7 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     for r in range(args.rounds):
         for kind in kinds if r % 2 == 0 else list(reversed(kinds)):
-            res = measure(kind, ch, work)
+            res = measure(kind, ch, work, args.batch_rows)
             results[kind].append(res)
             print(f"round {r + 1} {kind}: {res}", file=sys.stderr)
     summary = {}
@@ -121,15 +125,16 @@ def main() -> None:
         summary["ratio_offload_over_export"] = round(summary["offload"]["rows_per_s"] /
                                                      summary["export"]["rows_per_s"], 2)
     summary["rows"] = args.rows
+    summary["batch_rows"] = args.batch_rows
     (work / f"results-{args.rows}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
-        kind, ch_path, work_path = sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
+        kind, ch_path, work_path, batch = sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5])
         out = child_export(ch_path, work_path / "export.parquet") if kind == "export" else \
-            child_offload(ch_path, work_path)
+            child_offload(ch_path, work_path, batch)
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(out))
     else:

@@ -146,13 +146,14 @@ CRASHER = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)
 
     if point == "during_read":
-        real = source.Source.batches
-        def batches(self, sql, rows):
-            for i, b in enumerate(real(self, sql, rows)):
-                if i == 0:  # the first batch is in hand, the rest not read yet
-                    die()
-                yield b
-        source.Source.batches = batches
+        real = source.Source.arrow
+        reads = []
+        def arrow(self, sql):
+            reads.append(sql)
+            if len(reads) == 2:  # the first batch is in hand, the second being read
+                die()
+            return real(self, sql)
+        source.Source.arrow = arrow
     elif point == "before_commit":
         def commit(self):
             die()

@@ -13,6 +13,7 @@ from typing import Any
 from . import __version__
 from .config import DEFAULT_CONFIG, Settings, load
 from .errors import OffloadError
+from .source import limit_malloc_arenas
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    limit_malloc_arenas()
     try:
         return int(args.func(args))
     except OffloadError as exc:

@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,8 +32,7 @@ from .window import (
     Window,
     chunk_query,
     count_query,
-    cut_query,
-    last_key_query,
+    plan_query,
     upper_bound,
 )
 
@@ -144,19 +143,18 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
         progress(cfg.target, 0, total)
     conflicts = 0
     while True:
-        cut_rows = source.rows(cut_query(table_sql, final, plan.key, window, settings.offload.max_rows_per_commit))
-        if not cut_rows:
-            cut_rows = source.rows(last_key_query(table_sql, final, plan.key, window))
-        if not cut_rows:
+        splits, last, n = source.rows(plan_query(table_sql, final, plan.key, window,
+                                                 settings.offload.max_rows_per_commit, settings.offload.read_rows))[0]
+        if not n:
             break
-        cut = plan.key.watermark(cut_rows[0])
+        cut = plan.key.watermark(last)
+        bounds = sorted({plan.key.watermark(s) for s in splits if plan.key.watermark(s) < cut}) + [cut]
         commit_id = f"{run_id}/{uuid.uuid4().hex[:12]}"
         props = {**cut.to_props(), f"{PREFIX}run-id": run_id, COMMIT_ID: commit_id,
                  f"{PREFIX}window.lower-ns": str(window.lower.ts_ns) if window.lower else "",
                  f"{PREFIX}window.upper-ns": str(window.upper_ns), f"{PREFIX}source": plan.info.qualified,
                  f"{PREFIX}version": __version__}
-        sql = chunk_query(table_sql, final, plan.key, [c.select for c in plan.columns], window, cut)
-        chunks = _read(source, sql, plan, table, settings.offload.batch_rows)
+        chunks = _read(source, plan, table, window, bounds, settings.offload.batch_rows)
         t0 = time.monotonic()
         try:
             table, rows = sink.commit(table, chunks, props, t0)
@@ -182,27 +180,29 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
     result.pending_rows = 0
 
 
-def _read(source: Source, sql: str, plan: TablePlan, table: Table, batch_rows: int) -> Iterator[pa.Table]:
+def _read(source: Source, plan: TablePlan, table: Table, window: Window, bounds: list[Watermark],
+          batch_rows: int) -> Iterator[pa.Table]:
+    """The chunk (window.lower, bounds[-1]] as Arrow tables of about batch_rows rows, read with one bounded
+    key-range query per bound, the next batch read on a thread while the current one is written."""
+    tsql, final, key = plan.info.qualified, plan.cfg.final, plan.key
     target = table.schema().as_arrow()
-    name = plan.cfg.source
-    batches = source.batches(sql, batch_rows)
-    return prefetch(conform(t, plan.columns, target, name) for t in rebatch(batches, batch_rows))
+    select = [c.select for c in plan.columns]
 
+    def batches() -> Iterator[pa.Table]:
+        lower, pending, rows = window.lower, [], 0
+        for upper in bounds:
+            sql = chunk_query(tsql, final, key, select, Window(lower, window.upper_ns), upper)
+            part = conform(source.arrow(sql), plan.columns, target, plan.cfg.source)
+            lower = upper
+            pending.append(part)
+            rows += part.num_rows
+            if rows >= batch_rows:
+                yield pa.concat_tables(pending)
+                pending, rows = [], 0
+        if pending:
+            yield pa.concat_tables(pending)
 
-def rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
-    """Group small record batches into tables of about `rows` rows (one data file each)."""
-    pending: list[pa.RecordBatch] = []
-    count = 0
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        pending.append(batch)
-        count += batch.num_rows
-        if count >= rows:
-            yield pa.Table.from_batches(pending)
-            pending, count = [], 0
-    if pending:
-        yield pa.Table.from_batches(pending)
+    return prefetch(batches())
 
 
 _DONE = object()

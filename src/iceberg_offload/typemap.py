@@ -294,7 +294,7 @@ def conform(batch: pa.RecordBatch | pa.Table, plans: list[ColumnMap], target: pa
     """Rename positional columns to their names and cast to the Iceberg table's Arrow schema (checked)."""
     tbl = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
     tbl = tbl.rename_columns([p.name for p in plans])
-    fields = {f.name: f for f in target}
+    fields = {f.name: f.with_type(_small(f.type)) for f in target}
     arrays = []
     for p, column in zip(plans, tbl.columns, strict=True):
         field = fields[p.name]
@@ -306,6 +306,22 @@ def conform(batch: pa.RecordBatch | pa.Table, plans: list[ColumnMap], target: pa
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise _cast_error(table, p, column, field, exc) from None
     return pa.Table.from_arrays(arrays, schema=pa.schema([fields[p.name] for p in plans]))
+
+
+def _small(t: pa.DataType) -> pa.DataType:
+    """pyiceberg's schema asks for large_string/large_binary/large_list; the plain ones write the same
+    Parquet and Iceberg types, and ClickHouse sends plain ones, so casting them would only copy."""
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_large_binary(t):
+        return pa.binary()
+    if pa.types.is_large_list(t) or pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_small(t.value_type)))
+    if pa.types.is_map(t):
+        return pa.map_(t.key_field.with_type(_small(t.key_type)), t.item_field.with_type(_small(t.item_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(_small(t.field(i).type)) for i in range(t.num_fields)])
+    return t
 
 
 def _cast_error(table: str, p: ColumnMap, column: pa.ChunkedArray, field: pa.Field, exc: Exception) -> Exception:

@@ -21,10 +21,16 @@ PREFIX = "offload."
 _INT_TYPES = {f"{s}Int{b}" for s in ("", "U") for b in (8, 16, 32, 64)}
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Watermark:
     ts_ns: int
     seq: int | None = None
+
+    def _order(self) -> tuple[int, int]:
+        return (self.ts_ns, -(2**65) if self.seq is None else self.seq)
+
+    def __lt__(self, other: Watermark) -> bool:
+        return self._order() < other._order()
 
     def to_props(self) -> dict[str, str]:
         props = {f"{PREFIX}watermark.ts-ns": str(self.ts_ns), f"{PREFIX}watermark.ts": iso(self.ts_ns)}
@@ -147,16 +153,16 @@ def upper_bound(now_ns: int, settle_seconds: int, closed_after_seconds: int) -> 
     return now_ns - (settle_seconds + closed_after_seconds) * NS
 
 
-def cut_query(table_sql: str, final: bool, key: Key, window: Window, max_rows: int) -> str:
-    """The key of the max_rows-th row of the window, in key order: the end of the next chunk."""
-    return (f"SELECT {key.select_key()} FROM {table_sql}{' FINAL' if final else ''} "
-            f"WHERE {window.where(key)} ORDER BY {key.order_by()} LIMIT 1 OFFSET {max_rows - 1}")
-
-
-def last_key_query(table_sql: str, final: bool, key: Key, window: Window) -> str:
-    """The greatest key in the window (the end of a chunk that takes the whole window)."""
-    return (f"SELECT {key.select_key()} FROM {table_sql}{' FINAL' if final else ''} "
-            f"WHERE {window.where(key)} ORDER BY {key.order_by(desc=True)} LIMIT 1")
+def plan_query(table_sql: str, final: bool, key: Key, window: Window, max_rows: int, batch_rows: int) -> str:
+    """The next chunk in one query: the first max_rows keys of the window in key order, and from them
+    `last` (the greatest: the chunk's cut, its new watermark), every batch_rows-th key (where the chunk
+    is split into read queries) and `n`. Rows sharing the last key beyond max_rows go into the chunk too,
+    since the chunk is read as a key range."""
+    k = f"({key.ts_ns_expr()}, {quote(key.seq) if key.seq else '0'})"
+    return (f"SELECT groupArrayIf(k, (rn + 1) % {batch_rows} = 0), max(k), count() FROM ("
+            f"SELECT k, rowNumberInAllBlocks() AS rn FROM ("
+            f"SELECT {k} AS k FROM {table_sql}{' FINAL' if final else ''} WHERE {window.where(key)} "
+            f"ORDER BY {key.order_by()} LIMIT {max_rows}))")
 
 
 def chunk_query(table_sql: str, final: bool, key: Key, select: list[str], window: Window, cut: Watermark) -> str:
