@@ -57,6 +57,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="seed the embedded ClickHouse with market data and offload it")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("deploy", parents=[common],
+                       help="create or update the work pool, deployments and per-table limits (idempotent)")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("worker", parents=[common], help="a Prefect process worker on pool iceberg-offload "
+                                                        "plus the metrics endpoint (port 8000)")
+    p.add_argument("--name", help="worker name (default HOST-PID)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("up", parents=[common], help="start Prefect server, worker and deployments natively; "
+                                                    "returns when the API is ready and a worker is ONLINE")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
+    p.set_defaults(func=cmd_up)
+    p = sub.add_parser("down", parents=[common], help="stop the native stack that `up` started")
+    p.set_defaults(func=cmd_down)
+    p = sub.add_parser("ps", parents=[common], help="the native stack's processes, their logs and the URLs")
+    p.set_defaults(func=cmd_ps)
+    p = sub.add_parser("_supervise", parents=[common])
+    p.set_defaults(func=cmd_supervise)
+
+    p = sub.add_parser("trigger", parents=[common], help="start a run of a deployment now (default: the offload)")
+    p.add_argument("--deployment", default="iceberg-offload-main/iceberg-offload-15min", metavar="FLOW/DEPLOYMENT")
+    p.add_argument("--wait", action="store_true", help="wait until the run is final; exit 1 unless COMPLETED")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait (default 600)")
+    p.set_defaults(func=cmd_trigger)
+
+    p = sub.add_parser("schedule", parents=[common], help="show, pause or resume the deployments' schedules")
+    p.add_argument("action", choices=["show", "pause", "resume"])
+    p.add_argument("--deployment", action="append", metavar="FLOW/DEPLOYMENT",
+                   help="default: iceberg-offload-main/iceberg-offload-15min and iceberg-maintenance/"
+                        "iceberg-maintenance-daily")
+    p.set_defaults(func=cmd_schedule)
     return parser
 
 
@@ -192,7 +225,7 @@ def cmd_watermark_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .status import verify
+    from .reconcile import verify
 
     results = verify(_settings(args), args.table)
     ok = all(r.ok for r in results)
@@ -248,3 +281,104 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- orchestration --------------------------------------------------------------------------------------
+def _prefect_settings(args: argparse.Namespace) -> Settings:
+    from .config import apply_prefect_env
+
+    settings = _settings(args)
+    apply_prefect_env(settings)
+    return settings
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    settings = _prefect_settings(args)
+    from .deployments import deploy
+
+    report = deploy(settings).as_dict()
+
+    def text() -> str:
+        lines = [f"work pool iceberg-offload: {report['work_pool']['iceberg-offload']}"]
+        lines += [f"deployment {k}: {v}" for k, v in report["deployments"].items()]
+        lines += [f"limit {k} (1 in flight): {v}" for k, v in report["limits"].items()]
+        lines += [f"note: {n}" for n in report["notes"]]
+        lines.append(f"trigger a run: iceberg-offload trigger --wait   (or: PREFECT_API_URL={settings.prefect.api_url}"
+                     f" prefect deployment run 'iceberg-offload-main/iceberg-offload-15min')")
+        return "\n".join(lines)
+
+    _print(args, report, text)
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .stack import run_worker
+
+    return run_worker(_prefect_settings(args), args.name)
+
+
+def cmd_supervise(args: argparse.Namespace) -> int:
+    from .stack import supervise
+
+    return supervise(_prefect_settings(args))
+
+
+def _ps_text(data: dict[str, Any]) -> str:
+    rows = [[p["name"], p["pid"], "running" if p["running"] else "stopped", p["restarts"], p["log"]]
+            for p in data["processes"]]
+    out = [_grid(["process", "pid", "state", "restarts", "log"], rows)]
+    out.append(f"\nAPI ready: {'yes' if data['api_ready'] else 'NO'}   workers online: {data['workers_online']}")
+    out += [f"{k:8} {v}" for k, v in data["urls"].items()]
+    return "\n".join(out)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .stack import up
+
+    data = up(_prefect_settings(args), args.timeout)
+    _print(args, data, lambda: ("started the stack\n" if data["started"] else "already running\n") + _ps_text(data))
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from .stack import down
+
+    data = down(_prefect_settings(args))
+    _print(args, data, lambda: str(data["message"]))
+    return EXIT_OK
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from .stack import ps
+
+    data = ps(_prefect_settings(args))
+    _print(args, data, lambda: _ps_text(data))
+    return EXIT_OK if data["running"] else EXIT_FAILED
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    _prefect_settings(args)
+    from .deployments import schedule_state, set_paused
+
+    if args.action == "show":
+        data = schedule_state(args.deployment)
+    else:
+        data = set_paused(args.deployment, args.action == "pause")
+
+    def text() -> str:
+        rows = [[d["deployment"], "missing" if not d["exists"] else "paused" if not d["active"] else "active",
+                 ", ".join(s["schedule"] for s in d["schedules"])] for d in data]
+        return _grid(["deployment", "schedule", "when"], rows)
+
+    _print(args, {"deployments": data}, text)
+    return EXIT_OK
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    _prefect_settings(args)
+    from .deployments import trigger
+
+    data = trigger(args.deployment, wait=args.wait, timeout=args.timeout)
+    _print(args, data, lambda: f"flow run {data['flow_run_id']} ({data['name']}): {data['state']}"
+           + (f" in {data['seconds']}s" if args.wait else ""))
+    return EXIT_OK if not args.wait or data["state"] == "COMPLETED" else EXIT_FAILED

@@ -52,6 +52,35 @@ class OffloadSettings(_Section):
     """Rows per ClickHouse query; the engine's memory grows with this, not with the backlog."""
 
 
+class PrefectSettings(_Section):
+    api_url: str = "http://127.0.0.1:4200/api"
+    """Set as PREFECT_API_URL for every Prefect call and process we start (no throwaway servers)."""
+    database_url: str = ""
+    """The Prefect server's database: empty = SQLite under `home`; or postgresql+asyncpg://user@host/db."""
+    home: str = ".offload/prefect"
+    """PREFECT_HOME for the processes we start: profiles, local result storage, the SQLite database."""
+    auth_string: str = ""
+    """PREFECT_API_AUTH_STRING / PREFECT_SERVER_API_AUTH_STRING when the API requires it (keep it in env)."""
+    fan_out: Literal["tasks", "deployments"] = "tasks"
+    """tasks: a cycle offloads its tables in threads of one flow run (fast, one worker);
+    deployments: one flow run per table, spread over every worker in the pool (scale out)."""
+    worker_query_seconds: float = Field(default=5.0, gt=0)
+    """How often a worker asks the server for due runs."""
+
+
+class MetricsSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+
+class ScheduleSettings(_Section):
+    offload_cron: str = "*/15 * * * *"
+    maintenance_cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    offload_interval_seconds: int = Field(default=0, ge=0)
+    """When > 0, the offload deployment runs every N seconds instead of on offload_cron (tests, demos)."""
+
+
 PartitionBy = Literal["hour", "day", "month", "none"]
 Layer = Literal["bronze", "silver", "gold"]
 LAYERS: tuple[Layer, ...] = ("bronze", "silver", "gold")
@@ -103,6 +132,9 @@ class Settings(_Section):
     source: SourceSettings = Field(default_factory=SourceSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     offload: OffloadSettings = Field(default_factory=OffloadSettings)
+    prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     tables: list[TableSettings] = Field(default_factory=list)
     path: str = ""
     """The config file this came from ('' for the embedded default)."""
@@ -238,4 +270,27 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     return settings.model_copy(update={
         "source": src.model_copy(update={"dsn": dsn}),
         "catalog": cat.model_copy(update={"uri": uri, "warehouse": warehouse}),
+        "prefect": settings.prefect.model_copy(update={"home": absolute(settings.prefect.home)}),
     })
+
+
+def prefect_env(settings: Settings) -> dict[str, str]:
+    """The environment every Prefect client, server and worker we start gets from our config."""
+    p = settings.prefect
+    env = {
+        "PREFECT_API_URL": p.api_url,
+        "PREFECT_HOME": p.home,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": str(p.worker_query_seconds),
+        "PREFECT_LOCAL_STORAGE_PATH": os.path.join(p.home, "storage"),
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+    }
+    if p.auth_string:
+        env["PREFECT_API_AUTH_STRING"] = p.auth_string
+    return env
+
+
+def apply_prefect_env(settings: Settings) -> None:
+    """Set the Prefect environment in this process; call before the first `import prefect`."""
+    os.environ.update(prefect_env(settings))
+    os.makedirs(settings.prefect.home, exist_ok=True)

@@ -1,0 +1,166 @@
+"""Prefect wrappers around the engine: the offload cycle, one table, maintenance, and their deployments.
+
+The engine (`offload`) knows nothing of Prefect. Everything here is thin: load the config named by the
+`config` parameter, call the engine, turn its results into task and flow states. Import this module only
+after `prefect_env()` has set PREFECT_API_URL (the CLI does), or Prefect starts a throwaway server.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.client.schemas.objects import FlowRun
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+
+from .config import LAYERS, Settings, load
+from .errors import OffloadError
+from .offload import TableResult, new_run_id, offload_table
+from .sink import Sink, open_catalog
+from .source import open_source
+
+POOL = "iceberg-offload"
+MAIN_FLOW, MAIN_DEPLOYMENT = "iceberg-offload-main", "iceberg-offload-15min"
+TABLE_FLOW, TABLE_DEPLOYMENT = "iceberg-offload-table", "iceberg-offload-table"
+MAINT_FLOW, MAINT_DEPLOYMENT = "iceberg-maintenance", "iceberg-maintenance-daily"
+
+
+def table_limit(name: str) -> str:
+    """The per-table concurrency tag / global limit: one offload of a table in flight, anywhere."""
+    return f"offload-table:{name}"
+
+
+class TableFailed(Exception):
+    """A table's offload failed; `transient` decides whether the task is retried."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        err = result.get("error") or {}
+        super().__init__(f"{result['table']}: {err.get('message', 'failed')} (fix: {err.get('fix', '-')})")
+        self.result = result
+        self.transient = bool(err.get("transient"))
+
+
+def _transient_only(task: Any, task_run: Any, state: State) -> bool:
+    """Retry a table only for transient errors (ClickHouse or catalog unreachable, a lost race)."""
+    try:
+        state.result()
+    except TableFailed as exc:
+        return exc.transient
+    except OffloadError as exc:
+        return exc.transient
+    except Exception:  # noqa: BLE001 - an unexpected error: do not hammer, let the operator look
+        return False
+    return False
+
+
+def _run_id() -> str:
+    rid = flow_run.get_id()
+    return str(rid) if rid else new_run_id()
+
+
+def run_table(config: str, table: str, run_id: str) -> dict[str, Any]:
+    """Offload one table in this process; raise TableFailed when it failed."""
+    settings = load(config or None)
+    cfg = settings.table(table)
+    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+    with open_source(settings.source) as source:
+        result = offload_table(settings, cfg, source, sink, run_id)
+    if result.status != "ok":
+        raise TableFailed(result.as_dict())
+    return result.as_dict()
+
+
+@task(name="offload-table", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient_only,
+      task_run_name="offload {table}")
+def offload_table_task(config: str, table: str, run_id: str) -> dict[str, Any]:
+    return run_table(config, table, run_id)
+
+
+@flow(name=TABLE_FLOW, flow_run_name="offload {table}", persist_result=True)
+def offload_table_flow(config: str = "", table: str = "", run_id: str = "") -> dict[str, Any]:
+    """One table in its own flow run (fan_out = "deployments"): any worker in the pool may take it."""
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(table_limit(table), occupy=1, strict=False):
+        return offload_table_task(config, table, run_id or _run_id())
+
+
+def _outcome(table: str, layer: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, TableFailed):
+        return value.result
+    return TableResult(table, layer, status="failed",
+                       error={"type": "orchestration", "transient": True, "message": str(value)[:500],
+                              "fix": "see the flow run's logs"}).as_dict()
+
+
+def _layer_with_tasks(settings: Settings, names: list[str], run_id: str) -> list[Any]:
+    futures = [offload_table_task.with_options(tags=[table_limit(n)]).submit(settings.path, n, run_id)
+               for n in names]
+    return [f.result(raise_on_failure=False) for f in futures]
+
+
+def _layer_with_deployments(settings: Settings, names: list[str], run_id: str) -> list[Any]:
+    from prefect.deployments import run_deployment
+
+    def one(name: str) -> Any:
+        run = cast(FlowRun, run_deployment(f"{TABLE_FLOW}/{TABLE_DEPLOYMENT}", timeout=None, as_subflow=True,
+                                           parameters={"config": settings.path, "table": name, "run_id": run_id}))
+        state = run.state
+        if state is not None and state.is_completed():
+            return state.result()
+        try:
+            return state.result() if state is not None else RuntimeError("no state")
+        except Exception as exc:  # noqa: BLE001 - the table run's own error, reported per table
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        return list(pool.map(one, names))
+
+
+@flow(name=MAIN_FLOW, persist_result=True, flow_run_name="offload cycle")
+def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
+    """One cycle: bronze tables concurrently, then silver, then gold. A failing table does not stop the
+    others; the run ends Failed when any failed, and its result lists every table's outcome."""
+    logger = get_run_logger()
+    settings = load(config or None)
+    run_id = _run_id()
+    selected = settings.select(tables)
+    outcomes: list[dict[str, Any]] = []
+    for layer in LAYERS:
+        names = [t.target for t in selected if t.layer == layer]
+        if not names:
+            continue
+        runner = _layer_with_deployments if settings.prefect.fan_out == "deployments" else _layer_with_tasks
+        values = runner(settings, names, run_id)
+        outcomes += [_outcome(n, layer, v) for n, v in zip(names, values, strict=True)]
+        logger.info("layer %s: %s", layer, ", ".join(f"{o['table']}={o['status']}" for o in outcomes[-len(names):]))
+    failed = [o for o in outcomes if o["status"] != "ok"]
+    result = {"run_id": run_id, "status": "success" if not failed else "partial" if len(failed) < len(outcomes)
+              else "failed", "rows": sum(o["rows"] for o in outcomes), "tables": outcomes}
+    create_table_artifact(key="offload-cycle", description=f"cycle {run_id}: {result['status']}",
+                          table=[{k: o[k] for k in ("table", "layer", "status", "rows", "commits")} |
+                                 {"error": (o.get("error") or {}).get("message", "")} for o in outcomes])
+    if failed:
+        return Failed(message=f"{len(failed)} of {len(outcomes)} tables failed: "
+                              + "; ".join(f"{o['table']}: {(o.get('error') or {}).get('message', '')}"[:300]
+                                          for o in failed), data=result)
+    return Completed(message=f"{result['rows']} rows offloaded", data=result)
+
+
+@flow(name=MAINT_FLOW, persist_result=True, flow_run_name="maintenance")
+def maintenance(config: str = "") -> Any:
+    """Daily maintenance. For now: verify hot vs cold over every table."""
+    from .reconcile import verify
+
+    settings = load(config or None)
+    results = [r.as_dict() | {"ok": r.ok} for r in verify(settings)]
+    bad = [r for r in results if not r["ok"]]
+    summary = {"ok": not bad, "tables": results}
+    if bad:
+        return Failed(message="verify found problems in " + ", ".join(r["table"] for r in bad), data=summary)
+    return Completed(message=f"verified {len(results)} tables", data=summary)
