@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", parents=[common], help="a Prefect process worker on pool iceberg-offload "
                                                         "plus the metrics endpoint (port 8000)")
     p.add_argument("--name", help="worker name (default HOST-PID)")
+    p.add_argument("--limit", type=int, help="flow runs at once (default [prefect] worker_limit; 0 = no limit)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("up", parents=[common], help="start Prefect server, worker and deployments natively; "
@@ -279,9 +280,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if cycle["status"] == "success" else EXIT_FAILED
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 # -- orchestration --------------------------------------------------------------------------------------
 def _prefect_settings(args: argparse.Namespace) -> Settings:
@@ -314,7 +312,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .stack import run_worker
 
-    return run_worker(_prefect_settings(args), args.name)
+    return run_worker(_prefect_settings(args), args.name, args.limit)
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
@@ -382,3 +380,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     _print(args, data, lambda: f"flow run {data['flow_run_id']} ({data['name']}): {data['state']}"
            + (f" in {data['seconds']}s" if args.wait else ""))
     return EXIT_OK if not args.wait or data["state"] == "COMPLETED" else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

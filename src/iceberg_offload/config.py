@@ -66,6 +66,9 @@ class PrefectSettings(_Section):
     deployments: one flow run per table, spread over every worker in the pool (scale out)."""
     worker_query_seconds: float = Field(default=5.0, gt=0)
     """How often a worker asks the server for due runs."""
+    worker_limit: int = Field(default=0, ge=0)
+    """Flow runs one worker runs at once (0 = no limit). With fan_out = "deployments", a limit spreads the
+    table runs of a cycle over the workers of the pool instead of the first one to poll taking them all."""
 
 
 class MetricsSettings(_Section):

@@ -146,7 +146,11 @@ def _ensure_deployment(client: Any, spec: DeploySpec, notes: list[str]) -> str:
         update["parameters"] = spec.parameters
     if existing.work_pool_name != POOL:
         update["work_pool_name"] = POOL
-    if existing.concurrency_limit != spec.concurrency_limit:
+    gcl = getattr(existing, "global_concurrency_limit", None)
+    current_limit = gcl.limit if gcl is not None else existing.concurrency_limit
+    current_strategy = (existing.concurrency_options.collision_strategy if existing.concurrency_options else None)
+    wanted_strategy = ConcurrencyLimitStrategy.CANCEL_NEW if spec.concurrency_limit else None
+    if current_limit != spec.concurrency_limit or (spec.concurrency_limit and current_strategy != wanted_strategy):
         update.update(concurrency)
     if update:
         client.update_deployment(existing.id, DeploymentUpdate(**update))

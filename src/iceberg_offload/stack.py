@@ -74,7 +74,7 @@ def online_workers(settings: Settings) -> int:
 
 
 # -- the worker: `iceberg-offload worker` -------------------------------------------------------------------
-def run_worker(settings: Settings, name: str | None = None) -> int:
+def run_worker(settings: Settings, name: str | None = None, limit: int | None = None) -> int:
     """A Prefect process worker on the pool, in this process, plus the metrics endpoint. SIGTERM or SIGINT
     stop it cleanly, also when started as a background job of a non-interactive shell (which inherits
     SIGINT ignored): we install our own handlers."""
@@ -87,10 +87,12 @@ def run_worker(settings: Settings, name: str | None = None) -> int:
 
     server = serve(settings)
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
+    limit = limit if limit is not None else settings.prefect.worker_limit
 
     async def main() -> None:
-        async with ProcessWorker(name=worker_name, work_pool_name=POOL, heartbeat_interval_seconds=
-                                 int(os.environ.get("PREFECT_WORKER_HEARTBEAT_SECONDS", "30"))) as worker:
+        async with ProcessWorker(name=worker_name, work_pool_name=POOL, limit=limit or None,
+                                 heartbeat_interval_seconds=int(os.environ.get("PREFECT_WORKER_HEARTBEAT_SECONDS",
+                                                                               "30"))) as worker:
             await worker.start()
 
     loop = asyncio.new_event_loop()
@@ -278,17 +280,22 @@ def up(settings: Settings, timeout: float = 180.0) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
     state = read_state(settings)
     started = False
+    sup: subprocess.Popen[bytes] | None = None
     if not (state and not state.get("stopped") and _pid_alive(state.get("supervisor_pid"))):
         log = open(d / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
-        subprocess.Popen([sys.executable, "-m", "iceberg_offload.cli", "_supervise", "--config", settings.path],
-                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                         env={**os.environ, **prefect_env(settings)})
+        sup = subprocess.Popen([sys.executable, "-m", "iceberg_offload.cli", "_supervise", "--config", settings.path],
+                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True, env={**os.environ, **prefect_env(settings)})
         log.close()
         started = True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if api_ready(settings) and online_workers(settings) > 0:
             return {"started": started, **ps(settings)}
+        if sup is not None and sup.poll() is not None:
+            tail = (d / "supervisor.log").read_text(errors="replace")[-1500:]
+            raise TransientError(f"the supervisor exited with code {sup.returncode}:\n{tail}",
+                                 f"fix what {d / 'supervisor.log'} says, then run `iceberg-offload up` again")
         time.sleep(0.5)
     raise TransientError(f"the stack did not become ready within {timeout:.0f}s",
                          f"look at the logs in {d} (server.log, worker.log, deploy.log, supervisor.log)")

@@ -1,0 +1,151 @@
+"""Helpers for tests that run the real native stack: Prefect server, workers, our CLI as processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conftest import TRADES_DDL, _toml, insert_trades
+from iceberg_offload import config
+from iceberg_offload.config import Settings
+from iceberg_offload.source import open_source
+
+ENV_BASE = {k: v for k, v in os.environ.items() if not k.startswith(("OFFLOAD", "PREFECT"))}
+ENV_BASE["PYTHONPATH"] = os.pathsep.join(sys.path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(root: Path, tables: list[str], *, prefect: dict[str, Any] | None = None,
+                 schedule: dict[str, Any] | None = None, extra_tables: list[dict[str, Any]] | None = None) -> Settings:
+    root.mkdir(parents=True, exist_ok=True)
+    api_port, metrics_port = free_port(), free_port()
+    lines = ["[source]", f'dsn = "chdb://{root}/ch"', "lock_timeout_seconds = 60", "",
+             "[catalog]", f'uri = "sqlite:///{root}/catalog.db"', f'warehouse = "file://{root}/warehouse"', "",
+             "[offload]", "settle_seconds = 0", "",
+             "[prefect]", f'api_url = "http://127.0.0.1:{api_port}/api"', f'home = "{root}/prefect"',
+             "worker_query_seconds = 2"]
+    lines += [f"{k} = {_toml(v)}" for k, v in (prefect or {}).items()]
+    lines += ["", "[metrics]", f"port = {metrics_port}", "", "[schedule]"]
+    lines += [f"{k} = {_toml(v)}" for k, v in (schedule or {}).items()]
+    for i, name in enumerate(tables):
+        layer = "bronze" if i % 3 == 0 else "silver" if i % 3 == 1 else "gold"
+        lines += ["", "[[tables]]", f'source = "{name}"', f'layer = "{layer}"', 'timestamp_column = "ts"',
+                  'sequence_column = "seq"']
+    for t in extra_tables or []:
+        lines += ["", "[[tables]]"] + [f"{k} = {_toml(v)}" for k, v in t.items()]
+    path = root / "offload.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return config.load(path, env={})
+
+
+def seed(settings: Settings, tables: list[str], rows: int, start_ms: int | None = None) -> None:
+    start = start_ms or (int(time.time()) - 4 * 3600) * 1000
+    with open_source(settings.source) as ch:
+        ch.command("CREATE DATABASE IF NOT EXISTS k2")
+        for name in tables:
+            ch.command(TRADES_DDL.format(name=name).replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+            seq0 = int(ch.rows(f"SELECT count() FROM k2.{name}")[0][0])
+            insert_trades(ch, name, start + seq0 * 1000, rows, seq0=seq0)
+
+
+def cli(settings: Settings, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", *args, "--config", settings.path],
+                          env=ENV_BASE, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"iceberg-offload {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def cli_json(settings: Settings, *args: str, timeout: float = 300) -> Any:
+    return json.loads(cli(settings, *args, "--json", timeout=timeout).stdout)
+
+
+def prefect_env(settings: Settings) -> dict[str, str]:
+    return {**ENV_BASE, **config.prefect_env(settings)}
+
+
+def prefect_cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "prefect", *args], env=prefect_env(settings),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_process(settings: Settings, args: list[str], log: Path, env: dict[str, str] | None = None
+                  ) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115
+    return subprocess.Popen([sys.executable, "-m", "iceberg_offload.cli", *args, "--config", settings.path],
+                            env={**ENV_BASE, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def start_server(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    from iceberg_offload.stack import api_ready, server_argv_env
+
+    argv, env = server_argv_env(settings)
+    env = {**ENV_BASE, **{k: v for k, v in env.items() if k.startswith("PREFECT")}}
+    out = open(log, "ab")  # noqa: SIM115
+    proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(lambda: api_ready(settings), 90, f"Prefect server ready (log {log})")
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def client(settings: Settings) -> Any:
+    """A sync Prefect client for the settings' server."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(settings.prefect.api_url, auth_string=settings.prefect.auth_string or None)
+
+
+def flow_runs(settings: Settings, deployment: str) -> list[Any]:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with client(settings) as c:
+        dep = c.read_deployment_by_name(deployment)
+        return list(c.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+                                     limit=200))
+
+
+def wait_run_final(settings: Settings, run_id: Any, timeout: float = 180) -> Any:
+    def final() -> Any:
+        with client(settings) as c:
+            run = c.read_flow_run(run_id)
+        return run if run.state is not None and run.state.is_final() else None
+
+    return wait_for(final, timeout, f"flow run {run_id} to finish")

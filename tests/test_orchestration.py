@@ -1,0 +1,267 @@
+"""Prefect 3 for real: server (SQLite and Postgres), process workers, the deployments, the supervisor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import _pg_admin, cold
+from iceberg_offload.stack import online_workers, read_state, workers
+from stackutil import (
+    cli,
+    cli_json,
+    client,
+    flow_runs,
+    prefect_cli,
+    seed,
+    start_process,
+    start_server,
+    stop,
+    wait_for,
+    wait_run_final,
+    write_config,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+MAIN = "iceberg-offload-main/iceberg-offload-15min"
+MAINT = "iceberg-maintenance/iceberg-maintenance-daily"
+TABLES = ["t_a", "t_b", "t_c", "t_d", "t_e", "t_f"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """One native stack (`up`) on SQLite for the tests that share it; `down` at the end."""
+    root = tmp_path_factory.mktemp("stack")
+    bronze = [{"source": f"b{i}", "layer": "bronze", "timestamp_column": "ts", "sequence_column": "seq"}
+              for i in range(3)]
+    broken = {"source": "missing_table", "layer": "silver", "timestamp_column": "ts"}
+    settings = write_config(root, [], extra_tables=[*bronze, broken])
+    seed(settings, ["b0", "b1", "b2"], 3000)
+    up = cli_json(settings, "up", timeout=240)
+    assert up["api_ready"] and up["workers_online"] >= 1
+    yield settings
+    cli(settings, "down", check=False)
+
+
+def _run_main(settings, via_prefect_cli: bool = True):
+    if via_prefect_cli:
+        out = prefect_cli(settings, "deployment", "run", MAIN)
+        assert out.returncode == 0, out.stdout + out.stderr
+        run_id = next(line.split("flow-run/")[-1].strip() for line in out.stdout.splitlines() if "flow-run/" in line)
+    else:
+        run_id = cli_json(settings, "trigger")["flow_run_id"]
+    return wait_run_final(settings, uuid.UUID(run_id))
+
+
+def test_deploy_creates_exactly_the_runbook_names_and_is_idempotent(stack):
+    with client(stack) as c:
+        pool = c.read_work_pool("iceberg-offload")
+        assert pool.type == "process"
+        main = c.read_deployment_by_name(MAIN)
+        maint = c.read_deployment_by_name(MAINT)
+        assert [s.schedule.cron for s in main.schedules] == ["*/15 * * * *"]
+        assert [s.schedule.cron for s in maint.schedules] == ["0 2 * * *"]
+        assert main.schedules[0].schedule.timezone == "UTC"
+        assert main.work_pool_name == maint.work_pool_name == "iceberg-offload"
+        assert main.global_concurrency_limit.limit == 1
+        assert main.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+        before = {"ids": (main.id, maint.id), "schedules": [s.id for s in main.schedules + maint.schedules]}
+    runs_before = sorted(str(r.id) for r in flow_runs(stack, MAIN))
+    again = cli_json(stack, "deploy")
+    assert set(again["deployments"].values()) == {"unchanged"} and again["work_pool"] == {"iceberg-offload": "unchanged"}
+    with client(stack) as c:
+        main, maint = c.read_deployment_by_name(MAIN), c.read_deployment_by_name(MAINT)
+        assert (main.id, maint.id) == before["ids"]
+        assert [s.id for s in main.schedules + maint.schedules] == before["schedules"]
+    assert sorted(str(r.id) for r in flow_runs(stack, MAIN)) == runs_before
+
+
+def test_deploy_never_resumes_a_paused_schedule(stack):
+    cli(stack, "schedule", "pause", "--deployment", MAIN)
+    try:
+        out = cli_json(stack, "deploy")
+        assert any("left paused" in n and MAIN in n for n in out["notes"])
+        state = {d["deployment"]: d for d in cli_json(stack, "schedule", "show")["deployments"]}
+        assert state[MAIN]["active"] is False and state[MAINT]["active"] is True
+    finally:
+        cli(stack, "schedule", "resume", "--deployment", MAIN)
+    assert {d["deployment"]: d for d in cli_json(stack, "schedule", "show")["deployments"]}[MAIN]["active"]
+
+
+def test_prefect_deployment_run_lands_the_data_with_concurrent_bronze_tasks(stack):
+    run = _run_main(stack)
+    # the broken table fails the run; the others completed
+    assert run.state.type.value == "FAILED", run.state
+    assert "missing_table" in run.state.message
+    for t in ("b0", "b1", "b2"):
+        assert cold(stack, t).num_rows == 3000
+    with client(stack) as c:
+        tasks = c.read_task_runs(flow_run_filter=_by_id(run.id))
+    by_name = {t.name: t for t in tasks}
+    bronze = [by_name[f"offload b{i}"] for i in range(3)]
+    assert max(t.start_time for t in bronze) < min(t.end_time for t in bronze), "bronze tasks did not overlap"
+    broken = by_name["offload missing_table"]
+    assert broken.state.type.value == "FAILED" and broken.run_count == 1  # terminal: never retried
+    result = run.state.result(raise_on_failure=False) if hasattr(run.state, "result") else None
+    assert result is None or isinstance(result, (dict, Exception))
+    with client(stack) as c:
+        arts = c.read_artifacts(limit=10)
+    cycle = [a for a in arts if a.key == "offload-cycle" and str(a.flow_run_id) == str(run.id)]
+    assert cycle and "missing_table" in str(cycle[0].data) and "b0" in str(cycle[0].data)
+
+
+def _by_id(run_id):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    return FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+
+
+def test_supervisor_restarts_a_killed_worker(stack):
+    state = read_state(stack)
+    old_pid = state["children"]["worker"]["pid"]
+    old_names = {w["name"] for w in workers(stack)}
+    os.kill(old_pid, signal.SIGKILL)
+    new_pid = wait_for(lambda: (s := read_state(stack)) and s["children"]["worker"]["pid"] != old_pid
+                       and s["children"]["worker"]["pid"], 60, "the supervisor to restart the worker")
+    assert read_state(stack)["children"]["worker"]["restarts"] >= 1
+    wait_for(lambda: any(w["status"] == "ONLINE" and w["name"] not in old_names for w in workers(stack)), 60,
+             "the new worker ONLINE")
+    seed(stack, ["b0"], 10)
+    run = _run_main(stack, via_prefect_cli=False)
+    assert cold(stack, "b0").num_rows == 3010
+    assert run.state.type.value in ("COMPLETED", "FAILED")  # FAILED only from the broken table
+    ps = cli_json(stack, "ps")
+    assert ps["running"] and {p["name"] for p in ps["processes"]} == {"supervisor", "server", "worker"}
+    assert new_pid in {p["pid"] for p in ps["processes"]}
+
+
+def test_missed_schedule_becomes_one_catch_up_run(tmp_path):
+    settings = write_config(tmp_path, ["m1"], schedule={"offload_interval_seconds": 6})
+    seed(settings, ["m1"], 500)
+    server = start_server(settings, tmp_path / "server.log")
+    worker = None
+    try:
+        cli(settings, "deploy")
+        seed(settings, ["m1"], 500)
+        # the worker is down across at least two scheduled times
+        time.sleep(15)
+        due = [r for r in flow_runs(settings, MAIN) if r.expected_start_time.timestamp() < time.time()]
+        assert len(due) >= 2, [r.state.type for r in due]
+        worker_started = time.time()
+        worker = start_process(settings, ["worker"], tmp_path / "worker.log")
+
+        def settled():
+            runs = [r for r in flow_runs(settings, MAIN) if r.expected_start_time.timestamp() < worker_started]
+            return runs if runs and all(r.state.is_final() for r in runs) else None
+
+        backlog = wait_for(settled, 120, "the late runs to be settled")
+        completed = [r for r in backlog if r.state.type.value == "COMPLETED"]
+        cancelled = [r for r in backlog if r.state.type.value == "CANCELLED"]
+        assert len(completed) == 1, [(r.name, r.state.type.value) for r in backlog]
+        assert len(cancelled) == len(backlog) - 1
+        assert cold(settings, "m1").num_rows == 1000
+        verify = cli_json(settings, "verify")
+        assert verify["ok"] and verify["tables"][0]["duplicates"] == 0
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)
+
+
+def test_two_workers_share_table_runs_and_no_table_runs_twice_at_once(tmp_path):
+    tables = [{"source": t, "layer": "bronze", "timestamp_column": "ts", "sequence_column": "seq"} for t in TABLES]
+    settings = write_config(tmp_path, [], prefect={"fan_out": "deployments", "worker_limit": 3},
+                            extra_tables=tables)
+    seed(settings, TABLES, 200)
+    server = start_server(settings, tmp_path / "server.log")
+    procs = []
+    try:
+        cli(settings, "deploy")
+        for name in ("w1", "w2"):
+            procs.append(start_process(settings, ["worker", "--name", name], tmp_path / f"{name}.log",
+                                       env={"OFFLOAD__METRICS__PORT": str(_free())}))
+        wait_for(lambda: online_workers(settings) == 2, 60, "two workers ONLINE")
+        main = cli_json(settings, "trigger")["flow_run_id"]
+        # a manual run of one table's deployment races the cycle's run of the same table
+        with client(settings) as c:
+            dep = c.read_deployment_by_name("iceberg-offload-table/iceberg-offload-table")
+            manual = c.create_flow_run_from_deployment(dep.id, parameters={"config": settings.path, "table": "t_a"})
+        assert wait_run_final(settings, uuid.UUID(main), 240).state.type.value == "COMPLETED"
+        wait_run_final(settings, manual.id, 240)
+        for t in TABLES:
+            assert cold(settings, t).num_rows == 200
+        logs = {n: (tmp_path / f"{n}.log").read_text() for n in ("w1", "w2")}
+        table_runs = [r for r in flow_runs(settings, "iceberg-offload-table/iceberg-offload-table")
+                      if r.state and r.state.type.value == "COMPLETED"]
+        assert len(table_runs) == len(TABLES) + 1
+        took = {n: sum(str(r.id) in log for r in table_runs) for n, log in logs.items()}
+        assert took["w1"] > 0 and took["w2"] > 0, took
+        with client(settings) as c:
+            tasks = c.read_task_runs(limit=200)
+        for t in TABLES:
+            spans = sorted((x.start_time, x.end_time) for x in tasks
+                           if f"offload-table:{t}" in x.tags and x.start_time and x.end_time)
+            assert spans and all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), \
+                f"{t} ran twice at once: {spans}"
+    finally:
+        for p in procs:
+            stop(p)
+        stop(server)
+
+
+def _free() -> int:
+    from stackutil import free_port
+
+    return free_port()
+
+
+def test_postgres_backed_server_runs_the_deployment(tmp_path):
+    name = f"prefect_test_{uuid.uuid4().hex[:8]}"
+    admin = _pg_admin()
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    settings = write_config(tmp_path, ["p1"],
+                            prefect={"database_url": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"})
+    seed(settings, ["p1"], 1000)
+    try:
+        up = cli_json(settings, "up", timeout=240)
+        assert up["api_ready"] and up["workers_online"] == 1
+        out = cli_json(settings, "deploy")
+        assert set(out["deployments"].values()) == {"unchanged"}
+        run = _run_main(settings)
+        assert run.state.type.value == "COMPLETED", run.state
+        assert cold(settings, "p1").num_rows == 1000
+    finally:
+        cli(settings, "down", check=False)
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_worker_stops_on_sigterm_when_started_in_the_background(tmp_path):
+    """A non-interactive shell's background job inherits SIGINT ignored; the worker must still stop."""
+    import subprocess
+
+    from stackutil import ENV_BASE
+
+    settings = write_config(tmp_path, ["s1"])
+    server = start_server(settings, tmp_path / "server.log")
+    try:
+        script = (f"{os.sys.executable} -m iceberg_offload.cli worker --config {settings.path} "
+                  f"> {tmp_path}/w.log 2>&1 & echo $!; wait")
+        shell = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, text=True, env=ENV_BASE,
+                                 start_new_session=True)
+        pid = int(shell.stdout.readline())
+        wait_for(lambda: online_workers(settings) == 1, 60, "the background worker ONLINE")
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        shell.wait(30)
+        assert time.monotonic() - t0 < 15
+        assert "stopped" in Path(tmp_path / "w.log").read_text()
+    finally:
+        stop(server)
