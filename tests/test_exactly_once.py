@@ -171,7 +171,7 @@ CRASHER = textwrap.dedent("""
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["during_read", "before_commit", "after_commit"])
 def test_sigkill_at_each_step_then_rerun_lands_every_row_once(make_settings, catalog_uri, tmp_path, point):
-    s = make_settings([trades_table()], catalog_uri=catalog_uri, max_rows_per_commit=20_000, batch_rows=5_000)
+    s = make_settings([trades_table()], catalog_uri=catalog_uri, max_rows_per_commit=20_000, batch_rows=5_000, read_rows=5_000)
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="trades") + " SETTINGS index_granularity = 1024")
         insert_trades(ch, "trades", START_MS, 50_000, step_ms=100)

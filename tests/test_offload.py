@@ -100,9 +100,9 @@ def test_settle_delay_and_closed_windows(make_settings, sqlite_uri):
         hour = now_s // 3600 * 3600
         for h in (hour - 3 * 3600, hour - 2 * 3600, hour - 3600, hour):
             ch.command(f"INSERT INTO k2.candles VALUES ({h}, 'BTC', 1), ({h}, 'BTC', 2), ({h}, 'ETH', 5)")
-    res = {t.table: t for t in run_cycle(s).tables}
-    # only rows at least settle_seconds old
-    assert 590 <= res["trades"].rows <= 601
+    res = {t.table: t for t in run_cycle(s, now_ns=now_s * NS).tables}
+    # only rows at least settle_seconds old: one per second from now - 1200 to now - 600
+    assert res["trades"].rows == 601
     assert max(cold(s, "trades").column("ts").to_pylist()).timestamp() <= now_s - 600
     # candles: FINAL merges the two BTC rows; only hours closed before now - settle
     got = sorted((r["w"].timestamp(), r["sym"], r["vol"]) for r in cold(s, "candles").to_pylist())
