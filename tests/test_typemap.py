@@ -68,8 +68,8 @@ def _types_table(extra: dict | None = None) -> dict:
             **(extra or {})}
 
 
-def test_every_type_round_trips(make_settings, sqlite_uri):
-    s = make_settings([_types_table()], catalog_uri=sqlite_uri)
+def test_every_type_round_trips(make_settings, catalog_uri):
+    s = make_settings([_types_table()], catalog_uri=catalog_uri)
     with clickhouse(s) as ch:
         ch.command(f"CREATE TABLE k2.types ({COLUMNS}) ENGINE = MergeTree ORDER BY (ts, id)")
         ch.command(f"INSERT INTO k2.types VALUES {ROW1}, {ROW2}")
