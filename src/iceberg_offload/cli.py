@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="flow runs at once (default [prefect] worker_limit; 0 = no limit)")
     p.set_defaults(func=cmd_worker)
 
+    p = sub.add_parser("metrics", parents=[common], help="serve the Prometheus endpoint alone ([metrics] host:port)")
+    p.add_argument("--refresh-seconds", type=float, default=10.0, help="Iceberg/Prefect refresh (default 10)")
+    p.add_argument("--hot-refresh-seconds", type=float, default=30.0, help="ClickHouse refresh (default 30)")
+    p.set_defaults(func=cmd_metrics)
+
     p = sub.add_parser("up", parents=[common], help="start Prefect server, worker and deployments natively; "
                                                     "returns when the API is ready and a worker is ONLINE")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
@@ -169,11 +174,9 @@ def _run_text(data: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from .status import status
 
-    result = [asdict(s) for s in status(_settings(args), args.table)]
+    result = [s.as_dict() for s in status(_settings(args), args.table)]
     _print(args, {"tables": result}, lambda: _status_text(result))
     return EXIT_FAILED if any(s["error"] for s in result) else EXIT_OK
 
@@ -313,6 +316,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .stack import run_worker
 
     return run_worker(_prefect_settings(args), args.name, args.limit)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .metrics import serve
+
+    settings = _prefect_settings(args)
+    handle = serve(settings, args.refresh_seconds, args.hot_refresh_seconds)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    print(f"metrics on http://{settings.metrics.host}:{settings.metrics.port}/metrics", flush=True)
+    done.wait()
+    handle.shutdown()
+    return EXIT_OK
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:

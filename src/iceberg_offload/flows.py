@@ -38,7 +38,8 @@ class TableFailed(Exception):
 
     def __init__(self, result: dict[str, Any]) -> None:
         err = result.get("error") or {}
-        super().__init__(f"{result['table']}: {err.get('message', 'failed')} (fix: {err.get('fix', '-')})")
+        super().__init__(f"[{err.get('type', 'error')}] {result['table']}: {err.get('message', 'failed')} "
+                         f"(fix: {err.get('fix', '-')})")
         self.result = result
         self.transient = bool(err.get("transient"))
 

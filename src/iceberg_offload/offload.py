@@ -134,7 +134,8 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
              progress: Progress | None, result: TableResult) -> None:
     plan = TablePlan.build(source, cfg)
     table = plan.ensure(sink)
-    lower, _ = sink.watermark(table)
+    lower, last = sink.watermark(table)
+    totals = last.totals if last is not None else (0, 0)
     result.watermark_before = result.watermark_after = lower.as_dict() if lower else None
     table_sql, final = plan.info.qualified, cfg.final
     window = plan.window(settings, lower, now_ns)
@@ -153,7 +154,8 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
         props = {**cut.to_props(), f"{PREFIX}run-id": run_id, COMMIT_ID: commit_id,
                  f"{PREFIX}window.lower-ns": str(window.lower.ts_ns) if window.lower else "",
                  f"{PREFIX}window.upper-ns": str(window.upper_ns), f"{PREFIX}source": plan.info.qualified,
-                 f"{PREFIX}version": __version__}
+                 f"{PREFIX}version": __version__, f"{PREFIX}commits-total": str(totals[1] + 1),
+                 f"{PREFIX}rows-total": str(totals[0])}
         chunks = _read(source, plan, table, window, bounds, settings.offload.batch_rows)
         t0 = time.monotonic()
         try:
@@ -163,7 +165,8 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
             if conflicts > MAX_CONFLICTS:
                 raise
             table = sink.load(cfg.target) or table
-            lower, _ = sink.watermark(table)
+            lower, last = sink.watermark(table)
+            totals = last.totals if last is not None else (0, 0)
             window = plan.window(settings, lower, now_ns)
             continue
         except CommitOutcomeUnknown:
@@ -173,6 +176,7 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
             rows = int(props.get(f"{PREFIX}rows", 0))
         result.rows += rows
         result.commits += 1
+        totals = (totals[0] + rows, totals[1] + 1)
         result.watermark_after = cut.as_dict()
         window = Window(cut, window.upper_ns)
         if progress:

@@ -72,6 +72,12 @@ class Commit:
     def watermark(self) -> Watermark | None:
         return Watermark.from_props(self.props)
 
+    @property
+    def totals(self) -> tuple[int, int]:
+        """(rows, commits) offloaded into the table up to and including this commit. Counted forward in
+        every summary, so they survive snapshot expiry (maintenance carries the newest summary forward)."""
+        return int(self.props.get(f"{PREFIX}rows-total", 0)), int(self.props.get(f"{PREFIX}commits-total", 0))
+
     def as_dict(self) -> dict[str, Any]:
         wm = self.watermark
         return {"snapshot_id": self.snapshot_id, "committed_at_ms": self.timestamp_ms,
@@ -241,6 +247,8 @@ class Sink:
                         append.append_data_file(data_file)
                 # pyiceberg builds the summary from this same dict when the block exits
                 props[f"{PREFIX}rows"] = str(rows)
+                # the caller passes the running total before this commit; it now includes it
+                props[f"{PREFIX}rows-total"] = str(int(props.get(f"{PREFIX}rows-total", "0")) + rows)
                 props[f"{PREFIX}duration-ms"] = str(int((time.monotonic() - started) * 1000))
         except OSError as exc:
             self._discard(table, written)

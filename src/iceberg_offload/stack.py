@@ -5,7 +5,6 @@ live in `<prefect home>/../stack/`.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -14,8 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,54 +20,14 @@ from urllib.parse import urlparse
 
 from .config import Settings, apply_prefect_env, prefect_env
 from .errors import ConfigError, TransientError
+from .prefect_api import POOL, online_workers
+from .prefect_api import ready as api_ready
 
-POOL = "iceberg-offload"  # the seed's work pool (flows.POOL; kept here so this module needs no Prefect)
 RESTART_BACKOFF = (1, 2, 5, 10, 30)
 
 
 def stack_dir(settings: Settings) -> Path:
     return Path(settings.prefect.home).parent / "stack"
-
-
-# -- the Prefect API, read without importing Prefect ------------------------------------------------------
-def _request(settings: Settings, method: str, path: str, body: Any = None, timeout: float = 3.0) -> Any:
-    url = settings.prefect.api_url.rstrip("/") + path
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    if settings.prefect.auth_string:
-        token = base64.b64encode(settings.prefect.auth_string.encode()).decode()
-        req.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        raw = resp.read()
-    return json.loads(raw) if raw else None
-
-
-def api_ready(settings: Settings) -> bool:
-    """`/api/ready`: the server and its database answer (`/api/health` stays true without the database)."""
-    try:
-        _request(settings, "GET", "/ready")
-        return True
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def workers(settings: Settings) -> list[dict[str, Any]]:
-    """Workers of the pool with status and last heartbeat (`prefect worker ls` does not exist in Prefect 3)."""
-    try:
-        found = _request(settings, "POST", f"/work_pools/{POOL}/workers/filter", {"limit": 100})
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return []
-        raise
-    return [{"name": w["name"], "status": w.get("status"), "last_heartbeat": w.get("last_heartbeat_time")}
-            for w in found or []]
-
-
-def online_workers(settings: Settings) -> int:
-    try:
-        return sum(w["status"] == "ONLINE" for w in workers(settings))
-    except (urllib.error.URLError, OSError, ValueError):
-        return 0
 
 
 # -- the worker: `iceberg-offload worker` -------------------------------------------------------------------

@@ -6,7 +6,7 @@ Shared by the CLI (`status`, `watermark show`, `verify`) and, later, the metrics
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .config import Settings, TableSettings
@@ -32,50 +32,87 @@ class TableStatus:
     lag_seconds: float | None = None
     cold_rows: int = 0
     commits: int = 0
+    rows_total: int = 0
+    commits_total: int = 0
     last_commit_at: str | None = None
+    last_commit_seconds: float | None = None
     hot_rows: int | None = None
     oldest_hot: str | None = None
     newest_hot: str | None = None
     pending_rows: int | None = None
     ttl: str | None = None
     ttl_headroom_seconds: float | None = None
+    ttl_deadline: float | None = None
+    """Epoch seconds when the TTL deletes the oldest row not yet in Iceberg (None: nothing pending)."""
+    ttl_span_seconds: float | None = None
+    """How long the TTL keeps a row (the headroom of a row that arrives now)."""
     error: dict[str, Any] | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
-def table_status(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
+
+def cold_status(cfg: TableSettings, sink: Sink, st: TableStatus) -> Watermark | None:
+    """The Iceberg half: watermark, rows, commits and their running totals, from snapshot summaries."""
+    table = sink.load(cfg.target)
+    if table is None:
+        return None
+    history = sink.history(table)
+    wm, last = sink.watermark(table)
+    offloads = [c for c in history if f"{PREFIX}run-id" in c.props]
+    st.commits = len(offloads)
+    if offloads:
+        st.last_commit_at = iso(offloads[0].timestamp_ms * 1_000_000)
+        st.last_commit_seconds = int(offloads[0].props.get(f"{PREFIX}duration-ms", 0)) / 1000
+    if last is not None:
+        st.rows_total, st.commits_total = last.totals
+    snap = table.current_snapshot()
+    if snap is not None and snap.summary is not None:
+        st.cold_rows = int(snap.summary.additional_properties.get("total-records", 0))
+    if wm is not None:
+        st.watermark = wm.as_dict()
+    return wm
+
+
+def hot_status(settings: Settings, cfg: TableSettings, source: Source, st: TableStatus, wm: Watermark | None,
+               now: int) -> None:
+    """The ClickHouse half: hot rows and bounds, rows waiting, the TTL and its deadline."""
+    plan = TablePlan.build(source, cfg)
+    key, tsql = plan.key, plan.info.qualified
+    count, oldest, newest = _bounds(source, tsql + (" FINAL" if cfg.final else ""), key)
+    st.hot_rows = count
+    st.oldest_hot = iso(oldest) if count else None
+    st.newest_hot = iso(newest) if count else None
+    window = Window(wm, upper_bound(now, settings.offload.settle_seconds, cfg.closed_after_seconds))
+    st.pending_rows = int(source.rows(count_query(tsql, cfg.final, key, window))[0][0])
+    st.ttl = plan.info.ttl
+    if plan.info.ttl:
+        st.ttl_deadline, st.ttl_span_seconds = _ttl_bounds(source, tsql, key, wm, plan.info.ttl)
+
+
+def table_status(settings: Settings, cfg: TableSettings, source: Source | None, sink: Sink,
                  now_ns: int | None = None) -> TableStatus:
+    """Both halves; without a source (the engine is busy), only the Iceberg half."""
     now = _now_ns(now_ns)
     st = TableStatus(cfg.target, cfg.layer, cfg.source)
     try:
-        table = sink.load(cfg.target)
-        wm: Watermark | None = None
-        if table is not None:
-            history = sink.history(table)
-            wm, _ = sink.watermark(table)
-            offloads = [c for c in history if f"{PREFIX}run-id" in c.props]
-            st.commits = len(offloads)
-            if offloads:
-                st.last_commit_at = iso(offloads[0].timestamp_ms * 1_000_000)
-            snap = table.current_snapshot()
-            if snap is not None and snap.summary is not None:
-                st.cold_rows = int(snap.summary.additional_properties.get("total-records", 0))
-        if wm is not None:
-            st.watermark = wm.as_dict()
-            st.lag_seconds = round((now - wm.ts_ns) / NS, 3)
-        plan = TablePlan.build(source, cfg)
-        key, tsql = plan.key, plan.info.qualified
-        count, oldest, newest = _bounds(source, tsql + (" FINAL" if cfg.final else ""), key)
-        st.hot_rows = count
-        st.oldest_hot = iso(oldest) if count else None
-        st.newest_hot = iso(newest) if count else None
-        window = Window(wm, upper_bound(now, settings.offload.settle_seconds, cfg.closed_after_seconds))
-        st.pending_rows = int(source.rows(count_query(tsql, cfg.final, key, window))[0][0])
-        st.ttl = plan.info.ttl
-        if plan.info.ttl:
-            st.ttl_headroom_seconds = _headroom(source, tsql, key, wm, plan.info.ttl, now)
+        wm = cold_status(cfg, sink, st)
+        if source is not None:
+            hot_status(settings, cfg, source, st, wm, now)
     except OffloadError as exc:
         st.error = exc.as_dict()
+    derive(st, now / NS)
     return st
+
+
+def derive(st: TableStatus, now: float) -> None:
+    """The values that move with the clock: lag and TTL headroom."""
+    if st.watermark is not None:
+        st.lag_seconds = round(now - st.watermark["ts_ns"] / NS, 3)
+    if st.ttl_deadline is not None:
+        st.ttl_headroom_seconds = round(st.ttl_deadline - now, 3)
+    elif st.ttl_span_seconds is not None:
+        st.ttl_headroom_seconds = st.ttl_span_seconds
 
 
 def _bounds(source: Source, tsql: str, key: Any) -> tuple[int, int, int]:
@@ -84,15 +121,14 @@ def _bounds(source: Source, tsql: str, key: Any) -> tuple[int, int, int]:
     return int(count), int(oldest or 0), int(newest or 0)
 
 
-def _headroom(source: Source, tsql: str, key: Any, wm: Watermark | None, ttl: str, now_ns: int) -> float | None:
-    """Seconds until the TTL deletes the oldest row not yet in Iceberg; with none pending, the TTL span."""
+def _ttl_bounds(source: Source, tsql: str, key: Any, wm: Watermark | None, ttl: str) -> tuple[float | None,
+                                                                                             float | None]:
+    """(when the TTL deletes the oldest row not yet offloaded, how long the TTL keeps a row)."""
     ttl_s = f"toInt64(toUnixTimestamp({ttl}))"
     rows = source.rows(f"SELECT {ttl_s} FROM {tsql} WHERE {key.after(wm)} ORDER BY {key.order_by()} LIMIT 1")
-    if rows:
-        return round(int(rows[0][0]) - now_ns / NS, 3)
     span = source.rows(f"SELECT {ttl_s} - intDiv({key.ts_ns_expr()}, {NS}) FROM {tsql} "
                        f"ORDER BY {key.order_by(desc=True)} LIMIT 1")
-    return float(span[0][0]) if span else None
+    return (float(rows[0][0]) if rows else None), (float(span[0][0]) if span else None)
 
 
 def status(settings: Settings, names: list[str] | None = None, now_ns: int | None = None) -> list[TableStatus]:

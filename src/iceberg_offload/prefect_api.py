@@ -1,0 +1,95 @@
+"""Read-only Prefect REST calls without importing Prefect (fast, and safe in any process).
+
+Used by the exporter, `ps`, `up` and (later) `doctor`: readiness, workers, deployments, runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from .config import Settings
+
+POOL = "iceberg-offload"
+MAIN = ("iceberg-offload-main", "iceberg-offload-15min")
+MAINT = ("iceberg-maintenance", "iceberg-maintenance-daily")
+API_ERRORS = (urllib.error.URLError, OSError, ValueError)
+
+
+def request(settings: Settings, method: str, path: str, body: Any = None, timeout: float = 3.0) -> Any:
+    url = settings.prefect.api_url.rstrip("/") + path
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    if settings.prefect.auth_string:
+        token = base64.b64encode(settings.prefect.auth_string.encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def ready(settings: Settings) -> bool:
+    """`/api/ready`: the server and its database answer (`/api/health` stays true without the database)."""
+    try:
+        request(settings, "GET", "/ready")
+        return True
+    except API_ERRORS:
+        return False
+
+
+def workers(settings: Settings) -> list[dict[str, Any]]:
+    """Workers of the pool with status and last heartbeat (`prefect worker ls` does not exist in Prefect 3)."""
+    try:
+        found = request(settings, "POST", f"/work_pools/{POOL}/workers/filter", {"limit": 100})
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return []
+        raise
+    return [{"name": w["name"], "status": w.get("status"), "last_heartbeat": w.get("last_heartbeat_time")}
+            for w in found or []]
+
+
+def online_workers(settings: Settings) -> int:
+    try:
+        return sum(w["status"] == "ONLINE" for w in workers(settings))
+    except API_ERRORS:
+        return 0
+
+
+def deployment(settings: Settings, flow: str, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(request(settings, "GET", f"/deployments/name/{flow}/{name}"))
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def schedule_active(dep: dict[str, Any] | None) -> bool:
+    """False when the deployment is missing, paused, or has no active schedule."""
+    if not dep or dep.get("paused"):
+        return False
+    schedules = dep.get("schedules") or []
+    return bool(schedules) and all(s.get("active") for s in schedules)
+
+
+def count_runs(settings: Settings, deployment_id: str, state_names: list[str]) -> int:
+    body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}, "state": {"name": {"any_": state_names}}}}
+    return int(request(settings, "POST", "/flow_runs/count", body))
+
+
+def flow_runs(settings: Settings, deployment_id: str, state_types: list[str], limit: int = 200) -> list[dict[str, Any]]:
+    body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}, "state": {"type": {"any_": state_types}}},
+            "sort": "END_TIME_DESC", "limit": limit}
+    return list(request(settings, "POST", "/flow_runs/filter", body) or [])
+
+
+def table_task_runs(settings: Settings, limit: int = 500) -> list[dict[str, Any]]:
+    """Final runs of the `offload-table` task, newest first (one per table per cycle)."""
+    body = {"task_runs": {"name": {"like_": "offload %"}, "state": {"type": {"any_": ["COMPLETED", "FAILED",
+                                                                                       "CRASHED"]}}},
+            "sort": "END_TIME_DESC", "limit": limit}
+    return list(request(settings, "POST", "/task_runs/filter", body) or [])
