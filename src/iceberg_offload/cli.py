@@ -69,8 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("metrics", parents=[common], help="serve the Prometheus endpoint alone ([metrics] host:port)")
-    p.add_argument("--refresh-seconds", type=float, default=10.0, help="Iceberg/Prefect refresh (default 10)")
-    p.add_argument("--hot-refresh-seconds", type=float, default=30.0, help="ClickHouse refresh (default 30)")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("up", parents=[common], help="start Prefect server, worker and deployments natively; "
@@ -325,7 +323,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from .metrics import serve
 
     settings = _prefect_settings(args)
-    handle = serve(settings, args.refresh_seconds, args.hot_refresh_seconds)
+    handle = serve(settings)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -74,6 +74,10 @@ class PrefectSettings(_Section):
 class MetricsSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    refresh_seconds: float = Field(default=10.0, gt=0)
+    """How often the exporter re-reads Iceberg and Prefect (a scrape serves at most this stale)."""
+    hot_refresh_seconds: float = Field(default=30.0, gt=0)
+    """How often it re-reads ClickHouse bounds (skipped while an offload holds the embedded engine)."""
 
 
 class ScheduleSettings(_Section):

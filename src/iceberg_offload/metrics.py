@@ -252,9 +252,9 @@ class Exporter(Collector):
         for status in ("success", "partial", "failed"):
             cycles.add_metric([status], snap.cycles.get(status, 0))
         yield cycles
-        if snap.cycle_duration is not None:
-            yield GaugeMetricFamily("offload_cycle_duration_seconds", "Duration of the last offload cycle (gauge)",
-                                    value=snap.cycle_duration)
+        yield GaugeMetricFamily("offload_cycle_duration_seconds", "Duration of the last offload cycle through "
+                                "Prefect (gauge of the last value; 0 before the first)",
+                                value=snap.cycle_duration or 0.0)
         workers = GaugeMetricFamily("offload_workers_online", "ONLINE workers in the pool", labels=["pool"])
         workers.add_metric([prefect_api.POOL], snap.workers_online)
         yield workers
@@ -277,9 +277,9 @@ class Exporter(Collector):
         yield age
 
 
-def serve(settings: Settings, refresh_seconds: float = 10.0, hot_refresh_seconds: float = 30.0) -> Any:
+def serve(settings: Settings) -> Any:
     """Refresh once, then serve on a daemon thread and keep refreshing; returns a handle with .shutdown()."""
-    exporter = Exporter(settings, refresh_seconds, hot_refresh_seconds)
+    exporter = Exporter(settings, settings.metrics.refresh_seconds, settings.metrics.hot_refresh_seconds)
     with contextlib.suppress(Exception):
         exporter.refresh()
     registry = CollectorRegistry()
@@ -304,3 +304,4 @@ class _Handle:
     def shutdown(self) -> None:
         self.exporter.stop()
         self.server.shutdown()
+        self.server.server_close()
