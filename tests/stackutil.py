@@ -118,12 +118,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
     while time.monotonic() < deadline:
-        value = cond()
+        try:
+            value = cond()
+        except (OSError, ValueError) as exc:  # a service still starting; the timeout reports it
+            last_error, value = exc, None
         if value:
             return value
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" +
+                         (f" (last error: {last_error})" if last_error else ""))
 
 
 def client(settings: Settings) -> Any:

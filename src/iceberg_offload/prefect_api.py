@@ -87,7 +87,7 @@ def flow_runs(settings: Settings, deployment_id: str, state_types: list[str], li
     return list(request(settings, "POST", "/flow_runs/filter", body) or [])
 
 
-def table_task_runs(settings: Settings, limit: int = 500) -> list[dict[str, Any]]:
+def table_task_runs(settings: Settings, limit: int = 200) -> list[dict[str, Any]]:
     """Final runs of the `offload-table` task, newest first (one per table per cycle)."""
     body = {"task_runs": {"name": {"like_": "offload %"}, "state": {"type": {"any_": ["COMPLETED", "FAILED",
                                                                                        "CRASHED"]}}},
