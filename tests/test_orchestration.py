@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import _pg_admin, cold, sink_for
-from iceberg_offload.stack import online_workers, read_state, workers
+from iceberg_offload.prefect_api import online_workers, workers
+from iceberg_offload.stack import read_state
 from stackutil import (
     cli,
     cli_json,
@@ -257,6 +258,7 @@ def test_worker_stops_on_sigterm_when_started_in_the_background(tmp_path):
 
     settings = write_config(tmp_path, ["s1"])
     server = start_server(settings, tmp_path / "server.log")
+    shell = None
     try:
         script = (f"{os.sys.executable} -m iceberg_offload.cli worker --config {settings.path} "
                   f"> {tmp_path}/w.log 2>&1 & echo $!; wait")
@@ -270,4 +272,6 @@ def test_worker_stops_on_sigterm_when_started_in_the_background(tmp_path):
         assert time.monotonic() - t0 < 15
         assert "stopped" in Path(tmp_path / "w.log").read_text()
     finally:
+        if shell is not None:
+            stop(shell)  # the whole session: the shell and a worker that did not stop
         stop(server)

@@ -74,6 +74,7 @@ def test_alerts_fire_and_resolve_and_dashboard_queries_return_data(tmp_path):
     try:
         cli(settings, "deploy")
         worker = start_process(settings, ["worker"], tmp_path / "worker.log", env=env)
+        procs.append(worker)
         log = open(tmp_path / "prometheus.log", "ab")  # noqa: SIM115
         prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
                                  f"--storage.tsdb.path={tmp_path / 'tsdb'}",
@@ -118,9 +119,8 @@ def test_alerts_fire_and_resolve_and_dashboard_queries_return_data(tmp_path):
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
         wait_for(lambda: "IcebergOffloadSchedulerDown" in firing(prom_port), 60, "SchedulerDown")
-        worker = start_process(settings, ["worker"], tmp_path / "worker.log", env=env)
+        procs.append(start_process(settings, ["worker"], tmp_path / "worker.log", env=env))
         wait_for(lambda: "IcebergOffloadSchedulerDown" not in firing(prom_port), 90, "SchedulerDown resolved")
-        procs.append(worker)
     finally:
         for p in procs:
             stop(p)

@@ -1,0 +1,83 @@
+"""Scrape time of the metrics endpoint for 20 offloaded tables, and how long one full refresh takes.
+
+    python bench/scrape.py [--tables 20] [--scrapes 50]
+
+A scrape serves the exporter's cache, so its time does not depend on Iceberg or ClickHouse; the refresh
+(run on the exporter's own thread every refresh_seconds) is what reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import time
+import urllib.request
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tables", type=int, default=20)
+    ap.add_argument("--scrapes", type=int, default=50)
+    ap.add_argument("--work", type=Path, default=Path(__file__).parent / "out" / "scrape")
+    args = ap.parse_args()
+    work = args.work.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    lines = ["[source]", f'dsn = "chdb://{work}/ch"', "[catalog]", f'uri = "sqlite:///{work}/catalog.db"',
+             f'warehouse = "file://{work}/warehouse"', "[offload]", "settle_seconds = 0", "[prefect]",
+             f'api_url = "http://127.0.0.1:{_free_port()}/api"', "[metrics]", f"port = {_free_port()}"]
+    names = [f"t{i:02d}" for i in range(args.tables)]
+    for n in names:
+        lines += ["[[tables]]", f'source = "{n}"', 'timestamp_column = "ts"', 'sequence_column = "seq"']
+    (work / "offload.toml").write_text("\n".join(lines) + "\n")
+
+    from iceberg_offload import config
+    from iceberg_offload.metrics import Exporter, serve
+    from iceberg_offload.offload import run_cycle
+    from iceberg_offload.source import open_source
+
+    settings = config.load(work / "offload.toml", env={})
+    start = (int(time.time()) - 3600) * 1000
+    with open_source(settings.source) as ch:
+        ch.command("CREATE DATABASE IF NOT EXISTS k2")
+        for n in names:
+            ch.command(f"CREATE TABLE k2.{n} (ts DateTime64(3), seq UInt64, v Float64) ENGINE = MergeTree "
+                       f"ORDER BY (ts, seq) TTL toDateTime(ts) + INTERVAL 7 DAY")
+            ch.command(f"INSERT INTO k2.{n} SELECT fromUnixTimestamp64Milli(toInt64({start} + number * 100)), "
+                       f"number, rand() FROM numbers(10000)")
+    for _ in range(3):  # a few commits per table
+        run_cycle(settings)
+    exporter = Exporter(settings)
+    refresh = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        exporter.refresh()
+        refresh.append(time.perf_counter() - t0)
+    handle = serve(settings)
+    url = f"http://127.0.0.1:{settings.metrics.port}/metrics"
+    scrapes = []
+    try:
+        for _ in range(args.scrapes):
+            t0 = time.perf_counter()
+            body = urllib.request.urlopen(url, timeout=10).read()
+            scrapes.append(time.perf_counter() - t0)
+    finally:
+        handle.shutdown()
+    print(json.dumps({"tables": args.tables, "series_bytes": len(body),
+                      "scrape_ms_median": round(statistics.median(scrapes) * 1000, 1),
+                      "scrape_ms_max": round(max(scrapes) * 1000, 1),
+                      "refresh_s_median": round(statistics.median(refresh), 2)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
