@@ -275,3 +275,49 @@ def test_worker_stops_on_sigterm_when_started_in_the_background(tmp_path):
         if shell is not None:
             stop(shell)  # the whole session: the shell and a worker that did not stop
         stop(server)
+
+
+def test_doctor_on_the_running_stack_names_the_failing_table(stack):
+    if not flow_runs(stack, MAIN):
+        _run_main(stack, via_prefect_cli=False)
+    proc = cli(stack, "doctor", "--json", check=False)
+    assert proc.returncode == 1  # the broken table fails
+    import json
+
+    report = json.loads(proc.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    for name in ("processes", "prefect server", "workers", "deployment", "metrics endpoint", "clickhouse",
+                 "catalog", "table b0"):
+        assert checks[name]["status"] == "ok", checks[name]
+    broken = checks["table missing_table"]
+    assert broken["status"] == "fail" and "does not exist" in broken["saw"] and "[[tables]] source" in broken["fix"]
+    assert report["scenario"] == "offload failing" and report["runbook"] == "docs/runbooks/offload-failure.md"
+
+
+def test_doctor_names_no_runs_when_the_schedule_is_paused(stack):
+    cli(stack, "schedule", "pause", "--deployment", MAIN)
+    try:
+        import json
+
+        report = json.loads(cli(stack, "doctor", "--json", check=False).stdout)
+        dep = next(c for c in report["checks"] if c["name"] == "deployment")
+        assert dep["status"] == "fail" and "paused" in dep["saw"] and "schedule resume" in dep["fix"]
+        assert report["scenario"] == "no runs"
+    finally:
+        cli(stack, "schedule", "resume", "--deployment", MAIN)
+
+
+def test_doctor_names_full_restart_when_the_supervisor_is_gone(tmp_path):
+    import json
+
+    settings = write_config(tmp_path, ["d1"])
+    state_dir = Path(settings.prefect.home).parent / "stack"
+    state_dir.mkdir(parents=True)
+    (state_dir / "state.json").write_text(json.dumps({"supervisor_pid": 999999, "stopped": False, "children": {}}))
+    proc = cli(settings, "doctor", "--json", check=False)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1 and report["scenario"] == "full restart"
+    assert report["runbook"] == "docs/runbooks/scheduler-down.md (scenario 5)"
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["processes"]["fix"] == "iceberg-offload up"
+    assert checks["prefect server"]["status"] == "fail" and checks["metrics endpoint"]["status"] == "fail"

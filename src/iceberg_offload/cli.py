@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="seed the embedded ClickHouse with market data and offload it")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("doctor", parents=[common], help="diagnose like the runbook: processes, server, workers, "
+                                                        "schedule, runs, metrics, tables; exit 1 on any fail")
+    p.set_defaults(func=cmd_doctor)
+
     p = sub.add_parser("deploy", parents=[common],
                        help="create or update the work pool, deployments and per-table limits (idempotent)")
     p.set_defaults(func=cmd_deploy)
@@ -308,6 +312,34 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     _print(args, report, text)
     return EXIT_OK
+
+
+RUNBOOKS = {"worker down": "scheduler-down.md (scenario 1)", "server down": "scheduler-down.md (scenario 2)",
+            "no runs": "scheduler-down.md (scenario 3)", "metrics unreachable": "scheduler-down.md (scenario 4)",
+            "full restart": "scheduler-down.md (scenario 5)", "offload failing": "offload-failure.md",
+            "lag": "lag.md", "watermark": "watermark-recovery.md", "ttl risk": "ttl-risk.md"}
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose
+
+    report = diagnose(_prefect_settings(args))
+    data = report.as_dict()
+    data["runbook"] = f"docs/runbooks/{RUNBOOKS[report.scenario]}" if report.scenario else None
+
+    def text() -> str:
+        marks = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
+        rows = [[marks[c.status], c.name, c.saw] for c in report.checks]
+        out = [_grid(["", "check", "saw"], rows)]
+        fixes = [f"  {c.name}: {c.fix}" for c in report.checks if c.status != "ok" and c.fix]
+        if fixes:
+            out += ["", "fix:", *fixes]
+        out.append("")
+        out.append(f"scenario: {report.scenario} -> {data['runbook']}" if report.scenario else "all checks passed")
+        return "\n".join(out)
+
+    _print(args, data, text)
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

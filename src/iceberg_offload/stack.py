@@ -201,7 +201,7 @@ def _write_state(d: Path, children: dict[str, Child], stopped: bool = False) -> 
 
 
 # -- up / down / ps -------------------------------------------------------------------------------------------
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
@@ -238,7 +238,7 @@ def up(settings: Settings, timeout: float = 180.0) -> dict[str, Any]:
     state = read_state(settings)
     started = False
     sup: subprocess.Popen[bytes] | None = None
-    if not (state and not state.get("stopped") and _pid_alive(state.get("supervisor_pid"))):
+    if not (state and not state.get("stopped") and pid_alive(state.get("supervisor_pid"))):
         log = open(d / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
         sup = subprocess.Popen([sys.executable, "-m", "iceberg_offload.cli", "_supervise", "--config", settings.path],
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -261,17 +261,17 @@ def up(settings: Settings, timeout: float = 180.0) -> dict[str, Any]:
 def down(settings: Settings, timeout: float = 60.0) -> dict[str, Any]:
     state = read_state(settings)
     pid = state.get("supervisor_pid") if state else None
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return {"stopped": False, "message": "the stack is not running"}
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.2)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         _signal_group(pid, signal.SIGKILL)
     for child in (state or {}).get("children", {}).values():
-        if _pid_alive(child.get("pid")):
+        if pid_alive(child.get("pid")):
             _signal_group(child["pid"], signal.SIGKILL)
     return {"stopped": True, "message": "stack stopped"}
 
@@ -279,11 +279,11 @@ def down(settings: Settings, timeout: float = 60.0) -> dict[str, Any]:
 def ps(settings: Settings) -> dict[str, Any]:
     state = read_state(settings) or {}
     sup = state.get("supervisor_pid")
-    running = bool(sup) and not state.get("stopped") and _pid_alive(sup)
+    running = bool(sup) and not state.get("stopped") and pid_alive(sup)
     procs = [{"name": "supervisor", "pid": sup, "running": running,
               "log": str(stack_dir(settings) / "supervisor.log"), "restarts": 0}]
     for name, child in state.get("children", {}).items():
-        procs.append({"name": name, "pid": child.get("pid"), "running": running and _pid_alive(child.get("pid")),
+        procs.append({"name": name, "pid": child.get("pid"), "running": running and pid_alive(child.get("pid")),
                       "log": child.get("log"), "restarts": child.get("restarts", 0)})
     return {"running": running, "api_ready": api_ready(settings), "workers_online": online_workers(settings),
             "processes": procs, "urls": urls(settings), "deploy_log": str(stack_dir(settings) / "deploy.log")}

@@ -1,0 +1,256 @@
+"""`iceberg-offload doctor`: the runbook's diagnosis, as named checks with what they saw and the fix.
+
+Each check is ok / warn / fail. The report names the runbook scenario the failures match (worker down,
+server down, no runs, metrics unreachable, full restart; offload failing, lag, watermark, TTL risk).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from . import prefect_api
+from .config import Settings
+from .errors import OffloadError
+from .sink import Sink, open_catalog
+from .source import open_source
+from .stack import pid_alive, read_state, stack_dir
+from .status import TableStatus, table_status
+
+LAG_WARN_SECONDS = 30 * 60
+TTL_WARN_SECONDS = 86400
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    saw: str
+    fix: str = ""
+    scenario: str | None = None
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != "fail" for c in self.checks)
+
+    @property
+    def scenario(self) -> str | None:
+        """The first failing check's scenario, in the runbook's order of likelihood."""
+        order = ["full restart", "server down", "worker down", "no runs", "metrics unreachable", "offload failing",
+                 "ttl risk", "lag", "watermark"]
+        found = {c.scenario for c in self.checks if c.status == "fail" and c.scenario}
+        found |= {c.scenario for c in self.checks if c.status == "warn" and c.scenario} if not found else set()
+        return next((s for s in order if s in found), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "scenario": self.scenario, "checks": [asdict(c) for c in self.checks]}
+
+
+def _age(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    return time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def check_processes(settings: Settings) -> Check:
+    state = read_state(settings)
+    if state is None:
+        return Check("processes", "warn", "no native stack state (not started with `iceberg-offload up` here)",
+                     "compose: `docker ps --filter name=k2-prefect`; native: `iceberg-offload up`")
+    sup = state.get("supervisor_pid")
+    if state.get("stopped") or not pid_alive(sup):
+        return Check("processes", "fail", f"supervisor (pid {sup}) is not running", "iceberg-offload up",
+                     "full restart")
+    dead = [n for n, c in state.get("children", {}).items() if not pid_alive(c.get("pid"))]
+    restarts = {n: c.get("restarts", 0) for n, c in state.get("children", {}).items()}
+    if dead:
+        return Check("processes", "warn", f"{', '.join(dead)} not running (the supervisor restarts it); "
+                     f"restarts so far: {restarts}", f"watch `iceberg-offload ps`; logs in {stack_dir(settings)}")
+    return Check("processes", "ok", f"supervisor, server and worker running; restarts: {restarts}")
+
+
+def check_server(settings: Settings) -> Check:
+    try:
+        prefect_api.request(settings, "GET", "/ready")
+        return Check("prefect server", "ok", f"{settings.prefect.api_url}/ready answers")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            return Check("prefect server", "fail", "the API rejected our credentials (401)",
+                         "set [prefect] auth_string (OFFLOAD__PREFECT__AUTH_STRING) to the server's auth string",
+                         "server down")
+        health = _health(settings)
+        return Check("prefect server", "fail", f"/api/ready answered {exc.code}; /api/health {health}",
+                     "the server's database is down: start it (native: `iceberg-offload up`; compose: "
+                     "`docker start k2-prefect-db`)", "server down")
+    except prefect_api.API_ERRORS as exc:
+        return Check("prefect server", "fail", f"{settings.prefect.api_url} unreachable: {exc}",
+                     "native: `iceberg-offload up`; compose: `docker start k2-prefect-db k2-prefect-server`",
+                     "server down")
+
+
+def _health(settings: Settings) -> str:
+    try:
+        prefect_api.request(settings, "GET", "/health")
+        return "true"
+    except prefect_api.API_ERRORS:
+        return "unreachable"
+
+
+def check_workers(settings: Settings) -> Check:
+    try:
+        found = prefect_api.workers(settings)
+    except prefect_api.API_ERRORS as exc:
+        return Check("workers", "fail", f"cannot list workers: {exc}", "see the prefect server check",
+                     "server down")
+    online = [w for w in found if w["status"] == "ONLINE"]
+    if not online:
+        last = max((w["last_heartbeat"] or "" for w in found), default="")
+        return Check("workers", "fail", f"no ONLINE worker in pool {prefect_api.POOL} "
+                     f"({len(found)} known; last heartbeat {last or 'never'})",
+                     "native: `iceberg-offload up` (the supervisor restarts it); compose: "
+                     "`docker start k2-prefect-worker`", "worker down")
+    ages = [a for a in (_age(w["last_heartbeat"]) for w in online) if a is not None]
+    return Check("workers", "ok", f"{len(online)} ONLINE in pool {prefect_api.POOL}; newest heartbeat "
+                 f"{min(ages):.0f}s ago" if ages else f"{len(online)} ONLINE")
+
+
+def check_deployment(settings: Settings) -> tuple[Check, dict[str, Any] | None]:
+    name = "/".join(prefect_api.MAIN)
+    try:
+        dep = prefect_api.deployment(settings, *prefect_api.MAIN)
+    except prefect_api.API_ERRORS as exc:
+        return Check("deployment", "fail", f"cannot read {name}: {exc}", "see the prefect server check",
+                     "server down"), None
+    if dep is None:
+        return Check("deployment", "fail", f"{name} does not exist (the server lost its state?)",
+                     "iceberg-offload deploy", "server down"), None
+    late = prefect_api.count_runs(settings, dep["id"], ["Late"])
+    if not prefect_api.schedule_active(dep):
+        return Check("deployment", "fail", f"{name} is paused or its schedule is inactive; {late} Late runs",
+                     "if the pause is not deliberate: iceberg-offload schedule resume", "no runs"), dep
+    polled = _age(dep.get("last_polled"))
+    saw = f"{name} active ({', '.join(str(s['schedule'].get('cron') or s['schedule']) for s in dep['schedules'])})"
+    saw += f"; last polled {polled:.0f}s ago" if polled is not None else "; never polled by a worker"
+    if late:
+        return Check("deployment", "warn", saw + f"; {late} Late runs waiting",
+                     "a worker must pick them up: see the workers check", "worker down"), dep
+    return Check("deployment", "ok", saw), dep
+
+
+def check_runs(settings: Settings, dep: dict[str, Any] | None) -> list[Check]:
+    if dep is None:
+        return []
+    out = []
+    last = {}
+    for kind in ("COMPLETED", "FAILED", "CRASHED"):
+        runs = prefect_api.flow_runs(settings, dep["id"], [kind], limit=1)
+        last[kind] = runs[0] if runs else None
+    completed = last["COMPLETED"]
+    age = _age(completed.get("end_time")) if completed else None
+    bad = [r for r in (last["FAILED"], last["CRASHED"]) if r and (age is None or
+                                                                   (_age(r.get("end_time")) or 0) < age)]
+    if completed is None:
+        out.append(Check("recent runs", "warn", "no completed run yet", "iceberg-offload trigger --wait", "no runs"))
+    elif age is not None and age > 45 * 60:
+        out.append(Check("recent runs", "fail", f"last completed run {age / 60:.0f} min ago (3 cycles missed)",
+                         "iceberg-offload trigger --wait; if it does not run, see the workers check", "no runs"))
+    elif bad:
+        r = bad[0]
+        msg = ((r.get("state") or {}).get("message") or "")[:200]
+        out.append(Check("recent runs", "fail", f"the newest run ended {r['state']['type']}: {msg}",
+                         "iceberg-offload run --table TABLE shows the error and its fix", "offload failing"))
+    else:
+        out.append(Check("recent runs", "ok", f"last completed {age:.0f}s ago" if age is not None else "completed"))
+    running = prefect_api.flow_runs(settings, dep["id"], ["RUNNING"], limit=20)
+    stuck = [r for r in running if _orphaned(r)]
+    if stuck:
+        out.append(Check("stuck runs", "fail", f"{len(stuck)} runs RUNNING with no live process: "
+                         + ", ".join(r["name"] for r in stuck), "mark them Crashed: "
+                         "prefect flow-run cancel <id> (recover will do it)", "no runs"))
+    return out
+
+
+def _orphaned(run: dict[str, Any]) -> bool:
+    """A RUNNING run whose process on this host is gone."""
+    infra = str(run.get("infrastructure_pid") or "")
+    host, _, pid = infra.rpartition(":")
+    if not pid.isdigit() or host not in (socket.gethostname(), ""):
+        return False
+    return not pid_alive(int(pid))
+
+
+def check_metrics(settings: Settings) -> Check:
+    m = settings.metrics
+    host = "127.0.0.1" if m.host in ("0.0.0.0", "") else m.host
+    url = f"http://{host}:{m.port}/metrics"
+    try:
+        body = urllib.request.urlopen(url, timeout=3).read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        return Check("metrics endpoint", "fail", f"{url} unreachable: {exc}",
+                     f"is the worker running? `ss -ltnp 'sport = :{m.port}'`; restart it (iceberg-offload down && "
+                     "iceberg-offload up, or docker restart k2-prefect-worker)", "metrics unreachable")
+    if "offload_info" not in body:
+        return Check("metrics endpoint", "fail", f"{url} answers without offload_info (another program?)",
+                     f"free port {m.port} or set [metrics] port", "metrics unreachable")
+    return Check("metrics endpoint", "ok", f"{url} serves offload_info")
+
+
+def check_tables(settings: Settings) -> list[Check]:
+    out = []
+    try:
+        sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+    except OffloadError as exc:
+        return [Check("catalog", "fail", exc.message, exc.fix, "offload failing")]
+    src = settings.source.model_copy(update={"lock_timeout_seconds": min(settings.source.lock_timeout_seconds, 10)})
+    try:
+        with open_source(src) as source:
+            statuses = [table_status(settings, cfg, source, sink) for cfg in settings.tables]
+        out.append(Check("clickhouse", "ok", f"{settings.source.dsn} answers"))
+    except OffloadError as exc:
+        scenario = None if exc.kind == "engine_busy" else "offload failing"
+        out.append(Check("clickhouse", "warn" if scenario is None else "fail", exc.message, exc.fix, scenario))
+        statuses = [table_status(settings, cfg, None, sink) for cfg in settings.tables]
+    out.append(Check("catalog", "ok", f"{settings.catalog.uri.split('@')[-1]} answers"))
+    out += [_table_check(st) for st in statuses]
+    return out
+
+
+def _table_check(st: TableStatus) -> Check:
+    name = f"table {st.table}"
+    if st.error:
+        return Check(name, "fail", st.error["message"], st.error["fix"], "offload failing")
+    head, lag, pending = st.ttl_headroom_seconds, st.lag_seconds, st.pending_rows or 0
+    saw = (f"lag {lag / 60:.0f} min" if lag is not None else "no watermark yet") + f", {pending} rows waiting" + (
+        f", TTL headroom {head / 3600:.1f} h" if head is not None else "")
+    if head is not None and head < TTL_WARN_SECONDS and pending:
+        return Check(name, "fail", saw, f"offload it now: iceberg-offload run --table {st.table} (runbook ttl-risk.md)",
+                     "ttl risk")
+    if lag is not None and lag > LAG_WARN_SECONDS and pending:
+        return Check(name, "warn", saw, "iceberg-offload trigger --wait (runbook lag.md)", "lag")
+    return Check(name, "ok", saw)
+
+
+def diagnose(settings: Settings) -> Report:
+    report = Report()
+    report.checks.append(check_processes(settings))
+    server = check_server(settings)
+    report.checks.append(server)
+    dep = None
+    if server.status == "ok":
+        report.checks.append(check_workers(settings))
+        deployment, dep = check_deployment(settings)
+        report.checks.append(deployment)
+        report.checks += check_runs(settings, dep)
+    report.checks.append(check_metrics(settings))
+    report.checks += check_tables(settings)
+    return report
