@@ -14,18 +14,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from _util import free_port
 
 
 def cli(work: Path, *args: str, env: dict[str, str]) -> str:
@@ -45,8 +40,8 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OFFLOAD", "PREFECT"))}
-    env["OFFLOAD__PREFECT__API_URL"] = f"http://127.0.0.1:{_free_port()}/api"
-    env["OFFLOAD__METRICS__PORT"] = str(_free_port())
+    env["OFFLOAD__PREFECT__API_URL"] = f"http://127.0.0.1:{free_port()}/api"
+    env["OFFLOAD__METRICS__PORT"] = str(free_port())
     env["OFFLOAD__PREFECT__WORKER_QUERY_SECONDS"] = "2"
     cli(work, "demo", env=env)
     plain = []

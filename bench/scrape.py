@@ -11,17 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import statistics
 import time
 import urllib.request
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from _util import free_port
 
 
 def main() -> None:
@@ -35,7 +30,7 @@ def main() -> None:
     work.mkdir(parents=True)
     lines = ["[source]", f'dsn = "chdb://{work}/ch"', "[catalog]", f'uri = "sqlite:///{work}/catalog.db"',
              f'warehouse = "file://{work}/warehouse"', "[offload]", "settle_seconds = 0", "[prefect]",
-             f'api_url = "http://127.0.0.1:{_free_port()}/api"', "[metrics]", f"port = {_free_port()}"]
+             f'api_url = "http://127.0.0.1:{free_port()}/api"', "[metrics]", f"port = {free_port()}"]
     names = [f"t{i:02d}" for i in range(args.tables)]
     for n in names:
         lines += ["[[tables]]", f'source = "{n}"', 'timestamp_column = "ts"', 'sequence_column = "seq"']
