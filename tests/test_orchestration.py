@@ -321,3 +321,27 @@ def test_doctor_names_full_restart_when_the_supervisor_is_gone(tmp_path):
     checks = {c["name"]: c for c in report["checks"]}
     assert checks["processes"]["fix"] == "iceberg-offload up"
     assert checks["prefect server"]["status"] == "fail" and checks["metrics endpoint"]["status"] == "fail"
+
+
+def test_recover_previews_then_restores_a_stopped_stack_and_lands_the_backlog(tmp_path):
+    import json
+
+    settings = write_config(tmp_path, ["r1"])
+    seed(settings, ["r1"], 300)
+    try:
+        cli_json(settings, "up", timeout=240)
+        cli(settings, "down")
+        seed(settings, ["r1"], 200)  # rows arrive while the stack is down
+        preview = json.loads(cli(settings, "recover", "--json", check=False).stdout)
+        assert preview["after"] is None and not any(s["done"] for s in preview["steps"])
+        assert [s["name"] for s in preview["steps"]][0] == "start the stack"
+        assert preview["before"]["scenario"] == "full restart"
+        assert json.loads(cli(settings, "ps", "--json", check=False).stdout)["running"] is False  # preview did nothing
+        done = cli_json(settings, "recover", "--yes", timeout=400)
+        assert done["ok"], done
+        ran = next(s for s in done["steps"] if s["name"] == "run now and wait")
+        assert "COMPLETED" in ran["result"]
+        assert cold(settings, "r1").num_rows == 500
+        assert cli_json(settings, "verify")["ok"]
+    finally:
+        cli(settings, "down", check=False)

@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "schedule, runs, metrics, tables; exit 1 on any fail")
     p.set_defaults(func=cmd_doctor)
 
+    p = sub.add_parser("recover", parents=[common], help="what the runbook would do, in its order; --yes does it, "
+                                                         "runs the offload and checks again")
+    p.add_argument("--yes", action="store_true", help="do it (default: only show the plan)")
+    p.add_argument("--resume-schedule", action="store_true", help="also resume a paused schedule")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the stack and the run")
+    p.set_defaults(func=cmd_recover)
+
     p = sub.add_parser("deploy", parents=[common],
                        help="create or update the work pool, deployments and per-table limits (idempotent)")
     p.set_defaults(func=cmd_deploy)
@@ -340,6 +347,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     _print(args, data, text)
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from .recover import recover
+
+    result = recover(_prefect_settings(args), args.yes, args.resume_schedule, args.timeout)
+    data = result.as_dict()
+
+    def text() -> str:
+        head = "recovering:" if args.yes else "would do (add --yes to do it):"
+        lines = [head] + [f"  {i + 1}. {s.name}: {s.result if s.done else s.action}"
+                          for i, s in enumerate(result.steps)]
+        if args.yes:
+            after = data["after"] or {}
+            verdict = "all checks pass" if after.get("ok") else f"still failing: {after.get('scenario')}"
+            lines.append(f"\nafter: {verdict} ({data['seconds']}s); details: iceberg-offload doctor")
+        return "\n".join(lines)
+
+    _print(args, data, text)
+    return EXIT_OK if not args.yes or data["ok"] else EXIT_FAILED
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

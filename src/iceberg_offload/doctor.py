@@ -171,22 +171,33 @@ def check_runs(settings: Settings, dep: dict[str, Any] | None) -> list[Check]:
                          "iceberg-offload run --table TABLE shows the error and its fix", "offload failing"))
     else:
         out.append(Check("recent runs", "ok", f"last completed {age:.0f}s ago" if age is not None else "completed"))
-    running = prefect_api.flow_runs(settings, dep["id"], ["RUNNING"], limit=20)
-    stuck = [r for r in running if _orphaned(r)]
+    stuck = stuck_runs(settings, dep["id"])
     if stuck:
-        out.append(Check("stuck runs", "fail", f"{len(stuck)} runs RUNNING with no live process: "
-                         + ", ".join(r["name"] for r in stuck), "mark them Crashed: "
-                         "prefect flow-run cancel <id> (recover will do it)", "no runs"))
+        out.append(Check("stuck runs", "fail", f"{len(stuck)} runs hold the deployment's slot with no live process: "
+                         + ", ".join(f"{r['name']} ({r['state']['type']})" for r in stuck),
+                         "iceberg-offload recover --yes marks them Crashed", "no runs"))
     return out
 
 
-def _orphaned(run: dict[str, Any]) -> bool:
-    """A RUNNING run whose process on this host is gone."""
-    infra = str(run.get("infrastructure_pid") or "")
-    host, _, pid = infra.rpartition(":")
-    if not pid.isdigit() or host not in (socket.gethostname(), ""):
-        return False
-    return not pid_alive(int(pid))
+PENDING_STUCK_SECONDS = 120
+
+
+def stuck_runs(settings: Settings, deployment_id: str) -> list[dict[str, Any]]:
+    """Runs that hold the deployment's concurrency slot but will never finish: RUNNING with their process
+    on this host gone, or PENDING (submitted, never started) for more than two minutes."""
+    out = []
+    for run in prefect_api.flow_runs(settings, deployment_id, ["RUNNING", "PENDING"], limit=50):
+        state = run.get("state") or {}
+        if state.get("type") == "PENDING":
+            age = _age(state.get("timestamp"))
+            if age is not None and age > PENDING_STUCK_SECONDS:
+                out.append(run)
+            continue
+        infra = str(run.get("infrastructure_pid") or "")
+        host, _, pid = infra.rpartition(":")
+        if pid.isdigit() and host in (socket.gethostname(), "") and not pid_alive(int(pid)):
+            out.append(run)
+    return out
 
 
 def check_metrics(settings: Settings) -> Check:
