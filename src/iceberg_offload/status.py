@@ -16,8 +16,6 @@ from .sink import Commit, Sink, open_catalog
 from .source import Source, open_source
 from .window import NS, PREFIX, Watermark, Window, count_query, iso, upper_bound
 
-HOUR = 3600
-
 
 def _now_ns(now_ns: int | None) -> int:
     return now_ns if now_ns is not None else time.time_ns()
