@@ -39,7 +39,10 @@ def write_config(root: Path, tables: list[str], *, prefect: dict[str, Any] | Non
              "worker_query_seconds = 2"]
     lines += [f"{k} = {_toml(v)}" for k, v in (prefect or {}).items()]
     lines += ["", "[metrics]", f"port = {metrics_port}", "", "[schedule]"]
-    lines += [f"{k} = {_toml(v)}" for k, v in (schedule or {}).items()]
+    # by default, schedules that never fire during a test: a cron run would take the deployment's one slot
+    # and cancel the runs a test triggers
+    schedule = {"offload_cron": "0 0 1 1 *", "maintenance_cron": "0 0 1 1 *", **(schedule or {})}
+    lines += [f"{k} = {_toml(v)}" for k, v in schedule.items()]
     for i, name in enumerate(tables):
         layer = "bronze" if i % 3 == 0 else "silver" if i % 3 == 1 else "gold"
         lines += ["", "[[tables]]", f'source = "{name}"', f'layer = "{layer}"', 'timestamp_column = "ts"',
