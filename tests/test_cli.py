@@ -150,3 +150,27 @@ def test_text_output_is_a_table(trades, capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:4] == ["table", "layer", "status", "rows"]
     assert "cycle cli-" in out and "success" in out
+
+
+def test_watermark_set_previews_skips_forward_and_refuses_going_back(trades, capsys):
+    assert cli.main(["run", "--config", trades.path, "--table", "trades"]) == 0
+    capsys.readouterr()
+    with clickhouse(trades) as ch:  # 100 new rows, then we decide to skip the first 60 of them
+        insert_trades(ch, "trades", START_MS + 2500 * 1000, 100, seq0=2500)
+    skip_to = (START_MS + 2559 * 1000) // 1000
+    code, preview = run_json(capsys, "watermark", "set", "--config", trades.path, "--table", "trades",
+                             "--to", str(skip_to), "--seq", "2559")
+    assert code == 0 and not preview["applied"] and preview["direction"] == "forward"
+    assert preview["rows_affected"] == 60 and preview["current"]["seq"] == 2499
+    code, done = run_json(capsys, "watermark", "set", "--config", trades.path, "--table", "trades",
+                          "--to", str(skip_to), "--seq", "2559", "--yes")
+    assert code == 0 and done["applied"]
+    code, run = run_json(capsys, "run", "--config", trades.path, "--table", "trades")
+    assert run["tables"][0]["rows"] == 40  # only the rows after the new watermark
+    seqs = sorted(cold(trades, "trades").column("seq").to_pylist())
+    assert seqs == list(range(2500)) + list(range(2560, 2600))
+    code, hist = run_json(capsys, "watermark", "show", "--config", trades.path, "--table", "trades")
+    assert any(c["run_id"].startswith("watermark-set-") for c in hist["tables"]["trades"])
+    code, err = run_json(capsys, "watermark", "set", "--config", trades.path, "--table", "trades",
+                         "--to", str(START_MS // 1000), "--seq", "0", "--yes")
+    assert code == 2 and "offload 2599 rows again" in err["error"]["message"] and "--reoffload" in err["error"]["fix"]

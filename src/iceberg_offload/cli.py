@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     w = wsub.add_parser("show", parents=[common], help="every commit that carried a watermark, newest first")
     _tables_arg(w)
     w.set_defaults(func=cmd_watermark_show)
+    w = wsub.add_parser("set", parents=[common], help="preview (or --yes: commit) a new watermark for one table")
+    w.add_argument("--table", required=True, metavar="NAME")
+    w.add_argument("--to", required=True, metavar="TIME", help="ISO 8601 (UTC) or epoch seconds")
+    w.add_argument("--seq", type=int, default=None, help="sequence value at that time (default: none)")
+    w.add_argument("--yes", action="store_true", help="commit it (default: only show the effect)")
+    w.add_argument("--reoffload", action="store_true", help="allow moving back: rows are offloaded again")
+    w.set_defaults(func=cmd_watermark_set)
 
     p = sub.add_parser("verify", parents=[common], help="hot vs cold per hour: rows missing or duplicated in cold")
     _tables_arg(p)
@@ -234,6 +241,24 @@ def cmd_watermark_show(args: argparse.Namespace) -> int:
         return "\n\n".join(parts)
 
     _print(args, {"tables": hist}, text)
+    return EXIT_OK
+
+
+def cmd_watermark_set(args: argparse.Namespace) -> int:
+    from .status import parse_time, set_watermark
+
+    data = set_watermark(_settings(args), args.table, parse_time(args.to), args.seq, args.yes, args.reoffload)
+
+    def text() -> str:
+        cur = (data["current"] or {}).get("ts", "none")
+        head = f"{data['table']}: watermark {cur} -> {data['new']['ts']} ({data['direction']}): {data['effect']}"
+        if data["applied"]:
+            return head + "\ncommitted; `iceberg-offload watermark show` lists it"
+        if data["direction"] == "back":
+            return head + "\nnot applied: add --yes --reoffload only if those rows were removed from Iceberg"
+        return head + "\nnot applied: add --yes to commit it"
+
+    _print(args, data, text)
     return EXIT_OK
 
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .config import Settings, TableSettings
-from .errors import OffloadError
+from .errors import ConfigError, OffloadError
 from .offload import TablePlan
 from .sink import Commit, Sink, open_catalog
 from .source import Source, open_source
@@ -142,4 +142,63 @@ def watermark_history(settings: Settings, names: list[str] | None = None) -> dic
         table = sink.load(cfg.target)
         history: list[Commit] = sink.history(table) if table is not None else []
         out[cfg.target] = [c.as_dict() for c in history if c.watermark is not None]
+    return out
+
+
+def parse_time(text: str) -> int:
+    """ISO 8601 (naive = UTC) or epoch seconds -> epoch nanoseconds."""
+    import datetime as dt
+
+    try:
+        return int(float(text) * NS)
+    except ValueError:
+        pass
+    try:
+        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r} as a time", "use ISO 8601, e.g. 2026-11-29T16:00:00Z") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return int(stamp.timestamp()) * NS + stamp.microsecond * 1000
+
+
+def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, apply: bool,
+                  reoffload: bool = False) -> dict[str, Any]:
+    """Preview (or, with apply, commit) a new watermark: an empty commit that carries it in its summary.
+    Moving forward skips rows (they are never offloaded); moving back re-offloads rows Iceberg already
+    has, so it needs `reoffload`."""
+    import uuid
+
+    from .window import Watermark
+
+    cfg = settings.table(name)
+    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+    table = sink.load(cfg.target)
+    if table is None:
+        raise ConfigError(f"no Iceberg table {cfg.target} yet", f"run `iceberg-offload run --table {cfg.target}` first")
+    current, last = sink.watermark(table)
+    new = Watermark(ts_ns, seq if cfg.sequence_column else None)
+    with open_source(settings.source) as source:
+        plan = TablePlan.build(source, cfg)
+        lo, hi = (current, new) if current is None or current < new else (new, current)
+        between = f"({plan.key.after(lo)}) AND {plan.key.at_most(hi)}"
+        affected = int(source.rows(f"SELECT count() FROM {plan.info.qualified} WHERE {between}")[0][0])
+    backward = current is not None and new < current
+    effect = (f"{affected} rows Iceberg already has would be offloaded again (duplicates)" if backward else
+              f"{affected} hot rows between the watermarks would never be offloaded")
+    out = {"table": cfg.target, "current": current.as_dict() if current else None, "new": new.as_dict(),
+           "direction": "back" if backward else "forward", "rows_affected": affected, "effect": effect,
+           "applied": False}
+    if backward and not reoffload:
+        if apply:
+            raise ConfigError(f"{cfg.target}: moving the watermark back would offload {affected} rows again",
+                              "add --reoffload if those rows were removed from Iceberg first")
+        return out
+    if apply:
+        totals = last.totals if last is not None else (0, 0)
+        props = {**new.to_props(), f"{PREFIX}run-id": f"watermark-set-{uuid.uuid4().hex[:8]}",
+                 f"{PREFIX}commit-id": f"watermark-set/{uuid.uuid4().hex[:12]}", f"{PREFIX}set-by": "watermark set",
+                 f"{PREFIX}rows-total": str(totals[0]), f"{PREFIX}commits-total": str(totals[1])}
+        sink.commit(table, iter(()), props, time.monotonic())
+        out["applied"] = True
     return out
