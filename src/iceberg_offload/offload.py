@@ -25,7 +25,6 @@ from .sink import COMMIT_ID, Sink, open_catalog
 from .source import Source, TableInfo, open_source
 from .typemap import ColumnMap, conform, iceberg_fields, plan_columns
 from .window import (
-    NS,
     PREFIX,
     Key,
     Watermark,
@@ -267,7 +266,3 @@ def run_cycle(settings: Settings, names: list[str] | None = None, run_id: str | 
                 cycle.tables.append(offload_table(settings, cfg, source, sink, cycle.run_id, now_ns, progress))
     cycle.duration_seconds = time.monotonic() - started
     return cycle
-
-
-def seconds(ns: int) -> float:
-    return ns / NS
