@@ -97,11 +97,11 @@ def _cold_keys(table: Any, cfg: TableSettings, lo_ns: int, hi_ns: int, names: li
 
 
 def _hour_of(col: pa.ChunkedArray) -> pa.Array:
+    """Epoch seconds of the hour each cold timestamp falls in (timestamps, or epoch-ns longs)."""
     if pa.types.is_timestamp(col.type):
         micros = pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
-        return pc.multiply(pc.divide(micros, 1_000_000 * HOUR), HOUR).combine_chunks() \
-            if isinstance(micros, pa.ChunkedArray) else pc.multiply(pc.divide(micros, 1_000_000 * HOUR), HOUR)
-    return pc.multiply(pc.divide(col, NS * HOUR), HOUR)
+        return pc.multiply(pc.divide(micros, 1_000_000 * HOUR), HOUR).combine_chunks()
+    return pc.multiply(pc.divide(col, NS * HOUR), HOUR).combine_chunks()
 
 
 def _value_counts(arr: Any) -> tuple[list[int], list[int]]:
