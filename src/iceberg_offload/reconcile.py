@@ -1,16 +1,20 @@
 """Reconciliation: hot vs cold per hour bucket — what is missing from cold, what is there twice.
 
-`verify` reports; the maintenance issue adds repair (replace a bucket from the hot tier) on top.
+`compare` walks the range both tiers hold (the hot tier's oldest hour up to the watermark) one page of
+cold keys at a time (a day by default), so memory follows a page, not the table. `verify` reports;
+`repair.reconcile` replaces bad buckets from the hot tier on top of the same comparison.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import And, GreaterThanOrEqual, LessThanOrEqual
+from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, LessThanOrEqual
+from pyiceberg.table import Table
 
 from .config import Settings, TableSettings
 from .errors import OffloadError
@@ -21,6 +25,7 @@ from .typemap import conform
 from .window import NS, Watermark, iso
 
 HOUR = 3600
+PAGE_HOURS = 24
 
 
 @dataclass
@@ -44,6 +49,32 @@ class VerifyResult:
                 "buckets_bad": self.buckets_bad, "error": self.error}
 
 
+@dataclass
+class Bucket:
+    """One hour of one table in both tiers. `missing`/`extra` are only diffed when counts disagree."""
+
+    start: int  # epoch seconds of the hour
+    hot: int = 0
+    hot_distinct: int = 0
+    cold: int = 0
+    cold_distinct: int = 0
+    missing: int = 0  # keys in hot (up to the watermark) that cold lacks
+    extra: int = 0  # keys in cold that hot lacks (expired or deleted from hot)
+
+    @property
+    def duplicates(self) -> int:
+        """Extra copies in cold beyond those hot itself holds."""
+        return max(0, (self.cold - self.cold_distinct) - (self.hot - self.hot_distinct))
+
+    @property
+    def bad(self) -> bool:
+        return self.missing > 0 or self.duplicates > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"bucket": iso(self.start * NS), "hot": self.hot, "cold": self.cold, "missing": self.missing,
+                "duplicates": self.duplicates, "extra": self.extra}
+
+
 def verify_table(cfg: TableSettings, source: Source, sink: Sink) -> VerifyResult:
     """Hot vs cold per hour bucket over the range both tiers hold (up to the watermark)."""
     res = VerifyResult(cfg.target)
@@ -53,46 +84,86 @@ def verify_table(cfg: TableSettings, source: Source, sink: Sink) -> VerifyResult
         if table is None or wm is None:
             return res
         plan = TablePlan.build(source, cfg)
-        key, tsql, fin = plan.key, plan.info.qualified, " FINAL" if cfg.final else ""
-        oldest = int(source.rows(f"SELECT min({key.ts_ns_expr()}) FROM {tsql}")[0][0] or 0)
-        lo_ns = max(oldest, 0)
-        lo_hour = lo_ns // NS // HOUR * HOUR
-        hot_where = f"{key.not_after(wm.ts_ns)} AND {key.at_most(wm)} AND {quote(cfg.timestamp_column)} >= " \
-                    f"{key.ts_literal(lo_hour * NS)}"
-        hot = {int(b): int(n) for b, n in source.rows(
-            f"SELECT intDiv({key.ts_ns_expr()}, {NS * HOUR}) * {HOUR} AS b, count() FROM {tsql}{fin} "
-            f"WHERE {hot_where} GROUP BY b")}
-        keys = [p for p in plan.columns if p.name in cfg.key_columns]
-        cold_tbl = _cold_keys(table, cfg, lo_hour * NS, wm.ts_ns, [p.name for p in keys])
-        cold_b = _hour_of(cold_tbl.column(cfg.timestamp_column))
-        cold_counts = dict(zip(*_value_counts(cold_b), strict=True))
-        res.hot_rows, res.cold_rows = sum(hot.values()), cold_tbl.num_rows
-        names = [p.name for p in keys]
-        dup_buckets, res.duplicates = _duplicates(cold_tbl, names, cold_b)
-        buckets = sorted(set(hot) | set(cold_counts))
-        res.buckets_checked = len(buckets)
-        for b in buckets:
-            if hot.get(b, 0) == cold_counts.get(b, 0) and b not in dup_buckets:
-                continue
-            missing = _missing(source, tsql, fin, plan, keys, key, wm, b, cold_tbl, cold_b)
-            res.missing += missing
-            if missing or b in dup_buckets:
-                res.buckets_bad.append(iso(b * NS))
+        for b in compare(plan, source, table, wm):
+            res.buckets_checked += 1
+            res.hot_rows += b.hot
+            res.cold_rows += b.cold
+            res.missing += b.missing
+            res.duplicates += b.duplicates
+            if b.bad:
+                res.buckets_bad.append(iso(b.start * NS))
     except OffloadError as exc:
         res.error = exc.as_dict()
     return res
 
 
-def _cold_keys(table: Any, cfg: TableSettings, lo_ns: int, hi_ns: int, names: list[str]) -> pa.Table:
-    ts = cfg.timestamp_column
+def oldest_hour(plan: TablePlan, source: Source) -> int | None:
+    """Epoch seconds of the hour holding the hot tier's oldest row (None: the hot tier is empty)."""
+    fin = " FINAL" if plan.cfg.final else ""
+    n, oldest = source.rows(f"SELECT count(), min({plan.key.ts_ns_expr()}) FROM {plan.info.qualified}{fin}")[0]
+    return None if not n else max(int(oldest), 0) // NS // HOUR * HOUR
+
+
+def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark,
+            page_hours: int = PAGE_HOURS) -> Iterator[Bucket]:
+    """Every hour bucket from the hot tier's oldest hour up to the watermark, oldest first."""
+    lo_hour = oldest_hour(plan, source)
+    if lo_hour is None:
+        return
+    hot = hot_buckets(plan, source, wm, lo_hour)
+    keys = key_plans(plan)
+    names = [p.name for p in keys]
+    last_hour = wm.ts_ns // NS // HOUR * HOUR
+    page = page_hours * HOUR
+    for page_lo in range(lo_hour // page * page, last_hour + 1, page):
+        lo, hi = max(page_lo, lo_hour), min(page_lo + page - HOUR, last_hour)
+        cold_tbl = cold_keys(table, plan.cfg.timestamp_column, names, lo * NS, min((hi + HOUR) * NS - 1, wm.ts_ns))
+        hours = _hour_of(cold_tbl.column(plan.cfg.timestamp_column))
+        stats = _cold_stats(cold_tbl, names, hours)
+        for start in range(lo, hi + 1, HOUR):
+            h, hd = hot.get(start, (0, 0))
+            c, cd = stats.get(start, (0, 0))
+            if not (h or c):
+                continue
+            b = Bucket(start, h, hd, c, cd)
+            if h != c or cd != c:
+                b.missing, b.extra = _diff(plan, source, keys, wm, start, cold_tbl.filter(pc.equal(hours, start)))
+            yield b
+
+
+def hot_buckets(plan: TablePlan, source: Source, wm: Watermark, lo_hour: int) -> dict[int, tuple[int, int]]:
+    """{hour: (rows, distinct keys)} of the hot tier from lo_hour up to the watermark."""
+    key, cfg = plan.key, plan.cfg
+    where = f"{quote(cfg.timestamp_column)} >= {key.ts_literal(lo_hour * NS)} AND {key.at_most(wm)}"
+    uniq = ", ".join(quote(c) for c in cfg.key_columns)
+    rows = source.rows(f"SELECT intDiv({key.ts_ns_expr()}, {NS * HOUR}) * {HOUR} AS b, count(), uniqExact({uniq}) "
+                       f"FROM {plan.info.qualified}{' FINAL' if cfg.final else ''} WHERE {where} GROUP BY b")
+    return {int(b): (int(n), int(d)) for b, n, d in rows}
+
+
+def bucket_where(plan: TablePlan, wm: Watermark, start: int) -> str:
+    """The hot rows of one hour bucket that are at or below the watermark."""
+    key = plan.key
+    return (f"{quote(plan.cfg.timestamp_column)} >= {key.ts_literal(start * NS)} AND "
+            f"{key.not_after((start + HOUR) * NS - 1)} AND {key.at_most(wm)}")
+
+
+def key_plans(plan: TablePlan) -> list[Any]:
+    return [p for p in plan.columns if p.name in plan.cfg.key_columns]
+
+
+def ts_range(table: Table, ts: str, lo_ns: int, hi_ns: int) -> BooleanExpression:
+    """lo <= ts <= hi as an Iceberg expression (timestamps as ISO text, epoch-ns longs as numbers)."""
     field_type = table.schema().find_field(ts).field_type
     lo: int | str = lo_ns
     hi: int | str = hi_ns
     if str(field_type) != "long":
         lo, hi = iso(lo_ns).replace("Z", "+00:00"), iso(hi_ns // 1000 * 1000).replace("Z", "+00:00")
-    flt = And(GreaterThanOrEqual(term=ts, literal=lo), LessThanOrEqual(term=ts, literal=hi))  # type: ignore[call-arg,arg-type]
-    scan = table.scan(row_filter=flt,
-                      selected_fields=tuple(dict.fromkeys([ts, *names])))
+    return And(GreaterThanOrEqual(term=ts, literal=lo), LessThanOrEqual(term=ts, literal=hi))  # type: ignore[call-arg,arg-type]
+
+
+def cold_keys(table: Table, ts: str, names: list[str], lo_ns: int, hi_ns: int) -> pa.Table:
+    scan = table.scan(row_filter=ts_range(table, ts, lo_ns, hi_ns), selected_fields=tuple(dict.fromkeys([ts, *names])))
     return scan.to_arrow()
 
 
@@ -104,34 +175,29 @@ def _hour_of(col: pa.ChunkedArray) -> pa.Array:
     return pc.multiply(pc.divide(col, NS * HOUR), HOUR).combine_chunks()
 
 
-def _value_counts(arr: Any) -> tuple[list[int], list[int]]:
-    vc = pc.value_counts(arr)
-    return [int(v) for v in vc.field("values").to_pylist()], [int(c) for c in vc.field("counts").to_pylist()]
-
-
-def _missing(source: Source, tsql: str, fin: str, plan: TablePlan, keys: list[Any], key: Any,
-             wm: Watermark, bucket: int, cold_tbl: pa.Table, cold_b: Any) -> int:
-    """Rows of one hour bucket that the hot tier has (up to the watermark) and the cold tier lacks."""
-    lo, hi = bucket * NS, (bucket + HOUR) * NS - 1
-    win = f"{quote(plan.cfg.timestamp_column)} >= {key.ts_literal(lo)} AND {key.not_after(hi)} AND {key.at_most(wm)}"
-    hot = source.arrow(f"SELECT {', '.join(f'{p.select} AS c{i}' for i, p in enumerate(keys))} FROM {tsql}{fin} "
-                       f"WHERE {win}")
-    names = [p.name for p in keys]
-    target = pa.schema([cold_tbl.schema.field(n) for n in names])
-    hot_keys = set(map(tuple, _rows(conform(hot, keys, target, plan.cfg.source), names)))
-    cold_keys = set(map(tuple, _rows(cold_tbl.filter(pc.equal(cold_b, bucket)), names)))
-    return len(hot_keys - cold_keys)
-
-
-def _duplicates(cold_tbl: pa.Table, names: list[str], cold_b: Any) -> tuple[set[int], int]:
-    """Buckets holding a key more than once, and how many extra copies there are in all."""
+def _cold_stats(cold_tbl: pa.Table, names: list[str], hours: pa.Array) -> dict[int, tuple[int, int]]:
+    """{hour: (rows, distinct keys)} of one page of cold keys."""
     if cold_tbl.num_rows == 0:
-        return set(), 0
-    tagged = cold_tbl.select(names).append_column("__bucket", cold_b)
-    grouped = tagged.group_by(names).aggregate([("__bucket", "min"), ([], "count_all")])
-    dups = grouped.filter(pc.greater(grouped.column("count_all"), 1))
-    extra = int(pc.sum(pc.subtract(dups.column("count_all"), 1)).as_py() or 0)
-    return {int(b) for b in dups.column("__bucket_min").to_pylist()}, extra
+        return {}
+    tagged = cold_tbl.select(names).append_column("__bucket", hours)
+    per_key = tagged.group_by(["__bucket", *names]).aggregate([([], "count_all")])
+    per_bucket = per_key.group_by("__bucket").aggregate([("count_all", "sum"), ([], "count_all")])
+    return {int(b): (int(n), int(d)) for b, n, d in zip(per_bucket.column("__bucket").to_pylist(),
+                                                         per_bucket.column("count_all_sum").to_pylist(),
+                                                         per_bucket.column("count_all").to_pylist(), strict=True)}
+
+
+def _diff(plan: TablePlan, source: Source, keys: list[Any], wm: Watermark, start: int,
+          cold_bucket: pa.Table) -> tuple[int, int]:
+    """(keys hot has and cold lacks, keys cold has and hot lacks) in one hour bucket."""
+    fin = " FINAL" if plan.cfg.final else ""
+    hot = source.arrow(f"SELECT {', '.join(f'{p.select} AS c{i}' for i, p in enumerate(keys))} "
+                       f"FROM {plan.info.qualified}{fin} WHERE {bucket_where(plan, wm, start)}")
+    names = [p.name for p in keys]
+    target = pa.schema([cold_bucket.schema.field(n) for n in names])
+    hot_keys = set(map(tuple, _rows(conform(hot, keys, target, plan.cfg.source), names)))
+    cold = set(map(tuple, _rows(cold_bucket, names)))
+    return len(hot_keys - cold), len(cold - hot_keys)
 
 
 def _rows(tbl: pa.Table, names: list[str]) -> list[list[Any]]:
