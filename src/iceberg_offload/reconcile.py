@@ -60,6 +60,8 @@ class Bucket:
     cold_distinct: int = 0
     missing: int = 0  # keys in hot (up to the watermark) that cold lacks
     extra: int = 0  # keys in cold that hot lacks (expired or deleted from hot)
+    hot_sum: tuple[int, int] = (0, 0)  # order-free checksums of the key (see _SUMS), to catch swapped keys
+    cold_sum: tuple[int, int] = (0, 0)
 
     @property
     def duplicates(self) -> int:
@@ -110,7 +112,8 @@ def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark,
     lo_hour = oldest_hour(plan, source)
     if lo_hour is None:
         return
-    hot = hot_buckets(plan, source, wm, lo_hour)
+    seq = _summed_seq(plan, table)
+    hot = hot_buckets(plan, source, wm, lo_hour, seq)
     keys = key_plans(plan)
     names = [p.name for p in keys]
     last_hour = wm.ts_ns // NS // HOUR * HOUR
@@ -119,33 +122,51 @@ def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark,
         lo, hi = max(page_lo, lo_hour), min(page_lo + page - HOUR, last_hour)
         cold_tbl = cold_keys(table, plan.cfg.timestamp_column, names, lo * NS, min((hi + HOUR) * NS - 1, wm.ts_ns))
         hours = _hour_of(cold_tbl.column(plan.cfg.timestamp_column))
-        stats = _cold_stats(cold_tbl, names, hours)
+        stats = _cold_stats(cold_tbl, names, hours, plan.cfg.timestamp_column, seq)
         for start in range(lo, hi + 1, HOUR):
-            h, hd = hot.get(start, (0, 0))
-            c, cd = stats.get(start, (0, 0))
+            h, hd, hs = hot.get(start, (0, 0, (0, 0)))
+            c, cd, cs = stats.get(start, (0, 0, (0, 0)))
             if not (h or c):
                 continue
-            b = Bucket(start, h, hd, c, cd)
-            if h != c or cd != c:
+            b = Bucket(start, h, hd, c, cd, hot_sum=hs, cold_sum=cs)
+            if h != c or cd != c or hs != cs:
                 b.missing, b.extra = _diff(plan, source, keys, wm, start, cold_tbl.filter(pc.equal(hours, start)))
             yield b
 
 
-def hot_buckets(plan: TablePlan, source: Source, wm: Watermark, lo_hour: int) -> dict[int, tuple[int, int]]:
-    """{hour: (rows, distinct keys)} of the hot tier from lo_hour up to the watermark."""
+# Order-free checksums per bucket, equal in both tiers when they hold the same rows: the sum of each row's
+# microsecond within its hour (< 3.6e9, so no overflow below 2.5e9 rows an hour) and the sum of the sequence
+# value modulo a prime. Equal counts with different keys (hot lost rows and got as many late ones) differ here.
+_PRIME = 1_000_000_007
+Stats = tuple[int, int, tuple[int, int]]
+
+
+def _summed_seq(plan: TablePlan, table: Table) -> str | None:
+    seq = plan.cfg.sequence_column
+    if seq is None or seq not in plan.cfg.key_columns:
+        return None
+    return seq if pa.types.is_integer(table.schema().as_arrow().field(seq).type) else None
+
+
+def hot_buckets(plan: TablePlan, source: Source, wm: Watermark, lo_hour: int,
+                seq: str | None = None) -> dict[int, Stats]:
+    """{hour: (rows, distinct keys, checksums)} of the hot tier from lo_hour up to the watermark."""
     key, cfg = plan.key, plan.cfg
     where = f"{quote(cfg.timestamp_column)} >= {key.ts_literal(lo_hour * NS)} AND {key.at_most(wm)}"
     uniq = ", ".join(quote(c) for c in cfg.key_columns)
-    rows = source.rows(f"SELECT intDiv({key.ts_ns_expr()}, {NS * HOUR}) * {HOUR} AS b, count(), uniqExact({uniq}) "
+    seq_sum = f"sum(positiveModulo(toInt128({quote(seq)}), {_PRIME}))" if seq else "0"
+    rows = source.rows(f"SELECT intDiv({key.ts_ns_expr()}, {NS * HOUR}) * {HOUR} AS b, count(), uniqExact({uniq}), "
+                       f"sum(intDiv({key.ts_ns_expr()} % {NS * HOUR}, 1000)), {seq_sum} "
                        f"FROM {plan.info.qualified}{' FINAL' if cfg.final else ''} WHERE {where} GROUP BY b")
-    return {int(b): (int(n), int(d)) for b, n, d in rows}
+    return {int(b): (int(n), int(d), (int(ts), int(sq))) for b, n, d, ts, sq in rows}
 
 
 def bucket_where(plan: TablePlan, wm: Watermark, start: int) -> str:
     """The hot rows of one hour bucket that are at or below the watermark."""
     key = plan.key
-    return (f"{quote(plan.cfg.timestamp_column)} >= {key.ts_literal(start * NS)} AND "
-            f"{key.not_after((start + HOUR) * NS - 1)} AND {key.at_most(wm)}")
+    ts = quote(plan.cfg.timestamp_column)
+    return (f"{ts} >= {key.ts_literal(start * NS)} AND {ts} < {key.ts_literal((start + HOUR) * NS)} AND "
+            f"{key.at_most(wm)}")
 
 
 def key_plans(plan: TablePlan) -> list[Any]:
@@ -175,16 +196,25 @@ def _hour_of(col: pa.ChunkedArray) -> pa.Array:
     return pc.multiply(pc.divide(col, NS * HOUR), HOUR).combine_chunks()
 
 
-def _cold_stats(cold_tbl: pa.Table, names: list[str], hours: pa.Array) -> dict[int, tuple[int, int]]:
-    """{hour: (rows, distinct keys)} of one page of cold keys."""
+def _cold_stats(cold_tbl: pa.Table, names: list[str], hours: pa.Array, ts: str, seq: str | None) -> dict[int, Stats]:
+    """{hour: (rows, distinct keys, checksums)} of one page of cold keys."""
     if cold_tbl.num_rows == 0:
         return {}
+    col = cold_tbl.column(ts)
+    if pa.types.is_timestamp(col.type):
+        ts_us = pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
+        offset = pc.modulo(ts_us, HOUR * 1_000_000)
+    else:  # epoch-ns longs
+        offset = pc.divide(pc.modulo(col, HOUR * NS), 1000)
+    seqs = pc.modulo(pc.cast(cold_tbl.column(seq), pa.int64()), _PRIME) if seq else pa.repeat(0, cold_tbl.num_rows)
     tagged = cold_tbl.select(names).append_column("__bucket", hours)
-    per_key = tagged.group_by(["__bucket", *names]).aggregate([([], "count_all")])
-    per_bucket = per_key.group_by("__bucket").aggregate([("count_all", "sum"), ([], "count_all")])
-    return {int(b): (int(n), int(d)) for b, n, d in zip(per_bucket.column("__bucket").to_pylist(),
-                                                         per_bucket.column("count_all_sum").to_pylist(),
-                                                         per_bucket.column("count_all").to_pylist(), strict=True)}
+    tagged = tagged.append_column("__ts", offset).append_column("__seq", seqs)
+    per_key = tagged.group_by(["__bucket", *names]).aggregate([([], "count_all"), ("__ts", "sum"), ("__seq", "sum")])
+    per_bucket = per_key.group_by("__bucket").aggregate(
+        [("count_all", "sum"), ([], "count_all"), ("__ts_sum", "sum"), ("__seq_sum", "sum")])
+    cols = [per_bucket.column(c).to_pylist() for c in ("__bucket", "count_all_sum", "count_all", "__ts_sum_sum",
+                                                        "__seq_sum_sum")]
+    return {int(b): (int(n), int(d), (int(t), int(q))) for b, n, d, t, q in zip(*cols, strict=True)}
 
 
 def _diff(plan: TablePlan, source: Source, keys: list[Any], wm: Watermark, start: int,

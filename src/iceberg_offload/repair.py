@@ -1,0 +1,263 @@
+"""Reconcile and repair: replace bad hour buckets of the cold tier with the hot tier's rows.
+
+A bucket is bad when cold lacks keys hot has (late arrivals behind the watermark, a lost commit) or holds
+extra copies of a key. Repair deletes the bucket's rows from Iceberg and appends the hot tier's rows for
+that hour (up to the watermark) in ONE catalog commit per table, compare-and-swap on the snapshot the
+comparison read (an offload committing meanwhile makes the repair fail transient and write nothing).
+The commit carries the current watermark forward unchanged, so offloads continue where they were.
+
+Never shrink cold: a bucket the hot tier's TTL has begun to delete (or the hot tier's oldest hour, which
+may be partly expired) is skipped, and so is any bucket where cold holds a key hot does not.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.expressions import BooleanExpression, Or
+from pyiceberg.io.pyarrow import _dataframe_to_data_files
+from pyiceberg.manifest import ManifestEntryStatus
+from pyiceberg.table import Table
+
+from . import __version__
+from .config import Settings, TableSettings
+from .errors import (
+    CommitConflict,
+    CommitOutcomeUnknown,
+    OffloadError,
+    SchemaDrift,
+    SourceError,
+    TransientError,
+    redact,
+)
+from .offload import TablePlan
+from .reconcile import HOUR, PAGE_HOURS, Bucket, bucket_where, compare, oldest_hour, ts_range
+from .sink import COMMIT_ID, Commit, Sink, _CasTransaction, catalog_errors, open_catalog
+from .source import Source, open_source, quote
+from .typemap import conform
+from .window import NS, PREFIX, Watermark
+
+TTL_MARGIN_SECONDS = 900
+"""A bucket whose first row expires within this long is treated as expiring already."""
+
+
+class HotTierChanged(TransientError):
+    kind = "hot_tier_changed"
+
+
+@dataclass
+class ReconcileResult:
+    table: str
+    applied: bool = False
+    watermark: dict[str, Any] | None = None
+    buckets_compared: int = 0
+    buckets_missing: int = 0
+    buckets_duplicates: int = 0
+    buckets_repaired: int = 0
+    buckets_skipped_ttl: int = 0
+    buckets_skipped_cold_ahead: int = 0
+    rows_missing: int = 0
+    rows_added: int = 0
+    duplicate_rows_removed: int = 0
+    rows_deleted: int = 0
+    rows_written: int = 0
+    snapshot_id: int | None = None
+    buckets: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reconcile(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, apply: bool,
+              page_hours: int = PAGE_HOURS, ttl_margin_seconds: int = TTL_MARGIN_SECONDS) -> ReconcileResult:
+    """Compare one table's tiers per hour bucket and (with apply) replace the bad buckets it may replace.
+    Without apply nothing changes; the result says what would be done. Errors are returned, not raised."""
+    res = ReconcileResult(cfg.target)
+    try:
+        _reconcile(cfg, source, sink, apply, page_hours, ttl_margin_seconds, res)
+    except OffloadError as exc:
+        res.error = exc.as_dict()
+    return res
+
+
+def reconcile_all(settings: Settings, names: list[str] | None = None, apply: bool = False) -> list[ReconcileResult]:
+    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+    with open_source(settings.source) as source:
+        return [reconcile(settings, cfg, source, sink, apply) for cfg in settings.select(names)]
+
+
+def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page_hours: int, margin: int,
+               res: ReconcileResult) -> None:
+    table = sink.load(cfg.target)
+    wm, last = sink.watermark(table) if table is not None else (None, None)
+    if table is None or wm is None or last is None:
+        return
+    res.watermark = wm.as_dict()
+    plan = TablePlan.build(source, cfg)
+    buckets = list(compare(plan, source, table, wm, page_hours))
+    res.buckets_compared = len(buckets)
+    bad = [b for b in buckets if b.bad]
+    if not bad:
+        return
+    expiring = _expiring(plan, source, [b.start for b in bad], margin)
+    chosen: list[Bucket] = []
+    for b in bad:
+        res.buckets_missing += b.missing > 0
+        res.buckets_duplicates += b.duplicates > 0
+        res.rows_missing += b.missing
+        if b.start in expiring:
+            action = "skipped_ttl"
+            res.buckets_skipped_ttl += 1
+        elif b.extra or b.cold_distinct > b.hot_distinct:
+            action = "skipped_cold_ahead"  # cold holds keys hot no longer has: replacing would lose them
+            res.buckets_skipped_cold_ahead += 1
+        else:
+            action = "repair"
+            chosen.append(b)
+        res.buckets.append({**b.as_dict(), "action": action})
+    res.buckets_repaired = len(chosen)
+    res.rows_deleted = sum(b.cold for b in chosen)
+    res.rows_written = sum(b.hot for b in chosen)
+    res.rows_added = sum(b.missing for b in chosen)
+    res.duplicate_rows_removed = res.rows_deleted + res.rows_added - res.rows_written
+    if not apply or not chosen:
+        return
+    _check_schema(plan, table)
+    new_table, written = _replace(sink, source, table, plan, wm, last, chosen)
+    res.rows_written = written
+    res.duplicate_rows_removed = res.rows_deleted + res.rows_added - written
+    res.applied = True
+    snap = new_table.current_snapshot()
+    res.snapshot_id = snap.snapshot_id if snap is not None else None
+
+
+def _expiring(plan: TablePlan, source: Source, starts: list[int], margin: int) -> set[int]:
+    """Buckets the hot tier may no longer hold completely: at or before its oldest surviving hour, or
+    whose first second is past (or within `margin` of) the table's TTL."""
+    oldest = oldest_hour(plan, source)
+    out = {s for s in starts if oldest is None or s <= oldest}
+    ttl = plan.info.ttl
+    if ttl and starts:
+        ts = quote(plan.cfg.timestamp_column)
+        ts_type = str(plan.key.ts_type).replace("\\", "\\\\").replace("'", "\\'")
+        as_ts = ("toDateTime(b, 'UTC')" if plan.key.ts_type.name == "DateTime" else
+                 f"CAST(fromUnixTimestamp64Nano(toInt64(b) * {NS}, 'UTC'), '{ts_type}')")
+        try:  # the TTL of a row stamped at the bucket's first instant, the first row of it to expire
+            rows = source.rows(f"SELECT b, toUnixTimestamp(toDateTime({ttl})) <= toUnixTimestamp(now()) + "
+                               f"{int(margin)} FROM (SELECT arrayJoin([{', '.join(map(str, starts))}]) AS b, "
+                               f"{as_ts} AS {ts})")
+        except SourceError:  # a TTL on other columns: the oldest-hour rule and the subset rule still hold
+            rows = []
+        out |= {int(b) for b, gone in rows if gone}
+    return out
+
+
+def _check_schema(plan: TablePlan, table: Table) -> None:
+    have = {f.name for f in table.schema().fields}
+    want = {p.name for p in plan.columns}
+    if have != want:
+        raise SchemaDrift(f"{plan.cfg.target}: Iceberg columns {sorted(have)} differ from the offloaded ClickHouse "
+                          f"columns {sorted(want)}; nothing was repaired",
+                          f"run `iceberg-offload run --table {plan.cfg.target}` first (it evolves the schema or "
+                          f"names the drift)")
+
+
+def _props(plan: TablePlan, last: Commit, chosen: list[Bucket]) -> dict[str, str]:
+    """The repair commit's summary: the current watermark carried forward, totals, what was replaced."""
+    carried = {k: v for k, v in last.props.items() if k.startswith(f"{PREFIX}watermark.")}
+    rows_total, commits_total = last.totals
+    return {**carried, COMMIT_ID: f"repair/{uuid.uuid4().hex[:12]}", f"{PREFIX}operation": "repair",
+            f"{PREFIX}source": plan.info.qualified, f"{PREFIX}version": __version__,
+            f"{PREFIX}rows-total": str(rows_total + sum(b.missing for b in chosen)),
+            f"{PREFIX}commits-total": str(commits_total),
+            f"{PREFIX}repair.buckets": str(len(chosen)),
+            f"{PREFIX}repair.first-bucket-ns": str(chosen[0].start * NS),
+            f"{PREFIX}repair.last-bucket-ns": str(chosen[-1].start * NS),
+            f"{PREFIX}repair.rows-deleted": str(sum(b.cold for b in chosen)),
+            f"{PREFIX}repair.rows-added": str(sum(b.missing for b in chosen))}
+
+
+def _ranges(table: Table, ts: str, chosen: list[Bucket]) -> BooleanExpression:
+    """The chosen hours as few timestamp ranges (adjacent hours merged), OR-ed."""
+    spans: list[list[int]] = []
+    for b in chosen:
+        if spans and spans[-1][1] == b.start:
+            spans[-1][1] = b.start + HOUR
+        else:
+            spans.append([b.start, b.start + HOUR])
+    exprs = [ts_range(table, ts, lo * NS, hi * NS - 1) for lo, hi in spans]
+    out = exprs[0]
+    for e in exprs[1:]:
+        out = Or(out, e)
+    return out
+
+
+def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Watermark, last: Commit,
+             chosen: list[Bucket]) -> tuple[Table, int]:
+    """Delete the chosen buckets from Iceberg and append the hot tier's rows for them: one commit,
+    compare-and-swap on `table`'s snapshot. Returns the new table state and the rows written."""
+    props = _props(plan, last, chosen)
+    name = ".".join(table.name())
+    txn = _CasTransaction(table)
+    target = table.schema().as_arrow()
+    fin = " FINAL" if plan.cfg.final else ""
+    select = ", ".join(f"{p.select} AS c{i}" for i, p in enumerate(plan.columns))
+    written = 0
+    with catalog_errors(f"repairing {name}"):
+        with warnings.catch_warnings():  # a bucket cold lacks entirely matches no rows: expected
+            warnings.simplefilter("ignore")
+            txn.delete(_ranges(table, plan.cfg.timestamp_column, chosen), snapshot_properties=props)
+        with txn.update_snapshot(snapshot_properties=props).fast_append() as append:
+            counter = itertools.count(0)
+            for b in chosen:
+                sql = f"SELECT {select} FROM {plan.info.qualified}{fin} WHERE {bucket_where(plan, wm, b.start)}"
+                rows = conform(source.arrow(sql), plan.columns, target, plan.cfg.source)
+                if rows.num_rows < b.hot:
+                    raise HotTierChanged(f"{name}: the hot tier's hour {b.as_dict()['bucket']} shrank from {b.hot} to "
+                                         f"{rows.num_rows} rows while repairing (TTL or a delete); nothing was written",
+                                         "none needed: the next reconcile compares again")
+                written += rows.num_rows
+                for data_file in _dataframe_to_data_files(table_metadata=txn.table_metadata, df=rows, io=table.io,
+                                                          write_uuid=append.commit_uuid, counter=counter):
+                    append.append_data_file(data_file)
+        added = _staged_files(txn, table)
+    try:
+        new_table = txn.commit_transaction()
+    except CommitFailedException as exc:
+        Sink._discard(table, added)
+        raise CommitConflict(f"{name}: another writer committed while the repair was prepared ({exc}); the repair "
+                             f"was discarded, nothing changed",
+                             f"none needed: run the reconcile again (`iceberg-offload verify --table "
+                             f"{plan.cfg.target}` shows what is left)") from exc
+    except Exception as exc:  # noqa: BLE001 - the request may or may not have landed
+        if sink.find_commit(plan.cfg.target, props[COMMIT_ID]) is not None:
+            return sink.load(plan.cfg.target) or table, written
+        raise CommitOutcomeUnknown(f"{name}: repair commit {props[COMMIT_ID]} outcome unknown: "
+                                   f"{redact(str(exc)).splitlines()[0][:300]}",
+                                   "none needed: the next reconcile compares again") from exc
+    return new_table, written
+
+
+def _staged_files(txn: _CasTransaction, table: Table) -> list[str]:
+    """Data files the transaction's new snapshots add (ours and the delete's rewrites), to remove them
+    should the commit be refused."""
+    base = {s.snapshot_id for s in table.metadata.snapshots}
+    out = []
+    for snap in txn.table_metadata.snapshots:
+        if snap.snapshot_id in base:
+            continue
+        for manifest in snap.manifests(table.io):
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+                if entry.status == ManifestEntryStatus.ADDED and entry.snapshot_id == snap.snapshot_id:
+                    out.append(entry.data_file.file_path)
+    return out
