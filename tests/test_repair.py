@@ -21,8 +21,8 @@ HOUR0_MS = (int(time.time()) // 3600 - 6) * H  # five full hours of data, h0 .. 
 TTL = " TTL toDateTime(ts) + INTERVAL 7 DAY"
 
 
-def _setup(make_settings, rows: int = 5000, step_ms: int = 3600):
-    s = make_settings([trades_table()], max_rows_per_commit=2000)
+def _setup(make_settings, rows: int = 5000, step_ms: int = 3600, partition_by: str = "day"):
+    s = make_settings([trades_table(partition_by=partition_by)], max_rows_per_commit=2000)
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="trades") + TTL)
         insert_trades(ch, "trades", HOUR0_MS, rows, step_ms=step_ms)
@@ -51,8 +51,9 @@ def _late(ch, hour: int, n: int, seq0: int) -> None:
     insert_trades(ch, "trades", HOUR0_MS + hour * H + 1700, n, seq0=seq0, step_ms=1000)
 
 
-def test_late_rows_are_found_previewed_and_repaired_keeping_the_watermark(make_settings):
-    s = _setup(make_settings)
+@pytest.mark.parametrize("partition_by", ["day", "hour", "none"])
+def test_late_rows_are_found_previewed_and_repaired_keeping_the_watermark(make_settings, partition_by):
+    s = _setup(make_settings, partition_by=partition_by)
     with clickhouse(s) as ch:
         _late(ch, 2, 5, 100_000)
         _late(ch, 3, 2, 200_000)
@@ -105,7 +106,6 @@ def test_duplicates_in_cold_are_replaced_by_one_copy(make_settings):
     assert sorted(keys_of(cold(s, "trades"), "seq")) == [(i,) for i in range(5000)]
 
 
-@pytest.mark.slow
 def test_buckets_the_hot_tier_no_longer_holds_completely_are_never_replaced(make_settings):
     s = _setup(make_settings)
     table = sink_for(s).load("trades")
