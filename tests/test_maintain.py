@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 from pyiceberg.io.pyarrow import _dataframe_to_data_files
+from pyiceberg.table.update import RemoveSnapshotsUpdate
 
 from conftest import TRADES_DDL, clickhouse, cold, insert_trades, keys_of, sink_for, trades_table
 from iceberg_offload import compact as compact_mod
@@ -180,6 +181,29 @@ def test_expiry_never_drops_the_snapshot_holding_the_watermark(make_settings):
     res = run_cycle(s).tables[0]
     assert (res.status, res.rows, res.watermark_before) == ("ok", 20, wm.as_dict())
     _exactly_once(s, 70)
+
+
+def test_expiry_racing_an_offload_is_refused_and_expires_nothing(make_settings, monkeypatch):
+    s, cfg, sink = _offloaded(make_settings, 100, 10)
+    _more(s, 100, 20)
+    original = compact_mod._CasTransaction.commit_transaction
+    raced: list[object] = []
+
+    def offload_first(txn):
+        if any(isinstance(u, RemoveSnapshotsUpdate) for u in txn._updates) and not raced:
+            raced.append(run_cycle(s).tables[0])
+        return original(txn)
+
+    monkeypatch.setattr(compact_mod._CasTransaction, "commit_transaction", offload_first)
+    with pytest.raises(CommitConflict, match="nothing was expired"):
+        expire(s, cfg, sink, apply=True, older_than_seconds=0, keep_last=1)
+    monkeypatch.undo()
+    assert raced[0].rows == 20 and len(sink.load("trades").metadata.snapshots) == 12
+    done = expire(s, cfg, sink, apply=True, older_than_seconds=0, keep_last=1)
+    assert done.snapshots_after == 1
+    table = sink.load("trades")
+    assert sink.watermark(table)[0].seq == 119 and sink.watermark(table)[1].totals == (120, 12)
+    _exactly_once(s, 120)
 
 
 def _age(paths, seconds: float) -> None:

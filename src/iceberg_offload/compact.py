@@ -184,7 +184,7 @@ def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str,
         replace.commit()  # writes the manifests and stages the snapshot in the transaction
     except OSError as exc:
         Sink._discard(table, written)
-        raise WarehouseError(f"compacting {name} failed while writing: {exc}; nothing was changed",
+        raise WarehouseError(f"compacting {name} failed reading or writing files: {exc}; nothing was changed",
                              "check free space and write permission at [catalog] warehouse") from exc
     except BaseException:
         Sink._discard(table, written)
