@@ -176,3 +176,22 @@ def test_an_offload_racing_the_repair_commit_wins_and_the_repair_writes_nothing(
     assert _state(s)[1] == wm and verify(s)[0].ok
     assert sorted(keys_of(cold(s, "trades"), "seq")) == sorted(
         [(i,) for i in range(3500)] + [(100_000 + i,) for i in range(5)])
+
+
+def test_a_bucket_shrinking_in_hot_while_repairing_stops_the_repair_and_leaves_no_files(make_settings, monkeypatch):
+    s = _setup(make_settings)
+    with clickhouse(s) as ch:
+        _late(ch, 2, 5, 100_000)
+    before = _state(s)
+    original = repair._replace
+
+    def ttl_strikes(sink, source, *args):  # between the plan and the read, hot loses rows of the bucket
+        source.command("ALTER TABLE k2.trades DELETE WHERE seq IN (2500, 2501) SETTINGS mutations_sync = 2")
+        return original(sink, source, *args)
+
+    monkeypatch.setattr(repair, "_replace", ttl_strikes)
+    stopped = _reconcile(s, apply=True)
+    assert not stopped.applied and stopped.error["type"] == "hot_tier_changed" and stopped.error["transient"]
+    assert _state(s) == before
+    table = sink_for(s).load("trades")
+    assert {str(p) for p in Path(table.location().removeprefix("file://")).rglob("*.parquet")} == _referenced(table)

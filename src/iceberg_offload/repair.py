@@ -212,25 +212,31 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
     target = table.schema().as_arrow()
     fin = " FINAL" if plan.cfg.final else ""
     select = ", ".join(f"{p.select} AS c{i}" for i, p in enumerate(plan.columns))
-    written = 0
-    with catalog_errors(f"repairing {name}"):
-        with warnings.catch_warnings():  # a bucket cold lacks entirely matches no rows: expected
-            warnings.simplefilter("ignore")
-            txn.delete(_ranges(table, plan.cfg.timestamp_column, chosen), snapshot_properties=props)
-        with txn.update_snapshot(snapshot_properties=props).fast_append() as append:
-            counter = itertools.count(0)
-            for b in chosen:
-                sql = f"SELECT {select} FROM {plan.info.qualified}{fin} WHERE {bucket_where(plan, wm, b.start)}"
-                rows = conform(source.arrow(sql), plan.columns, target, plan.cfg.source)
-                if rows.num_rows < b.hot:
-                    raise HotTierChanged(f"{name}: the hot tier's hour {b.as_dict()['bucket']} shrank from {b.hot} to "
-                                         f"{rows.num_rows} rows while repairing (TTL or a delete); nothing was written",
-                                         "none needed: the next reconcile compares again")
-                written += rows.num_rows
-                for data_file in _dataframe_to_data_files(table_metadata=txn.table_metadata, df=rows, io=table.io,
-                                                          write_uuid=append.commit_uuid, counter=counter):
-                    append.append_data_file(data_file)
-        added = _staged_files(txn, table)
+    written, added = 0, []
+    try:
+        with catalog_errors(f"repairing {name}"):
+            with warnings.catch_warnings():  # a bucket cold lacks entirely matches no rows: expected
+                warnings.simplefilter("ignore")
+                txn.delete(_ranges(table, plan.cfg.timestamp_column, chosen), snapshot_properties=props)
+            added += _staged_files(txn, table)  # files the delete rewrote without the bucket's rows
+            with txn.update_snapshot(snapshot_properties=props).fast_append() as append:
+                counter = itertools.count(0)
+                for b in chosen:
+                    sql = f"SELECT {select} FROM {plan.info.qualified}{fin} WHERE {bucket_where(plan, wm, b.start)}"
+                    rows = conform(source.arrow(sql), plan.columns, target, plan.cfg.source)
+                    if rows.num_rows < b.hot:
+                        raise HotTierChanged(f"{name}: the hot tier's hour {b.as_dict()['bucket']} shrank from "
+                                             f"{b.hot} to {rows.num_rows} rows while repairing (TTL or a delete); "
+                                             f"nothing was written", "none needed: the next reconcile compares again")
+                    written += rows.num_rows
+                    for data_file in _dataframe_to_data_files(table_metadata=txn.table_metadata, df=rows,
+                                                              io=table.io, write_uuid=append.commit_uuid,
+                                                              counter=counter):
+                        added.append(data_file.file_path)
+                        append.append_data_file(data_file)
+    except BaseException:
+        Sink._discard(table, added)
+        raise
     try:
         new_table = txn.commit_transaction()
     except CommitFailedException as exc:
