@@ -29,12 +29,15 @@ def free_port() -> int:
 
 
 def write_config(root: Path, tables: list[str], *, prefect: dict[str, Any] | None = None,
-                 schedule: dict[str, Any] | None = None, extra_tables: list[dict[str, Any]] | None = None) -> Settings:
+                 schedule: dict[str, Any] | None = None, extra_tables: list[dict[str, Any]] | None = None,
+                 source: dict[str, Any] | None = None, offload: dict[str, Any] | None = None) -> Settings:
     root.mkdir(parents=True, exist_ok=True)
     api_port, metrics_port = free_port(), free_port()
-    lines = ["[source]", f'dsn = "chdb://{root}/ch"', "lock_timeout_seconds = 60", "",
+    source = {"dsn": f"chdb://{root}/ch", "lock_timeout_seconds": 60, **(source or {})}
+    offload = {"settle_seconds": 0, **(offload or {})}
+    lines = ["[source]", *(f"{k} = {_toml(v)}" for k, v in source.items()), "",
              "[catalog]", f'uri = "sqlite:///{root}/catalog.db"', f'warehouse = "file://{root}/warehouse"', "",
-             "[offload]", "settle_seconds = 0", "",
+             "[offload]", *(f"{k} = {_toml(v)}" for k, v in offload.items()), "",
              "[prefect]", f'api_url = "http://127.0.0.1:{api_port}/api"', f'home = "{root}/prefect"',
              "worker_query_seconds = 2"]
     lines += [f"{k} = {_toml(v)}" for k, v in (prefect or {}).items()]

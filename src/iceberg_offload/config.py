@@ -69,6 +69,8 @@ class PrefectSettings(_Section):
     worker_limit: int = Field(default=0, ge=0)
     """Flow runs one worker runs at once (0 = no limit). With fan_out = "deployments", a limit spreads the
     table runs of a cycle over the workers of the pool instead of the first one to poll taking them all."""
+    retry_delays_seconds: list[float] = Field(default=[5.0, 30.0])
+    """A table whose error is transient is retried after each of these delays, within the same cycle."""
 
 
 class MetricsSettings(_Section):

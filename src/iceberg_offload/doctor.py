@@ -6,12 +6,14 @@ server down, no runs, metrics unreachable, full restart; offload failing, lag, w
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from . import prefect_api
@@ -33,6 +35,7 @@ class Check:
     saw: str
     fix: str = ""
     scenario: str | None = None
+    cause: bool = False  # names the cause, not a symptom: its scenario wins over the others' order
 
 
 @dataclass
@@ -45,11 +48,22 @@ class Report:
 
     @property
     def scenario(self) -> str | None:
-        """The first failing check's scenario, in the runbook's order of likelihood."""
+        """The scenario of the failing checks, in the runbook's order of likelihood. A check that names the
+        cause (a paused schedule, a stuck run, a foreign holder of the metrics port) wins; a supervisor
+        restart in the last two minutes explains a server, worker or metrics failure."""
         order = ["full restart", "server down", "worker down", "no runs", "metrics unreachable", "offload failing",
                  "ttl risk", "lag", "watermark"]
-        found = {c.scenario for c in self.checks if c.status == "fail" and c.scenario}
-        found |= {c.scenario for c in self.checks if c.status == "warn" and c.scenario} if not found else set()
+        failed = [c for c in self.checks if c.status == "fail" and c.scenario]
+        found = {c.scenario for c in failed if c.cause}
+        if not found:
+            found = {c.scenario for c in failed}
+            restart = next((c for c in self.checks if c.name == "processes" and c.status == "warn"), None)
+            if restart is not None and restart.scenario and found & {"server down", "worker down",
+                                                                     "metrics unreachable"}:
+                found.add(restart.scenario)
+        if not found:  # warnings only: a restart that has healed is the least of them
+            warned = [c for c in self.checks if c.status == "warn" and c.scenario]
+            found = {c.scenario for c in warned if c.name != "processes"} or {c.scenario for c in warned}
         return next((s for s in order if s in found), None)
 
     def as_dict(self) -> dict[str, Any]:
@@ -62,6 +76,10 @@ def _age(iso: str | None) -> float | None:
     return time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+RESTART_RECENT_SECONDS = 120
+CHILD_SCENARIO = {"server": "server down", "worker": "worker down"}
+
+
 def check_processes(settings: Settings) -> Check:
     state = read_state(settings)
     if state is None:
@@ -71,11 +89,24 @@ def check_processes(settings: Settings) -> Check:
     if state.get("stopped") or not pid_alive(sup):
         return Check("processes", "fail", f"supervisor (pid {sup}) is not running", "iceberg-offload up",
                      "full restart")
-    dead = [n for n, c in state.get("children", {}).items() if not pid_alive(c.get("pid"))]
-    restarts = {n: c.get("restarts", 0) for n, c in state.get("children", {}).items()}
-    if dead:
-        return Check("processes", "warn", f"{', '.join(dead)} not running (the supervisor restarts it); "
-                     f"restarts so far: {restarts}", f"watch `iceberg-offload ps`; logs in {stack_dir(settings)}")
+    children = state.get("children", {})
+    restarts = {n: c.get("restarts", 0) for n, c in children.items()}
+    logs = stack_dir(settings)
+    for name in ("server", "worker"):  # the server first: a worker without a server is not the cause
+        child = children.get(name) or {}
+        if not pid_alive(child.get("pid")):
+            return Check("processes", "fail", f"{name} (pid {child.get('pid')}) is not running; the supervisor "
+                         f"restarts it within 30 s (restarts so far: {restarts})",
+                         f"iceberg-offload recover --yes; why it died: tail {logs / f'{name}.log'}",
+                         CHILD_SCENARIO[name])
+    for name in ("server", "worker"):
+        child = children[name]
+        age = time.time() - float(child.get("started_at") or 0)
+        if child.get("restarts", 0) and age < RESTART_RECENT_SECONDS:
+            return Check("processes", "warn", f"{name} was restarted by the supervisor {age:.0f}s ago "
+                         f"(restarts so far: {restarts})",
+                         f"iceberg-offload recover --yes runs a cycle now; why it died: tail {logs / f'{name}.log'}",
+                         CHILD_SCENARIO[name])
     return Check("processes", "ok", f"supervisor, server and worker running; restarts: {restarts}")
 
 
@@ -90,7 +121,7 @@ def check_server(settings: Settings) -> Check:
                          "server down")
         health = _health(settings)
         return Check("prefect server", "fail", f"/api/ready answered {exc.code}; /api/health {health}",
-                     "the server's database is down: start it (native: `iceberg-offload up`; compose: "
+                     "the server's database is down: start it (native: `iceberg-offload recover --yes`; compose: "
                      "`docker start k2-prefect-db`)", "server down")
     except prefect_api.API_ERRORS as exc:
         return Check("prefect server", "fail", f"{settings.prefect.api_url} unreachable: {exc}",
@@ -137,7 +168,7 @@ def check_deployment(settings: Settings) -> tuple[Check, dict[str, Any] | None]:
     late = prefect_api.count_runs(settings, dep["id"], ["Late"])
     if not prefect_api.schedule_active(dep):
         return Check("deployment", "fail", f"{name} is paused or its schedule is inactive; {late} Late runs",
-                     "if the pause is not deliberate: iceberg-offload schedule resume", "no runs"), dep
+                     "if the pause is not deliberate: iceberg-offload schedule resume", "no runs", cause=True), dep
     polled = _age(dep.get("last_polled"))
     saw = f"{name} active ({', '.join(str(s['schedule'].get('cron') or s['schedule']) for s in dep['schedules'])})"
     saw += f"; last polled {polled:.0f}s ago" if polled is not None else "; never polled by a worker"
@@ -175,7 +206,7 @@ def check_runs(settings: Settings, dep: dict[str, Any] | None) -> list[Check]:
     if stuck:
         out.append(Check("stuck runs", "fail", f"{len(stuck)} runs hold the deployment's slot with no live process: "
                          + ", ".join(f"{r['name']} ({r['state']['type']})" for r in stuck),
-                         "iceberg-offload recover --yes marks them Crashed", "no runs"))
+                         "iceberg-offload recover --yes marks them Crashed", "no runs", cause=True))
     return out
 
 
@@ -204,16 +235,49 @@ def check_metrics(settings: Settings) -> Check:
     m = settings.metrics
     host = "127.0.0.1" if m.host in ("0.0.0.0", "") else m.host
     url = f"http://{host}:{m.port}/metrics"
+    state = read_state(settings) or {}
+    worker_pid = (state.get("children", {}).get("worker") or {}).get("pid")
+    holder = port_holder(m.port)
+    held = f"; port {m.port} is held by {holder[1]} (pid {holder[0]})" if holder else f"; nothing listens on {m.port}"
+    foreign = holder is not None and holder[0] != worker_pid
+    fix = (f"stop pid {holder[0] if holder else '?'} or set [metrics] port (and the Prometheus target); "
+           "the worker binds the port within 5 s once it is free" if foreign else
+           "iceberg-offload recover --yes (restarts the worker); compose: docker restart k2-prefect-worker")
     try:
         body = urllib.request.urlopen(url, timeout=3).read().decode()
     except (urllib.error.URLError, OSError) as exc:
-        return Check("metrics endpoint", "fail", f"{url} unreachable: {exc}",
-                     f"is the worker running? `ss -ltnp 'sport = :{m.port}'`; restart it (iceberg-offload down && "
-                     "iceberg-offload up, or docker restart k2-prefect-worker)", "metrics unreachable")
+        return Check("metrics endpoint", "fail", f"{url} unreachable: {exc}{held}", fix, "metrics unreachable",
+                     cause=foreign)
     if "offload_info" not in body:
-        return Check("metrics endpoint", "fail", f"{url} answers without offload_info (another program?)",
-                     f"free port {m.port} or set [metrics] port", "metrics unreachable")
+        return Check("metrics endpoint", "fail", f"{url} answers without offload_info{held}", fix,
+                     "metrics unreachable", cause=foreign)
     return Check("metrics endpoint", "ok", f"{url} serves offload_info")
+
+
+def port_holder(port: int) -> tuple[int, str] | None:
+    """(pid, command) of the local process listening on a TCP port, from /proc (Linux); None if unknown."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                inodes.add(f"socket:[{f[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                return int(proc.name), cmd[:120]
+        except OSError:
+            continue
+    return None
 
 
 def check_tables(settings: Settings) -> list[Check]:

@@ -83,7 +83,9 @@ def offload_table_task(config: str, table: str, run_id: str) -> dict[str, Any]:
 @flow(name=TABLE_FLOW, flow_run_name="offload {table}", persist_result=True)
 def offload_table_flow(config: str = "", table: str = "", run_id: str = "") -> dict[str, Any]:
     """One table in its own flow run (fan_out = "deployments"): any worker in the pool may take it."""
-    return offload_table_task.with_options(tags=[table_limit(table)])(config, table, run_id or _run_id())
+    delays = load(config or None).prefect.retry_delays_seconds
+    return offload_table_task.with_options(tags=[table_limit(table)], retries=len(delays),
+                                           retry_delay_seconds=delays or 0)(config, table, run_id or _run_id())
 
 
 def _outcome(table: str, layer: str, value: Any) -> dict[str, Any]:
@@ -99,8 +101,9 @@ def _outcome(table: str, layer: str, value: Any) -> dict[str, Any]:
 def _layer_with_tasks(settings: Settings, names: list[str], run_id: str) -> list[Any]:
     """Tables of a layer in threads of this flow run. No per-table tags here: the deployment's
     concurrency limit (1, CANCEL_NEW) already keeps one cycle in flight, and tag slots cost ~0.7 s each."""
-    futures = [offload_table_task.submit(settings.path, n, run_id)
-               for n in names]
+    delays = settings.prefect.retry_delays_seconds
+    task_ = offload_table_task.with_options(retries=len(delays), retry_delay_seconds=delays or 0)
+    futures = [task_.submit(settings.path, n, run_id) for n in names]
     return [f.result(raise_on_failure=False) for f in futures]
 
 

@@ -277,13 +277,34 @@ class Exporter(Collector):
         yield age
 
 
-def serve(settings: Settings) -> Any:
-    """Refresh once, then serve on a daemon thread and keep refreshing; returns a handle with .shutdown()."""
+def serve(settings: Settings, keep_trying: bool = False) -> Any:
+    """Refresh once, then serve on a daemon thread and keep refreshing; returns a handle with .shutdown().
+
+    A busy port raises ConfigError, unless `keep_trying` (the worker): offloads matter more than metrics, so
+    the worker runs on and binds the port as soon as its holder lets go (checked every BIND_RETRY_SECONDS).
+    """
     exporter = Exporter(settings, settings.metrics.refresh_seconds, settings.metrics.hot_refresh_seconds)
     with contextlib.suppress(Exception):
         exporter.refresh()
     registry = CollectorRegistry()
     registry.register(exporter)
+    handle = _Handle(None, exporter)
+    try:
+        handle.server = _bind(settings, registry)
+    except ConfigError as exc:
+        if not keep_trying:
+            raise
+        print(f"error: {exc.message}; serving no metrics until it is free. fix: {exc.fix}", flush=True)
+        threading.Thread(target=handle.bind_later, args=(settings, registry), name="metrics-bind",
+                         daemon=True).start()
+    threading.Thread(target=exporter.run, name="metrics-refresh", daemon=True).start()
+    return handle
+
+
+BIND_RETRY_SECONDS = 5.0
+
+
+def _bind(settings: Settings, registry: CollectorRegistry) -> Any:
     m = settings.metrics
     try:
         server, _thread = start_http_server(m.port, addr=m.host, registry=registry)
@@ -292,16 +313,25 @@ def serve(settings: Settings) -> Any:
             fix = f"find the holder with `ss -ltnp 'sport = :{m.port}'`, stop it, or set [metrics] port"
             raise ConfigError(f"metrics port {m.host}:{m.port} is already in use", fix) from exc
         raise
-    threading.Thread(target=exporter.run, name="metrics-refresh", daemon=True).start()
-    return _Handle(server, exporter)
+    return server
 
 
 @dataclass
 class _Handle:
     server: Any
     exporter: Exporter
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def bind_later(self, settings: Settings, registry: CollectorRegistry) -> None:
+        while not self.stopped.wait(BIND_RETRY_SECONDS):
+            with contextlib.suppress(ConfigError):
+                self.server = _bind(settings, registry)
+                print(f"metrics now served on {settings.metrics.host}:{settings.metrics.port}", flush=True)
+                return
 
     def shutdown(self) -> None:
+        self.stopped.set()
         self.exporter.stop()
-        self.server.shutdown()
-        self.server.server_close()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -106,12 +107,36 @@ class _EngineLock:
 
 
 def _read_holder(fd: int) -> str:
+    """Who holds the lock: the kernel's answer (/proc/locks) first, since a holder that is not one of us
+    never writes the file; then what our last holder wrote into it."""
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        age = time.time() - float(info.get("since", time.time()))
-        return f"pid {info.get('pid', '?')} ({info.get('cmd', '?')}, for {age:.0f}s)"
     except (ValueError, OSError):
+        info = {}
+    pid = _flock_pid(fd)
+    if pid is not None and pid != info.get("pid"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = "?"
+        return f"pid {pid} ({cmd[:200]})"
+    if not info:
         return "another process"
+    age = time.time() - float(info.get("since", time.time()))
+    return f"pid {info.get('pid', '?')} ({info.get('cmd', '?')}, for {age:.0f}s)"
+
+
+def _flock_pid(fd: int) -> int | None:
+    """The pid holding a flock on the file behind fd, from /proc/locks (Linux); None if unknown."""
+    try:
+        inode = os.fstat(fd).st_ino
+        for line in Path("/proc/locks").read_text().splitlines():
+            f = line.split()
+            if len(f) > 5 and f[1] == "FLOCK" and f[5].rsplit(":", 1)[-1] == str(inode) and f[4].isdigit():
+                return int(f[4])
+    except OSError:
+        pass
+    return None
 
 
 _LOCKS: dict[str, _EngineLock] = {}

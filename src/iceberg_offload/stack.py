@@ -42,7 +42,7 @@ def run_worker(settings: Settings, name: str | None = None, limit: int | None = 
 
     from .metrics import serve
 
-    server = serve(settings)
+    server = serve(settings, keep_trying=True)
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
     limit = limit if limit is not None else settings.prefect.worker_limit
 
@@ -274,6 +274,15 @@ def down(settings: Settings, timeout: float = 60.0) -> dict[str, Any]:
         if pid_alive(child.get("pid")):
             _signal_group(child["pid"], signal.SIGKILL)
     return {"stopped": True, "message": "stack stopped"}
+
+
+def restart_child(settings: Settings, name: str) -> bool:
+    """Kill one child's process group; the supervisor starts it again (after its backoff)."""
+    child = ((read_state(settings) or {}).get("children") or {}).get(name) or {}
+    if not pid_alive(child.get("pid")):
+        return False
+    _signal_group(child["pid"], signal.SIGKILL)
+    return True
 
 
 def ps(settings: Settings) -> dict[str, Any]:
