@@ -284,3 +284,55 @@ def test_backlog_of_several_hours(healthy):
     assert len(history) - commits_before >= 3  # cut into several commits of max_rows_per_commit
     lag = cli_json(healthy, "status")["tables"][0]["lag_seconds"]
     assert lag is not None and lag < 15 * 60
+
+
+def test_runbook_commands_run_on_the_native_stack(healthy):
+    """Every command of every runbook, in document order, on this stack: the ```sh blocks, the ```sql ones,
+    and what the compose blocks run inside the worker container. Each must exit 0."""
+    import re
+    import sys
+    from urllib.parse import urlparse
+
+    from iceberg_offload.config import prefect_env
+    from test_runbooks import native_commands
+
+    add_rows(healthy, 200)
+    table = TABLES[0]
+    stack_dir = Path(healthy.prefect.home).parent / "stack"
+    api_port = urlparse(healthy.prefect.api_url).port
+    wm_s = add_rows(healthy, 0) - 3600  # an hour back: the preview shows rows that would be offloaded again
+    env = {**os.environ, **prefect_env(healthy), "OFFLOAD_CONFIG": healthy.path,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {k: v for k, v in env.items() if not k.startswith("OFFLOAD__")}
+    ran = []
+    for runbook, kind, cmd in native_commands():
+        cmd = (cmd.replace(":8000", f":{healthy.metrics.port}").replace(":4200", f":{api_port}")
+               .replace(".offload/stack/", f"{stack_dir}/").replace("TIME", str(int(wm_s))))
+        cmd = re.sub(r"(?<=k2\.)TABLE|(?<=--table )TABLE", table, cmd)
+        if kind == "sql":
+            with open_source(healthy.source) as ch:
+                ch.command(cmd)
+        else:
+            proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=Path(healthy.path).parent, env=env,
+                                  capture_output=True, text=True, timeout=400)
+            assert proc.returncode == 0, f"{runbook}: `{cmd}` exited {proc.returncode}:\n" \
+                                         f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\nruns: {_runs(healthy)}"
+        ran.append(cmd)
+        print(time.strftime("%H:%M:%S"), cmd, flush=True)
+    assert len(ran) >= 30 and any("recover --yes" in c for c in ran) and any("prefect flow-run ls" in c for c in ran)
+    report = doctor(healthy)
+    assert report["ok"], report
+    assert {t: cold(healthy, t).num_rows for t in TABLES} == _hot_counts(healthy)
+
+
+def _hot_counts(settings) -> dict[str, int]:
+    with open_source(settings.source) as ch:
+        return {t: int(ch.rows(f"SELECT count() FROM k2.{t}")[0][0]) for t in TABLES}
+
+
+def _runs(settings) -> list[tuple[str, str, str]]:
+    from stackutil import flow_runs
+
+    return [(r.name, r.state.type.value, (r.state.message or "")[:80], str(r.created), str(r.state.timestamp),
+             str(r.created_by)) for r in flow_runs(settings, MAIN)
+            if r.state and r.state.type.value != "SCHEDULED"]

@@ -212,5 +212,5 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 
     data = trigger(args.deployment, wait=args.wait, timeout=args.timeout)
     emit(args, data, lambda: f"flow run {data['flow_run_id']} ({data['name']}): {data['state']}"
-           + (f" in {data['seconds']}s" if args.wait else ""))
+           + (f" in {data['seconds']}s" if args.wait else "") + (f"\n{data['note']}" if data.get("note") else ""))
     return EXIT_OK if not args.wait or data["state"] == "COMPLETED" else EXIT_FAILED

@@ -204,10 +204,21 @@ def set_paused(names: list[str] | None, paused: bool) -> list[dict[str, Any]]:
 
 
 def trigger(deployment: str, wait: bool = False, timeout: float = 600.0) -> dict[str, Any]:
-    """Create a flow run of a deployment now; with `wait`, poll until it is final."""
+    """Create a flow run of a deployment now; with `wait`, poll until it is final. When the deployment's one
+    slot is taken (CANCEL_NEW cancels ours), wait for the run holding it instead: it does what we asked."""
     import time
 
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
     started = time.monotonic()
+    held_by = None
     with get_client(sync_client=True) as client:
         try:
             dep = client.read_deployment_by_name(deployment)
@@ -215,11 +226,23 @@ def trigger(deployment: str, wait: bool = False, timeout: float = 600.0) -> dict
             raise ConfigError(f"deployment {deployment!r} does not exist on the Prefect server",
                               "run `iceberg-offload deploy` (or `iceberg-offload up`)") from None
         run = client.create_flow_run_from_deployment(dep.id)
+        ours = run
         while wait and time.monotonic() - started < timeout:
             run = client.read_flow_run(run.id)
             if run.state is not None and run.state.is_final():
-                break
+                if run.id != ours.id or run.state.type != StateType.CANCELLED or held_by is not None:
+                    break
+                active = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                        any_=[StateType.RUNNING, StateType.PENDING]))), limit=1)
+                if not active:
+                    break
+                run = held_by = active[0]
             time.sleep(0.5)
     state = run.state.type.value if run.state is not None else "UNKNOWN"
-    return {"flow_run_id": str(run.id), "name": run.name, "deployment": deployment, "state": state,
-            "seconds": round(time.monotonic() - started, 1)}
+    out = {"flow_run_id": str(run.id), "name": run.name, "deployment": deployment, "state": state,
+           "seconds": round(time.monotonic() - started, 1)}
+    if held_by is not None:
+        out["note"] = f"our run {ours.name} was cancelled: run {held_by.name} held the deployment's slot; waited for it"
+    return out

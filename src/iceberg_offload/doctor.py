@@ -7,12 +7,10 @@ server down, no runs, metrics unreachable, full restart; offload failing, lag, w
 from __future__ import annotations
 
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +68,7 @@ class Report:
         return {"ok": self.ok, "scenario": self.scenario, "checks": [asdict(c) for c in self.checks]}
 
 
-def _age(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    return time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+_age = prefect_api.age_seconds
 
 
 RESTART_RECENT_SECONDS = 120
@@ -210,25 +205,8 @@ def check_runs(settings: Settings, dep: dict[str, Any] | None) -> list[Check]:
     return out
 
 
-PENDING_STUCK_SECONDS = 120
-
-
 def stuck_runs(settings: Settings, deployment_id: str) -> list[dict[str, Any]]:
-    """Runs that hold the deployment's concurrency slot but will never finish: RUNNING with their process
-    on this host gone, or PENDING (submitted, never started) for more than two minutes."""
-    out = []
-    for run in prefect_api.flow_runs(settings, deployment_id, ["RUNNING", "PENDING"], limit=50):
-        state = run.get("state") or {}
-        if state.get("type") == "PENDING":
-            age = _age(state.get("timestamp"))
-            if age is not None and age > PENDING_STUCK_SECONDS:
-                out.append(run)
-            continue
-        infra = str(run.get("infrastructure_pid") or "")
-        host, _, pid = infra.rpartition(":")
-        if pid.isdigit() and host in (socket.gethostname(), "") and not pid_alive(int(pid)):
-            out.append(run)
-    return out
+    return prefect_api.stuck_runs(settings, deployment_id, pid_alive)
 
 
 def check_metrics(settings: Settings) -> Check:

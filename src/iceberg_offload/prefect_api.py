@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from .config import Settings
@@ -93,3 +97,42 @@ def table_task_runs(settings: Settings, limit: int = 200) -> list[dict[str, Any]
                                                                                        "CRASHED"]}}},
             "sort": "END_TIME_DESC", "limit": limit}
     return list(request(settings, "POST", "/task_runs/filter", body) or [])
+
+
+PENDING_STUCK_SECONDS = 120
+
+
+def age_seconds(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    return time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def stuck_runs(settings: Settings, deployment_id: str, alive: Callable[[int], bool]) -> list[dict[str, Any]]:
+    """Runs that hold the deployment's concurrency slot but will never finish: RUNNING with their process
+    on this host gone, or PENDING (submitted, never started) for more than two minutes."""
+    out = []
+    for run in flow_runs(settings, deployment_id, ["RUNNING", "PENDING"], limit=50):
+        state = run.get("state") or {}
+        if state.get("type") == "PENDING":
+            age = age_seconds(state.get("timestamp"))
+            if age is not None and age > PENDING_STUCK_SECONDS:
+                out.append(run)
+            continue
+        infra = str(run.get("infrastructure_pid") or "")
+        host, _, pid = infra.rpartition(":")
+        if pid.isdigit() and host in (socket.gethostname(), "") and not alive(int(pid)):
+            out.append(run)
+    return out
+
+
+def crash_stuck_runs(settings: Settings, alive: Callable[[int], bool], message: str) -> list[str]:
+    """Mark the stuck runs of our deployments Crashed (never deleted); return their names."""
+    names = []
+    for flow, name in (MAIN, MAINT):
+        dep = deployment(settings, flow, name)
+        for run in stuck_runs(settings, dep["id"], alive) if dep else []:
+            request(settings, "POST", f"/flow_runs/{run['id']}/set_state",
+                    {"state": {"type": "CRASHED", "message": message}, "force": True})
+            names.append(run["name"])
+    return names

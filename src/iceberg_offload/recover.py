@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from . import prefect_api
 from .config import Settings
-from .doctor import Check, Report, check_metrics, check_processes, check_server, check_workers, diagnose, stuck_runs
+from .doctor import Check, Report, check_metrics, check_processes, check_server, check_workers, diagnose
 from .stack import down, pid_alive, read_state, restart_child, up
 
 COMPOSE_ORDER = ["k2-prefect-db", "k2-prefect-server", "k2-prefect-worker"]
@@ -113,41 +113,14 @@ def _do(settings: Settings, step: Step, timeout: float) -> str:
     if step.name == "run now and wait":
         crashed = _crash_stuck(settings)  # a run with no process would hold the slot and cancel ours
         run = trigger("/".join(prefect_api.MAIN), wait=True, timeout=timeout)
-        if run["state"] == "CANCELLED":  # a late catch-up run already holds the deployment's one slot
-            other = _wait_active(settings, timeout)
-            if other is not None:
-                return f"catch-up run {other['name']} held the slot: {other['state']['type']}"
         prefix = f"{crashed} stuck runs marked Crashed; " if crashed else ""
-        return prefix + f"flow run {run['flow_run_id']}: {run['state']} in {run['seconds']}s"
+        note = f" ({run['note']})" if run.get("note") else ""
+        return prefix + f"flow run {run['name']} ({run['flow_run_id']}): {run['state']} in {run['seconds']}s{note}"
     return "nothing to do"
 
 
-def _wait_active(settings: Settings, timeout: float) -> dict[str, Any] | None:
-    """Wait for the deployment's running (or starting) run to finish; return it, final."""
-    dep = prefect_api.deployment(settings, *prefect_api.MAIN)
-    active = prefect_api.flow_runs(settings, dep["id"], ["RUNNING", "PENDING"], limit=1) if dep else []
-    if not active:
-        return None
-    deadline = time.monotonic() + timeout
-    run = active[0]
-    while time.monotonic() < deadline:
-        run = prefect_api.request(settings, "GET", f"/flow_runs/{run['id']}")
-        if (run.get("state") or {}).get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            break
-        time.sleep(1)
-    return dict(run)
-
-
 def _crash_stuck(settings: Settings) -> int:
-    dep = prefect_api.deployment(settings, *prefect_api.MAIN)
-    if dep is None:
-        return 0
-    stuck = stuck_runs(settings, dep["id"])
-    for run in stuck:
-        prefect_api.request(settings, "POST", f"/flow_runs/{run['id']}/set_state",
-                            {"state": {"type": "CRASHED", "message": "its process is gone; marked by recover"},
-                             "force": True})
-    return len(stuck)
+    return len(prefect_api.crash_stuck_runs(settings, pid_alive, "its process is gone; marked by recover"))
 
 
 def _heal_stack(settings: Settings, timeout: float) -> str:

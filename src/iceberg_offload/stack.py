@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from .config import Settings, apply_prefect_env, prefect_env
 from .errors import ConfigError, TransientError
-from .prefect_api import POOL, online_workers
+from .prefect_api import API_ERRORS, POOL, crash_stuck_runs, online_workers
 from .prefect_api import ready as api_ready
 
 RESTART_BACKOFF = (1, 2, 5, 10, 30)
@@ -157,6 +157,11 @@ def supervise(settings: Settings) -> int:
             _restart(server)
         elif not deployed and api_ready(settings):
             deployed = _deploy(settings, d)
+            if deployed:  # runs a previous stack left Running hold the deployment's slot: free it
+                with contextlib.suppress(*API_ERRORS):
+                    crashed = crash_stuck_runs(settings, pid_alive, "its process is gone (found by `up`)")
+                    if crashed:
+                        print(f"marked Crashed: {', '.join(crashed)}", flush=True)
         if deployed:
             worker = children["worker"]
             if worker.proc is None:
