@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -64,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="seed the embedded ClickHouse with market data and offload it")
     p.set_defaults(func=cmd_demo)
 
-    from .cli_ops import add_parsers
+    from . import cli_maint, cli_ops
 
-    add_parsers(sub, common)
+    cli_ops.add_parsers(sub, common)
+    cli_maint.add_parsers(sub, common)
     return parser
 
 
@@ -94,7 +96,14 @@ def _emit_error(args: argparse.Namespace, exc: OffloadError) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .offload import run_cycle
 
-    result = run_cycle(load_settings(args), args.table, progress=ProgressBar(not args.json))
+    settings = load_settings(args)
+    result = run_cycle(settings, args.table, progress=ProgressBar(not args.json))
+    moved = [t.table for t in result.tables if t.status == "ok" and t.rows]
+    if moved:
+        from .view import refresh_views
+
+        with contextlib.suppress(OffloadError):  # a view that cannot follow stays where it was (still exact)
+            refresh_views(settings, moved)
     emit(args, result.as_dict(), lambda: _run_text(result.as_dict()))
     return EXIT_OK if result.status == "success" else EXIT_FAILED
 

@@ -31,6 +31,10 @@ class SourceSettings(_Section):
     database: str = "k2"
     lock_timeout_seconds: float = Field(default=120.0, ge=0)
     """How long to wait for the embedded engine when another process holds it."""
+    user_files_path: str = "/"
+    """Embedded engine: the folder its file functions (icebergLocal, for `view`) may read. It runs inside
+    our process with its rights, so the default is everything the process may read. Fixed at the engine's
+    first start in a process."""
 
 
 class CatalogSettings(_Section):
@@ -90,6 +94,18 @@ class ScheduleSettings(_Section):
     """When > 0, the offload deployment runs every N seconds instead of on offload_cron (tests, demos)."""
 
 
+class MaintenanceSettings(_Section):
+    """The daily maintenance (`iceberg-offload maintain`, deployment iceberg-maintenance-daily)."""
+
+    target_file_mb: int = Field(default=128, gt=0)
+    """Compaction rewrites a partition's small data files into files near this size."""
+    snapshot_retention_days: float = Field(default=7.0, gt=0)
+    """Snapshots older than this are expired (never the one holding the watermark)."""
+    keep_last_snapshots: int = Field(default=10, ge=1)
+    orphan_age_days: float = Field(default=3.0, gt=0)
+    """Unreferenced files are deleted only when older than this (a running offload's files are younger)."""
+
+
 PartitionBy = Literal["hour", "day", "month", "none"]
 Layer = Literal["bronze", "silver", "gold"]
 LAYERS: tuple[Layer, ...] = ("bronze", "silver", "gold")
@@ -144,6 +160,7 @@ class Settings(_Section):
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     tables: list[TableSettings] = Field(default_factory=list)
     path: str = ""
     """The config file this came from ('' for the embedded default)."""
@@ -277,7 +294,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     elif "://" not in warehouse:
         warehouse = "file://" + absolute(warehouse)
     return settings.model_copy(update={
-        "source": src.model_copy(update={"dsn": dsn}),
+        "source": src.model_copy(update={"dsn": dsn, "user_files_path": absolute(src.user_files_path)}),
         "catalog": cat.model_copy(update={"uri": uri, "warehouse": warehouse}),
         "prefect": settings.prefect.model_copy(update={"home": absolute(settings.prefect.home)}),
     })

@@ -7,6 +7,7 @@ after `prefect_env()` has set PREFECT_API_URL (the CLI does), or Prefect starts 
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -17,7 +18,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from .config import LAYERS, Settings, load
-from .errors import OffloadError
+from .errors import OffloadError, TransientError
 from .offload import TableResult, new_run_id, offload_table
 from .sink import Sink, open_catalog
 from .source import open_source
@@ -76,8 +77,40 @@ def run_table(config: str, table: str, run_id: str) -> dict[str, Any]:
 
 @task(name="offload-table", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient_only,
       task_run_name="offload {table}")
-def offload_table_task(config: str, table: str, run_id: str) -> dict[str, Any]:
+def offload_table_task(config: str, table: str, run_id: str, wait_for_maintenance: bool = False) -> dict[str, Any]:
+    if wait_for_maintenance:
+        _wait_while_maintained(table)
     return run_table(config, table, run_id)
+
+
+class TableBusy(TransientError):
+    kind = "table_busy"
+
+
+MAINTENANCE_WAIT_SECONDS = 15 * 60
+
+
+def _tag_busy(tag: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            return bool(client.read_concurrency_limit_by_tag(tag).active_slots)
+        except ObjectNotFound:
+            return False
+
+
+def _wait_while_maintained(table: str) -> None:
+    """Tasks fan-out takes no tag slot (too slow per cycle), so it looks: while the maintenance of this table
+    holds the table's slot, wait. Together with the maintenance's own check (it gives the slot back while a
+    cycle runs) the two never work on one table at once."""
+    deadline = time.monotonic() + MAINTENANCE_WAIT_SECONDS
+    while _tag_busy(table_limit(table)):
+        if time.monotonic() > deadline:
+            raise TableBusy(f"the maintenance of {table} has held it for {MAINTENANCE_WAIT_SECONDS // 60} min",
+                            "it is offloaded by the next cycle; look at the iceberg-maintenance flow run")
+        time.sleep(2)
 
 
 @flow(name=TABLE_FLOW, flow_run_name="offload {table}", persist_result=True)
@@ -103,7 +136,7 @@ def _layer_with_tasks(settings: Settings, names: list[str], run_id: str) -> list
     concurrency limit (1, CANCEL_NEW) already keeps one cycle in flight, and tag slots cost ~0.7 s each."""
     delays = settings.prefect.retry_delays_seconds
     task_ = offload_table_task.with_options(retries=len(delays), retry_delay_seconds=delays or 0)
-    futures = [task_.submit(settings.path, n, run_id) for n in names]
+    futures = [task_.submit(settings.path, n, run_id, wait_for_maintenance=True) for n in names]
     return [f.result(raise_on_failure=False) for f in futures]
 
 
@@ -145,6 +178,7 @@ def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
     failed = [o for o in outcomes if o["status"] != "ok"]
     result = {"run_id": run_id, "status": "success" if not failed else "partial" if len(failed) < len(outcomes)
               else "failed", "rows": sum(o["rows"] for o in outcomes), "tables": outcomes}
+    _refresh_views(settings, [o["table"] for o in outcomes if o["status"] == "ok" and o["rows"]])
     create_table_artifact(key="offload-cycle", description=f"cycle {run_id}: {result['status']}",
                           table=[{k: o[k] for k in ("table", "layer", "status", "rows", "commits")} |
                                  {"error": (o.get("error") or {}).get("message", "")} for o in outcomes])
@@ -155,15 +189,80 @@ def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
     return Completed(message=f"{result['rows']} rows offloaded", data=result)
 
 
-@flow(name=MAINT_FLOW, persist_result=True)
-def maintenance(config: str = "") -> Any:
-    """Daily maintenance. For now: verify hot vs cold over every table."""
-    from .reconcile import verify
+class OffloadInFlight(TransientError):
+    kind = "offload_in_flight"
+
+
+@task(name="maintain-table", retries=20, retry_delay_seconds=30, retry_condition_fn=_transient_only,
+      task_run_name="maintain {table}")
+def maintain_table_task(config: str, table: str) -> dict[str, Any]:
+    """Holds the table's `offload-table:<table>` slot (tagged by the flow). A running offload cycle may be at
+    this table without a slot (tasks fan-out): then give the slot back and retry in 30 s."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from .maintenance import maintain_table
 
     settings = load(config or None)
-    results = [r.as_dict() | {"ok": r.ok} for r in verify(settings)]
-    bad = [r for r in results if not r["ok"]]
-    summary = {"ok": not bad, "tables": results}
+    with get_client(sync_client=True) as client:
+        cycles = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[MAIN_DEPLOYMENT])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.RUNNING]))), limit=1)
+    if cycles:
+        raise OffloadInFlight(f"offload cycle {cycles[0].name} is running", "maintenance retries in 30 s")
+    result = maintain_table(settings, settings.table(table))
+    if not result["ok"]:
+        errors = [r["error"] for r in result["steps"].values() if "error" in r] or [result.get("error") or {}]
+        raise TableFailed({"table": table, "error": errors[0]} | {"maintenance": result})
+    return result
+
+
+@flow(name=MAINT_FLOW, persist_result=True)
+def maintenance(config: str = "") -> Any:
+    """Daily: per table, reconcile (repair) -> compact -> expire snapshots -> remove orphan files. One table
+    at a time, each holding its slot; a failing table does not stop the others."""
+    settings = load(config or None)
+    outcomes = []
+    for cfg in settings.tables:
+        fut = maintain_table_task.with_options(tags=[table_limit(cfg.target)]).submit(settings.path, cfg.target)
+        value = fut.result(raise_on_failure=False)
+        outcomes.append(value if isinstance(value, dict) else
+                        {"table": cfg.target, "ok": False, "error": str(value)[:500]})
+    bad = [o for o in outcomes if not o.get("ok")]
+    _refresh_views(settings, [o["table"] for o in outcomes])
+    create_table_artifact(key="maintenance", description="daily maintenance", table=[
+        {"table": o["table"], "ok": o.get("ok"), **{s: _brief(r) for s, r in (o.get("steps") or {}).items()},
+         "error": o.get("error", "")} for o in outcomes])
+    summary = {"ok": not bad, "tables": outcomes}
     if bad:
-        return Failed(message="verify found problems in " + ", ".join(r["table"] for r in bad), data=summary)
-    return Completed(message=f"verified {len(results)} tables", data=summary)
+        return Failed(message="maintenance failed for " + ", ".join(o["table"] for o in bad), data=summary)
+    return Completed(message=f"maintained {len(outcomes)} tables", data=summary)
+
+
+def _refresh_views(settings: Settings, tables: list[str]) -> None:
+    """Views created by `iceberg-offload view` follow the watermark; a failure here fails nothing."""
+    from .view import refresh_views
+
+    if not tables:
+        return
+    try:
+        refreshed = refresh_views(settings, tables)
+        if refreshed:
+            get_run_logger().info("views re-pointed: %s", ", ".join(refreshed))
+    except OffloadError as exc:
+        get_run_logger().warning("could not refresh the hot + cold views: %s (fix: %s)", exc.message, exc.fix)
+
+
+def _brief(step: dict[str, Any]) -> str:
+    if "error" in step:
+        return "error: " + str(step["error"].get("message", ""))[:80]
+    keys = ("buckets_repaired", "files_rewritten", "expired", "orphans")
+    return ", ".join(f"{k}={len(v) if isinstance(v, list) else v}" for k, v in step.items() if k in keys)

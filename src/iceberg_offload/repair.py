@@ -142,12 +142,15 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
 
 
 def _expiring(plan: TablePlan, source: Source, starts: list[int], margin: int) -> set[int]:
-    """Buckets the hot tier may no longer hold completely: at or before its oldest surviving hour, or
-    whose first second is past (or within `margin` of) the table's TTL."""
+    """Buckets the hot tier may no longer hold completely, on a table with a TTL: at or before its oldest
+    surviving hour, or whose first second is past (or within `margin` of) the TTL. Without a TTL nothing
+    expires by itself; rows deleted by hand are caught by the subset rule (cold keys hot lacks)."""
+    ttl = plan.info.ttl
+    if not ttl:
+        return set()
     oldest = oldest_hour(plan, source)
     out = {s for s in starts if oldest is None or s <= oldest}
-    ttl = plan.info.ttl
-    if ttl and starts:
+    if starts:
         ts = quote(plan.cfg.timestamp_column)
         ts_type = str(plan.key.ts_type).replace("\\", "\\\\").replace("'", "\\'")
         as_ts = ("toDateTime(b, 'UTC')" if plan.key.ts_type.name == "DateTime" else

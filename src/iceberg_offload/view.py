@@ -77,6 +77,20 @@ def create_views(settings: Settings, names: list[str] | None = None) -> list[dic
         return [create_view(settings, cfg, sink, source) for cfg in settings.select(names)]
 
 
+def refresh_views(settings: Settings, names: list[str] | None = None) -> list[str]:
+    """Re-point the views that exist (created by `iceberg-offload view`) at the current watermarks: after a
+    cycle or maintenance. Tables without a view are left alone; returns the views refreshed."""
+    selected = settings.select(names)
+    with open_source(settings.source) as source:
+        wanted = {view_name(cfg): cfg for cfg in selected}
+        rows = source.rows(f"SELECT name FROM system.tables WHERE database = {literal(source.database)} "
+                           f"AND engine = 'View' AND name IN ({', '.join(literal(n) for n in wanted)})")
+        if not rows:
+            return []
+        sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+        return [create_view(settings, wanted[r[0]], sink, source)["view"] for r in rows]
+
+
 def _build(settings: Settings, cfg: TableSettings, sink: Sink, source: Source,
            name: str | None) -> tuple[str, Watermark | None, Table | None]:
     plan = TablePlan.build(source, cfg)
