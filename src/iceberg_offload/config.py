@@ -31,10 +31,6 @@ class SourceSettings(_Section):
     database: str = "k2"
     lock_timeout_seconds: float = Field(default=120.0, ge=0)
     """How long to wait for the embedded engine when another process holds it."""
-    user_files_path: str = "/"
-    """Embedded engine: the folder its file functions (icebergLocal, for `view`) may read. It runs inside
-    our process with its rights, so the default is everything the process may read. Fixed at the engine's
-    first start in a process."""
 
 
 class CatalogSettings(_Section):
@@ -294,7 +290,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     elif "://" not in warehouse:
         warehouse = "file://" + absolute(warehouse)
     return settings.model_copy(update={
-        "source": src.model_copy(update={"dsn": dsn, "user_files_path": absolute(src.user_files_path)}),
+        "source": src.model_copy(update={"dsn": dsn}),
         "catalog": cat.model_copy(update={"uri": uri, "warehouse": warehouse}),
         "prefect": settings.prefect.model_copy(update={"home": absolute(settings.prefect.home)}),
     })

@@ -257,11 +257,7 @@ def open_source(settings: SourceSettings) -> Iterator[Source]:
         lock.acquire(settings.lock_timeout_seconds)
     try:
         try:
-            options: dict[str, Any] = {}
-            if path is not None and settings.user_files_path:
-                os.makedirs(settings.user_files_path, exist_ok=True)  # the engine ignores a missing folder
-                options = {"chdb_options": {"user_files_path": settings.user_files_path}}
-            client = clickhouse_connect.get_client(dsn=settings.dsn, **options)
+            client = clickhouse_connect.get_client(dsn=settings.dsn)
         except Exception as exc:  # noqa: BLE001 - every connect failure means the same to the operator
             raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
                                     "check that ClickHouse is running and [source] dsn is right") from exc
