@@ -356,3 +356,54 @@ def test_recover_previews_then_restores_a_stopped_stack_and_lands_the_backlog(tm
         assert cli_json(settings, "verify")["ok"]
     finally:
         cli(settings, "down", check=False)
+
+
+def test_maintenance_deployment_repairs_late_rows_table_by_table(stack):
+    if not any(r.state and r.state.type.value in ("COMPLETED", "FAILED") for r in flow_runs(stack, MAIN)):
+        _run_main(stack, via_prefect_cli=False)
+    from conftest import insert_trades
+    from iceberg_offload.source import open_source
+
+    with open_source(stack.source) as ch:  # late rows far behind b1's watermark
+        seq = int(ch.rows("SELECT max(seq) FROM k2.b1")[0][0]) + 1000
+        first = ch.rows("SELECT min(ts) FROM k2.b1")[0][0]
+        insert_trades(ch, "b1", int(first.timestamp() * 1000) + 500, 5, seq0=seq)
+    import json
+
+    before = json.loads(cli(stack, "verify", "--table", "b1", "--json", check=False).stdout)
+    assert not before["ok"] and before["tables"][0]["missing"] == 5
+    out = cli(stack, "trigger", "--deployment", MAINT, "--wait", "--json", check=False, timeout=400)
+    run = json.loads(out.stdout)
+    with client(stack) as c:
+        tasks = {t.name: t for t in c.read_task_runs(flow_run_filter=_by_id(uuid.UUID(run["flow_run_id"])))}
+        message = c.read_flow_run(uuid.UUID(run["flow_run_id"])).state.message
+    assert {f"maintain {t}" for t in ("b0", "b1", "b2", "missing_table")} <= set(tasks)
+    for t in ("b0", "b1", "b2", "missing_table"):
+        assert tasks[f"maintain {t}"].state.type.value == "COMPLETED", t
+    assert run["state"] == "COMPLETED", message  # a table with no Iceberg table yet has nothing to maintain
+    assert {"offload-table:b0"} <= set(tasks["maintain b0"].tags)  # holds the table's slot
+    verify = cli_json(stack, "verify", "--table", "b1")
+    assert verify["ok"] and verify["tables"][0]["missing"] == 0, verify
+
+
+def test_maintenance_yields_to_a_running_offload_cycle(stack, monkeypatch):
+    """A cycle in tasks fan-out takes no slot: the maintenance task sees it Running and gives way."""
+    from prefect.states import Running
+
+    from iceberg_offload import flows
+    from iceberg_offload.config import prefect_env
+
+    for k, v in prefect_env(stack).items():
+        monkeypatch.setenv(k, v)
+    with client(stack) as c:
+        dep = c.read_deployment_by_name(MAIN)
+        fake = c.create_flow_run_from_deployment(dep.id)
+        c.set_flow_run_state(fake.id, Running(), force=True)
+    try:
+        with pytest.raises(flows.OffloadInFlight):
+            flows.maintain_table_task.fn(stack.path, "b0")
+    finally:
+        from prefect.states import Cancelled
+
+        with client(stack) as c:
+            c.set_flow_run_state(fake.id, Cancelled(message="test"), force=True)

@@ -40,20 +40,20 @@ def cmd_maintain(args: argparse.Namespace) -> int:
 def _text(results: list[dict[str, Any]], applied: bool) -> str:
     rows = []
     for r in results:
-        if "error" in r:
+        if r.get("error"):
             rows.append([r["table"], "-", "error", r["error"]["message"]])
         for step, res in r["steps"].items():
-            rows.append([r["table"], step, "error" if "error" in res else res.get("status", "ok"), _say(step, res)])
+            rows.append([r["table"], step, "error" if res.get("error") else res.get("status", "ok"), _say(step, res)])
     lines = [grid(["table", "step", "status", "what"], rows)]
     lines += [f"{r['table']} {s}: {res['error']['message']}\n  fix: {res['error']['fix']}"
-              for r in results for s, res in r["steps"].items() if "error" in res]
+              for r in results for s, res in r["steps"].items() if res.get("error")]
     if not applied:
         lines.append(PREVIEW_NOTE)
     return "\n".join(lines)
 
 
 def _say(step: str, r: dict[str, Any]) -> str:
-    if "error" in r:
+    if r.get("error"):
         return r["error"]["message"][:100]
     if step == "reconcile":
         return (f"{r['buckets_compared']} hours compared; missing rows in {r['buckets_missing']}, duplicates in "

@@ -220,7 +220,7 @@ def maintain_table_task(config: str, table: str) -> dict[str, Any]:
         raise OffloadInFlight(f"offload cycle {cycles[0].name} is running", "maintenance retries in 30 s")
     result = maintain_table(settings, settings.table(table))
     if not result["ok"]:
-        errors = [r["error"] for r in result["steps"].values() if "error" in r] or [result.get("error") or {}]
+        errors = [r["error"] for r in result["steps"].values() if r.get("error")] or [result.get("error") or {}]
         raise TableFailed({"table": table, "error": errors[0]} | {"maintenance": result})
     return result
 
@@ -262,7 +262,7 @@ def _refresh_views(settings: Settings, tables: list[str]) -> None:
 
 
 def _brief(step: dict[str, Any]) -> str:
-    if "error" in step:
+    if step.get("error"):
         return "error: " + str(step["error"].get("message", ""))[:80]
     keys = ("buckets_repaired", "files_rewritten", "expired", "orphans")
     return ", ".join(f"{k}={len(v) if isinstance(v, list) else v}" for k, v in step.items() if k in keys)
