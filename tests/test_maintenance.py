@@ -71,12 +71,27 @@ def test_maintain_all_repairs_compacts_and_keeps_the_watermark(small_commits, ca
     assert sink.watermark(sink.load("trades"))[0] == wm_before
     code, verify = run_json(capsys, "verify", "--config", small_commits.path)
     assert code == 0 and verify["ok"], verify
+    exported = _scrape(small_commits)  # what maintenance did, on the port-8000 endpoint
+    assert exported['offload_repairs{table="trades"}'] == 1 and exported['offload_repaired_rows{table="trades"}'] == 7
+    assert exported['offload_compactions{table="trades"}'] == 1
+    assert exported['offload_data_files{table="trades"}'] == _data_files(small_commits)
     # and the next offload continues exactly once from the same watermark
     with clickhouse(small_commits) as ch:
         insert_trades(ch, "trades", START_MS + 600 * 10_000, 40, seq0=600, step_ms=10_000)
     code, run = run_json(capsys, "run", "--config", small_commits.path)
     assert code == 0 and run["rows"] == 40
     assert len(set(_keys(small_commits))) == len(_keys(small_commits)) == 647
+
+
+def _scrape(settings) -> dict[str, float]:
+    from iceberg_offload.metrics import serve
+    from test_metrics import scrape
+
+    handle = serve(settings)
+    try:
+        return scrape(settings.metrics.port)
+    finally:
+        handle.shutdown()
 
 
 def test_maintain_reports_a_failing_table_and_goes_on(make_settings, sqlite_uri, capsys):

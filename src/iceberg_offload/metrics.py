@@ -217,7 +217,11 @@ class Exporter(Collector):
             ("offload_ttl_headroom_seconds", "Time before the ClickHouse TTL deletes a row not yet offloaded"),
             ("offload_hot_rows", "Rows in the ClickHouse table"),
             ("offload_cold_rows", "Rows in the Iceberg table"),
-            ("offload_pending_rows", "Settled rows waiting for the next offload"))}
+            ("offload_pending_rows", "Settled rows waiting for the next offload"),
+            ("offload_data_files", "Data files in the Iceberg table's current snapshot"),
+            ("offload_repairs", "Reconcile repairs (late rows, duplicates) in the retained Iceberg history"),
+            ("offload_repaired_rows", "Rows those repairs added to Iceberg"),
+            ("offload_compactions", "Compactions in the retained Iceberg history"))}
         rows = CounterMetricFamily("offload_rows", "Rows offloaded into Iceberg", labels=["table", "layer"])
         commits = CounterMetricFamily("offload_commits", "Offload commits into Iceberg", labels=["table"])
         errors = CounterMetricFamily("offload_errors", "Failed table offloads by error type",
@@ -239,7 +243,9 @@ class Exporter(Collector):
             if st.ttl_headroom_seconds is not None:
                 g["offload_ttl_headroom_seconds"].add_metric([name], st.ttl_headroom_seconds)
             for metric, value in (("offload_hot_rows", st.hot_rows), ("offload_cold_rows", st.cold_rows),
-                                  ("offload_pending_rows", st.pending_rows)):
+                                  ("offload_pending_rows", st.pending_rows), ("offload_data_files", st.data_files),
+                                  ("offload_repairs", st.repairs), ("offload_repaired_rows", st.repaired_rows),
+                                  ("offload_compactions", st.compactions)):
                 if value is not None:
                     g[metric].add_metric([name], value)
             rows.add_metric([name, st.layer], st.rows_total)

@@ -44,6 +44,11 @@ class TableStatus:
     """Epoch seconds when the TTL deletes the oldest row not yet in Iceberg (None: nothing pending)."""
     ttl_span_seconds: float | None = None
     """How long the TTL keeps a row (the headroom of a row that arrives now)."""
+    data_files: int = 0
+    repairs: int = 0
+    """Reconcile repairs (late rows, duplicates) in the retained Iceberg history, and the rows they added."""
+    repaired_rows: int = 0
+    compactions: int = 0
     error: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -67,6 +72,14 @@ def cold_status(cfg: TableSettings, sink: Sink, st: TableStatus) -> Watermark | 
     snap = table.current_snapshot()
     if snap is not None and snap.summary is not None:
         st.cold_rows = int(snap.summary.additional_properties.get("total-records", 0))
+        st.data_files = int(snap.summary.additional_properties.get("total-data-files", 0))
+    ops: dict[str, dict[str, Commit]] = {"repair": {}, "compact": {}}
+    for c in history:  # a repair is two snapshots (delete, append) with one commit id
+        op = c.props.get(f"{PREFIX}operation", "")
+        if op in ops:
+            ops[op][c.props.get(f"{PREFIX}commit-id") or str(c.snapshot_id)] = c
+    st.repairs, st.compactions = len(ops["repair"]), len(ops["compact"])
+    st.repaired_rows = sum(int(c.props.get(f"{PREFIX}repair.rows-added", 0)) for c in ops["repair"].values())
     if wm is not None:
         st.watermark = wm.as_dict()
     return wm
