@@ -160,3 +160,30 @@ def wait_run_final(settings: Settings, run_id: Any, timeout: float = 180) -> Any
         return run if run.state is not None and run.state.is_final() else None
 
     return wait_for(final, timeout, f"flow run {run_id} to finish")
+
+
+class PgCluster:
+    """A Postgres cluster of its own (Debian's pg_createcluster, trust auth on 127.0.0.1), so a test can stop
+    and start it without touching the machine's main cluster."""
+
+    def __init__(self, prefix: str) -> None:
+        import shutil
+
+        if not shutil.which("pg_createcluster"):
+            raise AssertionError("pg_createcluster is missing: apt-get install postgresql (postgresql-common)")
+        self.version = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.split()[0]
+        self.port = free_port()
+        self.name = f"{prefix}_{self.port}"
+        subprocess.run(["pg_createcluster", self.version, self.name, "-p", str(self.port), "--start", "--",
+                        "--auth=trust"], check=True, capture_output=True, timeout=120)
+
+    def ctl(self, action: str) -> None:
+        extra = ["-m", "fast"] if action == "stop" else []
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, action, *extra],
+                       capture_output=True, timeout=60)
+
+    def url(self, driver: str, db: str = "postgres") -> str:
+        return f"postgresql+{driver}://postgres@127.0.0.1:{self.port}/{db}"
+
+    def drop(self) -> None:
+        subprocess.run(["pg_dropcluster", "--stop", self.version, self.name], capture_output=True, timeout=120)

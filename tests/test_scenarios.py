@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +27,7 @@ import pytest
 from conftest import cold, insert_trades
 from iceberg_offload.source import open_source
 from iceberg_offload.stack import read_state
-from stackutil import cli, cli_json, client, free_port, seed, wait_for, write_config
+from stackutil import PgCluster, cli, cli_json, client, seed, wait_for, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MAIN = "iceberg-offload-main/iceberg-offload-15min"
@@ -37,27 +36,21 @@ HOURS = 8  # the stack's first rows are this old, so a backlog can span hours
 
 
 @pytest.fixture(scope="module")
-def pg_port():
+def pg_cluster():
     """A Postgres cluster of its own for the Prefect server, so stopping it hurts nothing else."""
-    if not shutil.which("pg_createcluster"):
-        pytest.fail("pg_createcluster is missing: apt-get install postgresql (Debian's postgresql-common)")
-    version = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.split()[0]
-    port = free_port()
-    name = f"offload_scn_{port}"
-    subprocess.run(["pg_createcluster", version, name, "-p", str(port), "--start", "--", "--auth=trust"],
-                   check=True, capture_output=True, timeout=120)
+    cluster = PgCluster("offload_scn")
     try:
-        yield port
+        yield cluster
     finally:
-        subprocess.run(["pg_dropcluster", "--stop", version, name], capture_output=True, timeout=120)
+        cluster.drop()
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, pg_port):
+def stack(tmp_path_factory, pg_cluster):
     root = tmp_path_factory.mktemp("scenarios")
     settings = write_config(
         root, TABLES,
-        prefect={"database_url": f"postgresql+asyncpg://postgres@127.0.0.1:{pg_port}/postgres",
+        prefect={"database_url": pg_cluster.url("asyncpg"),
                  "retry_delays_seconds": []},
         source={"lock_timeout_seconds": 5}, offload={"max_rows_per_commit": 3000})
     seed(settings, TABLES, 1000, start_ms=(int(time.time()) - HOURS * 3600) * 1000)
@@ -149,11 +142,9 @@ def test_server_killed(healthy):
     recover_and_verify(healthy, "server killed")
 
 
-def test_server_database_stopped(healthy, pg_port):
+def test_server_database_stopped(healthy, pg_cluster):
     add_rows(healthy, 200)
-    version, name = _cluster(pg_port)
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "stop", "-m", "fast"], check=True,
-                   capture_output=True, timeout=60)
+    pg_cluster.ctl("stop")
     try:
         report = doctor(healthy)
         assert report["scenario"] == "server down", report
@@ -162,16 +153,7 @@ def test_server_database_stopped(healthy, pg_port):
         done = recover_and_verify(healthy, "server database stopped")
         assert [s["name"] for s in done["steps"]][:2] == ["start the database", "restart the stack"]
     finally:
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "start"], capture_output=True,
-                       timeout=60)
-
-
-def _cluster(port: int) -> tuple[str, str]:
-    for line in subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.splitlines():
-        version, name, p = line.split()[:3]
-        if int(p) == port:
-            return version, name
-    raise AssertionError(f"no cluster on port {port}")
+        pg_cluster.ctl("start")
 
 
 def test_schedule_paused(healthy):

@@ -1,0 +1,242 @@
+"""The chaos harness: a native stack with two workers, rows arriving all the time (late ones and bursts too),
+offload cycles, manual triggers and maintenance runs racing, and SIGKILLs at random moments of the worker,
+the flow-run process, the Prefect server and a standalone exporter; between cycles the catalog database
+is cut. At the end: recover, reconcile, then hot vs cold compared row by row by key.
+
+    python -m tests.chaos --cycles 40 --seed 7
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: conftest, stackutil
+
+from conftest import TRADES_DDL, insert_trades  # noqa: E402
+from iceberg_offload import prefect_api  # noqa: E402
+from iceberg_offload.config import Settings  # noqa: E402
+from iceberg_offload.sink import Sink, open_catalog  # noqa: E402
+from iceberg_offload.source import open_source  # noqa: E402
+from iceberg_offload.stack import pid_alive, read_state  # noqa: E402
+from stackutil import PgCluster, cli, cli_json, free_port, start_process, stop, write_config  # noqa: E402
+
+TABLES = ["ch_trades", "ch_quotes", "ch_candles"]
+STEP_MS = 10
+TARGETS = ("worker", "flow run", "server", "exporter")
+
+
+@dataclass
+class Report:
+    seed: int
+    cycles: int = 0
+    kills: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TARGETS, 0))
+    catalog_cuts: int = 0
+    manual_triggers: int = 0
+    maintenance_runs: int = 0
+    rows_inserted: int = 0
+    late_rows: int = 0
+    hot_rows: int = 0
+    cold_rows: int = 0
+    rows_lost: int = 0
+    rows_duplicated: int = 0
+    rows_unexpected: int = 0
+    final_recover_ok: bool = False
+    seconds: float = 0.0
+    per_table: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def total_kills(self) -> int:
+        return sum(self.kills.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"total_kills": self.total_kills}
+
+
+class Chaos:
+    def __init__(self, root: Path, seed: int) -> None:
+        self.root = root
+        self.rng = random.Random(seed)
+        self.report = Report(seed)
+        self.pg = PgCluster("offload_chaos")
+        self.settings: Settings = write_config(
+            root, TABLES, prefect={"retry_delays_seconds": [1, 3]}, source={"lock_timeout_seconds": 30},
+            offload={"max_rows_per_commit": 700})
+        text = Path(self.settings.path).read_text().replace(
+            f'uri = "sqlite:///{root}/catalog.db"', f'uri = "{self.pg.url("psycopg2")}"')
+        Path(self.settings.path).write_text(text)
+        from iceberg_offload import config
+
+        self.settings = config.load(self.settings.path, env={})
+        self.next_ms = (int(time.time()) - 3 * 3600) * 1000
+        self.seq = dict.fromkeys(TABLES, 0)
+        self.procs: list[Any] = []
+        self.exporter: Any = None
+
+    # -- the pieces ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        with open_source(self.settings.source) as ch:
+            ch.command("CREATE DATABASE IF NOT EXISTS k2")
+            for t in TABLES:
+                ch.command(TRADES_DDL.format(name=t))
+        self.insert(2000)
+        cli_json(self.settings, "up", timeout=240)
+        self.procs.append(start_process(self.settings, ["worker", "--name", "chaos-second"],
+                                        self.root / "worker2.log", env={"OFFLOAD__METRICS__PORT": str(free_port())}))
+        self.start_exporter()
+
+    def start_exporter(self) -> None:
+        self.exporter = start_process(self.settings, ["metrics"], self.root / "exporter.log",
+                                      env={"OFFLOAD__METRICS__PORT": str(free_port())})
+
+    def insert(self, rows: int, late: bool = False) -> None:
+        with open_source(self.settings.source) as ch:
+            for t in TABLES:
+                if late:  # behind the watermark: an hour that was offloaded already
+                    start = self.next_ms - self.rng.randint(600, 3600) * 1000 + self.rng.randint(1, 9)
+                    insert_trades(ch, t, start, rows, seq0=10_000_000 + self.seq[t], step_ms=STEP_MS + 3)
+                    self.report.late_rows += rows
+                else:
+                    insert_trades(ch, t, self.next_ms, rows, seq0=self.seq[t], step_ms=STEP_MS)
+                self.seq[t] += rows
+                self.report.rows_inserted += rows
+        if not late:
+            self.next_ms += rows * STEP_MS
+        self.next_ms = min(self.next_ms, (int(time.time()) - 60) * 1000)
+
+    def trigger(self, deployment: tuple[str, str] = prefect_api.MAIN) -> str | None:
+        with contextlib.suppress(*prefect_api.API_ERRORS):
+            dep = prefect_api.deployment(self.settings, *deployment)
+            if dep is not None:
+                run = prefect_api.request(self.settings, "POST", f"/deployments/{dep['id']}/create_flow_run", {})
+                return str(run["id"])
+        return None
+
+    def kill(self, target: str) -> bool:
+        state = read_state(self.settings) or {}
+        pid: int | None = None
+        if target in ("worker", "server"):
+            pid = (state.get("children", {}).get(target) or {}).get("pid")
+        elif target == "exporter":
+            pid = self.exporter.pid if self.exporter is not None and self.exporter.poll() is None else None
+        else:
+            pid = self._flow_run_pid()
+        if not pid or not pid_alive(pid):
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL) if target != "flow run" else os.kill(pid, signal.SIGKILL)
+        self.report.kills[target] += 1
+        if target == "exporter":
+            self.exporter.wait(5)
+            self.start_exporter()
+        return True
+
+    def _flow_run_pid(self) -> int | None:
+        with contextlib.suppress(*prefect_api.API_ERRORS):
+            dep = prefect_api.deployment(self.settings, *prefect_api.MAIN)
+            for run in prefect_api.flow_runs(self.settings, dep["id"], ["RUNNING"], limit=5) if dep else []:
+                pid = str(run.get("infrastructure_pid") or "").rsplit(":", 1)[-1]
+                if pid.isdigit():
+                    return int(pid)
+        return None
+
+    def cut_catalog(self, seconds: float) -> None:
+        self.pg.ctl("stop")
+        self.report.catalog_cuts += 1
+        time.sleep(seconds)
+        self.pg.ctl("start")
+
+    def heal(self) -> None:
+        """Between cycles: runs left Running by a kill hold the deployment's slot; mark them Crashed."""
+        with contextlib.suppress(*prefect_api.API_ERRORS):
+            prefect_api.crash_stuck_runs(self.settings, pid_alive, "killed by the chaos harness")
+
+    # -- one cycle ------------------------------------------------------------------------------------------
+    def cycle(self) -> None:
+        rng = self.rng
+        roll = rng.random()
+        self.insert(rng.randint(20_000, 40_000) if roll < 0.1 else rng.randint(100, 2500))
+        if rng.random() < 0.25:
+            self.insert(rng.randint(3, 40), late=True)
+        self.trigger()
+        if rng.random() < 0.3:
+            self.report.manual_triggers += 1
+            self.trigger()
+        if rng.random() < 0.1:
+            self.report.maintenance_runs += 1
+            self.trigger(prefect_api.MAINT)
+        time.sleep(rng.uniform(0.5, 6.0))
+        target = rng.choice(TARGETS)
+        self.kill(target)
+        if rng.random() < 0.3:
+            time.sleep(rng.uniform(0.2, 2.0))
+            self.kill(rng.choice(TARGETS))
+        time.sleep(rng.uniform(1.0, 4.0))
+        if rng.random() < 0.15:
+            self.cut_catalog(rng.uniform(1.0, 5.0))
+        self.heal()
+        self.report.cycles += 1
+
+    # -- the end --------------------------------------------------------------------------------------------
+    def finish(self) -> Report:
+        self.pg.ctl("start")
+        done = json.loads(cli(self.settings, "recover", "--yes", "--json", check=False, timeout=600).stdout or "{}")
+        self.report.final_recover_ok = bool(done.get("ok"))
+        if not self.report.final_recover_ok:  # one more plain cycle, in the foreground
+            cli(self.settings, "run", check=False, timeout=600)
+        cli(self.settings, "maintain", "reconcile", "--yes", check=False, timeout=600)
+        self.compare()
+        return self.report
+
+    def compare(self) -> None:
+        sink = Sink(open_catalog(self.settings.catalog), self.settings.catalog.namespace)
+        with open_source(self.settings.source) as ch:
+            for t in TABLES:
+                hot = {(int(a), int(b)) for a, b in ch.rows(f"SELECT toUnixTimestamp64Milli(ts), seq FROM k2.{t}")}
+                table = sink.load(t)
+                arrow = table.scan(selected_fields=("ts", "seq")).to_arrow() if table is not None else None
+                cold = [] if arrow is None else list(zip(
+                    [int(v.timestamp() * 1000 + 0.5) for v in arrow.column("ts").to_pylist()],
+                    arrow.column("seq").to_pylist(), strict=True))
+                cold_set = set(cold)
+                stats = {"hot": len(hot), "cold": len(cold), "lost": len(hot - cold_set),
+                         "duplicated": len(cold) - len(cold_set), "unexpected": len(cold_set - hot)}
+                self.report.per_table[t] = stats
+                self.report.hot_rows += stats["hot"]
+                self.report.cold_rows += stats["cold"]
+                self.report.rows_lost += stats["lost"]
+                self.report.rows_duplicated += stats["duplicated"]
+                self.report.rows_unexpected += stats["unexpected"]
+
+    def close(self) -> None:
+        for p in self.procs:
+            stop(p)
+        if self.exporter is not None:
+            stop(self.exporter)
+        cli(self.settings, "down", check=False, timeout=120)
+        self.pg.drop()
+
+
+def run(root: Path, cycles: int, seed: int, log: Any = None) -> Report:
+    started = time.monotonic()
+    chaos = Chaos(root, seed)
+    try:
+        chaos.start()
+        for i in range(cycles):
+            chaos.cycle()
+            if log is not None:
+                print(f"cycle {i + 1}/{cycles}: kills {chaos.report.kills}, rows {chaos.report.rows_inserted}",
+                      file=log, flush=True)
+        report = chaos.finish()
+    finally:
+        chaos.close()
+    report.seconds = round(time.monotonic() - started, 1)
+    return report
