@@ -2,6 +2,10 @@
 
 `OFFLOAD__SOURCE__DSN` overrides `[source] dsn`; `OFFLOAD__TABLES__0__SETTLE...` reaches into the list;
 a value that parses as JSON (numbers, booleans, lists) is taken as JSON, anything else as a string.
+Secrets may come from files: any key with `_file` appended (`dsn_file = "/run/secrets/dsn"` in the TOML,
+or `OFFLOAD__SOURCE__DSN_FILE=/run/secrets/dsn`) is replaced by the file's content, surrounding whitespace
+stripped; an environment variable overrides the TOML either way. The configured secrets are registered with
+`errors.redact`, which removes them from every error, log line and output.
 Relative paths (chdb directory, SQLite file, file:// warehouse) are resolved against the folder of
 the config file, so a worker started elsewhere finds the same data.
 """
@@ -16,10 +20,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, add_secret
 
 DEFAULT_CONFIG = "offload.toml"
 ENV_PREFIX = "OFFLOAD__"
+FILE_SUFFIX = "_file"
 
 
 class _Section(BaseModel):
@@ -27,7 +32,7 @@ class _Section(BaseModel):
 
 
 class SourceSettings(_Section):
-    dsn: str = "chdb://.offload/clickhouse"
+    dsn: str = Field(default="chdb://.offload/clickhouse", repr=False)
     database: str = "k2"
     lock_timeout_seconds: float = Field(default=120.0, ge=0)
     """How long to wait for the embedded engine when another process holds it."""
@@ -36,10 +41,10 @@ class SourceSettings(_Section):
 class CatalogSettings(_Section):
     name: str = "offload"
     type: str = "sql"
-    uri: str = "sqlite:///.offload/catalog.db"
+    uri: str = Field(default="sqlite:///.offload/catalog.db", repr=False)
     warehouse: str = "file://.offload/warehouse"
     namespace: str = "cold"
-    properties: dict[str, str] = Field(default_factory=dict)
+    properties: dict[str, str] = Field(default_factory=dict, repr=False)
     """Extra pyiceberg catalog properties (s3.endpoint, credentials, ...)."""
 
 
@@ -55,11 +60,11 @@ class OffloadSettings(_Section):
 class PrefectSettings(_Section):
     api_url: str = "http://127.0.0.1:4200/api"
     """Set as PREFECT_API_URL for every Prefect call and process we start (no throwaway servers)."""
-    database_url: str = ""
+    database_url: str = Field(default="", repr=False)
     """The Prefect server's database: empty = SQLite under `home`; or postgresql+asyncpg://user@host/db."""
     home: str = ".offload/prefect"
     """PREFECT_HOME for the processes we start: profiles, local result storage, the SQLite database."""
-    auth_string: str = ""
+    auth_string: str = Field(default="", repr=False)
     """PREFECT_API_AUTH_STRING / PREFECT_SERVER_API_AUTH_STRING when the API requires it (keep it in env)."""
     fan_out: Literal["tasks", "deployments"] = "tasks"
     """tasks: a cycle offloads its tables in threads of one flow run (fast, one worker);
@@ -196,6 +201,9 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: not valid TOML: {exc}", f"fix the syntax in {file}") from exc
         base = file.resolve().parent
+        for name, section in data.items():
+            if name != "tables":  # column names there are not secrets
+                _read_secret_files(section, base, str(file))
         data["path"] = str(file.resolve())
     elif explicit:
         raise ConfigError(f"config file {file} does not exist",
@@ -203,11 +211,66 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
     else:
         base = Path.cwd()
     _apply_env(data, env)
+    _register_secrets(data)  # before validating: its errors quote the values they refuse
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise _config_error(exc, str(file)) from None
     return _resolve_paths(settings, base)
+
+
+def _secret_file(what: str, path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read the secret file {path}: {exc.strerror}",
+                          f"create {path} (readable by this user) or unset {what}") from None
+
+
+def _read_secret_files(node: Any, base: Path, file: str) -> None:
+    """Replace every TOML `<key>_file = "path"` by `<key> = <the file's content>` (relative to the config)."""
+    if not isinstance(node, dict):
+        return
+    for key in list(node):
+        value = node[key]
+        if key.endswith(FILE_SUFFIX) and len(key) > len(FILE_SUFFIX) and isinstance(value, str):
+            name = key[:-len(FILE_SUFFIX)]
+            if name in node:
+                raise ConfigError(f"{file}: both {name} and {key} are set", f"keep one of {name} and {key}")
+            del node[key]
+            node[name] = _secret_file(f"{file}: {key}", str(base / value))
+        else:
+            _read_secret_files(value, base, file)
+
+
+def _register_secrets(data: dict[str, Any]) -> None:
+    """Tell `redact` the configured credentials, so no error, log line or output shows them."""
+    import base64
+    from urllib.parse import quote, unquote, urlparse
+
+    def section(name: str) -> dict[str, Any]:
+        value = data.get(name)
+        return value if isinstance(value, dict) else {}
+
+    source, catalog, prefect = section("source"), section("catalog"), section("prefect")
+    values: list[str] = []
+    for url in (source.get("dsn"), catalog.get("uri"), prefect.get("database_url")):
+        try:
+            parsed = urlparse(url) if isinstance(url, str) else None
+            if parsed is not None and parsed.password:
+                values += [parsed.password, unquote(parsed.password)]
+        except ValueError:
+            continue
+    secretish = ("secret", "password", "token", "key", "credential", "sas")
+    properties = catalog.get("properties")
+    values += [str(v) for k, v in (properties.items() if isinstance(properties, dict) else ())
+               if any(w in str(k).lower() for w in secretish)]
+    auth = prefect.get("auth_string")
+    if isinstance(auth, str) and auth:
+        values += [auth, auth.partition(":")[2], base64.b64encode(auth.encode()).decode()]
+    for value in values:
+        add_secret(value)
+        add_secret(quote(value, safe=""))
 
 
 def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
@@ -218,6 +281,12 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
         if not parts:
             continue
         raw = env[key]
+        if parts[0] != "tables" and parts[-1].endswith(FILE_SUFFIX) and len(parts[-1]) > len(FILE_SUFFIX):
+            if key[:-len(FILE_SUFFIX)] in env:
+                raise ConfigError(f"environment: both {key[:-len(FILE_SUFFIX)]} and {key} are set",
+                                  f"unset one of {key[:-len(FILE_SUFFIX)]} and {key}")
+            parts[-1] = parts[-1][:-len(FILE_SUFFIX)]
+            raw = _secret_file(f"environment {key}", raw)
         # Lists and tables come as JSON; scalars stay strings (pydantic coerces "120" and "true").
         value: Any = raw
         if raw.lstrip().startswith(("[", "{")):

@@ -99,8 +99,22 @@ _SECRET_PATTERNS = [
 ]
 
 
+_KNOWN_SECRETS: set[str] = set()
+MIN_SECRET_LENGTH = 6
+"""Shorter values are not replaced by value (they would blank ordinary words); the patterns still apply."""
+
+
+def add_secret(value: str | None) -> None:
+    """Redact this exact value wherever it appears from now on (config.load registers the configured ones)."""
+    if value and len(value) >= MIN_SECRET_LENGTH:
+        _KNOWN_SECRETS.add(value)
+
+
 def redact(text: str) -> str:
-    """Remove credentials from any text that may reach a log, an error or --json output."""
+    """Remove credentials from any text that may reach a log, an error or --json output: the secrets the
+    config holds (by value, also URL-quoted), then anything shaped like a credential."""
+    for secret in sorted(_KNOWN_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
     for pattern, repl in _SECRET_PATTERNS:
         text = pattern.sub(repl, text)
     return text

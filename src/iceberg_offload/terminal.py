@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import Settings, load
+from .errors import redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -18,7 +19,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 def emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
-    print(json.dumps(data, indent=2, default=str) if args.json else text())
+    """Print the result; every output passes `redact` (saw-texts and SQL may quote a DSN or a key)."""
+    print(redact(json.dumps(data, indent=2, default=str) if args.json else text()))
 
 
 def grid(headers: list[str], rows: list[list[Any]]) -> str:
