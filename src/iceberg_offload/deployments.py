@@ -7,6 +7,9 @@ never deletes or duplicates runs, and never resumes a schedule or deployment an 
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -24,7 +27,7 @@ from prefect.utilities.callables import parameter_schema
 from prefect.workers.process import ProcessWorker
 
 from .config import Settings
-from .errors import ConfigError
+from .errors import ConfigError, TransientError
 from .flows import (
     MAIN_DEPLOYMENT,
     MAIN_FLOW,
@@ -38,6 +41,34 @@ from .flows import (
     offload_table_flow,
     table_limit,
 )
+
+
+class PrefectUnavailable(TransientError):
+    """The Prefect API did not answer, or answered with a server error."""
+
+    kind = "prefect_unavailable"
+
+
+@contextlib.contextmanager
+def _client() -> Iterator[Any]:
+    """A sync Prefect client whose transport failures become errors with a fix, not tracebacks."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    url = "the Prefect API at " + os.environ.get("PREFECT_API_URL", "PREFECT_API_URL")
+    try:
+        with get_client(sync_client=True) as client:
+            yield client
+    except (httpx.TransportError, PrefectHTTPStatusError) as exc:
+        status = exc.response.status_code if isinstance(exc, PrefectHTTPStatusError) else None
+        if status in (401, 403):
+            raise ConfigError(f"{url} refused our credentials ({status})",
+                              "set [prefect] auth_string (or OFFLOAD__PREFECT__AUTH_STRING) to the server's") from exc
+        if status is not None and status < 500:
+            raise
+        raise PrefectUnavailable(f"{url} does not answer: {str(exc).splitlines()[0][:200] or type(exc).__name__}",
+                                 "start the stack: `iceberg-offload up` (or `iceberg-offload recover --yes`); "
+                                 "check [prefect] api_url") from exc
 
 
 @dataclass
@@ -88,7 +119,7 @@ def specs(settings: Settings) -> list[DeploySpec]:
 
 def deploy(settings: Settings) -> DeployReport:
     report = DeployReport()
-    with get_client(sync_client=True) as client:
+    with _client() as client:
         report.pool = _ensure_pool(client)
         for spec in specs(settings):
             report.deployments[spec.full_name] = _ensure_deployment(client, spec, report.notes)
@@ -176,7 +207,7 @@ def deployment_names() -> list[str]:
 def schedule_state(names: list[str] | None = None) -> list[dict[str, Any]]:
     """Whether each deployment exists, is paused, and its schedules are active."""
     out = []
-    with get_client(sync_client=True) as client:
+    with _client() as client:
         for name in names or deployment_names():
             try:
                 dep = client.read_deployment_by_name(name)
@@ -193,7 +224,7 @@ def schedule_state(names: list[str] | None = None) -> list[dict[str, Any]]:
 
 def set_paused(names: list[str] | None, paused: bool) -> list[dict[str, Any]]:
     """Pause (or resume) deployments and every schedule they have."""
-    with get_client(sync_client=True) as client:
+    with _client() as client:
         for name in names or deployment_names():
             dep = client.read_deployment_by_name(name)
             (client.pause_deployment if paused else client.resume_deployment)(dep.id)
@@ -219,7 +250,7 @@ def trigger(deployment: str, wait: bool = False, timeout: float = 600.0) -> dict
 
     started = time.monotonic()
     held_by = None
-    with get_client(sync_client=True) as client:
+    with _client() as client:
         try:
             dep = client.read_deployment_by_name(deployment)
         except ObjectNotFound:

@@ -20,9 +20,17 @@ from pyiceberg.types import TimestamptzType
 
 from . import __version__
 from .config import LAYERS, Settings, TableSettings
-from .errors import CommitConflict, CommitOutcomeUnknown, ConfigError, OffloadError, SourceError
+from .errors import (
+    CatalogUnavailable,
+    CommitConflict,
+    CommitOutcomeUnknown,
+    ConfigError,
+    OffloadError,
+    SourceError,
+    ValueOutOfRange,
+)
 from .sink import COMMIT_ID, Sink, open_catalog
-from .source import Source, TableInfo, open_source
+from .source import Source, TableInfo, open_source, quote
 from .typemap import ColumnMap, conform, iceberg_fields, plan_columns
 from .window import (
     PREFIX,
@@ -99,6 +107,7 @@ class TablePlan:
             raise ConfigError(f"{cfg.source}: key_columns {', '.join(unknown_keys)} are not offloaded columns",
                               "fix key_columns (they must be among the offloaded columns)")
         plans = plan_columns(cfg.source, chosen, cfg.column_types)
+        _refuse_null_keys(source, cfg, info, all_cols)
         return cls(cfg, info, key, plans)
 
     def ensure(self, sink: Sink) -> Table:
@@ -113,6 +122,24 @@ class TablePlan:
 
     def window(self, settings: Settings, lower: Watermark | None, now_ns: int) -> Window:
         return Window(lower, upper_bound(now_ns, settings.offload.settle_seconds, self.cfg.closed_after_seconds))
+
+
+def _refuse_null_keys(source: Source, cfg: TableSettings, info: TableInfo, columns: dict[str, str]) -> None:
+    """A row whose timestamp or sequence is NULL has no place in any window: it would never be offloaded.
+    Stop the table before anything is written instead of leaving such rows behind without a word."""
+    nullable = [c for c in (cfg.timestamp_column, cfg.sequence_column) if c and "Nullable(" in columns[c]]
+    if not nullable:
+        return
+    cond = " OR ".join(f"{quote(c)} IS NULL" for c in nullable)
+    nulls = int(source.rows(f"SELECT count() FROM {info.qualified}{' FINAL' if cfg.final else ''} WHERE {cond}")
+                [0][0])
+    if nulls:
+        names = " or ".join(nullable)
+        raise ValueOutOfRange(
+            f"{info.database}.{info.name}: {nulls} rows have NULL in {names}; such rows fit no window and would "
+            f"never be offloaded; nothing was written",
+            f"give them a value (ALTER TABLE {info.qualified} UPDATE {quote(nullable[0])} = ... WHERE "
+            f"{quote(nullable[0])} IS NULL) or delete them, then run again")
 
 
 def offload_table(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, run_id: str,
@@ -168,8 +195,14 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
             totals = last.totals if last is not None else (0, 0)
             window = plan.window(settings, lower, now_ns)
             continue
-        except CommitOutcomeUnknown:
-            if sink.find_commit(cfg.target, commit_id) is None:
+        except CommitOutcomeUnknown as unknown:
+            try:
+                landed = sink.find_commit(cfg.target, commit_id)
+            except CatalogUnavailable as exc:
+                raise CommitOutcomeUnknown(f"{unknown.message}; settling it failed too: {exc.message}",
+                                           "none needed once the catalog answers ([catalog] uri): the next run "
+                                           "settles it by its commit id") from exc
+            if landed is None:
                 raise
             table = sink.load(cfg.target) or table
             rows = int(props.get(f"{PREFIX}rows", 0))

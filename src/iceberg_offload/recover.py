@@ -59,7 +59,7 @@ def plan(settings: Settings, report: Report, resume_schedule: bool) -> list[Step
     if not stack_up:
         steps.append(Step("start the stack", "iceberg-offload up  (database, server, deploy, worker, in that "
                           "order; compose: docker start " + " ".join(COMPOSE_ORDER) + ")"))
-    elif failed & STACK_CHECKS or checks["processes"].scenario:
+    elif failed & STACK_CHECKS:
         steps.append(Step("restart the stack", "wait up to 45 s for the supervisor to bring server, worker and "
                           "metrics back, else iceberg-offload down && iceberg-offload up  (compose: docker restart "
                           + " ".join(COMPOSE_ORDER) + ")"))

@@ -10,8 +10,10 @@ instead (`CommitConflict`), with its data files removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -54,6 +56,27 @@ class WarehouseError(TerminalError):
     kind = "warehouse_error"
 
 
+# A file-system answer that retrying will not change: full, read-only, no permission, not a directory.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+                   errno.EEXIST, errno.ENOENT}
+
+
+def _storage_error(exc: BaseException) -> bool:
+    if not isinstance(exc, OSError) or isinstance(exc, ConnectionError | TimeoutError):
+        return False
+    if exc.errno in _STORAGE_ERRNOS:
+        return True
+    found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)  # pyarrow puts the errno in the text
+    return found is not None and int(found.group(1)) in _STORAGE_ERRNOS
+
+
+def _warehouse_error(what: str, warehouse: str, exc: BaseException) -> WarehouseError:
+    return WarehouseError(f"{what}: cannot write to the warehouse: {redact(str(exc)).splitlines()[0][:300]}; "
+                          f"nothing was committed",
+                          f"free space or make [catalog] warehouse ({warehouse}) a writable directory, then run "
+                          f"again")
+
+
 class _CasTransaction(Transaction):
     """A transaction whose commit never rebases onto a snapshot it did not read."""
 
@@ -88,8 +111,9 @@ class Commit:
 
 
 @contextlib.contextmanager
-def catalog_errors(what: str) -> Iterator[None]:
-    """Translate catalog-transport failures into CatalogUnavailable; our own errors pass through."""
+def catalog_errors(what: str, warehouse: str = "") -> Iterator[None]:
+    """Translate catalog-transport failures into CatalogUnavailable, and a warehouse that refuses a write
+    into WarehouseError; our own errors pass through."""
     try:
         yield
     except OffloadError:
@@ -97,6 +121,8 @@ def catalog_errors(what: str) -> Iterator[None]:
     except (NoSuchTableError, CommitFailedException):
         raise
     except Exception as exc:  # noqa: BLE001 - anything from SQLAlchemy/HTTP/FileIO means the same here
+        if warehouse and _storage_error(exc):
+            raise _warehouse_error(what, warehouse, exc) from exc
         raise CatalogUnavailable(f"Iceberg catalog failed while {what}: {redact(str(exc)).splitlines()[0][:300]}",
                                  "check that the catalog is reachable and [catalog] uri is right") from exc
 
@@ -120,6 +146,7 @@ class Sink:
     def __init__(self, catalog: Catalog, namespace: str) -> None:
         self.catalog = catalog
         self.namespace = namespace
+        self.warehouse = str(catalog.properties.get("warehouse", ""))
 
     def ident(self, target: str) -> tuple[str, str]:
         return (self.namespace, target)
@@ -147,7 +174,7 @@ class Sink:
             spec = PartitionSpec(PartitionField(source_id=source.field_id, field_id=1000,
                                                 transform=_TRANSFORMS[partition_by](),
                                                 name=f"{ts_column}_{partition_by}"))
-        with catalog_errors(f"creating {target}"):
+        with catalog_errors(f"creating {target}", self.warehouse):
             try:
                 self.catalog.create_namespace_if_not_exists(self.namespace)
             except Exception:  # another process created it between the check and the insert
@@ -177,19 +204,26 @@ class Sink:
             elif have.required and not f.required:
                 problems.append(f"column {f.name!r} became Nullable in ClickHouse but is required in Iceberg")
         dropped = [n for n in current if n not in planned]
-        if dropped:
+        if dropped and evolve:
             problems.append(f"column(s) {', '.join(map(repr, dropped))} exist in Iceberg but not in ClickHouse "
                             f"(dropped)")
         if problems:
             raise SchemaDrift(f"{name}: " + "; ".join(problems) + "; nothing was written",
                               "restore the ClickHouse column, or point [[tables]] target at a new Iceberg table, "
-                              "or list the columns to keep in columns = [...]")
+                              "or list the columns to keep in columns = [...] (the others get NULL from then on)")
+        left_out = [n for n in dropped if current[n].required]  # not in the explicit columns list
+        if left_out:
+            with catalog_errors(f"making {', '.join(left_out)} optional in {name}", self.warehouse), \
+                    table.update_schema() as update:
+                for n in left_out:
+                    update.make_column_optional(n)
+            table = self.load(table.name()[-1]) or table
         added = [f for f in fields if f.name not in current]
         if added and not evolve:
             raise SchemaDrift(f"{name}: ClickHouse has columns not in Iceberg: {', '.join(f.name for f in added)}",
                               "add them to columns = [...] (after evolving the table) or leave columns empty")
         if added:
-            with catalog_errors(f"adding columns to {name}"), table.update_schema() as update:
+            with catalog_errors(f"adding columns to {name}", self.warehouse), table.update_schema() as update:
                 for f in added:
                     update.add_column(f.name, f.field_type, required=False)
             table = self.load(table.name()[-1]) or table
@@ -251,14 +285,22 @@ class Sink:
                 props[f"{PREFIX}rows-total"] = str(int(props.get(f"{PREFIX}rows-total", "0")) + rows)
                 props[f"{PREFIX}duration-ms"] = str(int((time.monotonic() - started) * 1000))
         except OSError as exc:
-            self._discard(table, written)
-            raise WarehouseError(f"writing data files for {'.'.join(table.name())} failed: {exc}",
-                                 "check free space and write permission at [catalog] warehouse") from exc
+            self._discard(table, written, str(append.commit_uuid))
+            raise _warehouse_error(f"{'.'.join(table.name())} at {table.location()}", self.warehouse, exc) from exc
         except BaseException:
-            self._discard(table, written)
+            self._discard(table, written, str(append.commit_uuid))
             raise
         try:
             new_table = txn.commit_transaction()
+        except OSError as exc:
+            if not _storage_error(exc) or self.find_commit(table.name()[-1], props.get(COMMIT_ID, "")) is not None:
+                raise CommitOutcomeUnknown(
+                    f"{'.'.join(table.name())}: commit {props.get(COMMIT_ID)} outcome unknown: "
+                    f"{redact(str(exc)).splitlines()[0][:300]}",
+                    "none needed: the next run reads the watermark from Iceberg and settles it") from exc
+            # the new metadata file could not be written, so the catalog never saw this commit
+            self._discard(table, written, str(append.commit_uuid))
+            raise _warehouse_error(f"{'.'.join(table.name())} at {table.location()}", self.warehouse, exc) from exc
         except CommitFailedException as exc:
             self._discard(table, written)  # the commit surely did not land: its files are ours to remove
             raise CommitConflict(f"{'.'.join(table.name())}: another writer committed after the watermark was "
@@ -272,10 +314,22 @@ class Sink:
         return new_table, rows
 
     @staticmethod
-    def _discard(table: Table, paths: list[str]) -> None:
+    def _discard(table: Table, paths: list[str], commit_uuid: str = "") -> None:
+        """Delete the files of a commit that did not land: the data files it wrote and, when the warehouse is
+        local, every file named with its commit uuid (a half-written data file, manifests, manifest list)."""
         for path in paths:
             with contextlib.suppress(Exception):
                 table.io.delete(path)
+        location = table.location()
+        if not commit_uuid or not location.startswith(("file://", "/")):
+            return
+        root = location.removeprefix("file://")
+        with contextlib.suppress(OSError):
+            for folder, _dirs, files in os.walk(root):
+                for name in files:
+                    if commit_uuid in name:
+                        with contextlib.suppress(OSError):
+                            os.remove(os.path.join(folder, name))
 
 
 def _shape(t: IcebergType) -> str:

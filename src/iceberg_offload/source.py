@@ -212,19 +212,23 @@ class Source:
                                     "check that ClickHouse is running and [source] dsn is right") from exc
         except DatabaseError as exc:
             raise _database_error(exc, sql) from exc
+        except OSError as exc:  # a socket that died under the driver (reset, broken pipe, timeout)
+            raise SourceUnavailable(f"ClickHouse at {self.settings.dsn} is unreachable: {exc}",
+                                    "check that ClickHouse is running and [source] dsn is right") from exc
 
 
 def _database_error(exc: Exception, sql: str) -> Exception:
     code = getattr(exc, "code", None)
     text = redact(str(exc).split("\n")[0][:500])
-    if code == _AUTH_FAILED or "Authentication failed" in text:
-        return SourceUnavailable(f"ClickHouse refused the credentials: {text}",
-                                 "fix the user or password in [source] dsn (or OFFLOAD__SOURCE__DSN)")
+    if code == _AUTH_FAILED or "Authentication failed" in text:  # retrying will not change the password
+        return SourceError(f"ClickHouse refused the credentials: {text}",
+                           "fix the user or password in [source] dsn (or OFFLOAD__SOURCE__DSN)")
     if code in (_UNKNOWN_TABLE, _UNKNOWN_DATABASE):
         return SourceError(f"ClickHouse: {text}", "fix [[tables]] source or [source] database in the config")
     if "Connection refused" in text or "timed out" in text.lower():
         return SourceUnavailable(f"ClickHouse unreachable: {text}", "check ClickHouse and [source] dsn")
-    return SourceError(f"ClickHouse rejected a query: {text}", f"query was: {sql[:300]}")
+    return SourceError(f"ClickHouse rejected a query: {text}",
+                       f"query was: {sql[:300]}" if sql else "check [source] dsn and database")
 
 
 def _ttl_expression(engine_full: str) -> str | None:
@@ -256,9 +260,16 @@ def open_source(settings: SourceSettings) -> Iterator[Source]:
             lock = _LOCKS.setdefault(path, _EngineLock(path))
         lock.acquire(settings.lock_timeout_seconds)
     try:
+        from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
         try:
             client = clickhouse_connect.get_client(dsn=settings.dsn)
-        except Exception as exc:  # noqa: BLE001 - every connect failure means the same to the operator
+        except DatabaseError as exc:
+            if isinstance(exc, OperationalError):
+                raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
+                                        "check that ClickHouse is running and [source] dsn is right") from exc
+            raise _database_error(exc, "") from exc
+        except Exception as exc:  # noqa: BLE001 - every other connect failure means the same to the operator
             raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
                                     "check that ClickHouse is running and [source] dsn is right") from exc
         try:

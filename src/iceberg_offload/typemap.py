@@ -9,6 +9,7 @@ sub-microsecond timestamps) are refused unless the operator opts in per column (
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -228,7 +229,7 @@ def map_type(t: CHType, where: str, override: str | None = None, top: bool = Tru
 
 def _col(where: str) -> str:
     col = where.rsplit(".", 1)[-1]
-    return col if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", col) else f'"{col}"'
+    return col if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", col) else json.dumps(col, ensure_ascii=False)
 
 
 def _decimal_ps(t: CHType) -> tuple[int, int]:

@@ -80,8 +80,10 @@ class Key:
                               f"set timestamp_column to one of: {', '.join(columns)}")
         ts_type = _unwrap(parse(columns[ts]))
         if ts_type.name not in ("DateTime", "DateTime64"):
+            times = [c for c, t in columns.items() if _unwrap(parse(t)).name in ("DateTime", "DateTime64")]
             raise ConfigError(f"{table}: timestamp_column {ts!r} is {columns[ts]}, not a time type",
-                              "choose a DateTime or DateTime64 column for timestamp_column")
+                              "set timestamp_column to a DateTime or DateTime64 column"
+                              + (f": {', '.join(times)}" if times else " (the table has none)"))
         if seq is not None:
             if seq not in columns:
                 raise ConfigError(f"{table}: sequence_column {seq!r} is not a column of the ClickHouse table",
