@@ -108,7 +108,7 @@ def check_processes(settings: Settings) -> Check:
 def check_server(settings: Settings) -> Check:
     try:
         prefect_api.request(settings, "GET", "/ready")
-
+        prefect_api.request(settings, "GET", "/admin/version")  # /ready answers without credentials; this not
         return Check("prefect server", "ok", f"{settings.prefect.api_url}/ready answers")
     except urllib.error.HTTPError as exc:
         if exc.code == 401:

@@ -43,7 +43,6 @@ def run_worker(settings: Settings, name: str | None = None, limit: int | None = 
     from .metrics import serve
 
     server = serve(settings, keep_trying=True)
-    print("MUTANT", settings.catalog.uri, flush=True)
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
     limit = limit if limit is not None else settings.prefect.worker_limit
 
