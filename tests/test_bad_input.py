@@ -492,7 +492,7 @@ def test_prefect_api_unreachable_trigger_and_doctor_exit_1_with_the_fix(make_set
     port = _closed_port()
     Path(s.path).write_text(Path(s.path).read_text() + f'\n[prefect]\napi_url = "http://127.0.0.1:{port}/api"\n'
                             f'home = "{tmp_path}/prefect"\n[metrics]\nport = {_closed_port()}\n')
-    for key in ("PREFECT_API_URL", "PREFECT_HOME"):  # the command sets them; keep the test's process clean
+    for key in config.prefect_env(config.load(s.path, env={})):  # the commands set them: restore them after
         monkeypatch.setenv(key, os.environ.get(key, ""))
     t0 = time.monotonic()
     code, out, _ = run_cli(capsys, "trigger", "--config", s.path)
