@@ -125,6 +125,34 @@ def test_cli_errors_and_json_never_show_a_clickhouse_password(tmp_path: Path) ->
     assert not leaked, f"the ClickHouse password is in the output of {leaked}"
 
 
+def test_compose_turns_api_auth_on_for_the_server_and_everything_that_calls_it() -> None:
+    import shutil
+
+    import yaml
+
+    deploy = Path(__file__).parent.parent / "deploy"
+    exe = shutil.which("docker-compose")
+    assert exe, "docker-compose is not installed (apt-get install --no-install-recommends docker-compose)"
+    out = subprocess.run([exe, "--env-file", str(deploy / ".env.example"), "-f", str(deploy / "docker-compose.yml"),
+                          "config"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    services = yaml.safe_load(out.stdout)["services"]
+    example = dict(line.split("=", 1) for line in (deploy / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    auth = example["PREFECT_API_AUTH_STRING"]
+    assert auth and ":" in auth
+    envs = {name: svc.get("environment") or {} for name, svc in services.items()}
+    assert envs["k2-prefect-server"]["PREFECT_SERVER_API_AUTH_STRING"] == auth
+    callers = [n for n, e in envs.items() if n != "k2-prefect-server" and
+               ({"PREFECT_API_URL", "OFFLOAD__PREFECT__API_URL"} & set(e) or "k2-prefect-server:4200" in str(e))]
+    assert "k2-prefect-worker" in callers
+    for name in callers:
+        assert envs[name].get("PREFECT_API_AUTH_STRING") == auth, f"{name} calls the API without the auth string"
+        assert envs[name].get("OFFLOAD__PREFECT__AUTH_STRING") == auth, f"{name}: our commands there lack it"
+    # the server's healthcheck reads /api/ready, which Prefect answers without credentials
+    assert "/api/ready" in " ".join(services["k2-prefect-server"]["healthcheck"]["test"])
+
+
 # -- the native stack with authentication ------------------------------------------------------------------
 @dataclass
 class Stack:
