@@ -101,6 +101,38 @@ def test_configured_secrets_are_redacted_everywhere_in_process(tmp_path: Path) -
     assert redact("region S3CR3T-ak-" + tag) == "region ***"
 
 
+def test_log_records_are_redacted_in_process(tmp_path: Path) -> None:
+    """Once a config with secrets is loaded, no log record of the process carries them: a message, its
+    arguments, or the traceback of a library exception (its chained cause included)."""
+    import io
+    import logging
+
+    secret = f"S3CR3T-log-{uuid.uuid4().hex[:10]}"
+    cfg = tmp_path / "offload.toml"
+    cfg.write_text(f'[catalog]\nuri = "postgresql+psycopg2://u:{secret}@db/x"\n')
+    config.load(cfg, env={})
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("test_access.redaction")
+    logger.addHandler(handler)
+    try:
+        logger.warning("connecting with %s", secret)
+        logger.warning(f"key {secret} in an f-string")
+        try:
+            try:
+                raise ValueError(f"pool said {secret}")
+            except ValueError as exc:
+                raise RuntimeError("could not connect") from exc
+        except RuntimeError:
+            logger.exception("catalog down")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "could not connect" in text and "pool said ***" in text and text.count("***") == 3, text
+    assert secret not in text, text
+
+
 def test_cli_errors_and_json_never_show_a_clickhouse_password(tmp_path: Path) -> None:
     """A DSN read from a file, with a password, pointing at a closed port: every command that reaches
     ClickHouse fails naming the host and port, and prints the password nowhere (stdout, stderr, --json)."""
@@ -387,6 +419,7 @@ def test_every_listening_socket_of_the_stack_is_on_loopback(stack: Stack) -> Non
     ports = {port for _pid, _ip, port in ours}
     api_port, metrics_port = int(stack.api.rsplit(":", 1)[1].split("/")[0]), stack.settings.metrics.port
     assert {api_port, metrics_port} <= ports, f"the API and metrics listeners were not found among {ours}"
+    print(f"listening: {sorted(ours)}")
     wide = sorted(s for s in ours if s[1] not in ("127.0.0.1", "::ffff:127.0.0.1"))
     cmd = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120].decode(errors="replace")
            for pid, _ip, _port in wide}
@@ -426,6 +459,9 @@ def test_no_secret_in_prefect_logs_or_outputs(stack: Stack) -> None:
             "blocks": _all_pages(stack, "/block_documents/filter", {"include_secrets": True}),
             "events": stack.api_call("POST", "/events/filter", {"limit": 50})}
     assert held["events"][0] == 200 and held["events"][1]["events"], held["events"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.settings.metrics.port}/metrics", timeout=10) as resp:
+        held["metrics"] = resp.read().decode()
+    assert "offload_info" in held["metrics"]
     assert held["artifacts"], "no cycle artifact to search"
     down = stack.json("down", timeout=120)
     assert down["stopped"], down

@@ -105,9 +105,39 @@ MIN_SECRET_LENGTH = 6
 
 
 def add_secret(value: str | None) -> None:
-    """Redact this exact value wherever it appears from now on (config.load registers the configured ones)."""
+    """Redact this exact value wherever it appears from now on (config.load registers the configured ones),
+    also in every log record of this process (ours, Prefect's, a library's traceback)."""
     if value and len(value) >= MIN_SECRET_LENGTH:
         _KNOWN_SECRETS.add(value)
+        _redact_log_records()
+
+
+def _redact_log_records() -> None:
+    """Wrap the log record factory once: a record's message and traceback are redacted when it is made,
+    before any handler (a file, the console, Prefect's API log handler) sees it."""
+    import logging
+
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_offload_redacts", False):
+        return
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+            clean = redact(message)
+            if clean != message:
+                record.msg, record.args = clean, None
+            if record.exc_info and record.exc_info[1] is not None:
+                text = logging.Formatter().formatException(record.exc_info)
+                if redact(text) != text:
+                    record.exc_text = redact(text)
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted is the handler's business
+            pass
+        return record
+
+    factory._offload_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def redact(text: str) -> str:
