@@ -27,7 +27,7 @@ from iceberg_offload.config import Settings  # noqa: E402
 from iceberg_offload.sink import Sink, open_catalog  # noqa: E402
 from iceberg_offload.source import open_source  # noqa: E402
 from iceberg_offload.stack import pid_alive, read_state  # noqa: E402
-from stackutil import PgCluster, cli, cli_json, free_port, start_process, stop, write_config  # noqa: E402
+from stackutil import PgCluster, cli, cli_json, free_port, prefect_cli, start_process, stop, write_config  # noqa: E402,E501
 
 TABLES = ["ch_trades", "ch_quotes", "ch_candles"]
 STEP_MS = 10
@@ -49,6 +49,8 @@ class Report:
     rows_lost: int = 0
     rows_duplicated: int = 0
     rows_unexpected: int = 0
+    windows_written_twice: int = 0
+    """Offload commits whose watermark does not move past the one before (a chunk committed twice)."""
     final_recover_ok: bool = False
     seconds: float = 0.0
     per_table: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -167,9 +169,9 @@ class Chaos:
         if rng.random() < 0.25:
             self.insert(rng.randint(3, 40), late=True)
         self.trigger()
-        if rng.random() < 0.3:
+        if rng.random() < 0.3:  # an operator's manual run, racing the cycle
             self.report.manual_triggers += 1
-            self.trigger()
+            prefect_cli(self.settings, "deployment", "run", "/".join(prefect_api.MAIN), timeout=60)
         if rng.random() < 0.1:
             self.report.maintenance_runs += 1
             self.trigger(prefect_api.MAINT)
@@ -207,6 +209,11 @@ class Chaos:
                     [int(v.timestamp() * 1000 + 0.5) for v in arrow.column("ts").to_pylist()],
                     arrow.column("seq").to_pylist(), strict=True))
                 cold_set = set(cold)
+                if table is not None:
+                    marks = [c.watermark for c in reversed(sink.history(table))
+                             if c.props.get("offload.run-id") and c.watermark is not None]
+                    self.report.windows_written_twice += sum(
+                        (b.ts_ns, b.seq or 0) <= (a.ts_ns, a.seq or 0) for a, b in zip(marks, marks[1:], strict=False))
                 stats = {"hot": len(hot), "cold": len(cold), "lost": len(hot - cold_set),
                          "duplicated": len(cold) - len(cold_set), "unexpected": len(cold_set - hot)}
                 self.report.per_table[t] = stats

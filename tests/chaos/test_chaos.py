@@ -14,3 +14,4 @@ def test_chaos_loses_and_duplicates_nothing(tmp_path):
     assert report.total_kills >= 10, report.as_dict()
     assert report.rows_inserted > 0 and report.hot_rows == report.rows_inserted
     assert (report.rows_lost, report.rows_duplicated, report.rows_unexpected) == (0, 0, 0), report.as_dict()
+    assert report.windows_written_twice == 0 and report.cold_rows == report.hot_rows
