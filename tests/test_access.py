@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -328,6 +329,15 @@ def test_doctor_with_a_wrong_auth_string_says_401_and_names_the_fix(stack: Stack
     assert server["status"] == "fail" and "401" in server["saw"], server
     assert "auth_string" in server["fix"] and "OFFLOAD__PREFECT__AUTH_STRING" in server["fix"], server
     assert not doctor["ok"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_up_with_a_wrong_auth_string_fails_fast_and_names_the_fix(stack: Stack) -> None:
+    started = time.monotonic()
+    out = stack.json("up", ok=(2,), timeout=120, env={"OFFLOAD__PREFECT__AUTH_STRING": "admin:wrong-auth-value"})
+    assert time.monotonic() - started < 60  # not the 180 s readiness timeout
+    assert "401" in out["error"]["message"] and "auth_string" in out["error"]["fix"], out
 
 
 @pytest.mark.integration

@@ -252,6 +252,8 @@ def up(settings: Settings, timeout: float = 180.0) -> dict[str, Any]:
         started = True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if api_ready(settings):
+            _check_credentials(settings)
         if api_ready(settings) and online_workers(settings) > 0:
             return {"started": started, **ps(settings)}
         if sup is not None and sup.poll() is not None:
@@ -261,6 +263,23 @@ def up(settings: Settings, timeout: float = 180.0) -> dict[str, Any]:
         time.sleep(0.5)
     raise TransientError(f"the stack did not become ready within {timeout:.0f}s",
                          f"look at the logs in {d} (server.log, worker.log, deploy.log, supervisor.log)")
+
+
+def _check_credentials(settings: Settings) -> None:
+    """/api/ready answers without credentials: ask something that needs them, and fail fast on a 401."""
+    import urllib.error
+
+    from .prefect_api import request
+
+    try:
+        request(settings, "GET", "/admin/version")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise ConfigError(f"the Prefect API at {settings.prefect.api_url} rejected our credentials ({exc.code})",
+                              "set [prefect] auth_string (or OFFLOAD__PREFECT__AUTH_STRING) to the server's "
+                              "PREFECT_SERVER_API_AUTH_STRING") from None
+    except API_ERRORS:
+        pass
 
 
 def down(settings: Settings, timeout: float = 60.0) -> dict[str, Any]:

@@ -129,8 +129,10 @@ class Chaos:
             pid = (state.get("children", {}).get(target) or {}).get("pid")
         elif target == "exporter":
             pid = self.exporter.pid if self.exporter is not None and self.exporter.poll() is None else None
-        else:
-            pid = self._flow_run_pid()
+        else:  # a flow run lives a few seconds: wait for one to be Running
+            deadline = time.monotonic() + 10
+            while (pid := self._flow_run_pid()) is None and time.monotonic() < deadline:
+                time.sleep(0.3)
         if not pid or not pid_alive(pid):
             return False
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -165,7 +167,7 @@ class Chaos:
     def cycle(self) -> None:
         rng = self.rng
         roll = rng.random()
-        self.insert(rng.randint(20_000, 40_000) if roll < 0.1 else rng.randint(100, 2500))
+        self.insert(rng.randint(8_000, 15_000) if roll < 0.1 else rng.randint(100, 2500))
         if rng.random() < 0.25:
             self.insert(rng.randint(3, 40), late=True)
         self.trigger()
@@ -175,13 +177,11 @@ class Chaos:
         if rng.random() < 0.1:
             self.report.maintenance_runs += 1
             self.trigger(prefect_api.MAINT)
-        time.sleep(rng.uniform(0.5, 6.0))
-        target = rng.choice(TARGETS)
-        self.kill(target)
-        if rng.random() < 0.3:
+        time.sleep(rng.uniform(0.5, 5.0))
+        for target in rng.sample(TARGETS, rng.randint(1, 3)):  # one to three kills at random moments
+            self.kill(target)
             time.sleep(rng.uniform(0.2, 2.0))
-            self.kill(rng.choice(TARGETS))
-        time.sleep(rng.uniform(1.0, 4.0))
+        time.sleep(rng.uniform(1.0, 3.0))
         if rng.random() < 0.15:
             self.cut_catalog(rng.uniform(1.0, 5.0))
         self.heal()
