@@ -8,6 +8,8 @@ import http.server
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -495,14 +497,21 @@ def test_prefect_api_unreachable_trigger_and_doctor_exit_1_with_the_fix(make_set
     for key in config.prefect_env(config.load(s.path, env={})):  # the commands set them: restore them after
         monkeypatch.setenv(key, os.environ.get(key, ""))
     t0 = time.monotonic()
-    code, out, _ = run_cli(capsys, "trigger", "--config", s.path)
+    # in a process of its own: Prefect reads its settings once per process, at import
+    proc = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", "trigger", "--json", "--config", s.path],
+                          capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if not k.startswith(("PREFECT", "OFFLOAD"))})
+    code, out = proc.returncode, json.loads(proc.stdout)
     assert code == 1 and time.monotonic() - t0 < 30
     err = out["error"]
     assert (err["type"], err["transient"]) == ("prefect_unavailable", True)
     assert f"the Prefect API at http://127.0.0.1:{port}/api does not answer" in err["message"]
     assert "iceberg-offload up" in err["fix"] and "[prefect] api_url" in err["fix"]
-    assert cli.main(["trigger", "--config", s.path]) == 1
-    text = capsys.readouterr().err
+    proc = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", "trigger", "--config", s.path],
+                          capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if not k.startswith(("PREFECT", "OFFLOAD"))})
+    assert proc.returncode == 1
+    text = proc.stderr
     assert text.startswith("error: the Prefect API at") and "\n  fix: start the stack" in text
     assert "Traceback" not in text
     code, out, _ = run_cli(capsys, "doctor", "--config", s.path)
