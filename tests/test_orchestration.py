@@ -407,3 +407,26 @@ def test_maintenance_yields_to_a_running_offload_cycle(stack, monkeypatch):
 
         with client(stack) as c:
             c.set_flow_run_state(fake.id, Cancelled(message="test"), force=True)
+
+
+def test_a_cycle_waits_while_maintenance_holds_the_table(stack, monkeypatch):
+    """The other half of the exclusion: a tasks fan-out cycle waits while the table's maintenance runs."""
+    from prefect.states import Completed, Running
+
+    from iceberg_offload import flows
+    from iceberg_offload.config import prefect_env
+
+    for k, v in prefect_env(stack).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(flows, "MAINTENANCE_WAIT_SECONDS", 1)
+    with client(stack) as c:  # a maintenance task of b0, Running
+        run = c.create_task_run(flows.maintain_table_task, flow_run_id=None, dynamic_key=uuid.uuid4().hex,
+                                name="maintain b0", state=Running())
+    try:
+        with pytest.raises(flows.TableBusy, match="maintenance of b0"):
+            flows._wait_while_maintained("b0")
+        flows._wait_while_maintained("b1")  # another table: no wait
+    finally:
+        with client(stack) as c:
+            c.set_task_run_state(run.id, Completed(), force=True)
+    flows._wait_while_maintained("b0")  # done: returns at once

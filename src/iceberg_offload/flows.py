@@ -90,23 +90,29 @@ class TableBusy(TransientError):
 MAINTENANCE_WAIT_SECONDS = 15 * 60
 
 
-def _tag_busy(tag: str) -> bool:
+def _maintaining(table: str) -> bool:
+    """Is the maintenance task of this table Running (anywhere)?"""
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
+    from prefect.client.schemas.filters import (
+        TaskRunFilter,
+        TaskRunFilterName,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
 
     with get_client(sync_client=True) as client:
-        try:
-            return bool(client.read_concurrency_limit_by_tag(tag).active_slots)
-        except ObjectNotFound:
-            return False
+        return bool(client.read_task_runs(task_run_filter=TaskRunFilter(
+            name=TaskRunFilterName(any_=[f"maintain {table}"]),
+            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING]))), limit=1))
 
 
 def _wait_while_maintained(table: str) -> None:
-    """Tasks fan-out takes no tag slot (too slow per cycle), so it looks: while the maintenance of this table
-    holds the table's slot, wait. Together with the maintenance's own check (it gives the slot back while a
-    cycle runs) the two never work on one table at once."""
+    """Tasks fan-out takes no tag slot (too slow per cycle), so it looks: while the maintenance task of this
+    table is Running, wait. The maintenance task looks too (after it is Running): it gives way while a cycle
+    runs. Each looks after its own Running state is set, so at least one of them sees the other."""
     deadline = time.monotonic() + MAINTENANCE_WAIT_SECONDS
-    while _tag_busy(table_limit(table)):
+    while _maintaining(table):
         if time.monotonic() > deadline:
             raise TableBusy(f"the maintenance of {table} has held it for {MAINTENANCE_WAIT_SECONDS // 60} min",
                             "it is offloaded by the next cycle; look at the iceberg-maintenance flow run")
