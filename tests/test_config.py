@@ -102,6 +102,8 @@ def test_example_config_loads_and_documents_every_key():
     s = config.load(example, env={})
     assert [t.source for t in s.tables] == ["bronze_trades_binance", "ohlcv_1m"]
     text = example.read_text()
-    for section in (config.SourceSettings, config.CatalogSettings, config.OffloadSettings, config.TableSettings):
+    for section in (config.SourceSettings, config.CatalogSettings, config.OffloadSettings, config.TableSettings,
+                    config.PrefectSettings, config.MetricsSettings, config.ScheduleSettings,
+                    config.MaintenanceSettings):
         for key in section.model_fields:
             assert f"{key} =" in text or f"[catalog.{key}]" in text, f"offload.example.toml does not mention {key}"
