@@ -20,11 +20,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError, add_secret
+from .credentials import FILE_SUFFIX, read_secret_files, register_secrets, secret_file
+from .errors import ConfigError
 
 DEFAULT_CONFIG = "offload.toml"
 ENV_PREFIX = "OFFLOAD__"
-FILE_SUFFIX = "_file"
 
 
 class _Section(BaseModel):
@@ -203,7 +203,7 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
         base = file.resolve().parent
         for name, section in data.items():
             if name != "tables":  # column names there are not secrets
-                _read_secret_files(section, base, str(file))
+                read_secret_files(section, base, str(file))
         data["path"] = str(file.resolve())
     elif explicit:
         raise ConfigError(f"config file {file} does not exist",
@@ -211,66 +211,12 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
     else:
         base = Path.cwd()
     _apply_env(data, env)
-    _register_secrets(data)  # before validating: its errors quote the values they refuse
+    register_secrets(data)  # before validating: its errors quote the values they refuse
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise _config_error(exc, str(file)) from None
     return _resolve_paths(settings, base)
-
-
-def _secret_file(what: str, path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{what}: cannot read the secret file {path}: {exc.strerror}",
-                          f"create {path} (readable by this user) or unset {what}") from None
-
-
-def _read_secret_files(node: Any, base: Path, file: str) -> None:
-    """Replace every TOML `<key>_file = "path"` by `<key> = <the file's content>` (relative to the config)."""
-    if not isinstance(node, dict):
-        return
-    for key in list(node):
-        value = node[key]
-        if key.endswith(FILE_SUFFIX) and len(key) > len(FILE_SUFFIX) and isinstance(value, str):
-            name = key[:-len(FILE_SUFFIX)]
-            if name in node:
-                raise ConfigError(f"{file}: both {name} and {key} are set", f"keep one of {name} and {key}")
-            del node[key]
-            node[name] = _secret_file(f"{file}: {key}", str(base / value))
-        else:
-            _read_secret_files(value, base, file)
-
-
-def _register_secrets(data: dict[str, Any]) -> None:
-    """Tell `redact` the configured credentials, so no error, log line or output shows them."""
-    import base64
-    from urllib.parse import quote, unquote, urlparse
-
-    def section(name: str) -> dict[str, Any]:
-        value = data.get(name)
-        return value if isinstance(value, dict) else {}
-
-    source, catalog, prefect = section("source"), section("catalog"), section("prefect")
-    values: list[str] = []
-    for url in (source.get("dsn"), catalog.get("uri"), prefect.get("database_url")):
-        try:
-            parsed = urlparse(url) if isinstance(url, str) else None
-            if parsed is not None and parsed.password:
-                values += [parsed.password, unquote(parsed.password)]
-        except ValueError:
-            continue
-    secretish = ("secret", "password", "token", "key", "credential", "sas")
-    properties = catalog.get("properties")
-    values += [str(v) for k, v in (properties.items() if isinstance(properties, dict) else ())
-               if any(w in str(k).lower() for w in secretish)]
-    auth = prefect.get("auth_string")
-    if isinstance(auth, str) and auth:
-        values += [auth, auth.partition(":")[2], base64.b64encode(auth.encode()).decode()]
-    for value in values:
-        add_secret(value)
-        add_secret(quote(value, safe=""))
 
 
 def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
@@ -286,7 +232,7 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
                 raise ConfigError(f"environment: both {key[:-len(FILE_SUFFIX)]} and {key} are set",
                                   f"unset one of {key[:-len(FILE_SUFFIX)]} and {key}")
             parts[-1] = parts[-1][:-len(FILE_SUFFIX)]
-            raw = _secret_file(f"environment {key}", raw)
+            raw = secret_file(f"environment {key}", raw)
         # Lists and tables come as JSON; scalars stay strings (pydantic coerces "120" and "true").
         value: Any = raw
         if raw.lstrip().startswith(("[", "{")):
