@@ -297,9 +297,10 @@ def test_doctor_on_the_running_stack_names_the_failing_table(stack):
 
     report = json.loads(proc.stdout)
     checks = {c["name"]: c for c in report["checks"]}
-    for name in ("processes", "prefect server", "workers", "deployment", "metrics endpoint", "clickhouse",
-                 "catalog", "table b0"):
+    for name in ("prefect server", "workers", "deployment", "metrics endpoint", "clickhouse", "catalog", "table b0"):
         assert checks[name]["status"] == "ok", checks[name]
+    processes = checks["processes"]  # a warning for two minutes after the supervisor restarted something
+    assert processes["status"] == "ok" or (processes["status"] == "warn" and "restarted" in processes["saw"])
     broken = checks["table missing_table"]
     assert broken["status"] == "fail" and "does not exist" in broken["saw"] and "[[tables]] source" in broken["fix"]
     assert report["scenario"] == "offload failing" and report["runbook"] == "docs/runbooks/offload-failure.md"
