@@ -195,6 +195,10 @@ def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
     return Completed(message=f"{result['rows']} rows offloaded", data=result)
 
 
+RECONCILE_FIGURES = ("rows_missing", "buckets_missing", "buckets_duplicates", "buckets_repaired",
+                     "buckets_skipped_ttl", "buckets_skipped_cold_ahead", "rows_added", "duplicate_rows_removed")
+
+
 class OffloadInFlight(TransientError):
     kind = "offload_in_flight"
 
@@ -247,6 +251,12 @@ def maintenance(config: str = "") -> Any:
     create_table_artifact(key="maintenance", description="daily maintenance", table=[
         {"table": o["table"], "ok": o.get("ok"), **{s: _brief(r) for s, r in (o.get("steps") or {}).items()},
          "error": o.get("error", "")} for o in outcomes])
+    found = [{"table": o["table"], **{k: rec.get(k, 0) for k in RECONCILE_FIGURES}}
+             for o in outcomes if isinstance(rec := (o.get("steps") or {}).get("reconcile"), dict)
+             and not rec.get("error")]
+    if found:  # the exporter serves these (offload_reconcile_*)
+        create_table_artifact(key="reconcile", description="what the daily reconcile found and repaired",
+                              table=found)
     summary = {"ok": not bad, "tables": outcomes}
     if bad:
         return Failed(message="maintenance failed for " + ", ".join(o["table"] for o in bad), data=summary)

@@ -57,6 +57,7 @@ class Snapshot:
     late_runs: dict[str, int] = field(default_factory=dict)
     cycles: dict[str, int] = field(default_factory=lambda: {"success": 0, "partial": 0, "failed": 0})
     cycle_duration: float | None = None
+    reconcile: list[dict[str, Any]] = field(default_factory=list)
     refreshed: dict[str, float] = field(default_factory=dict)
 
 
@@ -142,6 +143,7 @@ class Exporter(Collector):
                 if (flow, name) == prefect_api.MAIN and dep:
                     self._cycles(snap, prefect_api.flow_runs(s, dep["id"], ["COMPLETED", "FAILED", "CRASHED"]))
             snap.runs = self._table_runs(prefect_api.table_task_runs(s))
+            snap.reconcile = prefect_api.latest_artifact_rows(s, "reconcile")
             snap.prefect_up = 1
             snap.refreshed["prefect"] = time.time()
         except prefect_api.API_ERRORS:
@@ -266,6 +268,7 @@ class Exporter(Collector):
         yield workers
         active = GaugeMetricFamily("offload_schedule_active", "1 when the deployment exists, is not paused and "
                                    "its schedule is active", labels=["deployment"])
+        yield from _reconcile_metrics(snap.reconcile)
         late = GaugeMetricFamily("offload_late_runs", "Runs of the deployment in state Late", labels=["deployment"])
         for dep in (f"{f}/{n}" for f, n in (prefect_api.MAIN, prefect_api.MAINT)):
             active.add_metric([dep], snap.schedule_active.get(dep, 0))
@@ -281,6 +284,26 @@ class Exporter(Collector):
             if part in snap.refreshed:
                 age.add_metric([part], now - snap.refreshed[part])
         yield age
+
+
+RECONCILE_METRICS = (
+    ("rows_missing", "offload_reconcile_missing_rows", "Rows the last reconcile found missing from Iceberg"),
+    ("buckets_duplicates", "offload_reconcile_duplicate_buckets", "Hours with duplicates found by the last reconcile"),
+    ("buckets_repaired", "offload_reconcile_repaired_buckets", "Hours the last reconcile replaced"),
+    ("rows_added", "offload_reconcile_added_rows", "Rows the last reconcile added to Iceberg"),
+    ("duplicate_rows_removed", "offload_reconcile_removed_duplicate_rows", "Duplicate rows the last reconcile removed"),
+    ("buckets_skipped_ttl", "offload_reconcile_skipped_buckets", "Bad hours the last reconcile left alone (TTL)"),
+)
+
+
+def _reconcile_metrics(rows: list[dict[str, Any]]) -> Iterator[GaugeMetricFamily]:
+    """What the last daily reconcile found and repaired (its Prefect artifact), per table."""
+    for key, name, help_ in RECONCILE_METRICS:
+        g = GaugeMetricFamily(name, help_, labels=["table"])
+        for row in rows:
+            with contextlib.suppress(TypeError, ValueError, KeyError):
+                g.add_metric([str(row["table"])], float(row.get(key) or 0))
+        yield g
 
 
 def serve(settings: Settings, keep_trying: bool = False) -> Any:

@@ -136,3 +136,12 @@ def crash_stuck_runs(settings: Settings, alive: Callable[[int], bool], message: 
                     {"state": {"type": "CRASHED", "message": message}, "force": True})
             names.append(run["name"])
     return names
+
+
+def latest_artifact_rows(settings: Settings, key: str) -> list[dict[str, Any]]:
+    """The rows of the newest table artifact with this key ([] when there is none)."""
+    found = request(settings, "POST", "/artifacts/latest/filter",
+                    {"artifacts": {"key": {"any_": [key]}}, "limit": 1}) or []
+    data = found[0].get("data") if found else None
+    rows = json.loads(data) if isinstance(data, str) else data
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
