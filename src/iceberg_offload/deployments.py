@@ -41,6 +41,7 @@ from .flows import (
     offload_table_flow,
     table_limit,
 )
+from .prefect_api import PENDING_STUCK_SECONDS
 
 
 class PrefectUnavailable(TransientError):
@@ -270,10 +271,16 @@ def trigger(deployment: str, wait: bool = False, timeout: float = 600.0) -> dict
                 if not active:
                     break
                 run = held_by = active[0]
+            elif held_by is not None and run.state is not None and run.state.type == StateType.PENDING \
+                    and run.state.timestamp is not None \
+                    and time.time() - run.state.timestamp.timestamp() > PENDING_STUCK_SECONDS:
+                break  # the holder never starts: say so instead of waiting out the timeout
             time.sleep(0.5)
     state = run.state.type.value if run.state is not None else "UNKNOWN"
     out = {"flow_run_id": str(run.id), "name": run.name, "deployment": deployment, "state": state,
            "seconds": round(time.monotonic() - started, 1)}
     if held_by is not None:
         out["note"] = f"our run {ours.name} was cancelled: run {held_by.name} held the deployment's slot; waited for it"
+        if state == "PENDING":
+            out["note"] += "; it is stuck PENDING: iceberg-offload recover --yes marks it Crashed"
     return out

@@ -108,15 +108,16 @@ def age_seconds(iso: str | None) -> float | None:
     return time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def stuck_runs(settings: Settings, deployment_id: str, alive: Callable[[int], bool]) -> list[dict[str, Any]]:
+def stuck_runs(settings: Settings, deployment_id: str, alive: Callable[[int], bool],
+               pending_seconds: float = PENDING_STUCK_SECONDS) -> list[dict[str, Any]]:
     """Runs that hold the deployment's concurrency slot but will never finish: RUNNING with their process
-    on this host gone, or PENDING (submitted, never started) for more than two minutes."""
+    on this host gone, or PENDING (submitted, never started) for more than `pending_seconds`."""
     out = []
     for run in flow_runs(settings, deployment_id, ["RUNNING", "PENDING"], limit=50):
         state = run.get("state") or {}
         if state.get("type") == "PENDING":
             age = age_seconds(state.get("timestamp"))
-            if age is not None and age > PENDING_STUCK_SECONDS:
+            if age is not None and age > pending_seconds:
                 out.append(run)
             continue
         infra = str(run.get("infrastructure_pid") or "")
@@ -126,15 +127,19 @@ def stuck_runs(settings: Settings, deployment_id: str, alive: Callable[[int], bo
     return out
 
 
-def crash_stuck_runs(settings: Settings, alive: Callable[[int], bool], message: str) -> list[str]:
+def crash_stuck_runs(settings: Settings, alive: Callable[[int], bool], message: str,
+                     pending_seconds: float = PENDING_STUCK_SECONDS) -> list[str]:
     """Mark the stuck runs of our deployments Crashed (never deleted); return their names."""
     names = []
     for flow, name in (MAIN, MAINT):
         dep = deployment(settings, flow, name)
-        for run in stuck_runs(settings, dep["id"], alive) if dep else []:
-            request(settings, "POST", f"/flow_runs/{run['id']}/set_state",
-                    {"state": {"type": "CRASHED", "message": message}, "force": True})
-            names.append(run["name"])
+        for run in stuck_runs(settings, dep["id"], alive, pending_seconds) if dep else []:
+            answer = request(settings, "POST", f"/flow_runs/{run['id']}/set_state",
+                             {"state": {"type": "CRASHED", "message": message}, "force": True})
+            if (answer or {}).get("status", "ACCEPT") == "ACCEPT":
+                names.append(run["name"])
+            else:
+                names.append(f"{run['name']} (refused: {(answer or {}).get('details')})")
     return names
 
 
