@@ -20,7 +20,6 @@ from typing import Any
 
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import BooleanExpression, Or
-from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.manifest import ManifestEntryStatus
 from pyiceberg.table import Table
 
@@ -37,7 +36,7 @@ from .errors import (
 )
 from .offload import TablePlan
 from .reconcile import HOUR, PAGE_HOURS, Bucket, bucket_where, compare, oldest_hour, ts_range
-from .sink import COMMIT_ID, Commit, Sink, _CasTransaction, catalog_errors, open_catalog
+from .sink import COMMIT_ID, Commit, Sink, _CasTransaction, catalog_errors, open_catalog, write_chunk
 from .source import Source, open_source, quote
 from .typemap import conform
 from .window import NS, PREFIX, Watermark
@@ -232,11 +231,7 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
                                              f"{b.hot} to {rows.num_rows} rows while repairing (TTL or a delete); "
                                              f"nothing was written", "none needed: the next reconcile compares again")
                     written += rows.num_rows
-                    for data_file in _dataframe_to_data_files(table_metadata=txn.table_metadata, df=rows,
-                                                              io=table.io, write_uuid=append.commit_uuid,
-                                                              counter=counter):
-                        added.append(data_file.file_path)
-                        append.append_data_file(data_file)
+                    write_chunk(txn, append, table, rows, counter, added)
     except BaseException:
         Sink._discard(table, added)
         raise

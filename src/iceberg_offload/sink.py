@@ -274,11 +274,7 @@ class Sink:
                 counter = itertools.count(0)
                 for chunk in chunks:
                     rows += chunk.num_rows
-                    for data_file in _dataframe_to_data_files(table_metadata=txn.table_metadata, df=chunk,
-                                                              io=table.io, write_uuid=append.commit_uuid,
-                                                              counter=counter):
-                        written.append(data_file.file_path)
-                        append.append_data_file(data_file)
+                    write_chunk(txn, append, table, chunk, counter, written)
                 # pyiceberg builds the summary from this same dict when the block exits
                 props[f"{PREFIX}rows"] = str(rows)
                 # the caller passes the running total before this commit; it now includes it
@@ -330,6 +326,16 @@ class Sink:
                     if commit_uuid in name:
                         with contextlib.suppress(OSError):
                             os.remove(os.path.join(folder, name))
+
+
+def write_chunk(txn: Transaction, append: Any, table: Table, chunk: pa.Table, counter: Any,
+                written: list[str]) -> None:
+    """Write one Arrow table as Parquet data files of the transaction's snapshot `append`; record their paths
+    in `written` first, so a caller can delete them if the commit never happens."""
+    for data_file in _dataframe_to_data_files(table_metadata=txn.table_metadata, df=chunk, io=table.io,
+                                              write_uuid=append.commit_uuid, counter=counter):
+        written.append(data_file.file_path)
+        append.append_data_file(data_file)
 
 
 def _shape(t: IcebergType) -> str:
