@@ -152,3 +152,37 @@ def test_type_parser_handles_nesting_quotes_and_names():
     assert t.children[0].children[0].name == "String"
     assert t.children[1].children[1].children[0].args == ("3", "'Asia/Tokyo'")
     assert t.children[2].args == ("'x,y' = 1",)
+
+
+def test_decimals_and_enums_travel_as_integers_and_decode_exactly(make_settings, sqlite_uri):
+    """Decimal(P <= 18) crosses as its unscaled integer and an Enum as its number (cheaper than ClickHouse's
+    own Arrow conversion); both must decode to exactly what ClickHouse prints, nulls included."""
+    s = make_settings([{"source": "wire", "timestamp_column": "ts", "sequence_column": "id"}], catalog_uri=sqlite_uri)
+    ddl = ("id UInt32, ts DateTime64(3), d4 Decimal(4, 4), d9 Nullable(Decimal(9, 0)), d18 Decimal(18, 18), "
+           "d18n Nullable(Decimal64(2)), e Nullable(Enum8('lo' = -128, 'hi' = 127)), "
+           "q Enum16('it''s' = -1000, 'a\\\\b' = 0, 'c, \\'d\\' = 3' = 30000)")
+    rows = ("(1, '2026-01-01 00:00:00', -0.9999, 999999999, 0.999999999999999999, -99999999999999.99, 'lo', 'it''s'),"
+            "(2, '2026-01-01 00:00:01', 0.0001, NULL, -0.000000000000000001, NULL, NULL, 'a\\\\b'),"
+            "(3, '2026-01-01 00:00:02', 0, -999999999, 0, 0.01, 'hi', 'c, \\'d\\' = 3')")
+    with clickhouse(s) as ch:
+        ch.command(f"CREATE TABLE k2.wire ({ddl}) ENGINE = MergeTree ORDER BY (ts, id)")
+        ch.command(f"INSERT INTO k2.wire VALUES {rows}")
+        cols = [(str(n), str(t)) for n, t in ch.rows("SELECT name, type FROM system.columns WHERE database = 'k2' "
+                                                     "AND table = 'wire' ORDER BY position")]
+        printed = {int(r[0]): r[1:] for r in ch.rows("SELECT id, toString(d4), toString(d9), toString(d18), "
+                                                      "toString(d18n), toString(e), toString(q) FROM k2.wire")}
+    plans = {p.name: p for p in plan_columns("k2.wire", cols, {})}
+    assert all(plans[c].wire is not None for c in ("d4", "d9", "d18", "d18n", "e", "q"))
+    assert run_cycle(s).tables[0].status == "ok"
+    got = {r["id"]: r for r in cold(s, "wire").to_pylist()}
+    for rid, texts in printed.items():
+        for col, text in zip(("d4", "d9", "d18", "d18n", "e", "q"), texts, strict=True):
+            value = got[rid][col]
+            if value is None or text is None:
+                assert value is None and text is None, (rid, col, value, text)
+            elif isinstance(value, Decimal):
+                assert value == Decimal(text), (rid, col, value, text)
+            else:
+                assert value == text, (rid, col, value, text)
+    assert got[2]["d9"] is None and got[2]["e"] is None and got[3]["q"] == "c, 'd' = 3"
+    assert got[1]["d18n"] == Decimal("-99999999999999.99") and got[2]["d18"] == Decimal("-0.000000000000000001")

@@ -9,14 +9,13 @@ table, it fails (`CommitConflict`), deletes the files it wrote, and changes noth
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue
-from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import FileFormat
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.snapshots import Operation, Summary
@@ -24,6 +23,7 @@ from pyiceberg.table.update.snapshot import _OverwriteFiles
 from pyiceberg.typedef import EMPTY_DICT
 
 from .config import Settings, TableSettings
+from .datafiles import DataFileWriter
 from .errors import CommitConflict, CommitOutcomeUnknown, TerminalError, redact
 from .sink import Sink, WarehouseError, _CasTransaction, catalog_errors
 from .window import PREFIX
@@ -159,29 +159,26 @@ def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str,
     txn = _CasTransaction(table)
     replace = _Replace(operation=Operation.OVERWRITE, transaction=txn, io=table.io, snapshot_properties=props)
     written: list[str] = []
-    counter = itertools.count(0)
     schema = table.schema()
     order = [(c, "ascending") for c in (cfg.timestamp_column, cfg.sequence_column)
              if c and c in schema.column_names]
     try:
-        for b in bins:
-            data = ArrowScan(table.metadata, table.io, schema, AlwaysTrue()).to_table(b.tasks)
-            if data.num_rows != b.rows:
-                raise CompactionMismatch(f"{name}: {b.partition}: read {data.num_rows} rows from files whose "
-                                         f"manifests count {b.rows}; nothing was changed",
-                                         "check the table's files with a full scan before compacting it")
-            if order:
-                data = data.sort_by(order)
-            # one bin, one file: the writer's own split (in Arrow bytes) is lifted above the bin's size
-            meta = txn.table_metadata.model_copy(update={"properties": {
-                **txn.table_metadata.properties, "write.target-file-size-bytes": str(2 * data.nbytes + 1)}})
-            for f in _dataframe_to_data_files(table_metadata=meta, df=data, io=table.io,
-                                              write_uuid=replace.commit_uuid, counter=counter):
-                written.append(f.file_path)
-                replace.append_data_file(f)
-            for task in b.tasks:
-                replace.delete_data_file(task.file)
-        replace.commit()  # writes the manifests and stages the snapshot in the transaction
+        with DataFileWriter(txn.table_metadata, table.io, replace.commit_uuid, written) as files:
+            for b in bins:
+                data = ArrowScan(table.metadata, table.io, schema, AlwaysTrue()).to_table(b.tasks)
+                if data.num_rows != b.rows:
+                    raise CompactionMismatch(f"{name}: {b.partition}: read {data.num_rows} rows from files whose "
+                                             f"manifests count {b.rows}; nothing was changed",
+                                             "check the table's files with a full scan before compacting it")
+                if order:
+                    data = data.sort_by(order)
+                # one bin, one file: the writer's own split (in Arrow bytes) is lifted above the bin's size
+                files.submit(data, max_file_bytes=2 * data.nbytes + 1)
+                for task in b.tasks:
+                    replace.delete_data_file(task.file)
+            for data_file in files.finish():
+                replace.append_data_file(data_file)
+            replace.commit()  # writes the manifests and stages the snapshot in the transaction
     except OSError as exc:
         Sink._discard(table, written)
         raise WarehouseError(f"compacting {name} failed reading or writing files: {exc}; nothing was changed",

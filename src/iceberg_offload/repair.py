@@ -12,7 +12,6 @@ may be partly expired) is skipped, and so is any bucket where cold holds a key h
 
 from __future__ import annotations
 
-import itertools
 import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from pyiceberg.table import Table
 
 from . import __version__
 from .config import Settings, TableSettings
+from .datafiles import DataFileWriter
 from .errors import (
     CommitConflict,
     CommitOutcomeUnknown,
@@ -36,7 +36,7 @@ from .errors import (
 )
 from .offload import TablePlan
 from .reconcile import HOUR, PAGE_HOURS, Bucket, bucket_where, compare, oldest_hour, ts_range
-from .sink import COMMIT_ID, Commit, Sink, _CasTransaction, catalog_errors, open_catalog, write_chunk
+from .sink import COMMIT_ID, Commit, Sink, _CasTransaction, catalog_errors, open_catalog
 from .source import Source, open_source, quote
 from .typemap import conform
 from .window import NS, PREFIX, Watermark
@@ -221,8 +221,8 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
                 warnings.simplefilter("ignore")
                 txn.delete(_ranges(table, plan.cfg.timestamp_column, chosen), snapshot_properties=props)
             added += _staged_files(txn, table)  # files the delete rewrote without the bucket's rows
-            with txn.update_snapshot(snapshot_properties=props).fast_append() as append:
-                counter = itertools.count(0)
+            with txn.update_snapshot(snapshot_properties=props).fast_append() as append, \
+                    DataFileWriter(txn.table_metadata, table.io, append.commit_uuid, added) as files:
                 for b in chosen:
                     sql = f"SELECT {select} FROM {plan.info.qualified}{fin} WHERE {bucket_where(plan, wm, b.start)}"
                     rows = conform(source.arrow(sql), plan.columns, target, plan.cfg.source)
@@ -231,7 +231,9 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
                                              f"{b.hot} to {rows.num_rows} rows while repairing (TTL or a delete); "
                                              f"nothing was written", "none needed: the next reconcile compares again")
                     written += rows.num_rows
-                    write_chunk(txn, append, table, rows, counter, added)
+                    files.submit(rows)
+                for data_file in files.finish():
+                    append.append_data_file(data_file)
     except BaseException:
         Sink._discard(table, added)
         raise

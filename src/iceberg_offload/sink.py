@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import os
 import re
 import time
@@ -25,7 +24,6 @@ from pyiceberg.exceptions import (
     CommitFailedException,
     NoSuchTableError,
 )
-from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table, Transaction
@@ -34,6 +32,7 @@ from pyiceberg.transforms import DayTransform, HourTransform, MonthTransform
 from pyiceberg.types import IcebergType, ListType, MapType, NestedField, StructType
 
 from .config import CatalogSettings
+from .datafiles import DataFileWriter
 from .errors import (
     CatalogUnavailable,
     CommitConflict,
@@ -270,11 +269,13 @@ class Sink:
         rows = 0
         written: list[str] = []
         try:
-            with txn.update_snapshot(snapshot_properties=props).fast_append() as append:
-                counter = itertools.count(0)
+            with txn.update_snapshot(snapshot_properties=props).fast_append() as append, \
+                    DataFileWriter(txn.table_metadata, table.io, append.commit_uuid, written) as files:
                 for chunk in chunks:
                     rows += chunk.num_rows
-                    write_chunk(txn, append, table, chunk, counter, written)
+                    files.submit(chunk)
+                for data_file in files.finish():
+                    append.append_data_file(data_file)
                 # pyiceberg builds the summary from this same dict when the block exits
                 props[f"{PREFIX}rows"] = str(rows)
                 # the caller passes the running total before this commit; it now includes it
@@ -326,16 +327,6 @@ class Sink:
                     if commit_uuid in name:
                         with contextlib.suppress(OSError):
                             os.remove(os.path.join(folder, name))
-
-
-def write_chunk(txn: Transaction, append: Any, table: Table, chunk: pa.Table, counter: Any,
-                written: list[str]) -> None:
-    """Write one Arrow table as Parquet data files of the transaction's snapshot `append`; record their paths
-    in `written` first, so a caller can delete them if the commit never happens."""
-    for data_file in _dataframe_to_data_files(table_metadata=txn.table_metadata, df=chunk, io=table.io,
-                                              write_uuid=append.commit_uuid, counter=counter):
-        written.append(data_file.file_path)
-        append.append_data_file(data_file)
 
 
 def _shape(t: IcebergType) -> str:

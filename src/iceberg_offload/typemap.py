@@ -125,12 +125,42 @@ class Mapped:
 
 
 @dataclass(frozen=True)
+class Wire:
+    """A cheaper shape on the wire than the Arrow type ClickHouse would build: a Decimal's unscaled integer
+    (ClickHouse's Decimal -> Arrow decimal128 conversion cost more than the rest of the row), an Enum's
+    number (turned into its name by a dictionary lookup in Arrow)."""
+
+    decimal: tuple[int, int, int] | None = None  # (precision, scale, bits of the unscaled integer)
+    enum: tuple[tuple[int, str], ...] = ()
+
+    def decode(self, column: pa.ChunkedArray) -> pa.ChunkedArray:
+        return pa.chunked_array([self._decode(c) for c in column.chunks], type=self._type())
+
+    def _type(self) -> pa.DataType:
+        return pa.decimal128(*self.decimal[:2]) if self.decimal else pa.string()
+
+    def _decode(self, chunk: pa.Array) -> pa.Array:
+        if self.decimal:
+            precision, scale, bits = self.decimal
+            typ = pa.decimal32(precision, scale) if bits == 32 else pa.decimal64(precision, scale)
+            return pa.Array.from_buffers(typ, len(chunk), chunk.buffers(), chunk.null_count,
+                                         chunk.offset).cast(self._type())
+        low = min(v for v, _ in self.enum)
+        names: list[str | None] = [None] * (max(v for v, _ in self.enum) - low + 1)
+        for value, name in self.enum:
+            names[value - low] = name
+        indices = pc.subtract(chunk.cast(pa.int32()), pa.scalar(low, pa.int32()))
+        return pa.DictionaryArray.from_arrays(indices, pa.array(names, pa.string())).cast(pa.string())
+
+
+@dataclass(frozen=True)
 class ColumnMap:
     name: str
     source_type: str
     select: str  # SQL select expression (without alias)
     iceberg: IceFactory
     required: bool
+    wire: Wire | None = None  # decoded by conform() before the checked cast
 
 
 def _const(t: IcebergType) -> IceFactory:
@@ -268,15 +298,43 @@ def plan_columns(table: str, columns: list[tuple[str, str]], overrides: dict[str
     plans = []
     for col, typ in columns:
         m = map_type(parse(typ), f"{table}.{col}", overrides.get(col))
-        if m.expr:
+        wire = None if col in overrides else _wire(typ)
+        if wire is not None and wire.decimal:
+            select = f"reinterpret({quote(col)}, 'Int{wire.decimal[2]}')"
+        elif wire is not None:
+            select = quote(col)
+        elif m.expr:
             target = str(m.target)
             select = m.expr.format(col=quote(col), target=target)
         elif m.changed:
             select = f"CAST({quote(col)}, {_sql_type(m.target)})"
         else:
             select = quote(col)
-        plans.append(ColumnMap(col, typ, select, m.iceberg, required=not m.nullable))
+        plans.append(ColumnMap(col, typ, select, m.iceberg, required=not m.nullable, wire=wire))
     return plans
+
+
+_ENUM_ITEM = re.compile(r"'((?:[^'\\]|\\['\\])*)'\s*=\s*(-?\d+)")
+
+
+def _wire(text: str) -> Wire | None:
+    """The cheaper wire shape of a top-level column of ClickHouse type `text`, when it has one (see Wire)."""
+    t = parse(text)
+    if t.name == "Nullable":
+        t = t.children[0]
+    if t.name in ("Decimal", "Decimal32", "Decimal64"):
+        p, s = _decimal_ps(t)
+        return Wire(decimal=(p, s, 32 if p <= 9 else 64)) if p <= 18 else None
+    if t.name in ("Enum8", "Enum16"):
+        inner = text[text.index(t.name + "(") + len(t.name) + 1:]
+        wire = Wire(enum=tuple((int(m.group(2)), re.sub(r"\\(['\\])", r"\1", m.group(1)))
+                               for m in _ENUM_ITEM.finditer(inner)))
+        if not wire.enum:
+            return None
+        # only when the names print back to the very type text (no quote split inside a name)
+        back = ", ".join("'" + n.replace("\\", "\\\\").replace("'", "\\'") + f"' = {v}" for v, n in wire.enum)
+        return wire if f"{t.name}({back})" in text else None
+    return None
 
 
 def _sql_type(t: CHType) -> str:
@@ -299,6 +357,8 @@ def conform(batch: pa.RecordBatch | pa.Table, plans: list[ColumnMap], target: pa
     arrays = []
     for p, column in zip(plans, tbl.columns, strict=True):
         field = fields[p.name]
+        if p.wire is not None:
+            column = p.wire.decode(column)
         if column.type.equals(field.type):
             arrays.append(column)
             continue

@@ -1,0 +1,115 @@
+"""The data-file writer: partitions split without copying, files that carry field ids, statistics and a
+dictionary only where values repeat, and no file left behind when a write fails."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pyiceberg.expressions import GreaterThanOrEqual
+from pyiceberg.schema import Schema
+from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
+
+from conftest import TRADES_DDL, clickhouse, insert_trades, sink_for, trades_table
+from iceberg_offload.datafiles import DataFileWriter, dictionary_columns, split_by_partition
+from iceberg_offload.offload import run_cycle
+from iceberg_offload.sink import open_catalog
+
+UTC = dt.UTC
+HOUR_US = 3600 * 10**6
+
+
+def _hourly(settings, name: str):
+    catalog = open_catalog(settings.catalog)
+    catalog.create_namespace_if_not_exists("t")
+    schema = Schema(NestedField(1, "ts", TimestamptzType(), required=True), NestedField(2, "id", LongType(), required=True),
+                    NestedField(3, "s", StringType(), required=False))
+    from pyiceberg.partitioning import PartitionField, PartitionSpec
+    from pyiceberg.transforms import HourTransform
+
+    spec = PartitionSpec(PartitionField(source_id=1, field_id=1000, transform=HourTransform(), name="ts_hour"))
+    return catalog.create_table(f"t.{name}", schema=schema, partition_spec=spec)
+
+
+def _rows(hours: list[int]) -> pa.Table:
+    ts = pa.array([h * HOUR_US + i for i, h in enumerate(hours)], pa.timestamp("us", tz="UTC"))
+    return pa.table({"ts": ts, "id": pa.array(range(len(hours)), pa.int64()),
+                     "s": pa.array([None if i % 3 == 0 else f"v{i % 2}" for i in range(len(hours))], pa.string())},
+                    schema=pa.schema([pa.field("ts", ts.type, nullable=False), pa.field("id", pa.int64(), nullable=False),
+                                      pa.field("s", pa.string())]))
+
+
+def test_interleaved_partitions_are_split_by_value_without_copying(make_settings, sqlite_uri):
+    table = _hourly(make_settings([], catalog_uri=sqlite_uri), "split")
+    hours = [5, 5, 6, 6, 5, 7, 6, 6, 5] * 20_000  # runs like blocks read by two threads
+    chunk = _rows(hours)
+    before = pa.total_allocated_bytes()
+    parts = split_by_partition(table.metadata, chunk)
+    assert pa.total_allocated_bytes() - before < chunk.nbytes // 10  # slices of the chunk, not copies
+    got = {p.partition[0]: t for p, t in parts}
+    assert sorted(got) == [5, 6, 7]
+    for hour, part in got.items():
+        ids = part.column("id").to_pylist()
+        assert ids == [i for i, h in enumerate(hours) if h == hour]  # every row, in arrival order
+    assert sum(t.num_rows for t in got.values()) == chunk.num_rows
+
+
+def test_written_files_have_field_ids_stats_and_dictionary_only_where_values_repeat(make_settings, sqlite_uri):
+    s = make_settings([trades_table()], catalog_uri=sqlite_uri)
+    with clickhouse(s) as ch:
+        ch.command(TRADES_DDL.format(name="trades"))
+        insert_trades(ch, "trades", 1_767_225_600_000, 200_000, step_ms=900)  # ~2 days from 2026-01-01
+    assert run_cycle(s).tables[0].status == "ok"
+    table = sink_for(s).load("trades")
+    tasks = list(table.scan().plan_files())
+    assert len({t.file.partition[0] for t in tasks}) == 3
+    for task in tasks:
+        path = task.file.file_path.removeprefix("file://")
+        meta = pq.ParquetFile(path).metadata
+        ids = {meta.schema.column(i).name: meta.schema.to_arrow_schema().field(i).metadata[b"PARQUET:field_id"]
+               for i in range(meta.num_columns)}
+        assert ids == {"ts": b"1", "seq": b"2", "symbol": b"3", "price": b"4"}
+        encodings = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).encodings
+                     for i in range(meta.num_columns)}
+        assert "RLE_DICTIONARY" in encodings["symbol"]  # two values: a dictionary pays
+        assert "RLE_DICTIONARY" not in encodings["seq"]  # unique keys: plain
+        assert task.file.record_count == meta.num_rows and task.file.file_size_in_bytes == os.path.getsize(path)
+        assert task.file.lower_bounds and task.file.upper_bounds and task.file.value_counts[2] == meta.num_rows
+    cut = dt.datetime(2026, 1, 2, 12, tzinfo=UTC)
+    pruned = list(table.scan(row_filter=GreaterThanOrEqual("ts", cut.isoformat())).plan_files())
+    assert 0 < len(pruned) < len(tasks)  # file statistics let a reader skip files
+    assert table.scan().to_arrow().num_rows == 200_000
+
+
+def test_dictionary_choice_samples_each_column():
+    t = pa.table({"unique": pa.array([f"id-{i}" for i in range(20_000)]), "few": pa.array(["a", "b"] * 10_000),
+                  "nested": pa.array([[1]] * 20_000)})
+    assert dictionary_columns(t) is True  # nested columns keep Parquet's default
+    assert dictionary_columns(t.drop_columns(["nested"])) == ["few"]
+
+
+def test_a_failed_write_raises_and_every_path_is_known(make_settings, sqlite_uri, monkeypatch):
+    table = _hourly(make_settings([], catalog_uri=sqlite_uri), "fail")
+    calls = {"n": 0}
+    real = pq.ParquetWriter.write
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write", flaky)
+    paths: list[str] = []
+    with pytest.raises(OSError, match="No space"), \
+            DataFileWriter(table.metadata, table.io, uuid.uuid4(), paths, workers=2) as files:
+        for h in range(4):
+            files.submit(_rows([h] * 1000))
+        files.finish()
+    root = table.location().removeprefix("file://")
+    on_disk = {os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".parquet")}
+    assert on_disk and on_disk <= {p.removeprefix("file://") for p in paths}  # the caller can delete them all
