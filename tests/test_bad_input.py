@@ -24,7 +24,7 @@ from iceberg_offload import cli, config
 from iceberg_offload.errors import SourceError, SourceUnavailable
 from iceberg_offload.maintain import referenced_files
 from iceberg_offload.offload import run_cycle
-from iceberg_offload.source import open_source, quote
+from iceberg_offload.source import Source, open_source, quote
 
 NOW_S = int(time.time())
 START_MS = (NOW_S - 3 * 3600) * 1000
@@ -338,10 +338,8 @@ def test_clickhouse_gone_mid_chunk_is_transient_commits_nothing_and_the_rerun_la
                    if failure == "driver" else ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"))
         return real(self, *args, **kwargs)
 
-    with open_source(s.source) as probe:
-        cls = type(probe.client)
-    real = cls.query_arrow
-    monkeypatch.setattr(cls, "query_arrow", dying)
+    real = Source._fetch_arrow  # where rows cross from ClickHouse, embedded or over HTTP
+    monkeypatch.setattr(Source, "_fetch_arrow", dying)
     res = run_cycle(s).tables[0]
     monkeypatch.undo()
     assert res.status == "failed" and res.error["type"] == "source_unavailable" and res.error["transient"]

@@ -163,88 +163,120 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
     lower, last = sink.watermark(table)
     totals = last.totals if last is not None else (0, 0)
     result.watermark_before = result.watermark_after = lower.as_dict() if lower else None
-    table_sql, final = plan.info.qualified, cfg.final
     window = plan.window(settings, lower, now_ns)
-    total = int(source.rows(count_query(table_sql, final, plan.key, window))[0][0])
+    total = int(source.rows(count_query(plan.info.qualified, cfg.final, plan.key, window))[0][0])
     if progress:
         progress(cfg.target, 0, total)
     conflicts = 0
-    while True:
-        splits, last, n = source.rows(plan_query(table_sql, final, plan.key, window,
-                                                 settings.offload.max_rows_per_commit, settings.offload.read_rows))[0]
-        if not n:
-            break
-        cut = plan.key.watermark(last)
-        bounds = sorted({plan.key.watermark(s) for s in splits if plan.key.watermark(s) < cut}) + [cut]
-        commit_id = f"{run_id}/{uuid.uuid4().hex[:12]}"
-        props = {**cut.to_props(), f"{PREFIX}run-id": run_id, COMMIT_ID: commit_id,
-                 f"{PREFIX}window.lower-ns": str(window.lower.ts_ns) if window.lower else "",
-                 f"{PREFIX}window.upper-ns": str(window.upper_ns), f"{PREFIX}source": plan.info.qualified,
-                 f"{PREFIX}version": __version__, f"{PREFIX}commits-total": str(totals[1] + 1),
-                 f"{PREFIX}rows-total": str(totals[0])}
-        chunks = _read(source, plan, table, window, bounds, settings.offload.batch_rows)
-        t0 = time.monotonic()
-        try:
-            table, rows = sink.commit(table, chunks, props, t0)
-        except CommitConflict:
-            conflicts += 1
-            if conflicts > MAX_CONFLICTS:
-                raise
-            table = sink.load(cfg.target) or table
-            lower, last = sink.watermark(table)
-            totals = last.totals if last is not None else (0, 0)
-            window = plan.window(settings, lower, now_ns)
-            continue
-        except CommitOutcomeUnknown as unknown:
+    stream = _Stream(source, plan, table, window, settings)
+    try:
+        while (cut := stream.next_commit()) is not None:
+            commit_id = f"{run_id}/{uuid.uuid4().hex[:12]}"
+            props = {**cut.to_props(), f"{PREFIX}run-id": run_id, COMMIT_ID: commit_id,
+                     f"{PREFIX}window.lower-ns": str(window.lower.ts_ns) if window.lower else "",
+                     f"{PREFIX}window.upper-ns": str(window.upper_ns), f"{PREFIX}source": plan.info.qualified,
+                     f"{PREFIX}version": __version__, f"{PREFIX}commits-total": str(totals[1] + 1),
+                     f"{PREFIX}rows-total": str(totals[0])}
             try:
-                landed = sink.find_commit(cfg.target, commit_id)
-            except CatalogUnavailable as exc:
-                raise CommitOutcomeUnknown(f"{unknown.message}; settling it failed too: {exc.message}",
-                                           "none needed once the catalog answers ([catalog] uri): the next run "
-                                           "settles it by its commit id") from exc
-            if landed is None:
-                raise
-            table = sink.load(cfg.target) or table
-            rows = int(props.get(f"{PREFIX}rows", 0))
-        result.rows += rows
-        result.commits += 1
-        totals = (totals[0] + rows, totals[1] + 1)
-        result.watermark_after = cut.as_dict()
-        window = Window(cut, window.upper_ns)
-        if progress:
-            progress(cfg.target, result.rows, max(total, result.rows))
+                table, rows = sink.commit(table, stream.chunks(), props, time.monotonic())
+            except CommitConflict:
+                conflicts += 1
+                if conflicts > MAX_CONFLICTS:
+                    raise
+                stream.close()  # its read-ahead starts from a cut that did not land
+                table = sink.load(cfg.target) or table
+                lower, last = sink.watermark(table)
+                totals = last.totals if last is not None else (0, 0)
+                window = plan.window(settings, lower, now_ns)
+                stream = _Stream(source, plan, table, window, settings)
+                continue
+            except CommitOutcomeUnknown as unknown:
+                try:
+                    landed = sink.find_commit(cfg.target, commit_id)
+                except CatalogUnavailable as exc:
+                    raise CommitOutcomeUnknown(f"{unknown.message}; settling it failed too: {exc.message}",
+                                               "none needed once the catalog answers ([catalog] uri): the next run "
+                                               "settles it by its commit id") from exc
+                if landed is None:
+                    raise
+                table = sink.load(cfg.target) or table
+                rows = int(props.get(f"{PREFIX}rows", 0))
+            result.rows += rows
+            result.commits += 1
+            totals = (totals[0] + rows, totals[1] + 1)
+            result.watermark_after = cut.as_dict()
+            window = Window(cut, window.upper_ns)
+            if progress:
+                progress(cfg.target, result.rows, max(total, result.rows))
+    finally:
+        stream.close()
     result.pending_rows = 0
 
 
-def _read(source: Source, plan: TablePlan, table: Table, window: Window, bounds: list[Watermark],
-          batch_rows: int) -> Iterator[pa.Table]:
-    """The chunk (window.lower, bounds[-1]] as Arrow tables of about batch_rows rows, read with one bounded
-    key-range query per bound, the next batch read on a thread while the current one is written."""
-    tsql, final, key = plan.info.qualified, plan.cfg.final, plan.key
-    target = table.schema().as_arrow()
-    select = [c.select for c in plan.columns]
+class _Stream:
+    """The window's commits, planned and read one after another on a thread that runs ahead of the writer,
+    across commit boundaries: each commit is the next `max_rows_per_commit` keys (cut at the greatest), read
+    with one bounded key-range query per `read_rows` keys and handed over in batches of about `batch_rows`.
+    The commits' compare-and-swap keeps this safe: a read-ahead past a commit that fails is thrown away."""
 
-    def batches() -> Iterator[pa.Table]:
-        lower, pending, rows = window.lower, [], 0
-        for upper in bounds:
-            sql = chunk_query(tsql, final, key, select, Window(lower, window.upper_ns), upper)
-            part = conform(source.arrow(sql), plan.columns, target, plan.cfg.source)
-            lower = upper
-            pending.append(part)
-            rows += part.num_rows
-            if rows >= batch_rows:
+    def __init__(self, source: Source, plan: TablePlan, table: Table, window: Window, settings: Settings) -> None:
+        self.items = prefetch(self._produce(source, plan, table.schema().as_arrow(), window, settings), 2)
+        self.pending: Watermark | None = None
+
+    def next_commit(self) -> Watermark | None:
+        """The cut of the next commit, or None when the window is empty; its rows follow in chunks()."""
+        if self.pending is not None:
+            raise RuntimeError("the previous commit's chunks were not read to the end")
+        item = next(self.items, None)
+        if item is None:
+            return None
+        assert isinstance(item, Watermark)
+        self.pending = item
+        return item
+
+    def chunks(self) -> Iterator[pa.Table]:
+        for item in self.items:
+            if item is _END:
+                self.pending = None
+                return
+            yield item
+
+    def close(self) -> None:
+        self.items.close()  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _produce(source: Source, plan: TablePlan, target: pa.Schema, window: Window,
+                 settings: Settings) -> Iterator[Any]:
+        tsql, final, key, batch_rows = plan.info.qualified, plan.cfg.final, plan.key, settings.offload.batch_rows
+        select = [c.select for c in plan.columns]
+        while True:
+            splits, last, n = source.rows(plan_query(tsql, final, key, window, settings.offload.max_rows_per_commit,
+                                                     settings.offload.read_rows))[0]
+            if not n:
+                return
+            cut = key.watermark(last)
+            yield cut
+            lower, pending, rows = window.lower, [], 0
+            for upper in sorted({key.watermark(x) for x in splits if key.watermark(x) < cut}) + [cut]:
+                sql = chunk_query(tsql, final, key, select, Window(lower, window.upper_ns), upper)
+                part = conform(source.arrow(sql), plan.columns, target, plan.cfg.source)
+                lower = upper
+                pending.append(part)
+                rows += part.num_rows
+                if rows >= batch_rows:
+                    yield pa.concat_tables(pending)
+                    pending, rows = [], 0
+            if pending:
                 yield pa.concat_tables(pending)
-                pending, rows = [], 0
-        if pending:
-            yield pa.concat_tables(pending)
-
-    return prefetch(batches())
+            yield _END
+            window = Window(cut, window.upper_ns)
 
 
 _DONE = object()
+_END = object()
 
 
-def prefetch(items: Iterator[pa.Table], depth: int = 1) -> Iterator[pa.Table]:
+def prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
     """Produce the next item on a thread while the consumer works on the current one."""
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
