@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 from decimal import Decimal
 
+import pyarrow as pa
 import pytest
 
 from conftest import clickhouse, cold, sink_for
@@ -186,3 +187,19 @@ def test_decimals_and_enums_travel_as_integers_and_decode_exactly(make_settings,
                 assert value == text, (rid, col, value, text)
     assert got[2]["d9"] is None and got[2]["e"] is None and got[3]["q"] == "c, 'd' = 3"
     assert got[1]["d18n"] == Decimal("-99999999999999.99") and got[2]["d18"] == Decimal("-0.000000000000000001")
+
+
+def test_wire_decoding_of_sliced_chunks_keeps_values_and_nulls():
+    from iceberg_offload.typemap import Wire
+
+    raw = pa.array([-(10**17), None, 5, 999_999_999_999_999_999, -1], pa.int64())
+    chunked = pa.chunked_array([raw.slice(1, 4), raw.slice(0, 1)])  # offsets and nulls in the chunks
+    got = Wire(decimal=(18, 2, 64)).decode(chunked).to_pylist()
+    assert got == [None, Decimal("0.05"), Decimal("9999999999999999.99"), Decimal("-0.01"),
+                   Decimal("-1000000000000000.00")]
+    small = pa.chunked_array([pa.array([None, -7, 123], pa.int32()).slice(1)])
+    assert Wire(decimal=(9, 3, 32)).decode(small).to_pylist() == [Decimal("-0.007"), Decimal("0.123")]
+    enum = pa.chunked_array([pa.array([2, None, -1], pa.int8()).slice(1)])
+    assert Wire(enum=((-1, "a"), (2, "b"))).decode(enum).to_pylist() == [None, "a"]
+    lc = pa.chunked_array([pa.DictionaryArray.from_arrays(pa.array([1, 0, None], pa.int32()), pa.array(["x", "y"]))])
+    assert Wire(dictionary=True).decode(lc).to_pylist() == ["y", "x", None]

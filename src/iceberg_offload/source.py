@@ -197,9 +197,12 @@ class Source:
 
                 self._engine = chdb.connect(self.embedded)
                 self._engine.query("SET output_format_arrow_compression_method = 'none'")
-            # the result's memory belongs to the handle's next query: copy it out once, then read in place
-            data = self._engine.query(sql, "Arrow").bytes()
-        return pa.ipc.open_file(pa.py_buffer(data)).read_all()
+                self._engine.query("SET output_format_arrow_low_cardinality_as_dictionary = 1")
+            result = self._engine.query(sql, "Arrow")
+        # read in place: the Arrow buffers point into the result, which the buffer's base keeps alive
+        view = result.get_memview().view()
+        raw = pa.py_buffer(view)
+        return pa.ipc.open_file(pa.foreign_buffer(raw.address, raw.size, base=(result, view))).read_all()
 
     def close(self) -> None:
         with self._engine_mutex:

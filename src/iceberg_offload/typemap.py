@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.types import (
@@ -128,12 +129,15 @@ class Mapped:
 class Wire:
     """A cheaper shape on the wire than the Arrow type ClickHouse would build: a Decimal's unscaled integer
     (ClickHouse's Decimal -> Arrow decimal128 conversion cost more than the rest of the row), an Enum's
-    number (turned into its name by a dictionary lookup in Arrow)."""
+    number (turned into its name by a dictionary lookup in Arrow), a LowCardinality column's dictionary."""
 
     decimal: tuple[int, int, int] | None = None  # (precision, scale, bits of the unscaled integer)
     enum: tuple[tuple[int, str], ...] = ()
+    dictionary: bool = False  # LowCardinality(String): a dictionary array in process, plain text over HTTP
 
     def decode(self, column: pa.ChunkedArray) -> pa.ChunkedArray:
+        if self.dictionary:
+            return column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
         return pa.chunked_array([self._decode(c) for c in column.chunks], type=self._type())
 
     def _type(self) -> pa.DataType:
@@ -141,10 +145,17 @@ class Wire:
 
     def _decode(self, chunk: pa.Array) -> pa.Array:
         if self.decimal:
-            precision, scale, bits = self.decimal
-            typ = pa.decimal32(precision, scale) if bits == 32 else pa.decimal64(precision, scale)
-            return pa.Array.from_buffers(typ, len(chunk), chunk.buffers(), chunk.null_count,
-                                         chunk.offset).cast(self._type())
+            # decimal128 is the 128-bit two's complement of the unscaled value: the integer, then its sign
+            # (a checked cast would re-verify precision the column type already guarantees)
+            if chunk.offset:
+                chunk = pa.concat_arrays([chunk])  # own buffers, offset 0
+            width = np.int32 if self.decimal[2] == 32 else np.int64  # the raw data buffer: nulls hold junk
+            values = np.frombuffer(chunk.buffers()[1], dtype=width, count=len(chunk)).astype(np.int64, copy=False)
+            wide = np.empty((len(values), 2), dtype=np.int64)
+            wide[:, 0] = values
+            wide[:, 1] = values >> 63
+            return pa.Array.from_buffers(self._type(), len(chunk), [chunk.buffers()[0], pa.py_buffer(wide)],
+                                         chunk.null_count)
         low = min(v for v, _ in self.enum)
         names: list[str | None] = [None] * (max(v for v, _ in self.enum) - low + 1)
         for value, name in self.enum:
@@ -301,7 +312,7 @@ def plan_columns(table: str, columns: list[tuple[str, str]], overrides: dict[str
         wire = None if col in overrides else _wire(typ)
         if wire is not None and wire.decimal:
             select = f"reinterpret({quote(col)}, 'Int{wire.decimal[2]}')"
-        elif wire is not None:
+        elif wire is not None:  # the column as it is stored
             select = quote(col)
         elif m.expr:
             target = str(m.target)
@@ -320,6 +331,8 @@ _ENUM_ITEM = re.compile(r"'((?:[^'\\]|\\['\\])*)'\s*=\s*(-?\d+)")
 def _wire(text: str) -> Wire | None:
     """The cheaper wire shape of a top-level column of ClickHouse type `text`, when it has one (see Wire)."""
     t = parse(text)
+    if t.name == "LowCardinality" and str(t.children[0]) in ("String", "Nullable(String)"):
+        return Wire(dictionary=True)
     if t.name == "Nullable":
         t = t.children[0]
     if t.name in ("Decimal", "Decimal32", "Decimal64"):
