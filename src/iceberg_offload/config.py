@@ -51,7 +51,7 @@ class CatalogSettings(_Section):
 class OffloadSettings(_Section):
     settle_seconds: int = Field(default=120, ge=0)
     max_rows_per_commit: int = Field(default=2_000_000, ge=1)
-    batch_rows: int = Field(default=500_000, ge=1)
+    batch_rows: int = Field(default=250_000, ge=1)
     """Rows per write: each batch becomes one data file per partition it touches."""
     read_rows: int = Field(default=250_000, ge=1)
     """Rows per ClickHouse query; the engine's memory grows with this, not with the backlog."""
