@@ -10,9 +10,10 @@ import pyarrow as pa
 import pytest
 
 from conftest import clickhouse, cold, sink_for
+from iceberg_offload.chtype import parse
 from iceberg_offload.errors import TypeRefused
 from iceberg_offload.offload import run_cycle
-from iceberg_offload.typemap import parse, plan_columns
+from iceberg_offload.typemap import plan_columns
 
 UTC = dt.UTC
 T0 = "2026-01-02 03:04:05.678"

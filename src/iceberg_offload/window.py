@@ -12,9 +12,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from .chtype import CHType, parse
 from .errors import ConfigError
 from .source import quote
-from .typemap import CHType, parse
 
 NS = 1_000_000_000
 PREFIX = "offload."
