@@ -53,7 +53,7 @@ def test_two_offloads_started_together_commit_each_window_once(make_settings, ca
     with clickhouse(s) as ch:
         insert_trades(ch, "trades", START_MS + 5000 * 1000, 3000, seq0=5000)
     barrier = threading.Barrier(2, timeout=60)
-    original = sink_mod._CasTransaction.commit_transaction
+    original = sink_mod.CasTransaction.commit_transaction
     entered: list[int] = []
 
     def commit_together(self):
@@ -62,7 +62,7 @@ def test_two_offloads_started_together_commit_each_window_once(make_settings, ca
             barrier.wait()
         return original(self)
 
-    monkeypatch.setattr(sink_mod._CasTransaction, "commit_transaction", commit_together)
+    monkeypatch.setattr(sink_mod.CasTransaction, "commit_transaction", commit_together)
     a, b = _race(s, 2)
     assert a.status == b.status == "ok", (a.error, b.error)
     assert sorted([a.rows, b.rows]) == [0, 3000]  # one committed the window, the other found it done
@@ -157,13 +157,13 @@ CRASHER = textwrap.dedent("""
     elif point == "before_commit":
         def commit(self):
             die()
-        sink._CasTransaction.commit_transaction = commit
+        sink.CasTransaction.commit_transaction = commit
     elif point == "after_commit":
-        real_commit = sink._CasTransaction.commit_transaction
+        real_commit = sink.CasTransaction.commit_transaction
         def commit(self):
             real_commit(self)
             die()
-        sink._CasTransaction.commit_transaction = commit
+        sink.CasTransaction.commit_transaction = commit
     sys.exit(cli.main(["run", "--config", config]))
 """)
 

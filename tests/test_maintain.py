@@ -103,7 +103,7 @@ def test_compaction_leaves_partitions_with_few_small_files_alone(make_settings):
 def test_offload_committing_during_compaction_wins_and_nothing_is_lost(make_settings, monkeypatch):
     s, cfg, sink = _offloaded(make_settings, 300, 10)
     _more(s, 300, 200)
-    original = compact_mod._CasTransaction.commit_transaction
+    original = compact_mod.CasTransaction.commit_transaction
     raced: list[object] = []
 
     def offload_first(txn):
@@ -112,7 +112,7 @@ def test_offload_committing_during_compaction_wins_and_nothing_is_lost(make_sett
             raced.append(run_cycle(s).tables[0])
         return original(txn)
 
-    monkeypatch.setattr(compact_mod._CasTransaction, "commit_transaction", offload_first)
+    monkeypatch.setattr(compact_mod.CasTransaction, "commit_transaction", offload_first)
     parquet_before = _files_on_disk(sink, ".parquet")
     with pytest.raises(CommitConflict, match="nothing changed") as err:
         compact(s, cfg, sink, apply=True)
@@ -186,7 +186,7 @@ def test_expiry_never_drops_the_snapshot_holding_the_watermark(make_settings):
 def test_expiry_racing_an_offload_is_refused_and_expires_nothing(make_settings, monkeypatch):
     s, cfg, sink = _offloaded(make_settings, 100, 10)
     _more(s, 100, 20)
-    original = compact_mod._CasTransaction.commit_transaction
+    original = compact_mod.CasTransaction.commit_transaction
     raced: list[object] = []
 
     def offload_first(txn):
@@ -194,7 +194,7 @@ def test_expiry_racing_an_offload_is_refused_and_expires_nothing(make_settings, 
             raced.append(run_cycle(s).tables[0])
         return original(txn)
 
-    monkeypatch.setattr(compact_mod._CasTransaction, "commit_transaction", offload_first)
+    monkeypatch.setattr(compact_mod.CasTransaction, "commit_transaction", offload_first)
     with pytest.raises(CommitConflict, match="nothing was expired"):
         expire(s, cfg, sink, apply=True, older_than_seconds=0, keep_last=1)
     monkeypatch.undo()

@@ -25,7 +25,7 @@ from pyiceberg.typedef import EMPTY_DICT
 from .config import Settings, TableSettings
 from .datafiles import DataFileWriter
 from .errors import CommitConflict, CommitOutcomeUnknown, TerminalError, redact
-from .sink import Sink, WarehouseError, _CasTransaction, catalog_errors
+from .sink import CasTransaction, Sink, WarehouseError, catalog_errors, discard_files
 from .window import PREFIX
 
 DEFAULT_TARGET = 128 * 1024 * 1024
@@ -156,7 +156,7 @@ def compact(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool,
 def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str, str]) -> tuple[Table, int]:
     """Write one file per bin and commit them with the deletes of the bins' files: one CAS snapshot."""
     name = ".".join(table.name())
-    txn = _CasTransaction(table)
+    txn = CasTransaction(table)
     replace = _Replace(operation=Operation.OVERWRITE, transaction=txn, io=table.io, snapshot_properties=props)
     written: list[str] = []
     schema = table.schema()
@@ -180,16 +180,16 @@ def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str,
                 replace.append_data_file(data_file)
             replace.commit()  # writes the manifests and stages the snapshot in the transaction
     except OSError as exc:
-        Sink._discard(table, written)
+        discard_files(table, written)
         raise WarehouseError(f"compacting {name} failed reading or writing files: {exc}; nothing was changed",
                              "check free space and write permission at [catalog] warehouse") from exc
     except BaseException:
-        Sink._discard(table, written)
+        discard_files(table, written)
         raise
     try:
         return txn.commit_transaction(), len(written)
     except CommitFailedException as exc:
-        Sink._discard(table, written)
+        discard_files(table, written)
         raise CommitConflict(f"{name}: another writer committed while compaction ran ({exc}); the compaction "
                              f"was discarded, nothing changed", "run the compaction again later") from exc
     except Exception as exc:  # noqa: BLE001 - the request may or may not have landed

@@ -26,7 +26,7 @@ from pyiceberg.table.update.snapshot import ExpireSnapshots
 from .compact import CompactResult, compact
 from .config import Settings, TableSettings
 from .errors import CommitConflict
-from .sink import Sink, WarehouseError, _CasTransaction, catalog_errors
+from .sink import CasTransaction, Sink, WarehouseError, catalog_errors
 from .window import iso
 
 __all__ = ["CompactResult", "ExpireResult", "OrphanResult", "compact", "expire", "orphans", "referenced_files"]
@@ -112,7 +112,7 @@ def expire(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool, olde
         return result
     if apply:
         name = ".".join(table.name())
-        txn = _CasTransaction(table)
+        txn = CasTransaction(table)
         ExpireSnapshots(txn).by_ids(expired).commit()
         # like an offload commit, only onto the head this plan was made from
         head = chain[0].snapshot_id if chain else None

@@ -36,7 +36,7 @@ from .errors import (
 )
 from .offload import TablePlan
 from .reconcile import HOUR, PAGE_HOURS, Bucket, bucket_where, compare, oldest_hour, ts_range
-from .sink import COMMIT_ID, Commit, Sink, _CasTransaction, catalog_errors, open_catalog
+from .sink import COMMIT_ID, CasTransaction, Commit, Sink, catalog_errors, discard_files, open_catalog
 from .source import Source, open_source, quote
 from .typemap import conform
 from .window import NS, PREFIX, Watermark
@@ -210,7 +210,7 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
     compare-and-swap on `table`'s snapshot. Returns the new table state and the rows written."""
     props = _props(plan, last, chosen)
     name = ".".join(table.name())
-    txn = _CasTransaction(table)
+    txn = CasTransaction(table)
     target = table.schema().as_arrow()
     fin = " FINAL" if plan.cfg.final else ""
     select = ", ".join(f"{p.select} AS c{i}" for i, p in enumerate(plan.columns))
@@ -235,12 +235,12 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
                 for data_file in files.finish():
                     append.append_data_file(data_file)
     except BaseException:
-        Sink._discard(table, added)
+        discard_files(table, added)
         raise
     try:
         new_table = txn.commit_transaction()
     except CommitFailedException as exc:
-        Sink._discard(table, added)
+        discard_files(table, added)
         raise CommitConflict(f"{name}: another writer committed while the repair was prepared ({exc}); the repair "
                              f"was discarded, nothing changed",
                              f"none needed: run the reconcile again (`iceberg-offload verify --table "
@@ -254,7 +254,7 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
     return new_table, written
 
 
-def _staged_files(txn: _CasTransaction, table: Table) -> list[str]:
+def _staged_files(txn: CasTransaction, table: Table) -> list[str]:
     """Data files the transaction's new snapshots add (ours and the delete's rewrites), to remove them
     should the commit be refused."""
     base = {s.snapshot_id for s in table.metadata.snapshots}

@@ -45,7 +45,7 @@ from .errors import (
 from .window import PREFIX, Watermark
 
 COMMIT_ID = f"{PREFIX}commit-id"
-# Offload commits must never be rebased (see _CasTransaction); with no retries pyiceberg also stops
+# Offload commits must never be rebased (see CasTransaction); with no retries pyiceberg also stops
 # logging "retrying" for a conflict that we are about to report.
 TABLE_PROPERTIES = {"write.parquet.compression-codec": "zstd", "commit.retry.num-retries": "0"}
 _TRANSFORMS = {"hour": HourTransform, "day": DayTransform, "month": MonthTransform}
@@ -76,7 +76,7 @@ def _warehouse_error(what: str, warehouse: str, exc: BaseException) -> Warehouse
                           f"again")
 
 
-class _CasTransaction(Transaction):
+class CasTransaction(Transaction):
     """A transaction whose commit never rebases onto a snapshot it did not read."""
 
     def _rebuild_snapshot_updates(self) -> None:
@@ -265,7 +265,7 @@ class Sink:
         """Write `chunks` as data files and commit them with `props` in one snapshot, CAS on the table's
         current snapshot. `started` (monotonic) times the commit for its summary. Returns the new table
         state and the row count."""
-        txn = _CasTransaction(table)
+        txn = CasTransaction(table)
         rows = 0
         written: list[str] = []
         try:
@@ -282,10 +282,10 @@ class Sink:
                 props[f"{PREFIX}rows-total"] = str(int(props.get(f"{PREFIX}rows-total", "0")) + rows)
                 props[f"{PREFIX}duration-ms"] = str(int((time.monotonic() - started) * 1000))
         except OSError as exc:
-            self._discard(table, written, str(append.commit_uuid))
+            discard_files(table, written, str(append.commit_uuid))
             raise _warehouse_error(f"{'.'.join(table.name())} at {table.location()}", self.warehouse, exc) from exc
         except BaseException:
-            self._discard(table, written, str(append.commit_uuid))
+            discard_files(table, written, str(append.commit_uuid))
             raise
         try:
             new_table = txn.commit_transaction()
@@ -296,10 +296,10 @@ class Sink:
                     f"{redact(str(exc)).splitlines()[0][:300]}",
                     "none needed: the next run reads the watermark from Iceberg and settles it") from exc
             # the new metadata file could not be written, so the catalog never saw this commit
-            self._discard(table, written, str(append.commit_uuid))
+            discard_files(table, written, str(append.commit_uuid))
             raise _warehouse_error(f"{'.'.join(table.name())} at {table.location()}", self.warehouse, exc) from exc
         except CommitFailedException as exc:
-            self._discard(table, written)  # the commit surely did not land: its files are ours to remove
+            discard_files(table, written)  # the commit surely did not land: its files are ours to remove
             raise CommitConflict(f"{'.'.join(table.name())}: another writer committed after the watermark was "
                                  f"read ({exc}); this commit was discarded, nothing appended",
                                  "none needed: the next run continues from the new watermark") from exc
@@ -310,23 +310,22 @@ class Sink:
                 "none needed: the next run reads the watermark from Iceberg and settles it") from exc
         return new_table, rows
 
-    @staticmethod
-    def _discard(table: Table, paths: list[str], commit_uuid: str = "") -> None:
-        """Delete the files of a commit that did not land: the data files it wrote and, when the warehouse is
-        local, every file named with its commit uuid (a half-written data file, manifests, manifest list)."""
-        for path in paths:
-            with contextlib.suppress(Exception):
-                table.io.delete(path)
-        location = table.location()
-        if not commit_uuid or not location.startswith(("file://", "/")):
-            return
-        root = location.removeprefix("file://")
-        with contextlib.suppress(OSError):
-            for folder, _dirs, files in os.walk(root):
-                for name in files:
-                    if commit_uuid in name:
-                        with contextlib.suppress(OSError):
-                            os.remove(os.path.join(folder, name))
+def discard_files(table: Table, paths: list[str], commit_uuid: str = "") -> None:
+    """Delete the files of a commit that did not land: the data files it wrote and, when the warehouse is
+    local, every file named with its commit uuid (a half-written data file, manifests, manifest list)."""
+    for path in paths:
+        with contextlib.suppress(Exception):
+            table.io.delete(path)
+    location = table.location()
+    if not commit_uuid or not location.startswith(("file://", "/")):
+        return
+    root = location.removeprefix("file://")
+    with contextlib.suppress(OSError):
+        for folder, _dirs, files in os.walk(root):
+            for name in files:
+                if commit_uuid in name:
+                    with contextlib.suppress(OSError):
+                        os.remove(os.path.join(folder, name))
 
 
 def _shape(t: IcebergType) -> str:
