@@ -176,8 +176,7 @@ def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str,
                 files.submit(data, max_file_bytes=2 * data.nbytes + 1)
                 for task in b.tasks:
                     replace.delete_data_file(task.file)
-            for data_file in files.finish():
-                replace.append_data_file(data_file)
+            files.finish(replace)
             replace.commit()  # writes the manifests and stages the snapshot in the transaction
     except OSError as exc:
         discard_files(table, written)

@@ -92,9 +92,12 @@ class DataFileWriter:
                     self._collect(cf.FIRST_COMPLETED)
                 self.pending.add(self.pool.submit(self._write, path, key, task_schema, batches))
 
-    def finish(self) -> list[DataFile]:
-        """Wait for every queued file; the data files, in no particular order."""
+    def finish(self, snapshot: Any) -> list[DataFile]:
+        """Wait for every queued file and add each to `snapshot` (a pyiceberg snapshot producer); the data
+        files, in no particular order."""
         self._collect(cf.ALL_COMPLETED)
+        for data_file in self.done:
+            snapshot.append_data_file(data_file)
         return self.done
 
     def _collect(self, when: str) -> None:

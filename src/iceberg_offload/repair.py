@@ -232,8 +232,7 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
                                              f"nothing was written", "none needed: the next reconcile compares again")
                     written += rows.num_rows
                     files.submit(rows)
-                for data_file in files.finish():
-                    append.append_data_file(data_file)
+                files.finish(append)
     except BaseException:
         discard_files(table, added)
         raise

@@ -274,8 +274,7 @@ class Sink:
                 for chunk in chunks:
                     rows += chunk.num_rows
                     files.submit(chunk)
-                for data_file in files.finish():
-                    append.append_data_file(data_file)
+                files.finish(append)
                 # pyiceberg builds the summary from this same dict when the block exits
                 props[f"{PREFIX}rows"] = str(rows)
                 # the caller passes the running total before this commit; it now includes it
