@@ -148,11 +148,11 @@ CRASHER = textwrap.dedent("""
     if point == "during_read":
         real = source.Source.arrow
         reads = []
-        def arrow(self, sql):
+        def arrow(self, sql, names=None):
             reads.append(sql)
             if len(reads) == 2:  # the first batch is in hand, the second being read
                 die()
-            return real(self, sql)
+            return real(self, sql, names)
         source.Source.arrow = arrow
     elif point == "before_commit":
         def commit(self):

@@ -137,8 +137,8 @@ def test_window_query_uses_the_sort_key(make_settings, sqlite_uri):
         plan = TablePlan.build(ch, s.tables[0])
         lower = Watermark((NOW_MS - 5000 * 1000) * 1_000_000, 995_000)
         win = Window(lower, NOW_MS * 1_000_000)
-        sql = chunk_query(plan.info.qualified, False, plan.key, [c.select for c in plan.columns], win,
-                          Watermark(lower.ts_ns + 100 * NS, 995_100))
+        sql, _ = chunk_query(plan.info.qualified, False, plan.key, [c.select for c in plan.columns], win,
+                             Watermark(lower.ts_ns + 100 * NS, 995_100))
         plan_sql = plan_query(plan.info.qualified, False, plan.key, win, 100, 10)
         explains = ["\n".join(r[0] for r in ch.rows("EXPLAIN indexes = 1 " + q)) for q in (sql, plan_sql)]
     for explain in explains:

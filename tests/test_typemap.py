@@ -191,7 +191,7 @@ def test_decimals_and_enums_travel_as_integers_and_decode_exactly(make_settings,
 
 
 def test_wire_decoding_of_sliced_chunks_keeps_values_and_nulls():
-    from iceberg_offload.typemap import Wire
+    from iceberg_offload.wire import Wire
 
     raw = pa.array([-(10**17), None, 5, 999_999_999_999_999_999, -1], pa.int64())
     chunked = pa.chunked_array([raw.slice(1, 4), raw.slice(0, 1)])  # offsets and nulls in the chunks

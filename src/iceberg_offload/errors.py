@@ -87,6 +87,28 @@ class SchemaDrift(TerminalError):
     kind = "schema_drift"
 
 
+class ResultMismatch(TransientError):
+    """ClickHouse answered with a result that is not the one asked for (another query's columns or output);
+    it was discarded with the connection, nothing was written."""
+
+    kind = "result_mismatch"
+
+
+class InternalError(TerminalError):
+    """An exception this tool did not expect (a bug): the table stops with it, the others go on."""
+
+    kind = "internal"
+
+    @classmethod
+    def wrap(cls, exc: BaseException, what: str) -> InternalError:
+        import traceback
+
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f" at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else ""
+        return cls(f"{what}: unexpected {type(exc).__name__}{where}: {str(exc)[:300]}; nothing of it was committed",
+                   "report this with the log; the other tables were not affected")
+
+
 _SECRET_PATTERNS = [
     # user:password@ in any URL
     (re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<secret>[^@\s/]+)(?=@)"), r"\g<head>***"),

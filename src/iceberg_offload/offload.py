@@ -6,6 +6,7 @@ This module knows nothing of Prefect: the flows wrap it, the CLI calls it, the t
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -25,13 +26,14 @@ from .errors import (
     CommitConflict,
     CommitOutcomeUnknown,
     ConfigError,
+    InternalError,
     OffloadError,
     SourceError,
     ValueOutOfRange,
 )
 from .sink import COMMIT_ID, Sink, open_catalog
 from .source import Source, TableInfo, open_source, quote
-from .typemap import ColumnMap, conform, iceberg_fields, plan_columns
+from .typemap import ColumnMap, iceberg_fields, plan_columns
 from .window import (
     PREFIX,
     Key,
@@ -42,7 +44,9 @@ from .window import (
     plan_query,
     upper_bound,
 )
+from .wire import conform
 
+log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 MAX_CONFLICTS = 3
 
@@ -149,11 +153,20 @@ def offload_table(settings: Settings, cfg: TableSettings, source: Source, sink: 
     result = TableResult(cfg.target, cfg.layer)
     try:
         _offload(settings, cfg, source, sink, run_id, now_ns or time.time_ns(), progress, result)
-    except OffloadError as exc:
+    except Exception as exc:  # noqa: BLE001 - one table's failure, whatever it is, never ends the cycle
         result.status = "failed"
-        result.error = exc.as_dict()
+        result.error = as_error(exc, cfg.target).as_dict()
+        source.discard()  # nothing this table left on the connection reaches the next table
     result.duration_seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def as_error(exc: Exception, what: str) -> OffloadError:
+    """Our error as it is; any other exception (a bug) as InternalError, logged with its traceback."""
+    if isinstance(exc, OffloadError):
+        return exc
+    log.error("%s: unexpected error", what, exc_info=exc)
+    return InternalError.wrap(exc, what)
 
 
 def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, run_id: str, now_ns: int,
@@ -258,8 +271,8 @@ class _Stream:
             yield cut
             lower, pending, rows = window.lower, [], 0
             for upper in sorted({key.watermark(x) for x in splits if key.watermark(x) < cut}) + [cut]:
-                sql = chunk_query(tsql, final, key, select, Window(lower, window.upper_ns), upper)
-                part = conform(source.arrow(sql), plan.columns, target, plan.cfg.source)
+                sql, names = chunk_query(tsql, final, key, select, Window(lower, window.upper_ns), upper)
+                part = conform(source.arrow(sql, names), plan.columns, target, plan.cfg.source)
                 lower = upper
                 pending.append(part)
                 rows += part.num_rows

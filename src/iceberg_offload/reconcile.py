@@ -17,12 +17,11 @@ from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, Le
 from pyiceberg.table import Table
 
 from .config import Settings, TableSettings
-from .errors import OffloadError
-from .offload import TablePlan
+from .offload import TablePlan, as_error
 from .sink import Sink, open_catalog
 from .source import Source, open_source, quote
-from .typemap import conform
 from .window import NS, Watermark, iso
+from .wire import conform
 
 HOUR = 3600
 PAGE_HOURS = 24
@@ -94,8 +93,9 @@ def verify_table(cfg: TableSettings, source: Source, sink: Sink) -> VerifyResult
             res.duplicates += b.duplicates
             if b.bad:
                 res.buckets_bad.append(iso(b.start * NS))
-    except OffloadError as exc:
-        res.error = exc.as_dict()
+    except Exception as exc:  # noqa: BLE001 - one table's failure never ends the others' verify
+        res.error = as_error(exc, cfg.target).as_dict()
+        source.discard()
     return res
 
 
@@ -155,9 +155,10 @@ def hot_buckets(plan: TablePlan, source: Source, wm: Watermark, lo_hour: int,
     where = f"{quote(cfg.timestamp_column)} >= {key.ts_literal(lo_hour * NS)} AND {key.at_most(wm)}"
     uniq = ", ".join(quote(c) for c in cfg.key_columns)
     seq_sum = f"sum(positiveModulo(toInt128({quote(seq)}), {_PRIME}))" if seq else "0"
-    rows = source.rows(f"SELECT intDiv({key.ts_ns_expr()}, {NS * HOUR}) * {HOUR} AS b, count(), uniqExact({uniq}), "
+    b = key.aliases.name("b")
+    rows = source.rows(f"SELECT intDiv({key.ts_ns_expr()}, {NS * HOUR}) * {HOUR} AS {b}, count(), uniqExact({uniq}), "
                        f"sum(intDiv({key.ts_ns_expr()} % {NS * HOUR}, 1000)), {seq_sum} "
-                       f"FROM {plan.info.qualified}{' FINAL' if cfg.final else ''} WHERE {where} GROUP BY b")
+                       f"FROM {plan.info.qualified}{' FINAL' if cfg.final else ''} WHERE {where} GROUP BY {b}")
     return {int(b): (int(n), int(d), (int(ts), int(sq))) for b, n, d, ts, sq in rows}
 
 
@@ -221,8 +222,8 @@ def _diff(plan: TablePlan, source: Source, keys: list[Any], wm: Watermark, start
           cold_bucket: pa.Table) -> tuple[int, int]:
     """(keys hot has and cold lacks, keys cold has and hot lacks) in one hour bucket."""
     fin = " FINAL" if plan.cfg.final else ""
-    hot = source.arrow(f"SELECT {', '.join(f'{p.select} AS c{i}' for i, p in enumerate(keys))} "
-                       f"FROM {plan.info.qualified}{fin} WHERE {bucket_where(plan, wm, start)}")
+    cols, aliases = plan.key.aliases.select([p.select for p in keys])
+    hot = source.arrow(f"SELECT {cols} FROM {plan.info.qualified}{fin} WHERE {bucket_where(plan, wm, start)}", aliases)
     names = [p.name for p in keys]
     target = pa.schema([cold_bucket.schema.field(n) for n in names])
     hot_keys = set(map(tuple, _rows(conform(hot, keys, target, plan.cfg.source), names)))

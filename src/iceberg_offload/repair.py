@@ -28,18 +28,17 @@ from .datafiles import DataFileWriter
 from .errors import (
     CommitConflict,
     CommitOutcomeUnknown,
-    OffloadError,
     SchemaDrift,
     SourceError,
     TransientError,
     redact,
 )
-from .offload import TablePlan
+from .offload import TablePlan, as_error
 from .reconcile import HOUR, PAGE_HOURS, Bucket, bucket_where, compare, oldest_hour, ts_range
 from .sink import COMMIT_ID, CasTransaction, Commit, Sink, catalog_errors, discard_files, open_catalog
 from .source import Source, open_source, quote
-from .typemap import conform
 from .window import NS, PREFIX, Watermark
+from .wire import conform
 
 TTL_MARGIN_SECONDS = 900
 """A bucket whose first row expires within this long is treated as expiring already."""
@@ -84,8 +83,9 @@ def reconcile(settings: Settings, cfg: TableSettings, source: Source, sink: Sink
     res = ReconcileResult(cfg.target)
     try:
         _reconcile(cfg, source, sink, apply, page_hours, ttl_margin_seconds, res)
-    except OffloadError as exc:
-        res.error = exc.as_dict()
+    except Exception as exc:  # noqa: BLE001 - one table's failure never ends the others' reconcile
+        res.error = as_error(exc, cfg.target).as_dict()
+        source.discard()
     return res
 
 
@@ -151,12 +151,11 @@ def _expiring(plan: TablePlan, source: Source, starts: list[int], margin: int) -
     out = {s for s in starts if oldest is None or s <= oldest}
     if starts:
         ts = quote(plan.cfg.timestamp_column)
-        ts_type = str(plan.key.ts_type).replace("\\", "\\\\").replace("'", "\\'")
-        as_ts = ("toDateTime(b, 'UTC')" if plan.key.ts_type.name == "DateTime" else
-                 f"CAST(fromUnixTimestamp64Nano(toInt64(b) * {NS}, 'UTC'), '{ts_type}')")
+        b = plan.key.aliases.name("b")
+        as_ts = plan.key.ts_literal_of(f"toInt64({b}) * {NS}")
         try:  # the TTL of a row stamped at the bucket's first instant, the first row of it to expire
-            rows = source.rows(f"SELECT b, toUnixTimestamp(toDateTime({ttl})) <= toUnixTimestamp(now()) + "
-                               f"{int(margin)} FROM (SELECT arrayJoin([{', '.join(map(str, starts))}]) AS b, "
+            rows = source.rows(f"SELECT {b}, toUnixTimestamp(toDateTime({ttl})) <= toUnixTimestamp(now()) + "
+                               f"{int(margin)} FROM (SELECT arrayJoin([{', '.join(map(str, starts))}]) AS {b}, "
                                f"{as_ts} AS {ts})")
         except SourceError:  # a TTL on other columns: the oldest-hour rule and the subset rule still hold
             rows = []
@@ -213,7 +212,6 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
     txn = CasTransaction(table)
     target = table.schema().as_arrow()
     fin = " FINAL" if plan.cfg.final else ""
-    select = ", ".join(f"{p.select} AS c{i}" for i, p in enumerate(plan.columns))
     written, added = 0, []
     try:
         with catalog_errors(f"repairing {name}"):
@@ -224,8 +222,9 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
             with txn.update_snapshot(snapshot_properties=props).fast_append() as append, \
                     DataFileWriter(txn.table_metadata, table.io, append.commit_uuid, added) as files:
                 for b in chosen:
+                    select, names = plan.key.aliases.select([p.select for p in plan.columns])
                     sql = f"SELECT {select} FROM {plan.info.qualified}{fin} WHERE {bucket_where(plan, wm, b.start)}"
-                    rows = conform(source.arrow(sql), plan.columns, target, plan.cfg.source)
+                    rows = conform(source.arrow(sql, names), plan.columns, target, plan.cfg.source)
                     if rows.num_rows < b.hot:
                         raise HotTierChanged(f"{name}: the hot tier's hour {b.as_dict()['bucket']} shrank from "
                                              f"{b.hot} to {rows.num_rows} rows while repairing (TTL or a delete); "

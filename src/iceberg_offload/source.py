@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from .config import SourceSettings
-from .errors import EngineBusy, SourceError, SourceUnavailable, redact
+from .errors import EngineBusy, ResultMismatch, SourceError, SourceUnavailable, redact
 
 # ClickHouse error codes we translate into fixes.
 _UNKNOWN_TABLE, _UNKNOWN_DATABASE, _AUTH_FAILED, _UNKNOWN_IDENTIFIER = 60, 81, 516, 47
@@ -162,12 +162,17 @@ def chdb_path(dsn: str) -> str | None:
 
 
 class Source:
-    """One client on one thread. Use `open_source(settings)`; never construct directly."""
+    """One client on one thread. Use `open_source(settings)`; never construct directly.
+
+    A query that fails leaves the embedded engine's connection holding its partial output, which the next
+    query's result is then read on top of (measured: another table's rows, or an unreadable result). So any
+    error discards the handle and the client, and the next query opens fresh ones; and every Arrow result is
+    checked to be the one asked for (`arrow(sql, names)`: the aliases it was asked to carry)."""
 
     def __init__(self, settings: SourceSettings, client: Any) -> None:
         self.settings = settings
         self.database = settings.database
-        self.client = client
+        self._client: Any = client
         self.embedded = chdb_path(settings.dsn)
         self._engine: Any = None  # a chdb handle of our own for Arrow reads (see _fetch_arrow)
         self._engine_mutex = threading.Lock()
@@ -177,13 +182,27 @@ class Source:
         with self._translate(sql):
             return list(self.client.query(sql).result_rows)
 
+    @property
+    def client(self) -> Any:
+        """The clickhouse-connect client, opened again after a discard."""
+        if self._client is None:
+            self._client = _client(self.settings)
+        return self._client
+
     def command(self, sql: str) -> None:
         with self._translate(sql):
             self.client.command(sql)
 
-    def arrow(self, sql: str) -> pa.Table:
+    def arrow(self, sql: str, names: list[str] | None = None) -> pa.Table:
+        """The result of `sql` as Arrow; with `names`, the result must carry exactly these column names
+        (give each query aliases of its own, see `window.Aliases`), else ResultMismatch."""
         with self._translate(sql):
-            return self._fetch_arrow(sql)
+            tbl = self._fetch_arrow(sql)
+            if names is not None and tbl.column_names != names:
+                raise ResultMismatch(f"ClickHouse answered with columns {tbl.column_names[:8]} to a query for "
+                                     f"{names[:8]}; the result was discarded, nothing was written",
+                                     "none needed: the next run reads again on a fresh connection")
+            return tbl
 
     def _fetch_arrow(self, sql: str) -> pa.Table:
         """The one place result rows cross from ClickHouse. Embedded, through a chdb handle of our own that
@@ -202,9 +221,30 @@ class Source:
         # read in place: the Arrow buffers point into the result, which the buffer's base keeps alive
         view = result.get_memview().view()
         raw = pa.py_buffer(view)
-        return pa.ipc.open_file(pa.foreign_buffer(raw.address, raw.size, base=(result, view))).read_all()
+        buf = pa.foreign_buffer(raw.address, raw.size, base=(result, view))
+        reader = pa.ipc.open_file(buf)
+        # One result, whole: the schema the stream starts with is the footer's (a stale partial output in
+        # front of the result would start with its own query's schema).
+        if raw.size < 16 or not pa.ipc.read_schema(buf.slice(8)).equals(reader.schema):
+            raise ResultMismatch("the embedded ClickHouse answered with another query's output in front of this "
+                                 "one; the result was discarded, nothing was written",
+                                 "none needed: the next run reads again on a fresh connection")
+        return reader.read_all()
 
-    def close(self) -> None:
+    def discard(self) -> None:
+        """Drop the connections this source holds (after any error); the next query opens new ones."""
+        self.close()
+        if self.embedded is not None and self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+
+    def close(self, client: bool = False) -> None:
+        """Close our engine handle (and with `client`, the client too)."""
+        if client and self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
         with self._engine_mutex:
             if self._engine is not None:
                 with contextlib.suppress(Exception):
@@ -236,7 +276,11 @@ class Source:
         from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
         try:
-            yield
+            try:
+                yield
+            except BaseException:
+                self.discard()  # a failed query's leftovers must never reach the next query
+                raise
         except ChdbError as exc:  # our own embedded handle (see _fetch_arrow)
             raise _database_error(exc, sql) from exc
         except OperationalError as exc:
@@ -282,11 +326,25 @@ def _ttl_expression(engine_full: str) -> str | None:
     return None if " TO " in first.upper() else first
 
 
+def _client(settings: SourceSettings) -> Any:
+    import clickhouse_connect
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    try:
+        return clickhouse_connect.get_client(dsn=settings.dsn)
+    except DatabaseError as exc:
+        if isinstance(exc, OperationalError):
+            raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
+                                    "check that ClickHouse is running and [source] dsn is right") from exc
+        raise _database_error(exc, "") from exc
+    except Exception as exc:  # noqa: BLE001 - every other connect failure means the same to the operator
+        raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
+                                "check that ClickHouse is running and [source] dsn is right") from exc
+
+
 @contextlib.contextmanager
 def open_source(settings: SourceSettings) -> Iterator[Source]:
     """A connected Source for this thread; the embedded engine is locked for the process meanwhile."""
-    import clickhouse_connect
-
     path = chdb_path(settings.dsn)
     lock: _EngineLock | None = None
     if path is not None and path != ":memory:":
@@ -294,24 +352,11 @@ def open_source(settings: SourceSettings) -> Iterator[Source]:
             lock = _LOCKS.setdefault(path, _EngineLock(path))
         lock.acquire(settings.lock_timeout_seconds)
     try:
-        from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
-
-        try:
-            client = clickhouse_connect.get_client(dsn=settings.dsn)
-        except DatabaseError as exc:
-            if isinstance(exc, OperationalError):
-                raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
-                                        "check that ClickHouse is running and [source] dsn is right") from exc
-            raise _database_error(exc, "") from exc
-        except Exception as exc:  # noqa: BLE001 - every other connect failure means the same to the operator
-            raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
-                                    "check that ClickHouse is running and [source] dsn is right") from exc
-        source = Source(settings, client)
+        source = Source(settings, _client(settings))
         try:
             yield source
         finally:
-            source.close()
-            client.close()
+            source.close(client=True)
     finally:
         if lock is not None:
             lock.release()

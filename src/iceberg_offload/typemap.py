@@ -8,17 +8,14 @@ sub-microsecond timestamps) are refused unless the operator opts in per column (
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyiceberg.types import (
+    BinaryType,
     BooleanType,
     DateType,
     DecimalType,
@@ -38,11 +35,11 @@ from pyiceberg.types import (
 )
 
 from .chtype import CHType, parse
-from .errors import ConfigError, TypeRefused, ValueOutOfRange
+from .errors import ConfigError, TypeRefused
 from .source import quote
+from .wire import Wire
 
-INT64_MAX = 2**63 - 1
-OVERRIDES = ("decimal(20,0)", "decimal(38,S)", "string", "double", "timestamp", "long")
+OVERRIDES = ("decimal(20,0)", "decimal(38,S)", "string", "binary", "double", "timestamp", "long")
 
 
 IceFactory = Callable[[Callable[[], int]], IcebergType]
@@ -55,51 +52,8 @@ class Mapped:
     nullable: bool
     changed: bool
     expr: str | None = None  # a whole-column expression replacing CAST (top level only)
-
-
-@dataclass(frozen=True)
-class Wire:
-    """A cheaper shape on the wire than the Arrow type ClickHouse would build: a Decimal's unscaled integer
-    (ClickHouse's Decimal -> Arrow decimal128 conversion cost more than the rest of the row), an Enum's
-    number (turned into its name by a dictionary lookup in Arrow), a LowCardinality column's dictionary."""
-
-    decimal: tuple[int, int, int] | None = None  # (precision, scale, bits of the unscaled integer)
-    enum: tuple[tuple[int, str], ...] = ()
-    dictionary: bool = False  # LowCardinality(String): a dictionary array in process, plain text over HTTP
-
-    def decode(self, column: pa.ChunkedArray) -> pa.ChunkedArray:
-        if self.dictionary:
-            return column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
-        return pa.chunked_array([self._decode(c) for c in column.chunks], type=self._type())
-
-    def _type(self) -> pa.DataType:
-        return pa.decimal128(*self.decimal[:2]) if self.decimal else pa.string()
-
-    def _decode(self, chunk: pa.Array) -> pa.Array:
-        if self.decimal:
-            # decimal128 is the 128-bit two's complement of the unscaled value: the integer, then its sign
-            # (a checked cast would re-verify precision the column type already guarantees)
-            if chunk.offset:
-                chunk = pa.concat_arrays([chunk])  # own buffers, offset 0
-            width = np.int32 if self.decimal[2] == 32 else np.int64  # the raw data buffer: nulls hold junk
-            values = np.frombuffer(chunk.buffers()[1], dtype=width, count=len(chunk)).astype(np.int64, copy=False)
-            wide = np.empty((len(values), 2), dtype=np.int64)
-            wide[:, 0] = values
-            wide[:, 1] = values >> 63
-            return pa.Array.from_buffers(self._type(), len(chunk), [chunk.buffers()[0], pa.py_buffer(wide)],
-                                         chunk.null_count)
-        low, names = self._enum_names
-        indices = pc.subtract(chunk.cast(pa.int32()), pa.scalar(low, pa.int32()))
-        return pa.DictionaryArray.from_arrays(indices, names).cast(pa.string())
-
-    @functools.cached_property
-    def _enum_names(self) -> tuple[int, pa.Array]:
-        """(lowest value, names indexed by value - lowest): built once, not per chunk."""
-        low = min(v for v, _ in self.enum)
-        names: list[str | None] = [None] * (max(v for v, _ in self.enum) - low + 1)
-        for value, name in self.enum:
-            names[value - low] = name
-        return low, pa.array(names, pa.string())
+    wire: Wire | None = None  # crosses in this shape (top level only); Arrow makes it exact or refuses
+    native: bool = False  # an opt-in that reads the column as stored and lets Arrow's checked cast convert
 
 
 @dataclass(frozen=True)
@@ -110,6 +64,8 @@ class ColumnMap:
     iceberg: IceFactory
     required: bool
     wire: Wire | None = None  # decoded by conform() before the checked cast
+    override: str | None = None  # the column_types opt-in, if any
+    text: bool = False  # the value holds ClickHouse Strings: checked to be UTF-8
 
 
 def _const(t: IcebergType) -> IceFactory:
@@ -137,14 +93,9 @@ def map_type(t: CHType, where: str, override: str | None = None, top: bool = Tru
     name = t.name
     if name == "Nullable":
         inner = map_type(t.children[0], where, override, top)
-        return Mapped(CHType("Nullable", children=(inner.target,), names=(None,)), inner.iceberg, True,
-                      inner.changed, inner.expr)
-    if name == "LowCardinality":
-        inner = map_type(t.children[0], where, override, top)
-        return Mapped(inner.target, inner.iceberg, inner.nullable, True, inner.expr)
-    if name == "SimpleAggregateFunction":
-        inner = map_type(t.children[0], where, override, top)
-        return Mapped(inner.target, inner.iceberg, inner.nullable, True, inner.expr)
+        return replace(inner, target=CHType("Nullable", children=(inner.target,), names=(None,)), nullable=True)
+    if name in ("LowCardinality", "SimpleAggregateFunction"):
+        return replace(map_type(t.children[0], where, override, top), changed=True)
     if override is not None and top:
         return _apply_override(t, where, override)
     if name in _INTS:
@@ -156,15 +107,14 @@ def map_type(t: CHType, where: str, override: str | None = None, top: bool = Tru
     if name in _BIG:
         if not top:
             return Mapped(CHType("String"), _const(StringType()), False, True)
-        return Mapped(CHType("Decimal", ("38", "0")), _const(DecimalType(38, 0)), False, True,
-                      expr="CAST(toString({col}) AS {target})")
+        return Mapped(t, _const(DecimalType(38, 0)), False, False, wire=_bigint_wire(t))
     if name in ("Decimal", "Decimal32", "Decimal64", "Decimal128", "Decimal256"):
         p, s = _decimal_ps(t)
         if p > 38:
             raise TypeRefused(
                 f"{where}: Decimal({p}, {s}) does not fit Iceberg (at most 38 digits)",
                 f'opt in with column_types = {{ {_col(where)} = "string" }} (exact text) or '
-                f'"decimal(38,{s})" (fails on wider values) or "double" (approximate)')
+                f'"decimal(38,{s})" (refuses values that need more digits) or "double" (approximate)')
         return Mapped(CHType("Decimal", (str(p), str(s))), _const(DecimalType(p, s)), False,
                       t.name != "Decimal")
     if name == "FixedString":
@@ -175,7 +125,7 @@ def map_type(t: CHType, where: str, override: str | None = None, top: bool = Tru
         if int(t.args[0]) > 6:
             raise TypeRefused(
                 f"{where}: {t} has sub-microsecond precision; Iceberg timestamps hold microseconds",
-                f'opt in with column_types = {{ {_col(where)} = "timestamp" }} (truncate to µs) or '
+                f'opt in with column_types = {{ {_col(where)} = "timestamp" }} (floor to µs) or '
                 f'"long" (epoch nanoseconds, exact)')
         return Mapped(_TS6, _const(TimestamptzType()), False, True)
     if name in _TEXT or name.startswith("Enum"):
@@ -218,25 +168,36 @@ def _decimal_ps(t: CHType) -> tuple[int, int]:
     return width, int(t.args[0])
 
 
+def _bigint_wire(t: CHType) -> Wire:
+    return Wire(bigint=(int(t.name.removeprefix("U").removeprefix("Int")), not t.name.startswith("U")))
+
+
+_NUMERIC = {"Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", *_BIG}
+
+
 def _apply_override(t: CHType, where: str, override: str) -> Mapped:
     o = override.strip().lower().replace(" ", "")
     if o == "string":
         return Mapped(CHType("String"), _const(StringType()), False, True, expr="toString({col})")
+    if o == "binary" and t.name in ("String", "FixedString"):
+        return Mapped(t, _const(BinaryType()), False, False, native=True)
     if o == "double":
         return Mapped(CHType("Float64"), _const(DoubleType()), False, True)
-    if o == "long" and t.name == "DateTime64":
-        return Mapped(CHType("Int64"), _const(LongType()), False, True,
-                      expr="toUnixTimestamp64Nano(CAST({col} AS DateTime64(9)))")
-    if o == "long" and t.name in ("Int64", "UInt32", "UInt64", "Int32", "Int16", "Int8", "UInt8", "UInt16"):
-        return map_type(t, where, None, True)
-    if o == "timestamp" and t.name in ("DateTime64", "DateTime"):
+    if o in ("long", "timestamp") and t.name == "DateTime64":
+        unit, ice = ("ns", LongType()) if o == "long" else ("us", TimestamptzType())
+        return Mapped(t, _const(ice), False, False, wire=Wire(ticks=(int(t.args[0]), unit)))
+    if o == "long" and t.name in _NUMERIC - _BIG:
+        return Mapped(t, _const(LongType()), False, False, native=True)
+    if o == "timestamp" and t.name == "DateTime":
         return Mapped(_TS6, _const(TimestamptzType()), False, True)
     dec = _override_decimal(o)
-    if dec is not None and dec[0] <= 38:
-        target = CHType("Decimal", (str(dec[0]), str(dec[1])))
-        return Mapped(target, _const(DecimalType(*dec)), False, True, expr="CAST(toString({col}) AS {target})")
+    if dec is not None and dec[0] <= 38 and (t.name in _NUMERIC or t.name.startswith("Decimal")):
+        # read as stored (big ints as their bytes): Arrow's checked cast refuses lost digits and scale
+        return Mapped(t, _const(DecimalType(*dec)), False, False, wire=_bigint_wire(t) if t.name in _BIG else None,
+                      native=True)
     raise ConfigError(f"column_types for {where} = {override!r} is not a mapping for {t}",
-                      f"use one of: {', '.join(OVERRIDES)} (decimal precision at most 38)")
+                      f"use one of: {', '.join(OVERRIDES)} (decimal(P,S) for integers and decimals, precision at "
+                      f"most 38; binary for String and FixedString; long and timestamp for DateTime64)")
 
 
 def plan_columns(table: str, columns: list[tuple[str, str]], overrides: dict[str, str]) -> list[ColumnMap]:
@@ -247,21 +208,27 @@ def plan_columns(table: str, columns: list[tuple[str, str]], overrides: dict[str
     plans = []
     for col, typ in columns:
         parsed = parse(typ)
-        m = map_type(parsed, f"{table}.{col}", overrides.get(col))
-        wire = None if col in overrides else _wire(parsed, typ)
-        if wire is not None and wire.decimal:
-            select = f"reinterpret({quote(col)}, 'Int{wire.decimal[2]}')"
-        elif wire is not None:  # the column as it is stored
-            select = quote(col)
+        override = overrides.get(col)
+        m = map_type(parsed, f"{table}.{col}", override)
+        wire = m.wire or (_wire(parsed, typ) if override is None or m.native else None)
+        if wire is not None:
+            select = wire.select(quote(col))
         elif m.expr:
-            target = str(m.target)
-            select = m.expr.format(col=quote(col), target=target)
+            select = m.expr.format(col=quote(col), target=str(m.target))
         elif m.changed:
             select = f"CAST({quote(col)}, {_sql_type(m.target)})"
         else:
             select = quote(col)
-        plans.append(ColumnMap(col, typ, select, m.iceberg, required=not m.nullable, wire=wire))
+        text = _holds_text(parsed) and not (wire is not None and wire.enum) and override != "binary"
+        plans.append(ColumnMap(col, typ, select, m.iceberg, required=not m.nullable, wire=wire, override=override,
+                               text=text))
     return plans
+
+
+def _holds_text(t: CHType) -> bool:
+    """Whether ClickHouse Strings (bytes) reach an Iceberg string in this column: String anywhere in it, or
+    a JSON/Object value (its text comes from Strings)."""
+    return t.name in ("String", "JSON", "Object") or any(_holds_text(c) for c in t.children)
 
 
 _ENUM_ITEM = re.compile(r"'((?:[^'\\]|\\['\\])*)'\s*=\s*(-?\d+)")
@@ -298,55 +265,3 @@ def iceberg_fields(plans: list[ColumnMap]) -> list[NestedField]:
     counter = itertools.count(len(plans) + 1)
     return [NestedField(i + 1, p.name, p.iceberg(lambda: next(counter)), required=p.required)
             for i, p in enumerate(plans)]
-
-
-def conform(batch: pa.RecordBatch | pa.Table, plans: list[ColumnMap], target: pa.Schema, table: str) -> pa.Table:
-    """Rename positional columns to their names and cast to the Iceberg table's Arrow schema (checked)."""
-    tbl = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    tbl = tbl.rename_columns([p.name for p in plans])
-    fields = {f.name: f.with_type(_small(f.type)) for f in target}
-    arrays = []
-    for p, column in zip(plans, tbl.columns, strict=True):
-        field = fields[p.name]
-        if p.wire is not None:
-            column = p.wire.decode(column)
-        if column.type.equals(field.type):
-            arrays.append(column)
-            continue
-        try:
-            arrays.append(column.cast(field.type, safe=True))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise _cast_error(table, p, column, field, exc) from None
-    return pa.Table.from_arrays(arrays, schema=pa.schema([fields[p.name] for p in plans]))
-
-
-def _small(t: pa.DataType) -> pa.DataType:
-    """pyiceberg's schema asks for large_string/large_binary/large_list; the plain ones write the same
-    Parquet and Iceberg types, and ClickHouse sends plain ones, so casting them would only copy."""
-    if pa.types.is_large_string(t):
-        return pa.string()
-    if pa.types.is_large_binary(t):
-        return pa.binary()
-    if pa.types.is_large_list(t) or pa.types.is_list(t):
-        return pa.list_(t.value_field.with_type(_small(t.value_type)))
-    if pa.types.is_map(t):
-        return pa.map_(t.key_field.with_type(_small(t.key_type)), t.item_field.with_type(_small(t.item_type)))
-    if pa.types.is_struct(t):
-        return pa.struct([t.field(i).with_type(_small(t.field(i).type)) for i in range(t.num_fields)])
-    return t
-
-
-def _cast_error(table: str, p: ColumnMap, column: pa.ChunkedArray, field: pa.Field, exc: Exception) -> Exception:
-    flat = column
-    while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type):
-        flat = pc.list_flatten(flat)
-    if pa.types.is_unsigned_integer(flat.type):
-        biggest = pc.max(flat).as_py()
-        if biggest is not None and biggest > INT64_MAX:
-            return ValueOutOfRange(
-                f"{table}.{p.name} ({p.source_type}) holds {biggest}, above Iceberg long's maximum {INT64_MAX}; "
-                f"nothing was written",
-                f'map it to a decimal in the [[tables]] entry: column_types = {{ {_col(p.name)} = '
-                f'"decimal(20,0)" }} (needs a new target table if one exists)')
-    return ValueOutOfRange(f"{table}.{p.name} ({p.source_type}) cannot be written as {field.type}: {exc}",
-                           "map the column with column_types, or leave it out with columns = [...]")

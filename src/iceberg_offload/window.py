@@ -10,7 +10,8 @@ uses the sort key (checked with EXPLAIN indexes in the tests).
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 
 from .chtype import CHType, parse
 from .errors import ConfigError
@@ -66,12 +67,39 @@ def _unwrap(t: CHType) -> CHType:
 
 
 @dataclass(frozen=True)
+class Aliases:
+    """Names for what our queries compute, chosen so that none is, or starts like, a column of the table:
+    ClickHouse resolves a name inside select expressions and WHERE to a select alias before the column, so
+    an alias `c1` over a column `c1` read another column's values."""
+
+    prefix: str = "_o"
+
+    @classmethod
+    def avoiding(cls, columns: list[str]) -> Aliases:
+        prefix = "_o"
+        while any(c.startswith(prefix) for c in columns):
+            prefix += "_"
+        return cls(prefix)
+
+    def name(self, tag: str) -> str:
+        return self.prefix + tag
+
+    def select(self, exprs: list[str]) -> tuple[str, list[str]]:
+        """`expr AS alias, ...` and the aliases: fresh for every query (a nonce), so a result can be checked
+        to be this query's (`Source.arrow(sql, names)`)."""
+        nonce = secrets.token_hex(3)
+        names = [f"{self.prefix}{i}_{nonce}" for i in range(len(exprs))]
+        return ", ".join(f"{e} AS {n}" for e, n in zip(exprs, names, strict=True)), names
+
+
+@dataclass(frozen=True)
 class Key:
     """How one table's key (timestamp column, optional sequence column) is written in SQL."""
 
     ts: str
     ts_type: CHType
     seq: str | None
+    aliases: Aliases = field(default_factory=Aliases)
 
     @classmethod
     def for_table(cls, table: str, columns: dict[str, str], ts: str, seq: str | None) -> Key:
@@ -91,13 +119,19 @@ class Key:
             if _unwrap(parse(columns[seq])).name not in _INT_TYPES:
                 raise ConfigError(f"{table}: sequence_column {seq!r} is {columns[seq]}, not an integer",
                                   "choose an integer column (UInt64, Int64, ...) or remove sequence_column")
-        return cls(ts, ts_type, seq)
+        return cls(ts, ts_type, seq, Aliases.avoiding(list(columns)))
 
     # -- SQL pieces --------------------------------------------------------------------------------
     def ts_literal(self, ns: int) -> str:
         if self.ts_type.name == "DateTime":
             return f"toDateTime({ns // NS}, 'UTC')"
-        return f"CAST(fromUnixTimestamp64Nano(toInt64({ns}), 'UTC'), '{_sql_str(str(self.ts_type))}')"
+        return self.ts_literal_of(str(ns))
+
+    def ts_literal_of(self, ns_expr: str) -> str:
+        """A value of the timestamp column's type from an SQL expression of epoch nanoseconds."""
+        if self.ts_type.name == "DateTime":
+            return f"toDateTime(intDiv({ns_expr}, {NS}), 'UTC')"
+        return f"CAST(fromUnixTimestamp64Nano(toInt64({ns_expr}), 'UTC'), '{_sql_str(str(self.ts_type))}')"
 
     def ts_ns_expr(self) -> str:
         if self.ts_type.name == "DateTime":
@@ -160,18 +194,21 @@ def plan_query(table_sql: str, final: bool, key: Key, window: Window, max_rows: 
     `last` (the greatest: the chunk's cut, its new watermark), every batch_rows-th key (where the chunk
     is split into read queries) and `n`. Rows sharing the last key beyond max_rows go into the chunk too,
     since the chunk is read as a key range."""
-    k = f"({key.ts_ns_expr()}, {quote(key.seq) if key.seq else '0'})"
-    return (f"SELECT groupArrayIf(k, (rn + 1) % {batch_rows} = 0), max(k), count() FROM ("
-            f"SELECT k, rowNumberInAllBlocks() AS rn FROM ("
-            f"SELECT {k} AS k FROM {table_sql}{' FINAL' if final else ''} WHERE {window.where(key)} "
+    expr = f"({key.ts_ns_expr()}, {quote(key.seq) if key.seq else '0'})"
+    k, rn = key.aliases.name("k"), key.aliases.name("rn")
+    return (f"SELECT groupArrayIf({k}, ({rn} + 1) % {batch_rows} = 0), max({k}), count() FROM ("
+            f"SELECT {k}, rowNumberInAllBlocks() AS {rn} FROM ("
+            f"SELECT {expr} AS {k} FROM {table_sql}{' FINAL' if final else ''} WHERE {window.where(key)} "
             f"ORDER BY {key.order_by()} LIMIT {max_rows}))")
 
 
-def chunk_query(table_sql: str, final: bool, key: Key, select: list[str], window: Window, cut: Watermark) -> str:
-    """Every row with lower < key <= cut, inside the window. No ORDER BY: one commit holds them all."""
-    cols = ", ".join(f"{expr} AS c{i}" for i, expr in enumerate(select))
+def chunk_query(table_sql: str, final: bool, key: Key, select: list[str], window: Window,
+                cut: Watermark) -> tuple[str, list[str]]:
+    """Every row with lower < key <= cut, inside the window, and the result's column names. No ORDER BY:
+    one commit holds them all."""
+    cols, names = key.aliases.select(select)
     return (f"SELECT {cols} FROM {table_sql}{' FINAL' if final else ''} "
-            f"WHERE {window.where(key)} AND {key.at_most(cut)}")
+            f"WHERE {window.where(key)} AND {key.at_most(cut)}"), names
 
 
 def count_query(table_sql: str, final: bool, key: Key, window: Window) -> str:

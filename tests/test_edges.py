@@ -1,0 +1,332 @@
+"""Exact values at the edges (issue 12): each test reproduces a case where a run said ok while Iceberg held
+rows that were wrong, foreign, unreadable or missing, against real chdb and a SQLite catalog."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from conftest import clickhouse, cold, sink_for
+from iceberg_offload import offload as offload_mod
+from iceberg_offload.offload import run_cycle
+from iceberg_offload.reconcile import verify
+from iceberg_offload.repair import reconcile_all
+from iceberg_offload.source import open_source
+
+UTC = dt.UTC
+NOW_MS = (int(time.time()) - 3 * 3600) * 1000
+INT128_MAX = 2**127 - 1
+
+
+def _hot(s, sql: str) -> list[tuple[Any, ...]]:
+    with open_source(s.source) as ch:
+        return ch.rows(sql)
+
+
+def _table(name: str, ts: str = "ts", **extra: Any) -> dict[str, Any]:
+    return {"source": name, "timestamp_column": ts, **extra}
+
+
+# -- 1: a failed read hands nothing to the next query or table ----------------------------------------
+def _two_int128_tables(ch, bad_in_a: bool = True) -> None:
+    for t in "ab":
+        ch.command(f"CREATE TABLE k2.{t} (ts DateTime64(3), v Int128) ENGINE = MergeTree ORDER BY ts")
+    bad = f"toInt128('{INT128_MAX}')" if bad_in_a else "toInt128(number)"
+    ch.command(f"INSERT INTO k2.a SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number)), "
+               f"if(number = 200000, {bad}, toInt128(number)) FROM numbers(300000)")
+    ch.command(f"INSERT INTO k2.b SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number)), "
+               f"toInt128(1000000000 + number) FROM numbers(300000)")
+
+
+def test_a_table_whose_read_fails_leaves_the_next_table_its_own_rows(make_settings):
+    s = make_settings([_table("a"), _table("b")])
+    with clickhouse(s) as ch:
+        _two_int128_tables(ch)
+    a, b = run_cycle(s).tables
+    assert a.status == "failed" and a.error["type"] == "value_out_of_range", a.error
+    assert b.status == "ok" and b.rows == 300000, b.error
+    got = sorted(int(v) for v in cold(s, "b").column("v").to_pylist())
+    assert got == list(range(1_000_000_000, 1_000_300_000))
+    assert cold(s, "a").num_rows == 0
+
+
+def test_after_a_failed_query_the_source_answers_the_next_query_exactly(make_settings):
+    """The embedded handle keeps a failed query's partial output; whatever path the failure took, the next
+    query of any kind returns its own rows (the handle is discarded on any error)."""
+    s = make_settings([_table("a")])
+    with clickhouse(s) as ch:
+        _two_int128_tables(ch)
+        failing = "SELECT CAST(toString(v) AS Decimal(38, 0)) AS x FROM k2.a"
+        for read in (ch.arrow, ch.rows):
+            with pytest.raises(Exception):  # noqa: B017 - any error; what matters is the next query
+                read(failing)
+            tbl = ch.arrow("SELECT toInt64(v) AS y FROM k2.b ORDER BY v LIMIT 3")
+            assert tbl.column_names == ["y"] and tbl.column("y").to_pylist() == [10**9, 10**9 + 1, 10**9 + 2]
+            with pytest.raises(Exception):  # noqa: B017
+                read(failing)
+            assert ch.rows("SELECT count(), min(toInt64(v)) FROM k2.b") == [(300000, 10**9)]
+
+
+# -- 2: column names like our aliases ------------------------------------------------------------------
+def test_columns_named_like_generated_aliases_keep_their_values(make_settings):
+    cols = "c1 UInt32, c0 DateTime64(3), c2 UInt64, k String, rn Int32, b Int64, n UInt8, _o0 String, x Int8"
+    s = make_settings([_table("odd", ts="c0", sequence_column="c2")])
+    with clickhouse(s) as ch:
+        ch.command(f"CREATE TABLE k2.odd ({cols}) ENGINE = MergeTree ORDER BY (c0, c2)")
+        ch.command(f"INSERT INTO k2.odd SELECT number * 7, fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)),"
+                   f" number, toString(number * 3), -number, number * 11, number % 200, 'o' || toString(number), "
+                   f"toInt8(number % 100) FROM numbers(500)")
+    res = run_cycle(s).tables[0]
+    assert res.status == "ok" and res.rows == 500, res.error
+    hot = _hot(s, "SELECT c1, toUnixTimestamp64Milli(c0), c2, k, rn, b, n, _o0, x FROM k2.odd ORDER BY c2")
+    tbl = cold(s, "odd").sort_by("c2")
+    got = [(r["c1"], int(r["c0"].timestamp() * 1000), r["c2"], r["k"], r["rn"], r["b"], r["n"], r["_o0"], r["x"])
+           for r in tbl.to_pylist()]
+    assert got == [tuple(r) for r in hot]
+    with clickhouse(s) as ch:  # a late row behind the watermark: verify and reconcile read the same names
+        ch.command(f"INSERT INTO k2.odd VALUES (1, fromUnixTimestamp64Milli(toInt64({NOW_MS} + 1500)), 100000, "
+                   f"'late', 1, 2, 3, 'o', 4)")
+    v = verify(s)[0]
+    assert v.error is None and v.missing == 1, v.as_dict()
+    rec = reconcile_all(s, apply=True)[0]
+    assert rec.ok and rec.rows_added == 1, rec.as_dict()
+    late = [r for r in cold(s, "odd").to_pylist() if r["c2"] == 100000]
+    assert [(r["c1"], r["k"], r["rn"], r["b"], r["n"], r["x"]) for r in late] == [(1, "late", 1, 2, 3, 4)]
+    assert verify(s)[0].ok
+
+
+def test_a_timestamp_column_named_like_an_alias_plans_and_reads(make_settings):
+    for name in ("k", "b", "rn"):
+        s = make_settings([_table(f"t_{name}", ts=name)])
+        with clickhouse(s) as ch:
+            ch.command(f"CREATE TABLE k2.t_{name} ({name} DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY {name}")
+            ch.command(f"INSERT INTO k2.t_{name} SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)), "
+                       f"number FROM numbers(100)")
+        res = run_cycle(s).tables[0]
+        assert res.status == "ok" and res.rows == 100, (name, res.error)
+        assert sorted(cold(s, f"t_{name}").column("v").to_pylist()) == list(range(100))
+        v = verify(s)[0]
+        assert v.ok and v.hot_rows == v.cold_rows == 100, (name, v.as_dict())
+
+
+# -- 3: bytes that are not UTF-8 -----------------------------------------------------------------------
+def _bytes_tables(ch) -> None:
+    ch.command("CREATE TABLE k2.raw (ts DateTime64(3), s String, lc LowCardinality(String)) ENGINE = MergeTree ORDER BY ts")
+    ch.command(f"INSERT INTO k2.raw SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number)), "
+               f"if(number = 3, unhex('C328FF'), toString(number)), if(number = 4, unhex('FE'), 'lc') FROM numbers(10)")
+    ch.command("CREATE TABLE k2.nxt (ts DateTime64(3), v UInt8) ENGINE = MergeTree ORDER BY ts")
+    ch.command(f"INSERT INTO k2.nxt SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number)), 1 FROM numbers(10)")
+
+
+def test_invalid_utf8_is_refused_naming_column_and_opt_in_and_the_cycle_goes_on(make_settings):
+    s = make_settings([_table("raw"), _table("nxt")])
+    with clickhouse(s) as ch:
+        _bytes_tables(ch)
+    raw, nxt = run_cycle(s).tables
+    assert raw.status == "failed" and raw.error["type"] == "value_out_of_range", raw.error
+    text = raw.error["message"] + raw.error["fix"]
+    assert "raw.s" in text and "UTF-8" in text and '"binary"' in text, text
+    assert cold(s, "raw").num_rows == 0
+    assert nxt.status == "ok" and nxt.rows == 10
+    s = make_settings([_table("raw", target="raw_bin", column_types={"s": "binary", "lc": "binary"})])
+    raw = run_cycle(s).tables[0]
+    assert raw.status == "ok" and raw.rows == 10, raw.error
+    tbl = cold(s, "raw_bin").sort_by("ts")
+    assert tbl.schema.field("s").type in (pa.binary(), pa.large_binary())
+    assert tbl.column("s").to_pylist()[3] == b"\xc3(\xff" and tbl.column("s").to_pylist()[5] == b"5"
+    assert tbl.column("lc").to_pylist()[4] == b"\xfe"
+
+
+def test_an_unexpected_error_in_one_table_does_not_end_the_cycle(make_settings, monkeypatch):
+    s = make_settings([_table("raw"), _table("nxt")])
+    with clickhouse(s) as ch:
+        _bytes_tables(ch)
+    real = offload_mod._offload
+
+    def broken(settings, cfg, *args, **kw):
+        if cfg.source == "raw":
+            raise KeyError("a bug")
+        return real(settings, cfg, *args, **kw)
+
+    monkeypatch.setattr(offload_mod, "_offload", broken)
+    raw, nxt = run_cycle(s).tables
+    assert raw.status == "failed" and raw.error["type"] == "internal" and "KeyError" in raw.error["message"]
+    assert nxt.status == "ok" and nxt.rows == 10
+
+
+# -- 4 and 5: late rows at a timestamp that is already there; before 1970 ----------------------------
+def _ts_only(make_settings, start_ms: int, **extra):
+    s = make_settings([_table("ev", **extra)])
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.ev (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts")
+        ch.command(f"INSERT INTO k2.ev SELECT fromUnixTimestamp64Milli(toInt64({start_ms} + number * 10000)), number "
+                   f"FROM numbers(100)")
+    assert run_cycle(s).tables[0].rows == 100
+    return s
+
+
+@pytest.mark.parametrize("start_ms", [NOW_MS, -86400 * 1000 * 400], ids=["recent", "1968"])
+def test_late_rows_at_present_timestamps_are_found_and_repaired(make_settings, start_ms):
+    s = _ts_only(make_settings, start_ms)
+    with clickhouse(s) as ch:  # three late rows at timestamps cold already holds
+        ch.command(f"INSERT INTO k2.ev SELECT fromUnixTimestamp64Milli(toInt64({start_ms} + number * 10000)), 1000 + number "
+                   f"FROM numbers(3)")
+    v = verify(s)[0]
+    assert v.error is None and (v.hot_rows, v.cold_rows, v.missing) == (103, 100, 3), v.as_dict()
+    rec = reconcile_all(s, apply=True)[0]
+    assert rec.ok and rec.applied and rec.rows_added == 3, rec.as_dict()
+    assert sorted(cold(s, "ev").column("v").to_pylist()) == sorted([*range(100), 1000, 1001, 1002])
+    assert verify(s)[0].ok
+
+
+def test_late_rows_before_1970_at_new_timestamps_are_repaired(make_settings):
+    start = -86400 * 1000 * 30  # December 1969
+    s = _ts_only(make_settings, start)
+    with clickhouse(s) as ch:
+        ch.command(f"INSERT INTO k2.ev VALUES (fromUnixTimestamp64Milli(toInt64({start + 5})), 7000)")
+    v = verify(s)[0]
+    assert v.error is None and v.missing == 1 and v.buckets_checked >= 1, v.as_dict()
+    assert reconcile_all(s, apply=True)[0].rows_added == 1
+    assert 7000 in cold(s, "ev").column("v").to_pylist() and verify(s)[0].ok
+
+
+# -- 6: a config change that contradicts the stored watermark -------------------------------------------
+def _seq_table(make_settings, **extra):
+    s = make_settings([_table("tr", sequence_column="seq", **extra)])
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.tr (ts DateTime64(3), t2 DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq)")
+        ch.command(f"INSERT INTO k2.tr SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + intDiv(number, 5) * 1000)), "
+                   f"fromUnixTimestamp64Milli(toInt64({NOW_MS})), number FROM numbers(100)")
+    assert run_cycle(s).tables[0].rows == 100
+    with clickhouse(s) as ch:  # rows after the watermark at its own timestamp, higher sequence
+        ch.command(f"INSERT INTO k2.tr SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + 19000)), "
+                   f"fromUnixTimestamp64Milli(toInt64({NOW_MS})), 100 + number FROM numbers(5)")
+    return s
+
+
+@pytest.mark.parametrize("change,word", [
+    ({"sequence_column": None}, "sequence_column"),
+    ({"timestamp_column": "t2"}, "timestamp_column"),
+])
+def test_a_key_change_after_commits_is_refused_and_nothing_is_skipped(make_settings, change, word):
+    s = _seq_table(make_settings)
+    table = {k: v for k, v in {**_table("tr", sequence_column="seq"), **change}.items() if v is not None}
+    if word == "timestamp_column":
+        table["key_columns"] = ["t2", "seq"]
+    changed = make_settings([table])
+    res = run_cycle(changed).tables[0]
+    assert res.status == "failed" and res.error["type"] == "config", res.error
+    assert word in res.error["message"] and "watermark set" in res.error["fix"], res.error
+    assert cold(s, "tr").num_rows == 100
+    assert verify(changed)[0].error["type"] == "config"
+    assert reconcile_all(changed, apply=True)[0].error["type"] == "config"
+    s = make_settings([_table("tr", sequence_column="seq")])  # the original config goes on from the watermark
+    assert run_cycle(s).tables[0].rows == 5 and cold(s, "tr").num_rows == 105
+
+
+def test_a_source_change_after_commits_is_refused(make_settings):
+    s = _seq_table(make_settings)
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.tr2 AS k2.tr")
+        ch.command("INSERT INTO k2.tr2 SELECT * FROM k2.tr")
+    res = run_cycle(make_settings([_table("tr2", target="tr", sequence_column="seq")])).tables[0]
+    assert res.status == "failed" and res.error["type"] == "config", res.error
+    assert "k2.tr2" in res.error["message"].replace("`", "") and "k2.tr" in res.error["message"].replace("`", "")
+    assert cold(s, "tr").num_rows == 100
+
+
+def test_adding_a_sequence_column_after_commits_skips_nothing(make_settings):
+    s = _ts_only(make_settings, NOW_MS)
+    with clickhouse(s) as ch:
+        ch.command(f"INSERT INTO k2.ev VALUES (fromUnixTimestamp64Milli(toInt64({NOW_MS} + 990000 + 1)), 500)")
+    res = run_cycle(make_settings([_table("ev", sequence_column="v")])).tables[0]
+    assert res.status == "ok" and res.rows == 1, res.error
+    assert sorted(cold(s, "ev").column("v").to_pylist()) == [*range(100), 500]
+
+
+# -- 7: final tables: a value that changed after its window was offloaded -----------------------------
+def test_a_grown_sum_in_a_final_table_is_found_by_value_and_repaired(make_settings):
+    s = make_settings([_table("agg", final=True, key_columns=["ts", "k"])])
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.agg (ts DateTime, k String, total UInt64) ENGINE = SummingMergeTree ORDER BY (ts, k)")
+        ch.command(f"INSERT INTO k2.agg SELECT toDateTime(intDiv({NOW_MS}, 1000) + number * 60), 'x', number "
+                   f"FROM numbers(50)")
+    assert run_cycle(s).tables[0].rows == 50
+    with clickhouse(s) as ch:  # the sum of an offloaded key grows
+        ch.command(f"INSERT INTO k2.agg VALUES (toDateTime(intDiv({NOW_MS}, 1000) + 600), 'x', 1000)")
+    v = verify(s, values=True)[0]
+    assert v.error is None and v.changed == 1 and not v.ok, v.as_dict()
+    rec = reconcile_all(s, apply=True)[0]  # final tables compare values by default
+    assert rec.ok and rec.applied and rec.rows_changed == 1, rec.as_dict()
+    totals = {r["ts"]: r["total"] for r in cold(s, "agg").to_pylist()}
+    assert len(totals) == 50 and sorted(totals.values())[-1] == 1049
+    assert verify(s, values=True)[0].ok
+
+
+# -- 8: opt-ins never change a value silently ----------------------------------------------------------
+def _one_column(make_settings, ddl: str, values: list[str], override: str | None, name: str = "oc"):
+    extra = {"column_types": {"x": override}} if override else {}
+    s = make_settings([_table(name, sequence_column="seq", **extra)])
+    with clickhouse(s) as ch:
+        ch.command(f"CREATE TABLE k2.{name} (ts DateTime64(3), seq UInt64, x {ddl}) ENGINE = MergeTree ORDER BY (ts, seq)")
+        rows = ", ".join(f"(fromUnixTimestamp64Milli(toInt64({NOW_MS})), {i}, {v})" for i, v in enumerate(values))
+        ch.command(f"INSERT INTO k2.{name} VALUES {rows}")
+    return s, run_cycle(s).tables[0]
+
+
+def test_decimal_opt_in_refuses_lost_scale_and_keeps_exact_values(make_settings):
+    _, res = _one_column(make_settings, "Decimal(76, 10)", ["'1.25'", "'1.2345678901'"], "decimal(38,2)")
+    assert res.status == "failed" and res.error["type"] == "value_out_of_range", res.error
+    text = res.error["message"] + res.error["fix"]
+    assert "oc.x" in text and "1.2345678901" in text and "decimal(38,2)" in text, text
+    s, res = _one_column(make_settings, "Decimal(76, 10)", ["'1.25'", "'-99.5'"], "decimal(38,2)", "oc2")
+    assert res.status == "ok", res.error
+    assert sorted(cold(s, "oc2").column("x").to_pylist()) == [Decimal("-99.50"), Decimal("1.25")]
+
+
+@pytest.mark.parametrize("ddl,value", [
+    ("Int128", f"toInt128('{INT128_MAX}')"),
+    ("UInt128", "toUInt128('340282366920938463463374607431768211455')"),
+    ("Int256", "toInt256('-100000000000000000000000000000000000000')"),
+])
+def test_big_integers_beyond_38_digits_name_the_column_the_value_and_the_opt_in(make_settings, ddl, value):
+    _, res = _one_column(make_settings, ddl, ["1", value], None)
+    assert res.status == "failed" and res.error["type"] == "value_out_of_range", res.error
+    text = res.error["message"] + res.error["fix"]
+    want = value.split("'")[1]
+    assert "oc.x" in text and want in text and '"string"' in text, text
+
+
+def test_big_integers_within_38_digits_are_exact(make_settings):
+    edge = "99999999999999999999999999999999999999"
+    s, res = _one_column(make_settings, "Int256", [f"toInt256('-{edge}')", f"toInt256('{edge}')", "0"], None)
+    assert res.status == "ok", res.error
+    assert sorted(cold(s, "oc").column("x").to_pylist()) == [Decimal(f"-{edge}"), Decimal(0), Decimal(edge)]
+
+
+def test_timestamp_opt_in_floors_before_1970(make_settings):
+    s, res = _one_column(make_settings, "DateTime64(9, 'UTC')",
+                         ["'1969-12-31 23:59:59.999999999'", "'1900-01-01 00:00:00.000000001'",
+                          "'2026-01-01 00:00:00.123456789'"], "timestamp")
+    assert res.status == "ok", res.error
+    assert sorted(cold(s, "oc").column("x").to_pylist()) == [
+        dt.datetime(1900, 1, 1, tzinfo=UTC), dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        dt.datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)]
+
+
+def test_long_opt_in_on_small_integers_is_a_long(make_settings):
+    s, res = _one_column(make_settings, "Int8", ["-128", "127"], "long")
+    assert res.status == "ok", res.error
+    assert str(sink_for(s).load("oc").schema().find_field("x").field_type) == "long"
+    assert sorted(cold(s, "oc").column("x").to_pylist()) == [-128, 127]
+
+
+def test_long_opt_in_on_datetime64_refuses_values_beyond_nanosecond_range(make_settings):
+    _, res = _one_column(make_settings, "DateTime64(3, 'UTC')", ["'2299-12-31 00:00:00'"], "long")
+    assert res.status == "failed" and res.error["type"] == "value_out_of_range", res.error
+    assert "oc.x" in res.error["message"] and "2299" in res.error["message"], res.error
