@@ -110,7 +110,7 @@ def test_buckets_the_hot_tier_no_longer_holds_completely_are_never_replaced(make
     s = _setup(make_settings)
     table = sink_for(s).load("trades")
     rows = cold(s, "trades").sort_by("seq")
-    table.append(rows.slice(1200, 2))  # duplicates in h1
+    table.append(rows.slice(1600, 2))  # duplicates in h1, of keys hot still holds
     with clickhouse(s) as ch:
         # the hot tier lost h0 and half of h1: h1 is its oldest, partly expired hour
         ch.command(f"ALTER TABLE k2.trades DELETE WHERE ts < fromUnixTimestamp64Milli({HOUR0_MS + H + H // 2}) "

@@ -58,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--reoffload", action="store_true", help="allow moving back: rows are offloaded again")
     w.set_defaults(func=cmd_watermark_set)
 
-    p = sub.add_parser("verify", parents=[common], help="hot vs cold per hour: rows missing or duplicated in cold")
+    p = sub.add_parser("verify", parents=[common], help="hot vs cold per hour: rows missing, duplicated or changed "
+                                                        "in cold")
     _tables_arg(p)
+    p.add_argument("--values", action=argparse.BooleanOptionalAction, default=None,
+                   help="compare every column of every row, not only keys (default: on for final tables)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo", parents=[common], help="seed the embedded ClickHouse with market data and offload it")
@@ -197,20 +200,21 @@ def cmd_watermark_set(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .reconcile import verify
 
-    results = verify(load_settings(args), args.table)
+    results = verify(load_settings(args), args.table, args.values)
     ok = all(r.ok for r in results)
     data = {"ok": ok, "tables": [r.as_dict() for r in results]}
 
     def text() -> str:
         rows = [[r.table, "ok" if r.ok else "BAD", f"{r.hot_rows:,}", f"{r.cold_rows:,}", r.missing, r.duplicates,
-                 r.buckets_checked, ", ".join(r.buckets_bad[:3]) + (" ..." if len(r.buckets_bad) > 3 else "")]
-                for r in results]
-        out = [grid(["table", "result", "hot rows", "cold rows", "missing", "duplicates", "buckets", "bad buckets"],
-                     rows)]
+                 r.changed if r.values else "-", r.buckets_checked,
+                 ", ".join(r.buckets_bad[:3]) + (" ..." if len(r.buckets_bad) > 3 else "")] for r in results]
+        out = [grid(["table", "result", "hot rows", "cold rows", "missing", "duplicates", "changed", "buckets",
+                     "bad buckets"], rows)]
         out += [f"\n{r.table}: {r.error['message']}\n  fix: {r.error['fix']}" for r in results if r.error]
         if not ok:
-            out.append("\nrows missing from cold are late arrivals behind the watermark or a lost commit; "
-                       "see docs/runbooks/watermark-recovery.md")
+            out.append("\nrows missing from cold are late arrivals behind the watermark or a lost commit; changed "
+                       "rows changed in ClickHouse after offload. Repair: iceberg-offload maintain reconcile --yes "
+                       "(see docs/runbooks/watermark-recovery.md)")
         return "\n".join(out)
 
     emit(args, data, text)

@@ -18,6 +18,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="all = reconcile, compact, expire, orphans in that order (the daily maintenance)")
     p.add_argument("--table", action="append", metavar="NAME", help="only this table (repeatable)")
     p.add_argument("--yes", action="store_true", help="apply (default: only show what would change)")
+    p.add_argument("--values", action=argparse.BooleanOptionalAction, default=None,
+                   help="reconcile compares every column of every row, not only keys (default: on for final "
+                        "tables, whose rows may change after offload)")
     p.set_defaults(func=cmd_maintain)
 
     p = sub.add_parser("view", parents=[common], help="create a ClickHouse view reading recent rows from the "
@@ -31,7 +34,7 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     from .maintenance import STEPS, maintain
 
     steps = STEPS if args.step == "all" else (args.step,)
-    results = maintain(load_settings(args), args.table, steps, apply=args.yes)
+    results = maintain(load_settings(args), args.table, steps, apply=args.yes, values=args.values)
     ok = all(r["ok"] for r in results)
     emit(args, {"applied": args.yes, "ok": ok, "tables": results}, lambda: _text(results, args.yes))
     return EXIT_OK if ok else EXIT_FAILED
@@ -56,8 +59,9 @@ def _say(step: str, r: dict[str, Any]) -> str:
     if r.get("error"):
         return r["error"]["message"][:100]
     if step == "reconcile":
+        changed = f", changed rows in {r['buckets_changed']}" if r.get("values") else ""
         return (f"{r['buckets_compared']} hours compared; missing rows in {r['buckets_missing']}, duplicates in "
-                f"{r['buckets_duplicates']}; repaired {r['buckets_repaired']} (+{r['rows_added']} rows, "
+                f"{r['buckets_duplicates']}{changed}; repaired {r['buckets_repaired']} (+{r['rows_added']} rows, "
                 f"-{r['duplicate_rows_removed']} duplicates); skipped (TTL) {r['buckets_skipped_ttl']}")
     if step == "compact":
         return (f"{r['files_rewritten']} small files -> {r['files_written']} "

@@ -23,8 +23,9 @@ DAY = 86400
 
 
 def maintain_table(settings: Settings, cfg: TableSettings, steps: tuple[str, ...] = STEPS,
-                   apply: bool = True) -> dict[str, Any]:
-    """Run the steps on one table; a preview unless `apply`. Returns {table, ok, steps: {name: result}}."""
+                   apply: bool = True, values: bool | None = None) -> dict[str, Any]:
+    """Run the steps on one table; a preview unless `apply`. Returns {table, ok, steps: {name: result}}.
+    `values`: reconcile compares every column (default: for `final` tables only)."""
     m = settings.maintenance
     sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
     out: dict[str, Any] = {"table": cfg.target, "applied": apply, "ok": True, "steps": {}}
@@ -35,7 +36,7 @@ def maintain_table(settings: Settings, cfg: TableSettings, steps: tuple[str, ...
         try:
             if step == "reconcile":
                 with open_source(settings.source) as source:
-                    rec = reconcile(settings, cfg, source, sink, apply)
+                    rec = reconcile(settings, cfg, source, sink, apply, values=values)
                 result = rec.as_dict()
                 if not rec.ok:
                     out["ok"] = False
@@ -55,12 +56,12 @@ def maintain_table(settings: Settings, cfg: TableSettings, steps: tuple[str, ...
 
 
 def maintain(settings: Settings, names: list[str] | None = None, steps: tuple[str, ...] = STEPS,
-             apply: bool = True) -> list[dict[str, Any]]:
+             apply: bool = True, values: bool | None = None) -> list[dict[str, Any]]:
     """Every selected table; one failing table does not stop the others."""
     results = []
     for cfg in settings.select(names):
         try:
-            results.append(maintain_table(settings, cfg, steps, apply))
+            results.append(maintain_table(settings, cfg, steps, apply, values))
         except OffloadError as exc:  # the catalog or the table itself is unusable
             results.append({"table": cfg.target, "applied": apply, "ok": False, "steps": {},
                             "error": exc.as_dict()})

@@ -31,7 +31,7 @@ from .errors import (
     SourceError,
     ValueOutOfRange,
 )
-from .sink import COMMIT_ID, Sink, open_catalog
+from .sink import COMMIT_ID, Commit, Sink, open_catalog
 from .source import Source, TableInfo, open_source, quote
 from .typemap import ColumnMap, iceberg_fields, plan_columns
 from .window import (
@@ -41,6 +41,7 @@ from .window import (
     Window,
     chunk_query,
     count_query,
+    iso,
     plan_query,
     upper_bound,
 )
@@ -49,6 +50,10 @@ from .wire import conform
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 MAX_CONFLICTS = 3
+TS_COLUMN, SEQ_COLUMN = f"{PREFIX}watermark.timestamp-column", f"{PREFIX}watermark.sequence-column"
+SOURCE = f"{PREFIX}watermark.source"
+"""The key the watermark is a value of and its table; named `watermark.*` so every commit that carries the
+watermark (repair, compaction, expiry, `watermark set`) carries these too."""
 
 
 @dataclass
@@ -124,6 +129,41 @@ class TablePlan:
         return sink.ensure_table(self.cfg.target, fields, self.cfg.partition_by, self.cfg.timestamp_column,
                                  evolve=not self.cfg.columns)
 
+    def lineage(self) -> dict[str, str]:
+        """What the watermark means, stored beside it (every commit that carries a watermark carries these):
+        the key it is a value of and the ClickHouse table it was read from."""
+        return {TS_COLUMN: self.cfg.timestamp_column, SEQ_COLUMN: self.cfg.sequence_column or "",
+                SOURCE: self.info.qualified, f"{PREFIX}source": self.info.qualified}
+
+    def check_lineage(self, last: Commit | None) -> None:
+        """Refuse a config that would read the stored watermark as something else: another timestamp or
+        sequence column (the window would skip rows, or take them twice), or another ClickHouse table
+        (its rows would mix with these and its watermark skip rows). Adding a sequence column to a table
+        offloaded without one is safe: every row at the watermark's timestamp is already committed."""
+        if last is None or (wm := last.watermark) is None:
+            return
+        props, cfg, fix = last.props, self.cfg, self._lineage_fix()
+        src = props.get(SOURCE) or props.get(f"{PREFIX}source")
+        if src and src != self.info.qualified:
+            raise ConfigError(f"{cfg.target}: the Iceberg table was offloaded from {src}, but the config reads "
+                              f"{self.info.qualified}; its rows would mix and its watermark skip rows", fix)
+        ts = props.get(TS_COLUMN)
+        if ts is not None and ts != cfg.timestamp_column:
+            raise ConfigError(f"{cfg.target}: the watermark {wm.describe()} is a value of timestamp_column {ts!r}, "
+                              f"but the config says {cfg.timestamp_column!r}; the window would skip rows", fix)
+        seq = props.get(SEQ_COLUMN)
+        stored = (seq or None) if seq is not None else (cfg.sequence_column if wm.seq is not None else None)
+        if wm.seq is not None and stored != cfg.sequence_column:
+            now = f"sequence_column {cfg.sequence_column!r}" if cfg.sequence_column else "no sequence_column"
+            raise ConfigError(f"{cfg.target}: the watermark {wm.describe()} holds a value of sequence_column "
+                              f"{stored!r}, but the config has {now}; rows at {iso(wm.ts_ns)} after it would be "
+                              f"skipped", fix)
+
+    def _lineage_fix(self) -> str:
+        return (f"restore the [[tables]] entry as it was, or point target at a new Iceberg table, or (deliberately) "
+                f"move the watermark in the new terms: iceberg-offload watermark set --table {self.cfg.target} "
+                f"--to <time> (it records the new key and source)")
+
     def window(self, settings: Settings, lower: Watermark | None, now_ns: int) -> Window:
         return Window(lower, upper_bound(now_ns, settings.offload.settle_seconds, self.cfg.closed_after_seconds))
 
@@ -174,6 +214,7 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
     plan = TablePlan.build(source, cfg)
     table = plan.ensure(sink)
     lower, last = sink.watermark(table)
+    plan.check_lineage(last)
     totals = last.totals if last is not None else (0, 0)
     result.watermark_before = result.watermark_after = lower.as_dict() if lower else None
     window = plan.window(settings, lower, now_ns)
@@ -185,9 +226,9 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
     try:
         while (cut := stream.next_commit()) is not None:
             commit_id = f"{run_id}/{uuid.uuid4().hex[:12]}"
-            props = {**cut.to_props(), f"{PREFIX}run-id": run_id, COMMIT_ID: commit_id,
+            props = {**cut.to_props(), **plan.lineage(), f"{PREFIX}run-id": run_id, COMMIT_ID: commit_id,
                      f"{PREFIX}window.lower-ns": str(window.lower.ts_ns) if window.lower else "",
-                     f"{PREFIX}window.upper-ns": str(window.upper_ns), f"{PREFIX}source": plan.info.qualified,
+                     f"{PREFIX}window.upper-ns": str(window.upper_ns),
                      f"{PREFIX}version": __version__, f"{PREFIX}commits-total": str(totals[1] + 1),
                      f"{PREFIX}rows-total": str(totals[0])}
             try:
@@ -199,6 +240,7 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
                 stream.close()  # its read-ahead starts from a cut that did not land
                 table = sink.load(cfg.target) or table
                 lower, last = sink.watermark(table)
+                plan.check_lineage(last)
                 totals = last.totals if last is not None else (0, 0)
                 window = plan.window(settings, lower, now_ns)
                 stream = _Stream(source, plan, table, window, settings)

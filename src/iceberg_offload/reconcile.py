@@ -7,6 +7,8 @@ cold keys at a time (a day by default), so memory follows a page, not the table.
 
 from __future__ import annotations
 
+import struct
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +22,9 @@ from .config import Settings, TableSettings
 from .offload import TablePlan, as_error
 from .sink import Sink, open_catalog
 from .source import Source, open_source, quote
+from .typemap import ColumnMap
 from .window import NS, Watermark, iso
-from .wire import conform
+from .wire import conform, small_type
 
 HOUR = 3600
 PAGE_HOURS = 24
@@ -34,63 +37,68 @@ class VerifyResult:
     cold_rows: int = 0
     missing: int = 0
     duplicates: int = 0
+    changed: int = 0
+    values: bool = False
     buckets_checked: int = 0
     buckets_bad: list[str] = field(default_factory=list)
     error: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.missing == 0 and self.duplicates == 0
+        return self.error is None and self.missing == 0 and self.duplicates == 0 and self.changed == 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"table": self.table, "hot_rows": self.hot_rows, "cold_rows": self.cold_rows,
-                "missing": self.missing, "duplicates": self.duplicates, "buckets_checked": self.buckets_checked,
-                "buckets_bad": self.buckets_bad, "error": self.error}
+                "missing": self.missing, "duplicates": self.duplicates, "changed": self.changed,
+                "values": self.values, "buckets_checked": self.buckets_checked, "buckets_bad": self.buckets_bad,
+                "error": self.error}
 
 
 @dataclass
 class Bucket:
-    """One hour of one table in both tiers. `missing`/`extra` are only diffed when counts disagree."""
+    """One hour of one table in both tiers, compared as multisets: per key, how many rows each tier holds
+    (keys need not be unique: a late row at a timestamp cold already holds is a missing row). The counts
+    below are only worked out when the bucket's counts or checksums disagree (or values are compared)."""
 
     start: int  # epoch seconds of the hour
     hot: int = 0
     hot_distinct: int = 0
     cold: int = 0
     cold_distinct: int = 0
-    missing: int = 0  # keys in hot (up to the watermark) that cold lacks
-    extra: int = 0  # keys in cold that hot lacks (expired or deleted from hot)
+    missing: int = 0  # rows hot has (up to the watermark) beyond cold's copies of their key
+    duplicates: int = 0  # rows cold has beyond hot's copies of a key hot has
+    extra: int = 0  # rows of keys cold has and hot lacks (expired or deleted from hot)
+    changed: int = 0  # rows whose key both tiers hold as often but whose values differ (values mode)
     hot_sum: tuple[int, int] = (0, 0)  # order-free checksums of the key (see _SUMS), to catch swapped keys
     cold_sum: tuple[int, int] = (0, 0)
 
     @property
-    def duplicates(self) -> int:
-        """Extra copies in cold beyond those hot itself holds."""
-        return max(0, (self.cold - self.cold_distinct) - (self.hot - self.hot_distinct))
-
-    @property
     def bad(self) -> bool:
-        return self.missing > 0 or self.duplicates > 0
+        return self.missing > 0 or self.duplicates > 0 or self.changed > 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"bucket": iso(self.start * NS), "hot": self.hot, "cold": self.cold, "missing": self.missing,
-                "duplicates": self.duplicates, "extra": self.extra}
+                "duplicates": self.duplicates, "changed": self.changed, "extra": self.extra}
 
 
-def verify_table(cfg: TableSettings, source: Source, sink: Sink) -> VerifyResult:
-    """Hot vs cold per hour bucket over the range both tiers hold (up to the watermark)."""
-    res = VerifyResult(cfg.target)
+def verify_table(cfg: TableSettings, source: Source, sink: Sink, values: bool | None = None) -> VerifyResult:
+    """Hot vs cold per hour bucket over the range both tiers hold (up to the watermark); with `values`
+    (default: the table's `final`), every column of every row, not only the keys."""
+    res = VerifyResult(cfg.target, values=cfg.final if values is None else values)
     try:
         table = sink.load(cfg.target)
-        wm = sink.watermark(table)[0] if table is not None else None
+        wm, last = sink.watermark(table) if table is not None else (None, None)
         if table is None or wm is None:
             return res
         plan = TablePlan.build(source, cfg)
-        for b in compare(plan, source, table, wm):
+        plan.check_lineage(last)
+        for b in compare(plan, source, table, wm, values=res.values):
             res.buckets_checked += 1
             res.hot_rows += b.hot
             res.cold_rows += b.cold
             res.missing += b.missing
             res.duplicates += b.duplicates
+            res.changed += b.changed
             if b.bad:
                 res.buckets_bad.append(iso(b.start * NS))
     except Exception as exc:  # noqa: BLE001 - one table's failure never ends the others' verify
@@ -103,12 +111,13 @@ def oldest_hour(plan: TablePlan, source: Source) -> int | None:
     """Epoch seconds of the hour holding the hot tier's oldest row (None: the hot tier is empty)."""
     fin = " FINAL" if plan.cfg.final else ""
     n, oldest = source.rows(f"SELECT count(), min({plan.key.ts_ns_expr()}) FROM {plan.info.qualified}{fin}")[0]
-    return None if not n else max(int(oldest), 0) // NS // HOUR * HOUR
+    return None if not n else int(oldest) // NS // HOUR * HOUR  # floor: before 1970 too
 
 
-def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark,
-            page_hours: int = PAGE_HOURS) -> Iterator[Bucket]:
-    """Every hour bucket from the hot tier's oldest hour up to the watermark, oldest first."""
+def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark, page_hours: int = PAGE_HOURS,
+            values: bool = False) -> Iterator[Bucket]:
+    """Every hour bucket from the hot tier's oldest hour up to the watermark, oldest first. With `values`,
+    each bucket's rows are compared whole (cold read an hour at a time)."""
     lo_hour = oldest_hour(plan, source)
     if lo_hour is None:
         return
@@ -117,10 +126,11 @@ def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark,
     keys = key_plans(plan)
     names = [p.name for p in keys]
     last_hour = wm.ts_ns // NS // HOUR * HOUR
-    page = page_hours * HOUR
+    page = (1 if values else page_hours) * HOUR
+    read = [p.name for p in plan.columns] if values else names
     for page_lo in range(lo_hour // page * page, last_hour + 1, page):
         lo, hi = max(page_lo, lo_hour), min(page_lo + page - HOUR, last_hour)
-        cold_tbl = cold_keys(table, plan.cfg.timestamp_column, names, lo * NS, min((hi + HOUR) * NS - 1, wm.ts_ns))
+        cold_tbl = cold_keys(table, plan.cfg.timestamp_column, read, lo * NS, min((hi + HOUR) * NS - 1, wm.ts_ns))
         hours = _hour_of(cold_tbl.column(plan.cfg.timestamp_column))
         stats = _cold_stats(cold_tbl, names, hours, plan.cfg.timestamp_column, seq)
         for start in range(lo, hi + 1, HOUR):
@@ -129,8 +139,9 @@ def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark,
             if not (h or c):
                 continue
             b = Bucket(start, h, hd, c, cd, hot_sum=hs, cold_sum=cs)
-            if h != c or cd != c or hs != cs:
-                b.missing, b.extra = _diff(plan, source, keys, wm, start, cold_tbl.filter(pc.equal(hours, start)))
+            if values or (h, hd, hs) != (c, cd, cs):
+                _diff(plan, source, keys if not values else plan.columns, wm, b,
+                      cold_tbl.filter(pc.equal(hours, start)), names)
             yield b
 
 
@@ -155,9 +166,10 @@ def hot_buckets(plan: TablePlan, source: Source, wm: Watermark, lo_hour: int,
     where = f"{quote(cfg.timestamp_column)} >= {key.ts_literal(lo_hour * NS)} AND {key.at_most(wm)}"
     uniq = ", ".join(quote(c) for c in cfg.key_columns)
     seq_sum = f"sum(positiveModulo(toInt128({quote(seq)}), {_PRIME}))" if seq else "0"
-    b = key.aliases.name("b")
-    rows = source.rows(f"SELECT intDiv({key.ts_ns_expr()}, {NS * HOUR}) * {HOUR} AS {b}, count(), uniqExact({uniq}), "
-                       f"sum(intDiv({key.ts_ns_expr()} % {NS * HOUR}, 1000)), {seq_sum} "
+    b, ns = key.aliases.name("b"), key.ts_ns_expr()
+    within = f"positiveModulo({ns}, {NS * HOUR})"  # floored, so hours before 1970 are whole hours too
+    rows = source.rows(f"SELECT intDiv({ns} - {within}, {NS}) AS {b}, count(), uniqExact({uniq}), "
+                       f"sum(intDiv({within}, 1000)), {seq_sum} "
                        f"FROM {plan.info.qualified}{' FINAL' if cfg.final else ''} WHERE {where} GROUP BY {b}")
     return {int(b): (int(n), int(d), (int(ts), int(sq))) for b, n, d, ts, sq in rows}
 
@@ -170,7 +182,16 @@ def bucket_where(plan: TablePlan, wm: Watermark, start: int) -> str:
             f"{key.at_most(wm)}")
 
 
-def key_plans(plan: TablePlan) -> list[Any]:
+def hot_rows(plan: TablePlan, source: Source, wm: Watermark, start: int, columns: list[ColumnMap],
+             target: pa.Schema) -> pa.Table:
+    """The hot tier's rows of one hour bucket (up to the watermark), `columns` only, as Iceberg holds them."""
+    fin = " FINAL" if plan.cfg.final else ""
+    select, names = plan.key.aliases.select([p.select for p in columns])
+    sql = f"SELECT {select} FROM {plan.info.qualified}{fin} WHERE {bucket_where(plan, wm, start)}"
+    return conform(source.arrow(sql, names), columns, target, plan.cfg.source)
+
+
+def key_plans(plan: TablePlan) -> list[ColumnMap]:
     return [p for p in plan.columns if p.name in plan.cfg.key_columns]
 
 
@@ -190,11 +211,11 @@ def cold_keys(table: Table, ts: str, names: list[str], lo_ns: int, hi_ns: int) -
 
 
 def _hour_of(col: pa.ChunkedArray) -> pa.Array:
-    """Epoch seconds of the hour each cold timestamp falls in (timestamps, or epoch-ns longs)."""
+    """Epoch seconds of the hour each cold timestamp falls in (timestamps, or epoch-ns longs), floored."""
     if pa.types.is_timestamp(col.type):
         micros = pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
-        return pc.multiply(pc.divide(micros, 1_000_000 * HOUR), HOUR).combine_chunks()
-    return pc.multiply(pc.divide(col, NS * HOUR), HOUR).combine_chunks()
+        return pc.divide(pc.subtract(micros, pc.modulo(micros, 1_000_000 * HOUR)), 1_000_000).combine_chunks()
+    return pc.divide(pc.subtract(col, pc.modulo(col, NS * HOUR)), NS).combine_chunks()
 
 
 def _cold_stats(cold_tbl: pa.Table, names: list[str], hours: pa.Array, ts: str, seq: str | None) -> dict[int, Stats]:
@@ -218,25 +239,57 @@ def _cold_stats(cold_tbl: pa.Table, names: list[str], hours: pa.Array, ts: str, 
     return {int(b): (int(n), int(d), (int(t), int(q))) for b, n, d, t, q in zip(*cols, strict=True)}
 
 
-def _diff(plan: TablePlan, source: Source, keys: list[Any], wm: Watermark, start: int,
-          cold_bucket: pa.Table) -> tuple[int, int]:
-    """(keys hot has and cold lacks, keys cold has and hot lacks) in one hour bucket."""
-    fin = " FINAL" if plan.cfg.final else ""
-    cols, aliases = plan.key.aliases.select([p.select for p in keys])
-    hot = source.arrow(f"SELECT {cols} FROM {plan.info.qualified}{fin} WHERE {bucket_where(plan, wm, start)}", aliases)
-    names = [p.name for p in keys]
-    target = pa.schema([cold_bucket.schema.field(n) for n in names])
-    hot_keys = set(map(tuple, _rows(conform(hot, keys, target, plan.cfg.source), names)))
-    cold = set(map(tuple, _rows(cold_bucket, names)))
-    return len(hot_keys - cold), len(cold - hot_keys)
+def _diff(plan: TablePlan, source: Source, columns: list[ColumnMap], wm: Watermark, b: Bucket,
+          cold_bucket: pa.Table, keys: list[str]) -> None:
+    """Fill in b's missing, duplicates, extra (and changed, when `columns` are every column) by comparing the
+    bucket's rows as multisets: per key, and per whole row."""
+    names = [p.name for p in columns]
+    target = pa.schema([cold_bucket.schema.field(n).with_type(small_type(cold_bucket.schema.field(n).type))
+                        for n in names])
+    hot = hot_rows(plan, source, wm, b.start, columns, target)
+    cold = cold_bucket.select(names).cast(target)
+    hot_k, cold_k = Counter(_tuples(hot, keys)), Counter(_tuples(cold, keys))
+    b.missing = sum((hot_k - cold_k).values())
+    b.duplicates = sum(n - hot_k[k] for k, n in cold_k.items() if k in hot_k and n > hot_k[k])
+    b.extra = sum(n for k, n in cold_k.items() if k not in hot_k)
+    if len(names) > len(keys) and not _same_rows(hot, cold):
+        # rows whose key both tiers hold equally often, but not with the same values
+        hot_r, cold_r = Counter(_tuples(hot, names)), Counter(_tuples(cold, names))
+        b.changed = max(0, sum((hot_r - cold_r).values()) - b.missing)
 
 
-def _rows(tbl: pa.Table, names: list[str]) -> list[list[Any]]:
-    cols = [tbl.column(n).to_pylist() for n in names]
-    return [list(r) for r in zip(*cols, strict=True)]
+def _same_rows(hot: pa.Table, cold: pa.Table) -> bool:
+    """Quick check: equal after sorting by every sortable column (a False is confirmed row by row)."""
+    if hot.num_rows != cold.num_rows:
+        return False
+    order = [(f.name, "ascending") for f in hot.schema
+             if not (pa.types.is_nested(f.type) or pa.types.is_dictionary(f.type)
+                     or isinstance(f.type, pa.ExtensionType))]
+    try:
+        return bool(hot.sort_by(order).equals(cold.sort_by(order)))
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError):  # a type Arrow cannot sort: decide row by row
+        return False
 
 
-def verify(settings: Settings, names: list[str] | None = None) -> list[VerifyResult]:
+def _tuples(tbl: pa.Table, names: list[str]) -> Iterator[tuple[Any, ...]]:
+    cols = [[_hashable(v) for v in tbl.column(n).to_pylist()] for n in names]
+    return zip(*cols, strict=True)
+
+
+def _hashable(v: Any) -> Any:
+    """A value as an exact, hashable key: floats by their bits (NaN equals NaN), lists and structs as tuples."""
+    if isinstance(v, float):
+        return ("f", struct.pack("<d", v))
+    if isinstance(v, list):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple((k, _hashable(x)) for k, x in v.items())
+    if isinstance(v, tuple):
+        return tuple(_hashable(x) for x in v)
+    return v
+
+
+def verify(settings: Settings, names: list[str] | None = None, values: bool | None = None) -> list[VerifyResult]:
     sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
     with open_source(settings.source) as source:
-        return [verify_table(cfg, source, sink) for cfg in settings.select(names)]
+        return [verify_table(cfg, source, sink, values) for cfg in settings.select(names)]

@@ -34,11 +34,10 @@ from .errors import (
     redact,
 )
 from .offload import TablePlan, as_error
-from .reconcile import HOUR, PAGE_HOURS, Bucket, bucket_where, compare, oldest_hour, ts_range
+from .reconcile import HOUR, PAGE_HOURS, Bucket, compare, hot_rows, oldest_hour, ts_range
 from .sink import COMMIT_ID, CasTransaction, Commit, Sink, catalog_errors, discard_files, open_catalog
 from .source import Source, open_source, quote
 from .window import NS, PREFIX, Watermark
-from .wire import conform
 
 TTL_MARGIN_SECONDS = 900
 """A bucket whose first row expires within this long is treated as expiring already."""
@@ -59,7 +58,10 @@ class ReconcileResult:
     buckets_repaired: int = 0
     buckets_skipped_ttl: int = 0
     buckets_skipped_cold_ahead: int = 0
+    buckets_changed: int = 0
+    values: bool = False
     rows_missing: int = 0
+    rows_changed: int = 0
     rows_added: int = 0
     duplicate_rows_removed: int = 0
     rows_deleted: int = 0
@@ -77,10 +79,13 @@ class ReconcileResult:
 
 
 def reconcile(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, apply: bool,
-              page_hours: int = PAGE_HOURS, ttl_margin_seconds: int = TTL_MARGIN_SECONDS) -> ReconcileResult:
+              page_hours: int = PAGE_HOURS, ttl_margin_seconds: int = TTL_MARGIN_SECONDS,
+              values: bool | None = None) -> ReconcileResult:
     """Compare one table's tiers per hour bucket and (with apply) replace the bad buckets it may replace.
-    Without apply nothing changes; the result says what would be done. Errors are returned, not raised."""
-    res = ReconcileResult(cfg.target)
+    With `values` (default: the table's `final`, whose rows may change after their window was offloaded)
+    every column of every row is compared, not only the keys. Without apply nothing changes; the result
+    says what would be done. Errors are returned, not raised."""
+    res = ReconcileResult(cfg.target, values=cfg.final if values is None else values)
     try:
         _reconcile(cfg, source, sink, apply, page_hours, ttl_margin_seconds, res)
     except Exception as exc:  # noqa: BLE001 - one table's failure never ends the others' reconcile
@@ -89,10 +94,11 @@ def reconcile(settings: Settings, cfg: TableSettings, source: Source, sink: Sink
     return res
 
 
-def reconcile_all(settings: Settings, names: list[str] | None = None, apply: bool = False) -> list[ReconcileResult]:
+def reconcile_all(settings: Settings, names: list[str] | None = None, apply: bool = False,
+                  values: bool | None = None) -> list[ReconcileResult]:
     sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
     with open_source(settings.source) as source:
-        return [reconcile(settings, cfg, source, sink, apply) for cfg in settings.select(names)]
+        return [reconcile(settings, cfg, source, sink, apply, values=values) for cfg in settings.select(names)]
 
 
 def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page_hours: int, margin: int,
@@ -103,7 +109,8 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
         return
     res.watermark = wm.as_dict()
     plan = TablePlan.build(source, cfg)
-    buckets = list(compare(plan, source, table, wm, page_hours))
+    plan.check_lineage(last)
+    buckets = list(compare(plan, source, table, wm, page_hours, values=res.values))
     res.buckets_compared = len(buckets)
     bad = [b for b in buckets if b.bad]
     if not bad:
@@ -113,11 +120,13 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
     for b in bad:
         res.buckets_missing += b.missing > 0
         res.buckets_duplicates += b.duplicates > 0
+        res.buckets_changed += b.changed > 0
         res.rows_missing += b.missing
+        res.rows_changed += b.changed
         if b.start in expiring:
             action = "skipped_ttl"
             res.buckets_skipped_ttl += 1
-        elif b.extra or b.cold_distinct > b.hot_distinct:
+        elif b.extra:
             action = "skipped_cold_ahead"  # cold holds keys hot no longer has: replacing would lose them
             res.buckets_skipped_cold_ahead += 1
         else:
@@ -159,7 +168,7 @@ def _expiring(plan: TablePlan, source: Source, starts: list[int], margin: int) -
                                f"{as_ts} AS {ts})")
         except SourceError:  # a TTL on other columns: the oldest-hour rule and the subset rule still hold
             rows = []
-        out |= {int(b) for b, gone in rows if gone}
+        out |= {int(start) for start, gone in rows if gone}
     return out
 
 
@@ -211,7 +220,6 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
     name = ".".join(table.name())
     txn = CasTransaction(table)
     target = table.schema().as_arrow()
-    fin = " FINAL" if plan.cfg.final else ""
     written, added = 0, []
     try:
         with catalog_errors(f"repairing {name}"):
@@ -222,9 +230,7 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
             with txn.update_snapshot(snapshot_properties=props).fast_append() as append, \
                     DataFileWriter(txn.table_metadata, table.io, append.commit_uuid, added) as files:
                 for b in chosen:
-                    select, names = plan.key.aliases.select([p.select for p in plan.columns])
-                    sql = f"SELECT {select} FROM {plan.info.qualified}{fin} WHERE {bucket_where(plan, wm, b.start)}"
-                    rows = conform(source.arrow(sql, names), plan.columns, target, plan.cfg.source)
+                    rows = hot_rows(plan, source, wm, b.start, plan.columns, target)
                     if rows.num_rows < b.hot:
                         raise HotTierChanged(f"{name}: the hot tier's hour {b.as_dict()['bucket']} shrank from "
                                              f"{b.hot} to {rows.num_rows} rows while repairing (TTL or a delete); "

@@ -209,7 +209,7 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
         return out
     if apply:
         totals = last.totals if last is not None else (0, 0)
-        props = {**new.to_props(), f"{PREFIX}run-id": f"watermark-set-{uuid.uuid4().hex[:8]}",
+        props = {**new.to_props(), **plan.lineage(), f"{PREFIX}run-id": f"watermark-set-{uuid.uuid4().hex[:8]}",
                  f"{PREFIX}commit-id": f"watermark-set/{uuid.uuid4().hex[:12]}", f"{PREFIX}set-by": "watermark set",
                  f"{PREFIX}rows-total": str(totals[0]), f"{PREFIX}commits-total": str(totals[1])}
         sink.commit(table, iter(()), props, time.monotonic())

@@ -166,7 +166,7 @@ def conform(batch: pa.RecordBatch | pa.Table, plans: list[ColumnMap], target: pa
     the rest through Arrow's checked cast, text checked to be UTF-8. Raises ValueOutOfRange."""
     tbl = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
     tbl = tbl.rename_columns([p.name for p in plans])
-    fields = {f.name: f.with_type(_small(f.type)) for f in target}
+    fields = {f.name: f.with_type(small_type(f.type)) for f in target}
     arrays = []
     for p, column in zip(plans, tbl.columns, strict=True):
         field = fields[p.name]
@@ -217,7 +217,7 @@ def _is_utf8(value: bytes) -> bool:
         return False
 
 
-def _small(t: pa.DataType) -> pa.DataType:
+def small_type(t: pa.DataType) -> pa.DataType:
     """pyiceberg's schema asks for large_string/large_binary/large_list; the plain ones write the same
     Parquet and Iceberg types, and ClickHouse sends plain ones, so casting them would only copy."""
     if pa.types.is_large_string(t):
@@ -225,11 +225,11 @@ def _small(t: pa.DataType) -> pa.DataType:
     if pa.types.is_large_binary(t):
         return pa.binary()
     if pa.types.is_large_list(t) or pa.types.is_list(t):
-        return pa.list_(t.value_field.with_type(_small(t.value_type)))
+        return pa.list_(t.value_field.with_type(small_type(t.value_type)))
     if pa.types.is_map(t):
-        return pa.map_(t.key_field.with_type(_small(t.key_type)), t.item_field.with_type(_small(t.item_type)))
+        return pa.map_(t.key_field.with_type(small_type(t.key_type)), t.item_field.with_type(small_type(t.item_type)))
     if pa.types.is_struct(t):
-        return pa.struct([t.field(i).with_type(_small(t.field(i).type)) for i in range(t.num_fields)])
+        return pa.struct([t.field(i).with_type(small_type(t.field(i).type)) for i in range(t.num_fields)])
     return t
 
 
