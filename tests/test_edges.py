@@ -72,6 +72,29 @@ def test_after_a_failed_query_the_source_answers_the_next_query_exactly(make_set
             assert ch.rows("SELECT count(), min(toInt64(v)) FROM k2.b") == [(300000, 10**9)]
 
 
+def test_a_result_short_of_rows_or_of_another_query_commits_nothing(make_settings, monkeypatch):
+    """Each result is checked against what was asked: its aliases (a nonce per query) and, per commit, at
+    least the rows the plan counted. A result that fails either check lands nothing."""
+    from iceberg_offload.source import Source
+
+    s = make_settings([_table("b")], max_rows_per_commit=100_000, read_rows=50_000)
+    with clickhouse(s) as ch:
+        _two_int128_tables(ch)
+    real = Source._fetch_arrow
+    for broken, kind in ((lambda t: t.slice(1), "result_mismatch"),
+                         (lambda t: t.rename_columns([f"x{i}" for i in range(t.num_columns)]), "result_mismatch")):
+        def fetch(self, sql, broken=broken):
+            tbl = real(self, sql)
+            return broken(tbl) if "fromUnixTimestamp64Nano" in sql and "_o" in sql else tbl
+
+        monkeypatch.setattr(Source, "_fetch_arrow", fetch)
+        res = run_cycle(s).tables[0]
+        assert res.status == "failed" and res.error["type"] == kind, res.error
+        assert res.rows == 0 and cold(s, "b").num_rows == 0
+    monkeypatch.setattr(Source, "_fetch_arrow", real)
+    assert run_cycle(s).tables[0].rows == 300000
+
+
 # -- 2: column names like our aliases ------------------------------------------------------------------
 def test_columns_named_like_generated_aliases_keep_their_values(make_settings):
     cols = "c1 UInt32, c0 DateTime64(3), c2 UInt64, k String, rn Int32, b Int64, n UInt8, _o0 String, x Int8"

@@ -28,6 +28,7 @@ from .errors import (
     ConfigError,
     InternalError,
     OffloadError,
+    ResultMismatch,
     SourceError,
     ValueOutOfRange,
 )
@@ -311,18 +312,24 @@ class _Stream:
                 return
             cut = key.watermark(last)
             yield cut
-            lower, pending, rows = window.lower, [], 0
+            lower, pending, rows, read = window.lower, [], 0, 0
             for upper in sorted({key.watermark(x) for x in splits if key.watermark(x) < cut}) + [cut]:
                 sql, names = chunk_query(tsql, final, key, select, Window(lower, window.upper_ns), upper)
                 part = conform(source.arrow(sql, names), plan.columns, target, plan.cfg.source)
                 lower = upper
                 pending.append(part)
                 rows += part.num_rows
+                read += part.num_rows
                 if rows >= batch_rows:
                     yield pa.concat_tables(pending)
                     pending, rows = [], 0
             if pending:
                 yield pa.concat_tables(pending)
+            if read < n:  # the key range holds at least the rows the plan counted in it (more: late arrivals)
+                raise ResultMismatch(f"{plan.cfg.source}: read {read} rows up to {cut.describe()} where the plan "
+                                     f"counted {n}; the commit was discarded, nothing was written",
+                                     "none needed: the next run reads again (rows deleted meanwhile, or a "
+                                     "result that was not the query's)")
             yield _END
             window = Window(cut, window.upper_ns)
 

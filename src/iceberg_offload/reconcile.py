@@ -1,8 +1,9 @@
-"""Reconciliation: hot vs cold per hour bucket — what is missing from cold, what is there twice.
+"""Reconciliation: hot vs cold per hour bucket — what is missing from cold, there twice, or changed.
 
 `compare` walks the range both tiers hold (the hot tier's oldest hour up to the watermark) one page of
-cold keys at a time (a day by default), so memory follows a page, not the table. `verify` reports;
-`repair.reconcile` replaces bad buckets from the hot tier on top of the same comparison.
+cold keys at a time (hours holding about 2 M hot rows), so memory follows a page, not the table. Tiers
+are compared as multisets (per key, how many rows each holds), with `values` row by row. `verify`
+reports; `repair.reconcile` replaces bad buckets from the hot tier on top of the same comparison.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from .window import NS, Watermark, iso
 from .wire import conform, small_type
 
 HOUR = 3600
-PAGE_HOURS = 24
+PAGE_ROWS = 2_000_000
+"""Hot rows per comparison page (cold keys of a page are held in memory; an eighth with values)."""
 
 
 @dataclass
@@ -114,10 +116,10 @@ def oldest_hour(plan: TablePlan, source: Source) -> int | None:
     return None if not n else int(oldest) // NS // HOUR * HOUR  # floor: before 1970 too
 
 
-def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark, page_hours: int = PAGE_HOURS,
+def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark, page_rows: int = PAGE_ROWS,
             values: bool = False) -> Iterator[Bucket]:
-    """Every hour bucket from the hot tier's oldest hour up to the watermark, oldest first. With `values`,
-    each bucket's rows are compared whole (cold read an hour at a time)."""
+    """Every hour bucket either tier holds, from the hot tier's oldest hour up to the watermark, oldest first.
+    With `values`, each bucket's rows are compared whole, every column."""
     lo_hour = oldest_hour(plan, source)
     if lo_hour is None:
         return
@@ -126,23 +128,35 @@ def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark, page_h
     keys = key_plans(plan)
     names = [p.name for p in keys]
     last_hour = wm.ts_ns // NS // HOUR * HOUR
-    page = (1 if values else page_hours) * HOUR
     read = [p.name for p in plan.columns] if values else names
-    for page_lo in range(lo_hour // page * page, last_hour + 1, page):
-        lo, hi = max(page_lo, lo_hour), min(page_lo + page - HOUR, last_hour)
+    for lo, hi in pages(hot, lo_hour, last_hour, page_rows // 8 if values else page_rows):
         cold_tbl = cold_keys(table, plan.cfg.timestamp_column, read, lo * NS, min((hi + HOUR) * NS - 1, wm.ts_ns))
         hours = _hour_of(cold_tbl.column(plan.cfg.timestamp_column))
         stats = _cold_stats(cold_tbl, names, hours, plan.cfg.timestamp_column, seq)
-        for start in range(lo, hi + 1, HOUR):
+        for start in sorted({h for h in hot if lo <= h <= hi} | set(stats)):
             h, hd, hs = hot.get(start, (0, 0, (0, 0)))
             c, cd, cs = stats.get(start, (0, 0, (0, 0)))
-            if not (h or c):
-                continue
             b = Bucket(start, h, hd, c, cd, hot_sum=hs, cold_sum=cs)
             if values or (h, hd, hs) != (c, cd, cs):
                 _diff(plan, source, keys if not values else plan.columns, wm, b,
                       cold_tbl.filter(pc.equal(hours, start)), names)
             yield b
+
+
+def pages(hot: dict[int, Stats], lo_hour: int, last_hour: int, budget: int) -> list[tuple[int, int]]:
+    """Consecutive hour ranges covering lo_hour..last_hour, each holding about `budget` hot rows (an hour
+    more if one hour alone holds more): memory follows the budget, and a sparse range is a few reads,
+    not one per hour."""
+    out: list[tuple[int, int]] = []
+    start, rows = lo_hour, 0
+    for hour in sorted(h for h in hot if lo_hour <= h <= last_hour):
+        n = hot[hour][0]
+        if rows and rows + n > budget:
+            out.append((start, hour - HOUR))
+            start, rows = hour, 0
+        rows += n
+    out.append((start, last_hour))
+    return out
 
 
 # Order-free checksums per bucket, equal in both tiers when they hold the same rows: the sum of each row's

@@ -34,7 +34,7 @@ from .errors import (
     redact,
 )
 from .offload import TablePlan, as_error
-from .reconcile import HOUR, PAGE_HOURS, Bucket, compare, hot_rows, oldest_hour, ts_range
+from .reconcile import HOUR, PAGE_ROWS, Bucket, compare, hot_rows, oldest_hour, ts_range
 from .sink import COMMIT_ID, CasTransaction, Commit, Sink, catalog_errors, discard_files, open_catalog
 from .source import Source, open_source, quote
 from .window import NS, PREFIX, Watermark
@@ -79,7 +79,7 @@ class ReconcileResult:
 
 
 def reconcile(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, apply: bool,
-              page_hours: int = PAGE_HOURS, ttl_margin_seconds: int = TTL_MARGIN_SECONDS,
+              page_rows: int = PAGE_ROWS, ttl_margin_seconds: int = TTL_MARGIN_SECONDS,
               values: bool | None = None) -> ReconcileResult:
     """Compare one table's tiers per hour bucket and (with apply) replace the bad buckets it may replace.
     With `values` (default: the table's `final`, whose rows may change after their window was offloaded)
@@ -87,7 +87,7 @@ def reconcile(settings: Settings, cfg: TableSettings, source: Source, sink: Sink
     says what would be done. Errors are returned, not raised."""
     res = ReconcileResult(cfg.target, values=cfg.final if values is None else values)
     try:
-        _reconcile(cfg, source, sink, apply, page_hours, ttl_margin_seconds, res)
+        _reconcile(cfg, source, sink, apply, page_rows, ttl_margin_seconds, res)
     except Exception as exc:  # noqa: BLE001 - one table's failure never ends the others' reconcile
         res.error = as_error(exc, cfg.target).as_dict()
         source.discard()
@@ -101,7 +101,7 @@ def reconcile_all(settings: Settings, names: list[str] | None = None, apply: boo
         return [reconcile(settings, cfg, source, sink, apply, values=values) for cfg in settings.select(names)]
 
 
-def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page_hours: int, margin: int,
+def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page_rows: int, margin: int,
                res: ReconcileResult) -> None:
     table = sink.load(cfg.target)
     wm, last = sink.watermark(table) if table is not None else (None, None)
@@ -110,7 +110,7 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
     res.watermark = wm.as_dict()
     plan = TablePlan.build(source, cfg)
     plan.check_lineage(last)
-    buckets = list(compare(plan, source, table, wm, page_hours, values=res.values))
+    buckets = list(compare(plan, source, table, wm, page_rows, values=res.values))
     res.buckets_compared = len(buckets)
     bad = [b for b in buckets if b.bad]
     if not bad:
