@@ -109,6 +109,16 @@ class InternalError(TerminalError):
                    "report this with the log; the other tables were not affected")
 
 
+def as_error(exc: Exception, what: str) -> OffloadError:
+    """Our error as it is; any other exception (a bug) as InternalError, logged with its traceback."""
+    if isinstance(exc, OffloadError):
+        return exc
+    import logging
+
+    logging.getLogger("iceberg_offload").error("%s: unexpected error", what, exc_info=exc)
+    return InternalError.wrap(exc, what)
+
+
 _SECRET_PATTERNS = [
     # user:password@ in any URL
     (re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<secret>[^@\s/]+)(?=@)"), r"\g<head>***"),

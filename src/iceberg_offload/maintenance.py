@@ -12,7 +12,7 @@ from typing import Any
 
 from .compact import compact
 from .config import Settings, TableSettings
-from .errors import OffloadError
+from .errors import as_error
 from .maintain import expire, orphans
 from .repair import reconcile
 from .sink import Sink, open_catalog
@@ -47,9 +47,9 @@ def maintain_table(settings: Settings, cfg: TableSettings, steps: tuple[str, ...
                                 keep_last=m.keep_last_snapshots).as_dict()
             else:
                 result = orphans(settings, cfg, sink, apply, older_than_seconds=m.orphan_age_days * DAY).as_dict()
-        except OffloadError as exc:
+        except Exception as exc:  # noqa: BLE001 - a failing step never stops the next one
             out["ok"] = False
-            result = {"error": exc.as_dict()}
+            result = {"error": as_error(exc, f"{cfg.target} {step}").as_dict()}
         result["seconds"] = round(time.monotonic() - started, 2)
         out["steps"][step] = result
     return out
@@ -62,7 +62,7 @@ def maintain(settings: Settings, names: list[str] | None = None, steps: tuple[st
     for cfg in settings.select(names):
         try:
             results.append(maintain_table(settings, cfg, steps, apply, values))
-        except OffloadError as exc:  # the catalog or the table itself is unusable
+        except Exception as exc:  # noqa: BLE001 - the catalog or the table itself is unusable
             results.append({"table": cfg.target, "applied": apply, "ok": False, "steps": {},
-                            "error": exc.as_dict()})
+                            "error": as_error(exc, cfg.target).as_dict()})
     return results

@@ -6,7 +6,6 @@ This module knows nothing of Prefect: the flows wrap it, the CLI calls it, the t
 from __future__ import annotations
 
 import contextlib
-import logging
 import queue
 import threading
 import time
@@ -26,11 +25,10 @@ from .errors import (
     CommitConflict,
     CommitOutcomeUnknown,
     ConfigError,
-    InternalError,
-    OffloadError,
     ResultMismatch,
     SourceError,
     ValueOutOfRange,
+    as_error,
 )
 from .sink import COMMIT_ID, Commit, Sink, open_catalog
 from .source import Source, TableInfo, open_source, quote
@@ -48,7 +46,6 @@ from .window import (
 )
 from .wire import conform
 
-log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 MAX_CONFLICTS = 3
 TS_COLUMN, SEQ_COLUMN = f"{PREFIX}watermark.timestamp-column", f"{PREFIX}watermark.sequence-column"
@@ -152,13 +149,12 @@ class TablePlan:
         if ts is not None and ts != cfg.timestamp_column:
             raise ConfigError(f"{cfg.target}: the watermark {wm.describe()} is a value of timestamp_column {ts!r}, "
                               f"but the config says {cfg.timestamp_column!r}; the window would skip rows", fix)
-        seq = props.get(SEQ_COLUMN)
-        stored = (seq or None) if seq is not None else (cfg.sequence_column if wm.seq is not None else None)
-        if wm.seq is not None and stored != cfg.sequence_column:
+        seq = props.get(SEQ_COLUMN)  # None: commits from before it was recorded
+        if wm.seq is not None and (cfg.sequence_column is None or seq not in (None, cfg.sequence_column)):
             now = f"sequence_column {cfg.sequence_column!r}" if cfg.sequence_column else "no sequence_column"
-            raise ConfigError(f"{cfg.target}: the watermark {wm.describe()} holds a value of sequence_column "
-                              f"{stored!r}, but the config has {now}; rows at {iso(wm.ts_ns)} after it would be "
-                              f"skipped", fix)
+            was = f"sequence_column {seq!r}" if seq else "a sequence column"
+            raise ConfigError(f"{cfg.target}: the watermark {wm.describe()} holds a value of {was}, but the config "
+                              f"has {now}; rows at {iso(wm.ts_ns)} after it would be skipped", fix)
 
     def _lineage_fix(self) -> str:
         return (f"restore the [[tables]] entry as it was, or point target at a new Iceberg table, or (deliberately) "
@@ -200,14 +196,6 @@ def offload_table(settings: Settings, cfg: TableSettings, source: Source, sink: 
         source.discard()  # nothing this table left on the connection reaches the next table
     result.duration_seconds = round(time.monotonic() - started, 3)
     return result
-
-
-def as_error(exc: Exception, what: str) -> OffloadError:
-    """Our error as it is; any other exception (a bug) as InternalError, logged with its traceback."""
-    if isinstance(exc, OffloadError):
-        return exc
-    log.error("%s: unexpected error", what, exc_info=exc)
-    return InternalError.wrap(exc, what)
 
 
 def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, run_id: str, now_ns: int,

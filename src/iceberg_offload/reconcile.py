@@ -20,7 +20,8 @@ from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, Le
 from pyiceberg.table import Table
 
 from .config import Settings, TableSettings
-from .offload import TablePlan, as_error
+from .errors import as_error
+from .offload import TablePlan
 from .sink import Sink, open_catalog
 from .source import Source, open_source, quote
 from .typemap import ColumnMap
