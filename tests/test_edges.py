@@ -366,3 +366,126 @@ def test_long_opt_in_on_datetime64_refuses_values_beyond_nanosecond_range(make_s
     _, res = _one_column(make_settings, "DateTime64(3, 'UTC')", ["'2299-12-31 00:00:00'"], "long")
     assert res.status == "failed" and res.error["type"] == "value_out_of_range", res.error
     assert "oc.x" in res.error["message"] and "2299" in res.error["message"], res.error
+
+
+# -- found in review: equal-looking buckets, foreign rows, and opt-ins the first fix missed --------------
+def test_verify_is_not_fooled_by_buckets_whose_sums_agree(make_settings):
+    """Duplicates at t1 and t3 in cold and two late rows at t2 = (t1 + t3) / 2 in hot: counts, distinct keys
+    and timestamp sums agree; only comparing the keys themselves finds it."""
+    import pyarrow.compute as pc
+
+    s = make_settings([_table("t")])
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.t (ts DateTime64(3), v Int64) ENGINE = MergeTree ORDER BY ts")
+        ch.command(f"INSERT INTO k2.t SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)), number "
+                   f"FROM numbers(5)")
+    run_cycle(s)
+    table = sink_for(s).load("t")
+    rows = cold(s, "t")
+    table.append(rows.filter(pc.is_in(rows.column("v"), pa.array([1, 3]))).cast(table.schema().as_arrow()))
+    with clickhouse(s) as ch:
+        ch.command(f"INSERT INTO k2.t VALUES (fromUnixTimestamp64Milli(toInt64({NOW_MS} + 2000)), 20), "
+                   f"(fromUnixTimestamp64Milli(toInt64({NOW_MS} + 2000)), 21)")
+    v = verify(s)[0]
+    assert (v.missing, v.duplicates, v.ok) == (2, 2, False), v.as_dict()
+    rec = reconcile_all(s, apply=True)[0]
+    assert rec.applied and rec.rows_added == 2 and rec.duplicate_rows_removed == 2, rec.as_dict()
+    assert sorted(cold(s, "t").column("v").to_pylist()) == [0, 1, 2, 3, 4, 20, 21] and verify(s)[0].ok
+
+
+def test_verify_compares_every_key_column(make_settings):
+    s = make_settings([_table("q", key_columns=["ts", "k"])])
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.q (ts DateTime64(3), k String, v UInt32) ENGINE = MergeTree ORDER BY (ts, k)")
+        ch.command(f"INSERT INTO k2.q VALUES (fromUnixTimestamp64Milli(toInt64({NOW_MS})), 'BTC', 1), "
+                   f"(fromUnixTimestamp64Milli(toInt64({NOW_MS})), 'ETH', 2)")
+    run_cycle(s)
+    table = sink_for(s).load("q")
+    rows = cold(s, "q")
+    table.append(rows.filter(pa.compute.equal(rows.column("k"), "BTC")))  # a duplicate BTC in cold
+    with clickhouse(s) as ch:  # a late ETH at the same timestamp
+        ch.command(f"INSERT INTO k2.q VALUES (fromUnixTimestamp64Milli(toInt64({NOW_MS})), 'ETH', 3)")
+    v = verify(s)[0]
+    assert (v.missing, v.duplicates) == (1, 1), v.as_dict()
+
+
+def test_cold_rows_the_hot_tier_never_had_are_reported(make_settings):
+    """Rows in cold whose key the hot tier does not hold (another source's, or deleted from ClickHouse) in an
+    hour the TTL cannot have touched: verify says so; reconcile never deletes them."""
+    s = _ts_only(make_settings, NOW_MS)
+    table = sink_for(s).load("ev")
+    foreign = cold(s, "ev").slice(0, 10)
+    shifted = pa.table({"ts": pa.compute.add(foreign.column("ts"), pa.scalar(1, pa.duration("us"))),
+                        "v": foreign.column("v")}).cast(table.schema().as_arrow())
+    table.append(shifted)
+    v = verify(s)[0]
+    assert not v.ok and v.extra == 10 and v.missing == 0, v.as_dict()
+    rec = reconcile_all(s, apply=True)[0]
+    assert not rec.applied and rec.buckets_skipped_cold_ahead >= 1 and cold(s, "ev").num_rows == 110
+
+
+def test_string_opt_in_on_fixedstring_checks_utf8(make_settings):
+    _, res = _one_column(make_settings, "FixedString(2)", ["'aa'", "unhex('62FF')", "'cc'"], "string")
+    assert res.status == "failed" and res.error["type"] == "value_out_of_range", res.error
+    assert "oc.x" in res.error["message"] and "UTF-8" in res.error["message"]
+
+
+def test_a_refused_source_change_leaves_the_iceberg_table_as_it_was(make_settings):
+    s = _seq_table(make_settings)
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.other (ts DateTime64(3), t2 DateTime64(3), seq UInt64, secret String) "
+                   "ENGINE = MergeTree ORDER BY (ts, seq)")
+    res = run_cycle(make_settings([_table("other", target="tr", sequence_column="seq")])).tables[0]
+    assert res.status == "failed" and res.error["type"] == "config"
+    assert "secret" not in {f.name for f in sink_for(s).load("tr").schema().fields}
+    assert run_cycle(make_settings([_table("tr", sequence_column="seq")])).tables[0].status == "ok"
+
+
+@pytest.mark.parametrize("ddl,override,values", [
+    ("Int64", "decimal(18,0)", ["1", "-5"]), ("UInt32", "decimal(10,0)", ["4294967295", "0"]),
+    ("Int16", "decimal(7,2)", ["-32768", "3"]), ("Nullable(Int32)", "decimal(12,3)", ["NULL", "7"]),
+])
+def test_decimal_opt_in_on_integers_keeps_values_that_fit(make_settings, ddl, override, values):
+    s, res = _one_column(make_settings, ddl, values, override)
+    assert res.status == "ok", res.error
+    want = sorted((Decimal(v) for v in values if v != "NULL"))
+    assert sorted(v for v in cold(s, "oc").column("x").to_pylist() if v is not None) == want
+
+
+def test_decimal_opt_in_on_an_integer_refuses_only_values_that_do_not_fit(make_settings):
+    _, res = _one_column(make_settings, "Int64", ["1", "123456789"], "decimal(5,0)")
+    assert res.status == "failed" and "123456789" in res.error["message"], res.error
+
+
+def test_low_cardinality_big_integers_land_exactly(make_settings):
+    edge = "99999999999999999999999999999999999999"
+    s = make_settings([_table("lc", sequence_column="seq")])
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.lc (ts DateTime64(3), seq UInt64, x LowCardinality(Int128), "
+                   "y LowCardinality(Nullable(UInt128))) ENGINE = MergeTree ORDER BY (ts, seq) "
+                   "SETTINGS allow_suspicious_low_cardinality_types = 1")
+        ch.command(f"INSERT INTO k2.lc SETTINGS allow_suspicious_low_cardinality_types = 1 VALUES "
+                   f"(fromUnixTimestamp64Milli(toInt64({NOW_MS})), 1, -{edge}, NULL), "
+                   f"(fromUnixTimestamp64Milli(toInt64({NOW_MS})), 2, 5, {edge})")
+    res = run_cycle(s).tables[0]
+    assert res.status == "ok", res.error
+    rows = sorted(cold(s, "lc").to_pylist(), key=lambda r: r["seq"])
+    assert [(r["x"], r["y"]) for r in rows] == [(Decimal(f"-{edge}"), None), (Decimal(5), Decimal(edge))]
+
+
+def test_values_comparison_after_a_column_is_added(make_settings):
+    s = make_settings([_table("ac", final=True)])
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.ac (ts DateTime64(3), v UInt32) ENGINE = ReplacingMergeTree ORDER BY ts")
+        ch.command(f"INSERT INTO k2.ac SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)), number "
+                   f"FROM numbers(50)")
+    run_cycle(s)
+    with clickhouse(s) as ch:
+        ch.command("ALTER TABLE k2.ac ADD COLUMN note String")
+    v = verify(s)[0]  # before the next run: Iceberg lacks the column
+    assert v.ok and v.values, v.as_dict()
+    with clickhouse(s) as ch:
+        ch.command(f"INSERT INTO k2.ac VALUES (fromUnixTimestamp64Milli(toInt64({NOW_MS} + 60000)), 99, 'new')")
+    assert run_cycle(s).tables[0].rows == 1
+    v = verify(s)[0]  # older rows are NULL in cold by design, '' in ClickHouse
+    assert v.ok and v.cold_rows == 51, v.as_dict()

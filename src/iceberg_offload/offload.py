@@ -201,6 +201,9 @@ def offload_table(settings: Settings, cfg: TableSettings, source: Source, sink: 
 def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, run_id: str, now_ns: int,
              progress: Progress | None, result: TableResult) -> None:
     plan = TablePlan.build(source, cfg)
+    existing = sink.load(cfg.target)
+    if existing is not None:  # before the schema evolves: a refused config changes nothing
+        plan.check_lineage(sink.watermark(existing)[1])
     table = plan.ensure(sink)
     lower, last = sink.watermark(table)
     plan.check_lineage(last)
@@ -361,7 +364,7 @@ def prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
         with contextlib.suppress(queue.Empty):
             while True:
                 q.get_nowait()
-        worker.join(timeout=30)
+        worker.join()  # never leave a reader on the source: the next table reads through it
 
 
 def new_run_id() -> str:

@@ -1,13 +1,15 @@
 """Reconciliation: hot vs cold per hour bucket — what is missing from cold, there twice, or changed.
 
-`compare` walks the range both tiers hold (the hot tier's oldest hour up to the watermark) one page of
-cold keys at a time (hours holding about 2 M hot rows), so memory follows a page, not the table. Tiers
-are compared as multisets (per key, how many rows each holds), with `values` row by row. `verify`
-reports; `repair.reconcile` replaces bad buckets from the hot tier on top of the same comparison.
+`compare` walks the range both tiers hold (the hot tier's oldest hour up to the watermark) a page at a
+time (hours holding about 2 M hot rows), so memory follows a page, not the table. Both tiers' keys of a
+page are read and compared exactly as multisets — per key, how many rows each tier holds — with one
+group-by and one join in Arrow (no checksum that equal-looking buckets could fool); with `values`, every
+column of every row. `verify` reports; `repair.reconcile` replaces bad buckets on the same comparison.
 """
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections import Counter
 from collections.abc import Iterator
@@ -40,6 +42,7 @@ class VerifyResult:
     cold_rows: int = 0
     missing: int = 0
     duplicates: int = 0
+    extra: int = 0
     changed: int = 0
     values: bool = False
     buckets_checked: int = 0
@@ -48,36 +51,32 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.missing == 0 and self.duplicates == 0 and self.changed == 0
+        return self.error is None and not self.buckets_bad
 
     def as_dict(self) -> dict[str, Any]:
         return {"table": self.table, "hot_rows": self.hot_rows, "cold_rows": self.cold_rows,
-                "missing": self.missing, "duplicates": self.duplicates, "changed": self.changed,
-                "values": self.values, "buckets_checked": self.buckets_checked, "buckets_bad": self.buckets_bad,
-                "error": self.error}
+                "missing": self.missing, "duplicates": self.duplicates, "extra": self.extra,
+                "changed": self.changed, "values": self.values, "buckets_checked": self.buckets_checked,
+                "buckets_bad": self.buckets_bad, "error": self.error}
 
 
 @dataclass
 class Bucket:
     """One hour of one table in both tiers, compared as multisets: per key, how many rows each tier holds
-    (keys need not be unique: a late row at a timestamp cold already holds is a missing row). The counts
-    below are only worked out when the bucket's counts or checksums disagree (or values are compared)."""
+    (keys need not be unique: a late row at a timestamp cold already holds is a missing row)."""
 
     start: int  # epoch seconds of the hour
     hot: int = 0
-    hot_distinct: int = 0
     cold: int = 0
-    cold_distinct: int = 0
     missing: int = 0  # rows hot has (up to the watermark) beyond cold's copies of their key
     duplicates: int = 0  # rows cold has beyond hot's copies of a key hot has
-    extra: int = 0  # rows of keys cold has and hot lacks (expired or deleted from hot)
+    extra: int = 0  # rows of keys cold has and hot lacks (expired, deleted from hot, or not this table's)
     changed: int = 0  # rows whose key both tiers hold as often but whose values differ (values mode)
-    hot_sum: tuple[int, int] = (0, 0)  # order-free checksums of the key (see _SUMS), to catch swapped keys
-    cold_sum: tuple[int, int] = (0, 0)
+    aging: bool = False  # the hot tier's oldest hour on a table with a TTL: it may have begun deleting it
 
     @property
     def bad(self) -> bool:
-        return self.missing > 0 or self.duplicates > 0 or self.changed > 0
+        return self.missing > 0 or self.duplicates > 0 or self.changed > 0 or (self.extra > 0 and not self.aging)
 
     def as_dict(self) -> dict[str, Any]:
         return {"bucket": iso(self.start * NS), "hot": self.hot, "cold": self.cold, "missing": self.missing,
@@ -101,6 +100,7 @@ def verify_table(cfg: TableSettings, source: Source, sink: Sink, values: bool | 
             res.cold_rows += b.cold
             res.missing += b.missing
             res.duplicates += b.duplicates
+            res.extra += b.extra
             res.changed += b.changed
             if b.bad:
                 res.buckets_bad.append(iso(b.start * NS))
@@ -120,94 +120,86 @@ def oldest_hour(plan: TablePlan, source: Source) -> int | None:
 def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark, page_rows: int = PAGE_ROWS,
             values: bool = False) -> Iterator[Bucket]:
     """Every hour bucket either tier holds, from the hot tier's oldest hour up to the watermark, oldest first.
-    With `values`, each bucket's rows are compared whole, every column."""
+    With `values`, each bucket's rows are compared whole (the columns both tiers have had all along)."""
     lo_hour = oldest_hour(plan, source)
     if lo_hour is None:
         return
-    seq = _summed_seq(plan, table)
-    hot = hot_buckets(plan, source, wm, lo_hour, seq)
-    keys = key_plans(plan)
-    names = [p.name for p in keys]
+    counts = hot_hours(plan, source, wm, lo_hour)
+    keys = [p.name for p in key_plans(plan)]
+    ts = plan.cfg.timestamp_column
+    chosen = value_columns(plan, table) if values else key_plans(plan)
+    cols = [p for p in plan.columns if p.name == ts or p in chosen]  # the timestamp always: it makes the hour
+    names = [p.name for p in cols]
+    ice = table.schema().as_arrow()
+    target = pa.schema([ice.field(n).with_type(small_type(ice.field(n).type)) for n in names])
     last_hour = wm.ts_ns // NS // HOUR * HOUR
-    read = [p.name for p in plan.columns] if values else names
-    for lo, hi in pages(hot, lo_hour, last_hour, page_rows // 8 if values else page_rows):
-        cold_tbl = cold_keys(table, plan.cfg.timestamp_column, read, lo * NS, min((hi + HOUR) * NS - 1, wm.ts_ns))
-        hours = _hour_of(cold_tbl.column(plan.cfg.timestamp_column))
-        stats = _cold_stats(cold_tbl, names, hours, plan.cfg.timestamp_column, seq)
-        for start in sorted({h for h in hot if lo <= h <= hi} | set(stats)):
-            h, hd, hs = hot.get(start, (0, 0, (0, 0)))
-            c, cd, cs = stats.get(start, (0, 0, (0, 0)))
-            b = Bucket(start, h, hd, c, cd, hot_sum=hs, cold_sum=cs)
-            if values or (h, hd, hs) != (c, cd, cs):
-                _diff(plan, source, keys if not values else plan.columns, wm, b,
-                      cold_tbl.filter(pc.equal(hours, start)), names)
+    for lo, hi in pages(counts, lo_hour, last_hour, page_rows // 8 if values else page_rows):
+        cold_tbl = cold_keys(table, ts, names, lo * NS, min((hi + HOUR) * NS - 1, wm.ts_ns)).select(names)
+        cold_tbl = cold_tbl.cast(target)
+        hot_tbl = hot_range(plan, source, wm, lo, hi + HOUR, cols, target)
+        for b in _compare_page(hot_tbl, cold_tbl, keys, ts):
+            b.aging = plan.info.ttl is not None and b.start <= lo_hour
+            if values:
+                hour = _hour_of(hot_tbl.column(ts)), _hour_of(cold_tbl.column(ts))
+                _diff_values(b, hot_tbl.filter(pc.equal(hour[0], b.start)), cold_tbl.filter(pc.equal(hour[1], b.start)))
             yield b
 
 
-def pages(hot: dict[int, Stats], lo_hour: int, last_hour: int, budget: int) -> list[tuple[int, int]]:
+def pages(counts: dict[int, int], lo_hour: int, last_hour: int, budget: int) -> list[tuple[int, int]]:
     """Consecutive hour ranges covering lo_hour..last_hour, each holding about `budget` hot rows (an hour
     more if one hour alone holds more): memory follows the budget, and a sparse range is a few reads,
     not one per hour."""
     out: list[tuple[int, int]] = []
     start, rows = lo_hour, 0
-    for hour in sorted(h for h in hot if lo_hour <= h <= last_hour):
-        n = hot[hour][0]
-        if rows and rows + n > budget:
+    for hour in sorted(h for h in counts if lo_hour <= h <= last_hour):
+        if rows and rows + counts[hour] > budget:
             out.append((start, hour - HOUR))
             start, rows = hour, 0
-        rows += n
+        rows += counts[hour]
     out.append((start, last_hour))
     return out
 
 
-# Order-free checksums per bucket, equal in both tiers when they hold the same rows: the sum of each row's
-# microsecond within its hour (< 3.6e9, so no overflow below 2.5e9 rows an hour) and the sum of the sequence
-# value modulo a prime. Equal counts with different keys (hot lost rows and got as many late ones) differ here.
-_PRIME = 1_000_000_007
-Stats = tuple[int, int, tuple[int, int]]
-
-
-def _summed_seq(plan: TablePlan, table: Table) -> str | None:
-    seq = plan.cfg.sequence_column
-    if seq is None or seq not in plan.cfg.key_columns:
-        return None
-    return seq if pa.types.is_integer(table.schema().as_arrow().field(seq).type) else None
-
-
-def hot_buckets(plan: TablePlan, source: Source, wm: Watermark, lo_hour: int,
-                seq: str | None = None) -> dict[int, Stats]:
-    """{hour: (rows, distinct keys, checksums)} of the hot tier from lo_hour up to the watermark."""
+def hot_hours(plan: TablePlan, source: Source, wm: Watermark, lo_hour: int) -> dict[int, int]:
+    """{hour: rows} of the hot tier from lo_hour up to the watermark (pages are cut on these)."""
     key, cfg = plan.key, plan.cfg
     where = f"{quote(cfg.timestamp_column)} >= {key.ts_literal(lo_hour * NS)} AND {key.at_most(wm)}"
-    uniq = ", ".join(quote(c) for c in cfg.key_columns)
-    seq_sum = f"sum(positiveModulo(toInt128({quote(seq)}), {_PRIME}))" if seq else "0"
     b, ns = key.aliases.name("b"), key.ts_ns_expr()
-    within = f"positiveModulo({ns}, {NS * HOUR})"  # floored, so hours before 1970 are whole hours too
-    rows = source.rows(f"SELECT intDiv({ns} - {within}, {NS}) AS {b}, count(), uniqExact({uniq}), "
-                       f"sum(intDiv({within}, 1000)), {seq_sum} "
-                       f"FROM {plan.info.qualified}{' FINAL' if cfg.final else ''} WHERE {where} GROUP BY {b}")
-    return {int(b): (int(n), int(d), (int(ts), int(sq))) for b, n, d, ts, sq in rows}
+    floor = f"intDiv({ns} - positiveModulo({ns}, {NS * HOUR}), {NS})"  # floored: hours before 1970 too
+    rows = source.rows(f"SELECT {floor} AS {b}, count() FROM {plan.info.qualified}{' FINAL' if cfg.final else ''} "
+                       f"WHERE {where} GROUP BY {b}")
+    return {int(h): int(n) for h, n in rows}
 
 
-def bucket_where(plan: TablePlan, wm: Watermark, start: int) -> str:
-    """The hot rows of one hour bucket that are at or below the watermark."""
-    key = plan.key
-    ts = quote(plan.cfg.timestamp_column)
-    return (f"{ts} >= {key.ts_literal(start * NS)} AND {ts} < {key.ts_literal((start + HOUR) * NS)} AND "
-            f"{key.at_most(wm)}")
+def hot_range(plan: TablePlan, source: Source, wm: Watermark, lo: int, hi: int, columns: list[ColumnMap],
+              target: pa.Schema) -> pa.Table:
+    """The hot tier's rows with lo <= ts < hi (epoch seconds) up to the watermark, `columns` only, as Iceberg
+    holds them (read and conformed like an offload)."""
+    key, ts, fin = plan.key, quote(plan.cfg.timestamp_column), " FINAL" if plan.cfg.final else ""
+    where = f"{ts} >= {key.ts_literal(lo * NS)} AND {ts} < {key.ts_literal(hi * NS)} AND {key.at_most(wm)}"
+    select, names = key.aliases.select([p.select for p in columns])
+    tbl = source.arrow(f"SELECT {select} FROM {plan.info.qualified}{fin} WHERE {where}", names)
+    return conform(tbl, columns, target, plan.cfg.source)
 
 
 def hot_rows(plan: TablePlan, source: Source, wm: Watermark, start: int, columns: list[ColumnMap],
              target: pa.Schema) -> pa.Table:
-    """The hot tier's rows of one hour bucket (up to the watermark), `columns` only, as Iceberg holds them."""
-    fin = " FINAL" if plan.cfg.final else ""
-    select, names = plan.key.aliases.select([p.select for p in columns])
-    sql = f"SELECT {select} FROM {plan.info.qualified}{fin} WHERE {bucket_where(plan, wm, start)}"
-    return conform(source.arrow(sql, names), columns, target, plan.cfg.source)
+    """The hot tier's rows of one hour bucket (up to the watermark)."""
+    return hot_range(plan, source, wm, start, start + HOUR, columns, target)
 
 
 def key_plans(plan: TablePlan) -> list[ColumnMap]:
     return [p for p in plan.columns if p.name in plan.cfg.key_columns]
+
+
+def value_columns(plan: TablePlan, table: Table) -> list[ColumnMap]:
+    """The columns a values comparison can hold against cold: in Iceberg, and there from the start (a column
+    Iceberg holds as optional though ClickHouse's is not Nullable was added after rows were offloaded: its
+    older rows are NULL in cold by design; such columns are compared by key only)."""
+    fields = {f.name: f for f in table.schema().fields}
+    keys = set(plan.cfg.key_columns)
+    return [p for p in plan.columns if p.name in fields and
+            (p.name in keys or fields[p.name].required or not p.required)]
 
 
 def ts_range(table: Table, ts: str, lo_ns: int, hi_ns: int) -> BooleanExpression:
@@ -226,51 +218,59 @@ def cold_keys(table: Table, ts: str, names: list[str], lo_ns: int, hi_ns: int) -
 
 
 def _hour_of(col: pa.ChunkedArray) -> pa.Array:
-    """Epoch seconds of the hour each cold timestamp falls in (timestamps, or epoch-ns longs), floored."""
+    """Epoch seconds of the hour each timestamp falls in (timestamps, or epoch-ns longs), floored."""
     if pa.types.is_timestamp(col.type):
         micros = pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
         return pc.divide(pc.subtract(micros, pc.modulo(micros, 1_000_000 * HOUR)), 1_000_000).combine_chunks()
     return pc.divide(pc.subtract(col, pc.modulo(col, NS * HOUR)), NS).combine_chunks()
 
 
-def _cold_stats(cold_tbl: pa.Table, names: list[str], hours: pa.Array, ts: str, seq: str | None) -> dict[int, Stats]:
-    """{hour: (rows, distinct keys, checksums)} of one page of cold keys."""
-    if cold_tbl.num_rows == 0:
-        return {}
-    col = cold_tbl.column(ts)
-    if pa.types.is_timestamp(col.type):
-        ts_us = pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
-        offset = pc.modulo(ts_us, HOUR * 1_000_000)
-    else:  # epoch-ns longs
-        offset = pc.divide(pc.modulo(col, HOUR * NS), 1000)
-    seqs = pc.modulo(pc.cast(cold_tbl.column(seq), pa.int64()), _PRIME) if seq else pa.repeat(0, cold_tbl.num_rows)
-    tagged = cold_tbl.select(names).append_column("__bucket", hours)
-    tagged = tagged.append_column("__ts", offset).append_column("__seq", seqs)
-    per_key = tagged.group_by(["__bucket", *names]).aggregate([([], "count_all"), ("__ts", "sum"), ("__seq", "sum")])
-    per_bucket = per_key.group_by("__bucket").aggregate(
-        [("count_all", "sum"), ([], "count_all"), ("__ts_sum", "sum"), ("__seq_sum", "sum")])
-    cols = [per_bucket.column(c).to_pylist() for c in ("__bucket", "count_all_sum", "count_all", "__ts_sum_sum",
-                                                        "__seq_sum_sum")]
-    return {int(b): (int(n), int(d), (int(t), int(q))) for b, n, d, t, q in zip(*cols, strict=True)}
+def _compare_page(hot: pa.Table, cold: pa.Table, keys: list[str], ts: str) -> Iterator[Bucket]:
+    """The page's buckets: per hour and key, the rows each tier holds, joined; oldest hour first."""
+    tiers = []
+    for tbl in (hot, cold):
+        tagged = pa.table([_hour_of(tbl.column(ts)), *(_groupable(tbl.column(k)) for k in keys)], names=["__h", *keys])
+        tiers.append(tagged)
+    try:
+        counts = [t.group_by(["__h", *keys]).aggregate([([], "count_all")]) for t in tiers]
+        joined = counts[0].join(counts[1], keys=["__h", *keys], join_type="full outer", right_suffix="_cold")
+        h = pc.fill_null(joined.column("count_all"), 0)
+        c = pc.fill_null(joined.column("count_all_cold"), 0)
+        hours = joined.column("__h")
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowInvalid):  # key types Arrow cannot group
+        hours, h, c = _counted_in_python(tiers, keys)
+    zero = pa.scalar(0, pa.int64())
+    per_key = pa.table({
+        "__h": hours, "h": h, "c": c,
+        "missing": pc.max_element_wise(pc.subtract(h, c), zero),
+        "dups": pc.if_else(pc.greater(h, 0), pc.max_element_wise(pc.subtract(c, h), zero), zero),
+        "extra": pc.if_else(pc.equal(h, 0), c, zero)})
+    per_hour = per_key.group_by("__h").aggregate([(n, "sum") for n in ("h", "c", "missing", "dups", "extra")])
+    cols = [per_hour.column(n).to_pylist() for n in ("__h", "h_sum", "c_sum", "missing_sum", "dups_sum", "extra_sum")]
+    for start, nh, nc, miss, dups, extra in sorted(zip(*cols, strict=True)):
+        yield Bucket(int(start), int(nh), int(nc), int(miss), int(dups), int(extra))
 
 
-def _diff(plan: TablePlan, source: Source, columns: list[ColumnMap], wm: Watermark, b: Bucket,
-          cold_bucket: pa.Table, keys: list[str]) -> None:
-    """Fill in b's missing, duplicates, extra (and changed, when `columns` are every column) by comparing the
-    bucket's rows as multisets: per key, and per whole row."""
-    names = [p.name for p in columns]
-    target = pa.schema([cold_bucket.schema.field(n).with_type(small_type(cold_bucket.schema.field(n).type))
-                        for n in names])
-    hot = hot_rows(plan, source, wm, b.start, columns, target)
-    cold = cold_bucket.select(names).cast(target)
-    hot_k, cold_k = Counter(_tuples(hot, keys)), Counter(_tuples(cold, keys))
-    b.missing = sum((hot_k - cold_k).values())
-    b.duplicates = sum(n - hot_k[k] for k, n in cold_k.items() if k in hot_k and n > hot_k[k])
-    b.extra = sum(n for k, n in cold_k.items() if k not in hot_k)
-    if len(names) > len(keys) and not _same_rows(hot, cold):
-        # rows whose key both tiers hold equally often, but not with the same values
-        hot_r, cold_r = Counter(_tuples(hot, names)), Counter(_tuples(cold, names))
-        b.changed = max(0, sum((hot_r - cold_r).values()) - b.missing)
+def _groupable(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Extension types (uuid) group and join by their storage."""
+    if isinstance(col.type, pa.ExtensionType):
+        return pa.chunked_array([c.storage for c in col.chunks], type=col.type.storage_type)
+    return col
+
+
+def _counted_in_python(tiers: list[pa.Table], keys: list[str]) -> tuple[pa.Array, pa.Array, pa.Array]:
+    hot, cold = (Counter(_tuples(t, ["__h", *keys])) for t in tiers)
+    every = list(hot.keys() | cold.keys())
+    return (pa.array([k[0] for k in every], pa.int64()), pa.array([hot[k] for k in every], pa.int64()),
+            pa.array([cold[k] for k in every], pa.int64()))
+
+
+def _diff_values(b: Bucket, hot: pa.Table, cold: pa.Table) -> None:
+    """b.changed: rows whose key both tiers hold equally often, but not with the same values."""
+    if _same_rows(hot, cold):
+        return
+    hot_r, cold_r = Counter(_tuples(hot, hot.column_names)), Counter(_tuples(cold, cold.column_names))
+    b.changed = max(0, sum((hot_r - cold_r).values()) - b.missing)
 
 
 def _same_rows(hot: pa.Table, cold: pa.Table) -> bool:
@@ -280,10 +280,9 @@ def _same_rows(hot: pa.Table, cold: pa.Table) -> bool:
     order = [(f.name, "ascending") for f in hot.schema
              if not (pa.types.is_nested(f.type) or pa.types.is_dictionary(f.type)
                      or isinstance(f.type, pa.ExtensionType))]
-    try:
+    with contextlib.suppress(pa.ArrowNotImplementedError, pa.ArrowTypeError):  # unsortable: row by row
         return bool(hot.sort_by(order).equals(cold.sort_by(order)))
-    except (pa.ArrowNotImplementedError, pa.ArrowTypeError):  # a type Arrow cannot sort: decide row by row
-        return False
+    return False
 
 
 def _tuples(tbl: pa.Table, names: list[str]) -> Iterator[tuple[Any, ...]]:

@@ -65,7 +65,7 @@ class ColumnMap:
     required: bool
     wire: Wire | None = None  # decoded by conform() before the checked cast
     override: str | None = None  # the column_types opt-in, if any
-    text: bool = False  # the value holds ClickHouse Strings: checked to be UTF-8
+    text: bool = True  # strings in it are checked to be UTF-8 (not for Enum labels, which we decode)
 
 
 def _const(t: IcebergType) -> IceFactory:
@@ -219,16 +219,10 @@ def plan_columns(table: str, columns: list[tuple[str, str]], overrides: dict[str
             select = f"CAST({quote(col)}, {_sql_type(m.target)})"
         else:
             select = quote(col)
-        text = _holds_text(parsed) and not (wire is not None and wire.enum) and override != "binary"
+        text = not (wire is not None and wire.enum)  # strings are checked to be UTF-8 (Enum labels are ours)
         plans.append(ColumnMap(col, typ, select, m.iceberg, required=not m.nullable, wire=wire, override=override,
                                text=text))
     return plans
-
-
-def _holds_text(t: CHType) -> bool:
-    """Whether ClickHouse Strings (bytes) reach an Iceberg string in this column: String anywhere in it, or
-    a JSON/Object value (its text comes from Strings)."""
-    return t.name in ("String", "JSON", "Object") or any(_holds_text(c) for c in t.children)
 
 
 _ENUM_ITEM = re.compile(r"'((?:[^'\\]|\\['\\])*)'\s*=\s*(-?\d+)")

@@ -66,6 +66,8 @@ class Wire:
     def decode(self, column: pa.ChunkedArray) -> pa.ChunkedArray:
         if self.dictionary:
             return column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
+        if pa.types.is_dictionary(column.type):  # LowCardinality(...) of a type crossing as raw values
+            column = column.cast(column.type.value_type)
         return pa.chunked_array([self._decode(_whole(c)) for c in column.chunks], type=self._type())
 
     def _type(self) -> pa.DataType:
@@ -177,13 +179,33 @@ def conform(batch: pa.RecordBatch | pa.Table, plans: list[ColumnMap], target: pa
                 raise _out_of_range(table, p, exc.value, f"does not fit {field.type}", exc.fix) from None
         if not column.type.equals(field.type):
             try:
-                column = column.cast(field.type, safe=True)
+                column = checked_cast(column, field.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise _cast_error(table, p, column, field, exc) from None
-        if p.text:
+        if p.text and _has_string(field.type):
             _check_utf8(table, p, column)
         arrays.append(column)
     return pa.Table.from_arrays(arrays, schema=pa.schema([fields[p.name] for p in plans]))
+
+
+def checked_cast(column: pa.ChunkedArray | pa.Array, to: pa.DataType) -> pa.ChunkedArray | pa.Array:
+    """Arrow's checked cast; an integer to a decimal goes through decimal(38,0) first (Arrow refuses a
+    decimal narrower than the whole integer type, whatever the values)."""
+    if pa.types.is_integer(column.type) and pa.types.is_decimal(to):
+        column = column.cast(pa.decimal128(38, 0), safe=True)
+    return column.cast(to, safe=True)
+
+
+def _has_string(t: pa.DataType) -> bool:
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return True
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _has_string(t.value_type)
+    if pa.types.is_map(t):
+        return _has_string(t.key_type) or _has_string(t.item_type)
+    if pa.types.is_struct(t):
+        return any(_has_string(t.field(i).type) for i in range(t.num_fields))
+    return False
 
 
 def _check_utf8(table: str, p: ColumnMap, column: pa.ChunkedArray) -> None:
@@ -251,7 +273,7 @@ def _first_bad(column: pa.ChunkedArray, to: pa.DataType) -> object:
     while len(arr) > 1:
         half = arr.slice(0, len(arr) // 2)
         try:
-            half.cast(to, safe=True)
+            checked_cast(half, to)
             arr = arr.slice(len(arr) // 2)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             arr = half
