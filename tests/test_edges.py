@@ -448,7 +448,7 @@ def test_a_refused_source_change_leaves_the_iceberg_table_as_it_was(make_setting
 def test_decimal_opt_in_on_integers_keeps_values_that_fit(make_settings, ddl, override, values):
     s, res = _one_column(make_settings, ddl, values, override)
     assert res.status == "ok", res.error
-    want = sorted((Decimal(v) for v in values if v != "NULL"))
+    want = sorted(Decimal(v) for v in values if v != "NULL")
     assert sorted(v for v in cold(s, "oc").column("x").to_pylist() if v is not None) == want
 
 

@@ -127,7 +127,7 @@ def test_backlog_is_cut_into_commits_with_bounded_batches(make_settings, catalog
 
 
 def test_window_query_uses_the_sort_key(make_settings, sqlite_uri):
-    from iceberg_offload.offload import TablePlan
+    from iceberg_offload.plan import TablePlan
     from iceberg_offload.window import Watermark, Window, chunk_query, plan_query
 
     s = make_settings([trades_table()], catalog_uri=sqlite_uri)

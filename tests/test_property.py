@@ -29,7 +29,8 @@ import pytest
 from conftest import clickhouse, cold, sink_for
 from iceberg_offload import sink as sink_mod
 from iceberg_offload.chtype import CHType, parse
-from iceberg_offload.offload import TablePlan, run_cycle
+from iceberg_offload.offload import run_cycle
+from iceberg_offload.plan import TablePlan
 from iceberg_offload.reconcile import verify
 from iceberg_offload.source import Source, open_source, quote
 

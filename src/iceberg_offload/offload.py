@@ -16,7 +16,6 @@ from typing import Any
 
 import pyarrow as pa
 from pyiceberg.table import Table
-from pyiceberg.types import TimestamptzType
 
 from . import __version__
 from .config import LAYERS, Settings, TableSettings
@@ -24,34 +23,24 @@ from .errors import (
     CatalogUnavailable,
     CommitConflict,
     CommitOutcomeUnknown,
-    ConfigError,
     ResultMismatch,
-    SourceError,
-    ValueOutOfRange,
     as_error,
 )
-from .sink import COMMIT_ID, Commit, Sink, open_catalog
-from .source import Source, TableInfo, open_source, quote
-from .typemap import ColumnMap, iceberg_fields, plan_columns
+from .plan import TablePlan
+from .sink import COMMIT_ID, Sink, open_catalog
+from .source import Source, open_source
 from .window import (
     PREFIX,
-    Key,
     Watermark,
     Window,
     chunk_query,
     count_query,
-    iso,
     plan_query,
-    upper_bound,
 )
 from .wire import conform
 
 Progress = Callable[[str, int, int], None]
 MAX_CONFLICTS = 3
-TS_COLUMN, SEQ_COLUMN = f"{PREFIX}watermark.timestamp-column", f"{PREFIX}watermark.sequence-column"
-SOURCE = f"{PREFIX}watermark.source"
-"""The key the watermark is a value of and its table; named `watermark.*` so every commit that carries the
-watermark (repair, compaction, expiry, `watermark set`) carries these too."""
 
 
 @dataclass
@@ -85,102 +74,6 @@ class CycleResult:
     def as_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "status": self.status, "duration_seconds": round(self.duration_seconds, 3),
                 "rows": sum(t.rows for t in self.tables), "tables": [t.as_dict() for t in self.tables]}
-
-
-@dataclass(frozen=True)
-class TablePlan:
-    """What the offload of one table reads and writes, derived from ClickHouse and the config."""
-
-    cfg: TableSettings
-    info: TableInfo
-    key: Key
-    columns: list[ColumnMap]
-
-    @classmethod
-    def build(cls, source: Source, cfg: TableSettings) -> TablePlan:
-        info = source.table_info(cfg.source)
-        all_cols = dict(info.columns)
-        if cfg.columns:
-            missing = [c for c in cfg.columns if c not in all_cols]
-            if missing:
-                raise SourceError(f"{cfg.source}: columns {', '.join(missing)} are not in the ClickHouse table",
-                                  f"fix columns = [...]; the table has: {', '.join(all_cols)}")
-            chosen = [(c, all_cols[c]) for c in cfg.columns]
-        else:
-            chosen = list(info.columns)
-        key = Key.for_table(cfg.source, all_cols, cfg.timestamp_column, cfg.sequence_column)
-        unknown_keys = [c for c in cfg.key_columns if c not in dict(chosen)]
-        if unknown_keys:
-            raise ConfigError(f"{cfg.source}: key_columns {', '.join(unknown_keys)} are not offloaded columns",
-                              "fix key_columns (they must be among the offloaded columns)")
-        plans = plan_columns(cfg.source, chosen, cfg.column_types)
-        _refuse_null_keys(source, cfg, info, all_cols)
-        return cls(cfg, info, key, plans)
-
-    def ensure(self, sink: Sink) -> Table:
-        fields = iceberg_fields(self.columns)
-        ts_field = next(f for f in fields if f.name == self.cfg.timestamp_column)
-        if self.cfg.partition_by != "none" and not isinstance(ts_field.field_type, TimestamptzType):
-            raise ConfigError(f"{self.cfg.source}: partition_by = {self.cfg.partition_by!r} needs "
-                              f"{self.cfg.timestamp_column} as a timestamp, but it maps to {ts_field.field_type}",
-                              'set partition_by = "none" or drop its column_types override')
-        return sink.ensure_table(self.cfg.target, fields, self.cfg.partition_by, self.cfg.timestamp_column,
-                                 evolve=not self.cfg.columns)
-
-    def lineage(self) -> dict[str, str]:
-        """What the watermark means, stored beside it (every commit that carries a watermark carries these):
-        the key it is a value of and the ClickHouse table it was read from."""
-        return {TS_COLUMN: self.cfg.timestamp_column, SEQ_COLUMN: self.cfg.sequence_column or "",
-                SOURCE: self.info.qualified, f"{PREFIX}source": self.info.qualified}
-
-    def check_lineage(self, last: Commit | None) -> None:
-        """Refuse a config that would read the stored watermark as something else: another timestamp or
-        sequence column (the window would skip rows, or take them twice), or another ClickHouse table
-        (its rows would mix with these and its watermark skip rows). Adding a sequence column to a table
-        offloaded without one is safe: every row at the watermark's timestamp is already committed."""
-        if last is None or (wm := last.watermark) is None:
-            return
-        props, cfg, fix = last.props, self.cfg, self._lineage_fix()
-        src = props.get(SOURCE) or props.get(f"{PREFIX}source")
-        if src and src != self.info.qualified:
-            raise ConfigError(f"{cfg.target}: the Iceberg table was offloaded from {src}, but the config reads "
-                              f"{self.info.qualified}; its rows would mix and its watermark skip rows", fix)
-        ts = props.get(TS_COLUMN)
-        if ts is not None and ts != cfg.timestamp_column:
-            raise ConfigError(f"{cfg.target}: the watermark {wm.describe()} is a value of timestamp_column {ts!r}, "
-                              f"but the config says {cfg.timestamp_column!r}; the window would skip rows", fix)
-        seq = props.get(SEQ_COLUMN)  # None: commits from before it was recorded
-        if wm.seq is not None and (cfg.sequence_column is None or seq not in (None, cfg.sequence_column)):
-            now = f"sequence_column {cfg.sequence_column!r}" if cfg.sequence_column else "no sequence_column"
-            was = f"sequence_column {seq!r}" if seq else "a sequence column"
-            raise ConfigError(f"{cfg.target}: the watermark {wm.describe()} holds a value of {was}, but the config "
-                              f"has {now}; rows at {iso(wm.ts_ns)} after it would be skipped", fix)
-
-    def _lineage_fix(self) -> str:
-        return (f"restore the [[tables]] entry as it was, or point target at a new Iceberg table, or (deliberately) "
-                f"move the watermark in the new terms: iceberg-offload watermark set --table {self.cfg.target} "
-                f"--to <time> (it records the new key and source)")
-
-    def window(self, settings: Settings, lower: Watermark | None, now_ns: int) -> Window:
-        return Window(lower, upper_bound(now_ns, settings.offload.settle_seconds, self.cfg.closed_after_seconds))
-
-
-def _refuse_null_keys(source: Source, cfg: TableSettings, info: TableInfo, columns: dict[str, str]) -> None:
-    """A row whose timestamp or sequence is NULL has no place in any window: it would never be offloaded.
-    Stop the table before anything is written instead of leaving such rows behind without a word."""
-    nullable = [c for c in (cfg.timestamp_column, cfg.sequence_column) if c and "Nullable(" in columns[c]]
-    if not nullable:
-        return
-    cond = " OR ".join(f"{quote(c)} IS NULL" for c in nullable)
-    nulls = int(source.rows(f"SELECT count() FROM {info.qualified}{' FINAL' if cfg.final else ''} WHERE {cond}")
-                [0][0])
-    if nulls:
-        names = " or ".join(nullable)
-        raise ValueOutOfRange(
-            f"{info.database}.{info.name}: {nulls} rows have NULL in {names}; such rows fit no window and would "
-            f"never be offloaded; nothing was written",
-            f"give them a value (ALTER TABLE {info.qualified} UPDATE {quote(nullable[0])} = ... WHERE "
-            f"{quote(nullable[0])} IS NULL) or delete them, then run again")
 
 
 def offload_table(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, run_id: str,

@@ -23,7 +23,7 @@ from pyiceberg.table import Table
 
 from .config import Settings, TableSettings
 from .errors import as_error
-from .offload import TablePlan
+from .plan import TablePlan
 from .sink import Sink, open_catalog
 from .source import Source, open_source, quote
 from .typemap import ColumnMap
@@ -226,7 +226,14 @@ def _hour_of(col: pa.ChunkedArray) -> pa.Array:
 
 
 def _compare_page(hot: pa.Table, cold: pa.Table, keys: list[str], ts: str) -> Iterator[Bucket]:
-    """The page's buckets: per hour and key, the rows each tier holds, joined; oldest hour first."""
+    """The page's buckets: per hour and key, the rows each tier holds, joined; oldest hour first. When both
+    tiers' keys, sorted, are the same sequence (the usual case), their multisets are equal: no join."""
+    if _same_rows(hot.select(dict.fromkeys([ts, *keys])), cold.select(dict.fromkeys([ts, *keys]))):
+        counts = pc.value_counts(_hour_of(hot.column(ts)))
+        pairs = zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+        for start, n in sorted(pairs):
+            yield Bucket(int(start), int(n), int(n))
+        return
     tiers = []
     for tbl in (hot, cold):
         tagged = pa.table([_hour_of(tbl.column(ts)), *(_groupable(tbl.column(k)) for k in keys)], names=["__h", *keys])

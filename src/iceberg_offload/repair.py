@@ -34,7 +34,7 @@ from .errors import (
     as_error,
     redact,
 )
-from .offload import TablePlan
+from .plan import TablePlan
 from .reconcile import HOUR, PAGE_ROWS, Bucket, compare, hot_rows, oldest_hour, ts_range
 from .sink import COMMIT_ID, CasTransaction, Commit, Sink, catalog_errors, discard_files, open_catalog
 from .source import Source, open_source, quote

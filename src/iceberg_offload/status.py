@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import Settings, TableSettings
 from .errors import ConfigError, OffloadError
-from .offload import TablePlan
+from .plan import TablePlan
 from .sink import Commit, Sink, open_catalog
 from .source import Source, open_source
 from .window import NS, PREFIX, Watermark, Window, count_query, iso, upper_bound

@@ -34,7 +34,7 @@ from pyiceberg.table import Table
 
 from .config import Settings, TableSettings
 from .errors import ConfigError, SourceError
-from .offload import TablePlan
+from .plan import TablePlan
 from .sink import Sink, open_catalog
 from .source import Source, literal, open_source, quote
 from .window import Watermark
