@@ -1,9 +1,10 @@
 """ClickHouse type -> (ClickHouse cast) -> Arrow -> Iceberg. Every type is decided; unknown ones are refused.
 
-ClickHouse does the casts Arrow cannot (DateTime to microsecond UTC timestamps, Enum/IP/JSON to text,
-big integers to decimal); Arrow does the rest with a checked cast, so an unsigned value that does not
-fit Iceberg's signed `long` stops the table instead of wrapping. Lossy mappings (Decimal with P > 38,
-sub-microsecond timestamps) are refused unless the operator opts in per column (`column_types`).
+ClickHouse does only the casts that are exact (DateTime to microsecond UTC timestamps, Enum/IP/JSON to
+text, UInt32 to Int64); everything that could lose or wrap crosses as stored and is converted in Arrow
+(`wire`), checked, so a value that does not fit stops the table instead of changing. Lossy mappings
+(Decimal with P > 38, sub-microsecond timestamps) are refused unless the operator opts in per column
+(`column_types`), and the opt-ins are exact too, but for `"double"`.
 """
 
 from __future__ import annotations
