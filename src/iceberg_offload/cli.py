@@ -18,11 +18,15 @@ from .source import limit_malloc_arenas
 from .terminal import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ProgressBar, emit, grid, load_settings
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(after_command: bool = True) -> argparse.ArgumentParser:
+    """--config and --json, valid before the command and after it. After it, an option not given sets
+    nothing (SUPPRESS), so the value given before the command is kept."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--config", metavar="PATH", default=None,
+    unset = argparse.SUPPRESS if after_command else None
+    p.add_argument("--config", metavar="PATH", default=unset,
                    help=f"config file (default ./{DEFAULT_CONFIG}; none = embedded default)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--json", action="store_true", default=unset if after_command else False,
+                   help="print JSON instead of text")
     return p
 
 
@@ -32,7 +36,7 @@ def _tables_arg(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(prog="iceberg-offload", parents=[common],
+    parser = argparse.ArgumentParser(prog="iceberg-offload", parents=[_common(after_command=False)],
                                      description="Copy ClickHouse rows into Iceberg before the TTL deletes them.")
     parser.add_argument("--version", action="version", version=f"iceberg-offload {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -56,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seq", type=int, default=None, help="sequence value at that time (default: none)")
     w.add_argument("--yes", action="store_true", help="commit it (default: only show the effect)")
     w.add_argument("--reoffload", action="store_true", help="allow moving back: rows are offloaded again")
+    w.add_argument("--future", action="store_true", help="allow a watermark after now - settle_seconds (every row "
+                                                         "until then is skipped)")
     w.set_defaults(func=cmd_watermark_set)
 
     p = sub.add_parser("verify", parents=[common], help="hot vs cold per hour: rows missing, duplicated or changed "
@@ -182,14 +188,15 @@ def cmd_watermark_show(args: argparse.Namespace) -> int:
 def cmd_watermark_set(args: argparse.Namespace) -> int:
     from .status import parse_time, set_watermark
 
-    data = set_watermark(load_settings(args), args.table, parse_time(args.to), args.seq, args.yes, args.reoffload)
+    data = set_watermark(load_settings(args), args.table, parse_time(args.to), args.seq, args.yes, args.reoffload,
+                         args.future)
 
     def text() -> str:
         cur = (data["current"] or {}).get("ts", "none")
         head = f"{data['table']}: watermark {cur} -> {data['new']['ts']} ({data['direction']}): {data['effect']}"
         if data["applied"]:
             return head + "\ncommitted; `iceberg-offload watermark show` lists it"
-        if data["direction"] == "back":
+        if data["rows_offloaded_again"]:
             return head + "\nnot applied: add --yes --reoffload only if those rows were removed from Iceberg"
         return head + "\nnot applied: add --yes to commit it"
 

@@ -282,7 +282,8 @@ def check_tables(settings: Settings) -> list[Check]:
 def _table_check(st: TableStatus) -> Check:
     name = f"table {st.table}"
     if st.error:
-        return Check(name, "fail", st.error["message"], st.error["fix"], "offload failing")
+        scenario = "ttl risk" if st.error["type"] == "ttl_too_short" else "offload failing"
+        return Check(name, "fail", st.error["message"], st.error["fix"], scenario)
     head, lag, pending = st.ttl_headroom_seconds, st.lag_seconds, st.pending_rows or 0
     saw = (f"lag {lag / 60:.0f} min" if lag is not None else "no watermark yet") + f", {pending} rows waiting" + (
         f", TTL headroom {head / 3600:.1f} h" if head is not None else "")

@@ -87,6 +87,12 @@ class SchemaDrift(TerminalError):
     kind = "schema_drift"
 
 
+class TTLTooShort(TerminalError):
+    """The ClickHouse TTL deletes a row sooner than a row waits before it is offloaded."""
+
+    kind = "ttl_too_short"
+
+
 class ResultMismatch(TransientError):
     """ClickHouse answered with a result that is not the one asked for (another query's columns or output);
     it was discarded with the connection, nothing was written."""

@@ -3,17 +3,18 @@ config, and the terms the stored watermark was written in (refused when the conf
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from pyiceberg.table import Table
 from pyiceberg.types import TimestamptzType
 
 from .config import Settings, TableSettings
-from .errors import ConfigError, SourceError, ValueOutOfRange
+from .errors import ConfigError, SourceError, TTLTooShort, ValueOutOfRange
 from .sink import Commit, Sink
 from .source import Source, TableInfo, quote
 from .typemap import ColumnMap, iceberg_fields, plan_columns
-from .window import PREFIX, Key, Watermark, Window, iso, upper_bound
+from .window import NS, PREFIX, Key, Watermark, Window, iso, upper_bound
 
 TS_COLUMN, SEQ_COLUMN = f"{PREFIX}watermark.timestamp-column", f"{PREFIX}watermark.sequence-column"
 SOURCE = f"{PREFIX}watermark.source"
@@ -95,6 +96,39 @@ class TablePlan:
                 f"move the watermark in the new terms: iceberg-offload watermark set --table {self.cfg.target} "
                 f"--to <time> (it records the new key and source)")
 
+    def ttl_span(self, source: Source) -> float | None:
+        """How long the table's TTL keeps a row, ClickHouse evaluating the TTL expression on a row stamped
+        now (None: no TTL, or the expression needs columns other than the timestamp)."""
+        if not self.info.ttl:
+            return None
+        ts = quote(self.cfg.timestamp_column)
+        row = f"SELECT {self.key.ts_literal(time.time_ns() // NS * NS)} AS {ts}"
+        try:
+            rows = source.rows(f"SELECT toInt64(toUnixTimestamp(toDateTime({self.info.ttl}))) - "
+                               f"toInt64(toUnixTimestamp({ts})) FROM ({row})")
+        except SourceError:
+            return None
+        return float(rows[0][0])
+
+    def check_ttl(self, settings: Settings, span: float | None) -> None:
+        """Refuse a TTL that deletes a row before it can be offloaded: a row waits settle_seconds (and
+        closed_after_seconds) before it is in a window, then up to a schedule interval for the next cycle."""
+        if span is None:
+            return
+        settle, closed = settings.offload.settle_seconds, self.cfg.closed_after_seconds
+        interval = schedule_interval(settings)
+        need = settle + closed + interval + TTL_MARGIN_SECONDS
+        if span > need:
+            return
+        ts = quote(self.cfg.timestamp_column)
+        raise TTLTooShort(
+            f"{self.cfg.target}: the ClickHouse TTL ({self.info.ttl}) deletes a row {span:.0f} s after its "
+            f"timestamp, but a row waits up to settle_seconds {settle} + closed_after_seconds {closed} + the "
+            f"schedule interval {interval} s (+ {TTL_MARGIN_SECONDS} s margin) before it is offloaded: ClickHouse "
+            f"would delete it first; nothing was read",
+            f"lengthen the TTL (ALTER TABLE {self.info.qualified} MODIFY TTL toDateTime({ts}) + INTERVAL "
+            f"{_round_up(need)} SECOND), or lower settle_seconds / closed_after_seconds / the schedule interval")
+
     def window(self, settings: Settings, lower: Watermark | None, now_ns: int) -> Window:
         return Window(lower, upper_bound(now_ns, settings.offload.settle_seconds, self.cfg.closed_after_seconds))
 
@@ -115,3 +149,49 @@ def _refuse_null_keys(source: Source, cfg: TableSettings, info: TableInfo, colum
             f"never be offloaded; nothing was written",
             f"give them a value (ALTER TABLE {info.qualified} UPDATE {quote(nullable[0])} = ... WHERE "
             f"{quote(nullable[0])} IS NULL) or delete them, then run again")
+
+
+TTL_MARGIN_SECONDS = 600
+"""Slack on top of the longest wait: a slow cycle, a retry, a worker restart."""
+
+
+def _round_up(seconds: float) -> int:
+    return int(-(-seconds // 3600) * 3600)
+
+
+def schedule_interval(settings: Settings) -> int:
+    """The longest gap between two offload cycles, in seconds: the fixed interval, or the cron's."""
+    sched = settings.schedule
+    return sched.offload_interval_seconds or cron_max_gap(sched.offload_cron)
+
+
+def cron_max_gap(expr: str) -> int:
+    """The longest gap between the fire times of a five-field cron, found minute by minute over 8 days
+    (`*`, `*/n`, `a-b`, `a-b/n`, lists; names are not supported and give a day)."""
+    fields = expr.split()
+    try:
+        sets = [_cron_field(f, lo, hi) for f, (lo, hi) in zip(fields, [(0, 59), (0, 23), (1, 31), (1, 12), (0, 6)],
+                                                              strict=True)]
+    except ValueError:
+        return 86400
+    import datetime as dt
+
+    start = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)  # a Monday
+    fires = []
+    for minute in range(8 * 1440):
+        t = start + dt.timedelta(minutes=minute)
+        if (t.minute in sets[0] and t.hour in sets[1] and t.day in sets[2] and t.month in sets[3]
+                and t.isoweekday() % 7 in sets[4]):
+            fires.append(minute)
+    if len(fires) < 2:
+        return 8 * 86400
+    return max(b - a for a, b in zip(fires, fires[1:], strict=False)) * 60
+
+
+def _cron_field(field: str, lo: int, hi: int) -> set[int]:
+    out: set[int] = set()
+    for part in field.split(","):
+        rng, _, step = part.partition("/")
+        a, b = (lo, hi) if rng == "*" else (int(rng.split("-")[0]), int(rng.split("-")[-1]))
+        out |= set(range(a, b + 1, int(step) if step else 1))
+    return out

@@ -88,11 +88,11 @@ def verify_table(cfg: TableSettings, source: Source, sink: Sink, values: bool | 
     (default: the table's `final`), every column of every row, not only the keys."""
     res = VerifyResult(cfg.target, values=cfg.final if values is None else values)
     try:
+        plan = TablePlan.build(source, cfg)  # first: a table verify cannot read is a failure, not "ok 0 0"
         table = sink.load(cfg.target)
         wm, last = sink.watermark(table) if table is not None else (None, None)
         if table is None or wm is None:
             return res
-        plan = TablePlan.build(source, cfg)
         plan.check_lineage(last)
         for b in compare(plan, source, table, wm, values=res.values):
             res.buckets_checked += 1

@@ -151,26 +151,24 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
 
 
 def _expiring(plan: TablePlan, source: Source, starts: list[int], margin: int) -> set[int]:
-    """Buckets the hot tier may no longer hold completely, on a table with a TTL: at or before its oldest
-    surviving hour, or whose first second is past (or within `margin` of) the TTL. Without a TTL nothing
-    expires by itself; rows deleted by hand are caught by the subset rule (cold keys hot lacks)."""
+    """Buckets the hot tier may no longer hold completely, on a table with a TTL: those whose first instant
+    is past (or within `margin` of) its TTL, ClickHouse evaluating the TTL expression on it. When the
+    expression needs other columns, every bucket at or before the hot tier's oldest hour. Without a TTL
+    nothing expires by itself; rows deleted by hand are caught by the subset rule (cold keys hot lacks)."""
     ttl = plan.info.ttl
-    if not ttl:
+    if not ttl or not starts:
         return set()
-    oldest = oldest_hour(plan, source)
-    out = {s for s in starts if oldest is None or s <= oldest}
-    if starts:
-        ts = quote(plan.cfg.timestamp_column)
-        b = plan.key.aliases.name("b")
-        as_ts = plan.key.ts_literal_of(f"toInt64({b}) * {NS}")
-        try:  # the TTL of a row stamped at the bucket's first instant, the first row of it to expire
-            rows = source.rows(f"SELECT {b}, toUnixTimestamp(toDateTime({ttl})) <= toUnixTimestamp(now()) + "
-                               f"{int(margin)} FROM (SELECT arrayJoin([{', '.join(map(str, starts))}]) AS {b}, "
-                               f"{as_ts} AS {ts})")
-        except SourceError:  # a TTL on other columns: the oldest-hour rule and the subset rule still hold
-            rows = []
-        out |= {int(start) for start, gone in rows if gone}
-    return out
+    ts = quote(plan.cfg.timestamp_column)
+    b = plan.key.aliases.name("b")
+    as_ts = plan.key.ts_literal_of(f"toInt64({b}) * {NS}")
+    try:  # the TTL of a row stamped at the bucket's first instant, the first row of it to expire
+        rows = source.rows(f"SELECT {b}, toUnixTimestamp(toDateTime({ttl})) <= toUnixTimestamp(now()) + "
+                           f"{int(margin)} FROM (SELECT arrayJoin([{', '.join(map(str, starts))}]) AS {b}, "
+                           f"{as_ts} AS {ts})")
+    except SourceError:
+        oldest = oldest_hour(plan, source)
+        return {s for s in starts if oldest is None or s <= oldest}
+    return {int(start) for start, gone in rows if gone}
 
 
 def _check_schema(plan: TablePlan, table: Table) -> None:

@@ -98,7 +98,10 @@ def hot_status(settings: Settings, cfg: TableSettings, source: Source, st: Table
     st.pending_rows = int(source.rows(count_query(tsql, cfg.final, key, window))[0][0])
     st.ttl = plan.info.ttl
     if plan.info.ttl:
-        st.ttl_deadline, st.ttl_span_seconds = _ttl_bounds(source, tsql, key, wm, plan.info.ttl)
+        span = plan.ttl_span(source)  # from the expression: known also when the TTL left no row
+        st.ttl_deadline, rows_span = _ttl_bounds(source, tsql, key, wm, plan.info.ttl)
+        st.ttl_span_seconds = rows_span if rows_span is not None else span
+        plan.check_ttl(settings, span)
 
 
 def table_status(settings: Settings, cfg: TableSettings, source: Source | None, sink: Sink,
@@ -158,6 +161,19 @@ def watermark_history(settings: Settings, names: list[str] | None = None) -> dic
     return out
 
 
+def _between(source: Source, plan: TablePlan, lo: Watermark | None, hi: Watermark) -> int:
+    where = f"({plan.key.after(lo)}) AND {plan.key.at_most(hi)}"
+    return int(source.rows(f"SELECT count() FROM {plan.info.qualified} WHERE {where}")[0][0])
+
+
+def _data_extent(history: list[Commit]) -> Watermark | None:
+    """The watermark of the newest commit that wrote rows (a `watermark set` commit writes none)."""
+    for c in history:
+        if c.watermark is not None and int(c.props.get(f"{PREFIX}rows", 0) or 0) > 0:
+            return c.watermark
+    return None
+
+
 def parse_time(text: str) -> int:
     """ISO 8601 (naive = UTC) or epoch seconds -> epoch nanoseconds."""
     import datetime as dt
@@ -176,10 +192,11 @@ def parse_time(text: str) -> int:
 
 
 def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, apply: bool,
-                  reoffload: bool = False) -> dict[str, Any]:
+                  reoffload: bool = False, future: bool = False) -> dict[str, Any]:
     """Preview (or, with apply, commit) a new watermark: an empty commit that carries it in its summary.
-    Moving forward skips rows (they are never offloaded); moving back re-offloads rows Iceberg already
-    has, so it needs `reoffload`."""
+    Moving forward skips rows (they are never offloaded); moving back offloads again the rows Iceberg
+    already has (below the newest commit that wrote rows), which needs `reoffload`. A watermark after
+    now - settle_seconds skips rows that have not even arrived yet, which needs `future`."""
     import uuid
 
     from .window import Watermark
@@ -191,20 +208,28 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
         raise ConfigError(f"no Iceberg table {cfg.target} yet", f"run `iceberg-offload run --table {cfg.target}` first")
     current, last = sink.watermark(table)
     new = Watermark(ts_ns, seq if cfg.sequence_column else None)
+    newest = _now_ns(None) - settings.offload.settle_seconds * NS
+    if ts_ns > newest and not future:
+        raise ConfigError(f"{cfg.target}: {iso(ts_ns)} is in the future (after now - settle_seconds, {iso(newest)}); "
+                          f"every row until then would be skipped", "check --to; add --future only to skip them")
+    extent = _data_extent(sink.history(table))  # the newest key Iceberg holds rows up to
     with open_source(settings.source) as source:
         plan = TablePlan.build(source, cfg)
         lo, hi = (current, new) if current is None or current < new else (new, current)
-        between = f"({plan.key.after(lo)}) AND {plan.key.at_most(hi)}"
-        affected = int(source.rows(f"SELECT count() FROM {plan.info.qualified} WHERE {between}")[0][0])
+        affected = _between(source, plan, lo, hi)
+        again = 0
+        if current is not None and new < current and extent is not None and new < extent:
+            again = _between(source, plan, new, min(extent, current))
     backward = current is not None and new < current
-    effect = (f"{affected} rows Iceberg already has would be offloaded again (duplicates)" if backward else
+    effect = (f"{again} rows Iceberg already has would be offloaded again (duplicates); {affected - again} rows "
+              f"never offloaded would be offloaded" if backward else
               f"{affected} hot rows between the watermarks would never be offloaded")
     out = {"table": cfg.target, "current": current.as_dict() if current else None, "new": new.as_dict(),
-           "direction": "back" if backward else "forward", "rows_affected": affected, "effect": effect,
-           "applied": False}
-    if backward and not reoffload:
+           "direction": "back" if backward else "forward", "rows_affected": affected,
+           "rows_offloaded_again": again, "effect": effect, "applied": False}
+    if again and not reoffload:
         if apply:
-            raise ConfigError(f"{cfg.target}: moving the watermark back would offload {affected} rows again",
+            raise ConfigError(f"{cfg.target}: moving the watermark back would offload {again} rows again",
                               "add --reoffload if those rows were removed from Iceberg first")
         return out
     if apply:

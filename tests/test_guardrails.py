@@ -1,0 +1,138 @@
+"""No row lost without a word (issue 13): states in which rows could be lost are refused before anything
+is written, or shown by status, doctor and a metric — against real chdb and a SQLite catalog."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from conftest import clickhouse, cold, sink_for
+from iceberg_offload import cli
+from iceberg_offload.doctor import check_tables
+from iceberg_offload.offload import run_cycle
+from iceberg_offload.repair import reconcile_all
+from iceberg_offload.status import status
+
+NOW_S = int(time.time())
+H = 3600
+
+
+def _table(name: str, **extra: Any) -> dict[str, Any]:
+    return {"source": name, "timestamp_column": "ts", **extra}
+
+
+def run_json(capsys, *args: str) -> tuple[int, dict]:
+    code = cli.main(list(args))
+    return code, json.loads(capsys.readouterr().out)
+
+
+# -- 1: a TTL shorter than the time a row waits --------------------------------------------------------
+def test_a_ttl_shorter_than_the_wait_is_refused_and_shown(make_settings):
+    s = make_settings([_table("short")], settle_seconds=120)
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.short (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts "
+                   "TTL toDateTime(ts) + INTERVAL 60 SECOND")
+        ch.command("INSERT INTO k2.short SELECT now64(3) - INTERVAL 10 SECOND, number FROM numbers(10)")
+    res = run_cycle(s).tables[0]
+    assert res.status == "failed" and res.error["type"] == "ttl_too_short", res.error
+    for part in ("60 s", "settle_seconds 120", "900 s", "short"):
+        assert part in res.error["message"], res.error
+    assert "MODIFY TTL" in res.error["fix"] and "settle_seconds" in res.error["fix"]
+    st = status(s)[0]
+    assert st.error is not None and st.error["type"] == "ttl_too_short"
+    assert 0 < st.ttl_headroom_seconds <= 60  # the metric the TTLRisk alert reads: far below its day
+    check = next(c for c in check_tables(s) if c.name == "table short")
+    assert check.status == "fail" and check.scenario == "ttl risk", check
+
+
+def test_a_ttl_longer_than_the_wait_is_accepted(make_settings):
+    s = make_settings([_table("long")], settle_seconds=120)
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.long (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts "
+                   "TTL toDateTime(ts) + INTERVAL 1 HOUR")
+        ch.command("INSERT INTO k2.long SELECT now64(3) - INTERVAL 10 MINUTE, number FROM numbers(10)")
+    res = run_cycle(s).tables[0]
+    assert res.status == "ok" and res.rows == 10, res.error
+
+
+# -- 2: "the TTL may have begun deleting this hour" from the TTL and the clock ---------------------------
+def test_a_late_row_in_the_oldest_hour_is_repaired_when_the_ttl_is_far(make_settings):
+    s = make_settings([_table("young", sequence_column="seq")])
+    start = (NOW_S // H - 5) * H
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.young (ts DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq) "
+                   "TTL toDateTime(ts) + INTERVAL 30 DAY")
+        ch.command(f"INSERT INTO k2.young SELECT fromUnixTimestamp64Milli(toInt64(({start} + number * 60) * 1000)), "
+                   f"number FROM numbers(200)")
+    assert run_cycle(s).tables[0].rows == 200
+    with clickhouse(s) as ch:  # late, in the hot tier's oldest hour; its TTL is 30 days away
+        ch.command(f"INSERT INTO k2.young VALUES (fromUnixTimestamp64Milli(toInt64(({start} + 30) * 1000)), 9999)")
+    rec = reconcile_all(s, apply=True)[0]
+    assert rec.ok and rec.applied and rec.rows_added == 1 and rec.buckets_skipped_ttl == 0, rec.as_dict()
+    assert 9999 in cold(s, "young").column("seq").to_pylist()
+
+
+# -- 5: options before the command ---------------------------------------------------------------------
+def test_options_before_the_command_are_used(make_settings, capsys, tmp_path, monkeypatch):
+    s = make_settings([_table("opt")])
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.opt (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts")
+        ch.command("INSERT INTO k2.opt SELECT now64(3) - INTERVAL 1 HOUR, number FROM numbers(5)")
+    monkeypatch.chdir(tmp_path / "..")  # no offload.toml here: a dropped --config would read the embedded default
+    code, out = run_json(capsys, "--config", s.path, "--json", "run")
+    assert code == 0 and out["rows"] == 5
+    code, out = run_json(capsys, "--json", "status", "--config", s.path)
+    assert code == 0 and out["tables"][0]["table"] == "opt"
+
+
+# -- 6: a watermark set into the future ----------------------------------------------------------------
+def _offloaded(make_settings):
+    s = make_settings([_table("wm", sequence_column="seq")])
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.wm (ts DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq)")
+        ch.command(f"INSERT INTO k2.wm SELECT fromUnixTimestamp64Milli(toInt64(({NOW_S - 2 * H} + number) * 1000)), "
+                   f"number FROM numbers(100)")
+    assert run_cycle(s).tables[0].rows == 100
+    return s
+
+
+def test_a_watermark_in_the_future_is_refused_without_the_flag(make_settings, capsys):
+    s = _offloaded(make_settings)
+    future = str(NOW_S + 30 * 86400)
+    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", future, "--yes",
+                         "--json")
+    assert code == 2 and out["error"]["type"] == "config" and "--future" in out["error"]["fix"], out
+    assert "future" in out["error"]["message"]
+    with clickhouse(s) as ch:  # rows the future watermark would skip
+        ch.command(f"INSERT INTO k2.wm SELECT fromUnixTimestamp64Milli(toInt64(({NOW_S - H} + number) * 1000)), "
+                   f"1000 + number FROM numbers(7)")
+    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", future,
+                         "--future", "--json")
+    assert code == 0 and not out["applied"] and out["rows_affected"] == 7, out
+    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", future,
+                         "--future", "--yes", "--json")
+    assert code == 0 and out["applied"]
+    # moving back to where the data ends offloads nothing twice: the preview says so
+    back = str(NOW_S - 2 * H + 99)
+    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", back,
+                         "--seq", "99", "--json")
+    assert code == 0 and out["direction"] == "back" and out["rows_offloaded_again"] == 0, out
+    assert out["rows_affected"] == 7 and "never offloaded" in out["effect"], out
+    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", back,
+                         "--seq", "99", "--yes", "--json")
+    assert code == 0 and out["applied"], out  # nothing would be offloaded twice: no --reoffload needed
+    assert run_cycle(s).tables[0].rows == 7 and cold(s, "wm").num_rows == 107
+
+
+# -- 7: verify cannot read -----------------------------------------------------------------------------
+def test_verify_fails_when_it_cannot_compare(make_settings, capsys):
+    s = make_settings([_table("gone"), _table("nottime", timestamp_column="v")])
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.nottime (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts")
+    code, out = run_json(capsys, "verify", "--config", s.path, "--json")
+    assert code == 1 and not out["ok"], out
+    gone, nottime = out["tables"]
+    assert gone["error"]["type"] == "source_error" and "does not exist" in gone["error"]["message"]
+    assert nottime["error"]["type"] == "config" and "not a time type" in nottime["error"]["message"]
+    assert sink_for(s).load("gone") is None
