@@ -136,3 +136,78 @@ def test_verify_fails_when_it_cannot_compare(make_settings, capsys):
     assert gone["error"]["type"] == "source_error" and "does not exist" in gone["error"]["message"]
     assert nottime["error"]["type"] == "config" and "not a time type" in nottime["error"]["message"]
     assert sink_for(s).load("gone") is None
+
+
+# -- operator text: duplicate targets, environment typos, Ctrl-C, a closed pipe, a wait for the engine --
+def test_config_errors_name_their_source_and_a_real_fix(tmp_path):
+    import pytest
+
+    from iceberg_offload import config
+    from iceberg_offload.errors import ConfigError
+
+    path = tmp_path / "offload.toml"
+    path.write_text('[[tables]]\nsource = "a"\ntimestamp_column = "ts"\n[[tables]]\nsource = "b"\ntarget = "a"\n'
+                    'timestamp_column = "ts"\n')
+    with pytest.raises(ConfigError) as err:
+        config.load(path, env={})
+    assert "'a'" in err.value.message and "{'tables'" not in err.value.message
+    assert "target" in err.value.fix and "set  to" not in err.value.fix
+    path.write_text('[[tables]]\nsource = "a"\ntimestamp_column = "ts"\n')
+    with pytest.raises(ConfigError) as err:
+        config.load(path, env={"OFFLOAD__OFFLOAD__SETTLE_SECONDS": "soon"})
+    assert err.value.message.startswith("environment OFFLOAD__OFFLOAD__SETTLE_SECONDS") and str(path) not in \
+        err.value.message
+    assert "OFFLOAD__OFFLOAD__SETTLE_SECONDS" in err.value.fix
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_go_on(make_settings, capsys, monkeypatch):
+    s = make_settings([_table("opt")])
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_status", interrupted)
+    assert cli.main(["status", "--config", s.path]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "continue from the watermark" in err
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    script = ("from iceberg_offload import cli\n"
+              "def loud(args):\n    [print('x' * 100) for _ in range(200000)]\n    return 0\n"
+              "cli.cmd_status = loud\nraise SystemExit(cli.main(['status']))\n")
+    out = subprocess.run(f"{sys.executable} -c \"$SCRIPT\" | head -c 10", shell=True, capture_output=True,
+                         text=True, env={"SCRIPT": script, "PATH": "/usr/bin:/bin"}, cwd=tmp_path, timeout=120)
+    assert out.stdout == "x" * 10 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_wait_for_the_engine_is_said(make_settings, capsys):
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from iceberg_offload.errors import EngineBusy
+    from iceberg_offload.source import open_source
+
+    s = make_settings([_table("opt")])
+    holder_code = ("import sys, time\nfrom iceberg_offload import config\nfrom iceberg_offload.source import open_source\n"
+                   "with open_source(config.load(sys.argv[1], env={}).source):\n    print('held', flush=True)\n"
+                   "    time.sleep(120)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", holder_code, s.path], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cli._say_warnings()
+        quick = s.source.model_copy(update={"lock_timeout_seconds": 0.3})
+        with pytest.raises(EngineBusy), open_source(quick):
+            pass
+        err = capsys.readouterr().err
+        assert "waiting up to 0s for the embedded ClickHouse" in err and f"pid {holder.pid}" in err, err
+    finally:
+        holder.kill()
+        holder.wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,13 +86,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     limit_malloc_arenas()
+    _say_warnings()
     try:
         return int(args.func(args))
     except OffloadError as exc:
         _emit_error(args, exc)
         return EXIT_USAGE if not exc.transient and exc.kind in ("config", "source_error") else EXIT_FAILED
     except KeyboardInterrupt:
+        print("\ninterrupted: every commit that landed is kept and nothing partial is (iceberg-offload watermark "
+              "show); run the command again to continue from the watermark", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `| head` closed the pipe: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _say_warnings() -> None:
+    """Our warnings (a wait for the engine, say) reach the operator on stderr, once."""
+    import logging
+
+    class Stderr(logging.Handler):  # the stderr of the moment (tests swap it), not the one at setup
+        def emit(self, record: logging.LogRecord) -> None:
+            print(self.format(record), file=sys.stderr)
+
+    log = logging.getLogger("iceberg_offload")
+    if not any(type(h).__name__ == "Stderr" for h in log.handlers):
+        handler = Stderr(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
 
 
 def _emit_error(args: argparse.Namespace, exc: OffloadError) -> None:

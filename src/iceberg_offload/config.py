@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .credentials import FILE_SUFFIX, read_secret_files, register_secrets, secret_file
 from .errors import ConfigError
@@ -171,7 +172,10 @@ class Settings(_Section):
         seen: set[str] = set()
         for table in self.tables:
             if table.target in seen:
-                raise ValueError(f"two [[tables]] entries write to target {table.target!r}; give each its own")
+                raise PydanticCustomError(
+                    "duplicate_target", "two [[tables]] entries write to target '{target}'",
+                    {"target": table.target, "fix": f"give one of them its own target = \"...\"; both write to "
+                                                    f"{table.target!r} and their rows would mix"})
             seen.add(table.target)
         return self
 
@@ -210,16 +214,18 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
                           "pass --config with an existing file, or run `iceberg-offload demo` to write one")
     else:
         base = Path.cwd()
-    _apply_env(data, env)
+    from_env = _apply_env(data, env)
     register_secrets(data)  # before validating: its errors quote the values they refuse
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise _config_error(exc, str(file)) from None
+        raise _config_error(exc, str(file), from_env) from None
     return _resolve_paths(settings, base)
 
 
-def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
+def _apply_env(data: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
+    """Apply OFFLOAD__* overrides; returns {dotted key: the variable that set it} for error messages."""
+    applied: dict[str, str] = {}
     for key in sorted(env):
         if not key.startswith(ENV_PREFIX):
             continue
@@ -251,6 +257,7 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
             else:
                 node = node.setdefault(part, nxt)
         last = parts[-1]
+        applied[".".join(f"[{x}]" if x.isdigit() else x for x in parts).replace(".[", "[")] = key
         if isinstance(node, list) and last.isdigit():
             idx = int(last)
             while len(node) <= idx:
@@ -258,23 +265,31 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
             node[idx] = value
         else:
             node[last] = value
+    return applied
 
 
-def _config_error(exc: ValidationError, file: str) -> ConfigError:
+def _config_error(exc: ValidationError, file: str, from_env: dict[str, str] | None = None) -> ConfigError:
     lines, fixes = [], []
     for err in exc.errors():
         loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
+        var = (from_env or {}).get(loc)
+        where = f"environment {var}" if var else file
         kind = err["type"]
-        if kind == "missing":
-            lines.append(f"{file}: key {loc} is missing")
+        if not loc:  # a rule over the whole config
+            lines.append(f"{where}: {err['msg']}")
+            fixes.append(str((err.get("ctx") or {}).get("fix", "fix the config")))
+        elif kind == "missing":
+            lines.append(f"{where}: key {loc} is missing")
             fixes.append(f"add {loc.split('.')[-1]} = ... to the {_section(loc)} section")
         elif kind == "extra_forbidden":
-            lines.append(f"{file}: unknown key {loc} = {err.get('input')!r}")
-            fixes.append(f"remove or rename {loc.split('.')[-1]} in the {_section(loc)} section "
+            lines.append(f"{where}: unknown key {loc} = {err.get('input')!r}")
+            fixes.append(f"unset {var} (no such key)" if var else
+                         f"remove or rename {loc.split('.')[-1]} in the {_section(loc)} section "
                          "(offload.example.toml lists every key)")
         else:
-            lines.append(f"{file}: {loc} = {err.get('input')!r}: {err['msg']}")
-            fixes.append(f"set {loc} to a valid value ({err['msg']})")
+            lines.append(f"{where}: {loc} = {err.get('input')!r}: {err['msg']}")
+            fixes.append(f"set {var} to a valid value ({err['msg']})" if var else
+                         f"set {loc} to a valid value ({err['msg']})")
     return ConfigError("; ".join(lines), "; ".join(dict.fromkeys(fixes)))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import sys
@@ -87,11 +88,17 @@ class _EngineLock:
         os.makedirs(os.path.dirname(self.lock_file) or ".", exist_ok=True)
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + timeout
+        said = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not said:
+                    said = True
+                    logging.getLogger("iceberg_offload").warning(
+                        "waiting up to %.0fs for the embedded ClickHouse at %s, held by %s", timeout, self.path,
+                        _read_holder(fd))
                 if time.monotonic() >= deadline:
                     holder = _read_holder(fd)
                     os.close(fd)
