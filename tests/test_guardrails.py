@@ -211,3 +211,41 @@ def test_a_wait_for_the_engine_is_said(make_settings, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+# -- 2: the late-row sweep: a late row lands within one cycle ------------------------------------------
+def test_a_late_row_behind_the_watermark_lands_in_the_next_cycle(make_settings):
+    s = make_settings([_table("late", sequence_column="seq")])
+    start = (NOW_S // H - 2) * H
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.late (ts DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq) "
+                   "TTL toDateTime(ts) + INTERVAL 7 DAY")
+        ch.command(f"INSERT INTO k2.late SELECT fromUnixTimestamp64Milli(toInt64(({start} + number * 30) * 1000)), "
+                   f"number FROM numbers(200)")
+    first = run_cycle(s).tables[0]
+    assert first.rows == 200 and first.late_rows == 0
+    with clickhouse(s) as ch:  # arrives after its hour was offloaded: behind the watermark, in no window
+        ch.command(f"INSERT INTO k2.late VALUES (fromUnixTimestamp64Milli(toInt64(({start} + 45) * 1000)), 5000), "
+                   f"(fromUnixTimestamp64Milli(toInt64(({start} + 3000) * 1000)), 5001)")
+    res = run_cycle(s).tables[0]
+    assert res.status == "ok" and res.rows == 0 and (res.late_rows, res.late_rows_added) == (2, 2), res.as_dict()
+    seqs = sorted(cold(s, "late").column("seq").to_pylist())
+    assert seqs == [*range(200), 5000, 5001]
+    wm = sink_for(s).watermark(sink_for(s).load("late"))[0]
+    assert wm is not None and wm.seq == 199  # the sweep carries the watermark, it never moves it
+    assert run_cycle(s).tables[0].late_rows == 0
+
+
+def test_the_sweep_looks_back_only_as_far_as_configured(make_settings):
+    s = make_settings([_table("late", sequence_column="seq")], late_lookback_seconds=3600)
+    start = (NOW_S // H - 5) * H
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.late (ts DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq)")
+        ch.command(f"INSERT INTO k2.late SELECT fromUnixTimestamp64Milli(toInt64(({start} + number * 60) * 1000)), "
+                   f"number FROM numbers(240)")
+    run_cycle(s)
+    with clickhouse(s) as ch:  # four hours behind the watermark: for the daily reconcile
+        ch.command(f"INSERT INTO k2.late VALUES (fromUnixTimestamp64Milli(toInt64(({start} + 10) * 1000)), 7000)")
+    res = run_cycle(s).tables[0]
+    assert (res.late_rows, res.late_rows_added) == (0, 0) and cold(s, "late").num_rows == 240
+    assert reconcile_all(s, apply=True)[0].rows_added == 1

@@ -154,8 +154,10 @@ def test_an_offload_racing_the_repair_commit_wins_and_the_repair_writes_nothing(
     original = repair._replace
     raced = []
 
+    no_sweep = s.model_copy(update={"offload": s.offload.model_copy(update={"late_lookback_seconds": 0})})
+
     def offload_first(sink, source, *args):  # between the plan and the commit, an offload lands
-        raced.append(offload_table(s, s.tables[0], source, sink, "racer"))
+        raced.append(offload_table(no_sweep, s.tables[0], source, sink, "racer"))
         return original(sink, source, *args)
 
     monkeypatch.setattr(repair, "_replace", offload_first)

@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args)
     result = run_cycle(settings, args.table, progress=ProgressBar(not args.json))
-    moved = [t.table for t in result.tables if t.status == "ok" and t.rows]
+    moved = [t.table for t in result.tables if t.status == "ok" and (t.rows or t.late_rows_added)]
     if moved:
         from .view import refresh_views
 
@@ -148,6 +148,13 @@ def _run_text(data: dict[str, Any]) -> str:
     for t in data["tables"]:
         if t["error"]:
             out.append(f"\n{t['table']}: {t['error']['message']}\n  fix: {t['error']['fix']}")
+        if t["late_rows"]:
+            left = t["late_rows"] - t["late_rows_added"]
+            out.append(f"\n{t['table']}: {t['late_rows']} late rows behind the watermark, {t['late_rows_added']} "
+                       f"repaired" + (f"; {left} not (TTL near, or cold holds rows hot lacks): iceberg-offload "
+                                      f"verify --table {t['table']}" if left else ""))
+        if t["late_error"]:
+            out.append(f"\n{t['table']}: late-row sweep: {t['late_error']['message']}")
     out.append(f"\ncycle {data['run_id']}: {data['status']}, {data['rows']:,} rows in {data['duration_seconds']}s")
     return "\n".join(out)
 

@@ -56,6 +56,9 @@ class OffloadSettings(_Section):
     """Rows per write: each batch becomes one data file per partition it touches."""
     read_rows: int = Field(default=250_000, ge=1)
     """Rows per ClickHouse query; the engine's memory grows with this, not with the backlog."""
+    late_lookback_seconds: int = Field(default=10_800, ge=0)
+    """After each table's offload, rows that arrived late this far behind the watermark are compared and
+    repaired in the same cycle (0: only the daily reconcile)."""
 
 
 class PrefectSettings(_Section):

@@ -184,7 +184,8 @@ def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
     failed = [o for o in outcomes if o["status"] != "ok"]
     result = {"run_id": run_id, "status": "success" if not failed else "partial" if len(failed) < len(outcomes)
               else "failed", "rows": sum(o["rows"] for o in outcomes), "tables": outcomes}
-    _refresh_views(settings, [o["table"] for o in outcomes if o["status"] == "ok" and o["rows"]])
+    moved = [o["table"] for o in outcomes if o["status"] == "ok" and (o["rows"] or o.get("late_rows_added"))]
+    _refresh_views(settings, moved)
     create_table_artifact(key="offload-cycle", description=f"cycle {run_id}: {result['status']}",
                           table=[{k: o[k] for k in ("table", "layer", "status", "rows", "commits")} |
                                  {"error": (o.get("error") or {}).get("message", "")} for o in outcomes])

@@ -27,9 +27,11 @@ from .errors import (
     as_error,
 )
 from .plan import TablePlan
+from .repair import reconcile as repair_buckets
 from .sink import COMMIT_ID, Sink, open_catalog
 from .source import Source, open_source
 from .window import (
+    NS,
     PREFIX,
     Watermark,
     Window,
@@ -53,6 +55,9 @@ class TableResult:
     watermark_before: dict[str, Any] | None = None
     watermark_after: dict[str, Any] | None = None
     pending_rows: int = 0
+    late_rows: int = 0  # rows found missing behind the watermark by this cycle's late-row sweep
+    late_rows_added: int = 0  # of those, repaired in this cycle
+    late_error: dict[str, Any] | None = None  # the sweep's own failure (the offload itself went through)
     duration_seconds: float = 0.0
     error: dict[str, Any] | None = None
 
@@ -152,6 +157,35 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
     finally:
         stream.close()
     result.pending_rows = 0
+    if result.watermark_after is not None and settings.offload.late_lookback_seconds:
+        _sweep_late_rows(settings, cfg, source, sink, result)
+
+
+def _last_skip(sink: Sink, target: str) -> int | None:
+    """The timestamp (ns) up to which the newest `watermark set` moved the watermark, if any is in history."""
+    table = sink.load(target)
+    for c in sink.history(table) if table is not None else []:
+        if c.props.get(f"{PREFIX}set-by") == "watermark set" and c.watermark is not None:
+            return c.watermark.ts_ns
+    return None
+
+
+def _sweep_late_rows(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
+                     result: TableResult) -> None:
+    """Rows that arrived after their hour was offloaded, up to `late_lookback_seconds` behind the watermark:
+    compared per key with the hot tier and repaired now (the same CAS bucket replacement as the daily
+    reconcile; its rules hold: never a bucket the TTL may be deleting, never shrinking cold)."""
+    assert result.watermark_after is not None
+    wm_ns = int(result.watermark_after["ts_ns"])
+    since = wm_ns - settings.offload.late_lookback_seconds * NS
+    skipped = _last_skip(sink, cfg.target)
+    if skipped is not None and skipped >= since:  # rows an operator skipped (`watermark set`) are not late
+        since = (skipped // NS // 3600 + 1) * 3600 * NS  # from the next whole hour
+        if since > wm_ns:
+            return
+    rec = repair_buckets(settings, cfg, source, sink, apply=True, values=False, since_ns=since)
+    result.late_rows, result.late_rows_added = rec.rows_missing, rec.rows_added if rec.applied else 0
+    result.late_error = rec.error
 
 
 class _Stream:

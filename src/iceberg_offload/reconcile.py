@@ -118,12 +118,14 @@ def oldest_hour(plan: TablePlan, source: Source) -> int | None:
 
 
 def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark, page_rows: int = PAGE_ROWS,
-            values: bool = False) -> Iterator[Bucket]:
-    """Every hour bucket either tier holds, from the hot tier's oldest hour up to the watermark, oldest first.
-    With `values`, each bucket's rows are compared whole (the columns both tiers have had all along)."""
-    lo_hour = oldest_hour(plan, source)
-    if lo_hour is None:
+            values: bool = False, since_ns: int | None = None) -> Iterator[Bucket]:
+    """Every hour bucket either tier holds, from the hot tier's oldest hour (or the hour of `since_ns`, if
+    later) up to the watermark, oldest first. With `values`, each bucket's rows are compared whole (the
+    columns both tiers have had all along)."""
+    oldest = oldest_hour(plan, source)
+    if oldest is None:
         return
+    lo_hour = oldest if since_ns is None else max(oldest, since_ns // NS // HOUR * HOUR)
     counts = hot_hours(plan, source, wm, lo_hour)
     keys = [p.name for p in key_plans(plan)]
     ts = plan.cfg.timestamp_column
@@ -138,7 +140,7 @@ def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark, page_r
         cold_tbl = cold_tbl.cast(target)
         hot_tbl = hot_range(plan, source, wm, lo, hi + HOUR, cols, target)
         for b in _compare_page(hot_tbl, cold_tbl, keys, ts):
-            b.aging = plan.info.ttl is not None and b.start <= lo_hour
+            b.aging = plan.info.ttl is not None and b.start <= oldest
             if values:
                 hour = _hour_of(hot_tbl.column(ts)), _hour_of(cold_tbl.column(ts))
                 _diff_values(b, hot_tbl.filter(pc.equal(hour[0], b.start)), cold_tbl.filter(pc.equal(hour[1], b.start)))

@@ -81,14 +81,14 @@ class ReconcileResult:
 
 def reconcile(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, apply: bool,
               page_rows: int = PAGE_ROWS, ttl_margin_seconds: int = TTL_MARGIN_SECONDS,
-              values: bool | None = None) -> ReconcileResult:
+              values: bool | None = None, since_ns: int | None = None) -> ReconcileResult:
     """Compare one table's tiers per hour bucket and (with apply) replace the bad buckets it may replace.
     With `values` (default: the table's `final`, whose rows may change after their window was offloaded)
     every column of every row is compared, not only the keys. Without apply nothing changes; the result
     says what would be done. Errors are returned, not raised."""
     res = ReconcileResult(cfg.target, values=cfg.final if values is None else values)
     try:
-        _reconcile(cfg, source, sink, apply, page_rows, ttl_margin_seconds, res)
+        _reconcile(cfg, source, sink, apply, page_rows, ttl_margin_seconds, res, since_ns)
     except Exception as exc:  # noqa: BLE001 - one table's failure never ends the others' reconcile
         res.error = as_error(exc, cfg.target).as_dict()
         source.discard()
@@ -103,7 +103,7 @@ def reconcile_all(settings: Settings, names: list[str] | None = None, apply: boo
 
 
 def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page_rows: int, margin: int,
-               res: ReconcileResult) -> None:
+               res: ReconcileResult, since_ns: int | None = None) -> None:
     table = sink.load(cfg.target)
     wm, last = sink.watermark(table) if table is not None else (None, None)
     if table is None or wm is None or last is None:
@@ -111,7 +111,7 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
     res.watermark = wm.as_dict()
     plan = TablePlan.build(source, cfg)
     plan.check_lineage(last)
-    buckets = list(compare(plan, source, table, wm, page_rows, values=res.values))
+    buckets = list(compare(plan, source, table, wm, page_rows, values=res.values, since_ns=since_ns))
     res.buckets_compared = len(buckets)
     bad = [b for b in buckets if b.bad]
     if not bad:
