@@ -489,3 +489,54 @@ def test_values_comparison_after_a_column_is_added(make_settings):
     assert run_cycle(s).tables[0].rows == 1
     v = verify(s)[0]  # older rows are NULL in cold by design, '' in ClickHouse
     assert v.ok and v.cold_rows == 51, v.as_dict()
+
+
+# -- found in the second review ---------------------------------------------------------------------------
+def test_null_in_a_key_column_matches_null(make_settings):
+    s = make_settings([_table("nk", key_columns=["ts", "sym"])])
+    h0 = NOW_MS // 3_600_000 * 3_600_000 - 5 * 3_600_000
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.nk (ts DateTime64(3), sym Nullable(String), v Int64) ENGINE = MergeTree ORDER BY ts")
+        ch.command(f"INSERT INTO k2.nk SELECT fromUnixTimestamp64Milli(toInt64({h0} + number * 360000)), "
+                   f"if(number % 10 = 3, NULL, toString(number)), number FROM numbers(20)")
+    run_cycle(s)
+    with clickhouse(s) as ch:
+        ch.command(f"INSERT INTO k2.nk VALUES (fromUnixTimestamp64Milli(toInt64({h0 + 3_601_000})), 'late', 99)")
+    v = verify(s)[0]
+    assert (v.missing, v.extra, len(v.buckets_bad)) == (1, 0, 1), v.as_dict()
+    rec = reconcile_all(s, apply=True)[0]
+    assert rec.applied and rec.rows_added == 1 and verify(s)[0].ok, rec.as_dict()
+
+
+def test_hours_a_ttl_emptied_out_of_order_are_not_reported(make_settings):
+    """ClickHouse applies a TTL per part: newer hours can go before older ones. Rows cold holds there are
+    expected where the TTL has passed (the same rule the repair uses), not a fault."""
+    s = make_settings([_table("to", partition_by="hour")])
+    h0 = (int(time.time()) // 3600 * 3600 - 28 * 3600) * 1000
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.to (ts DateTime64(3), v Int64) ENGINE = MergeTree PARTITION BY toStartOfHour(ts) "
+                   "ORDER BY ts TTL toDateTime(ts) + INTERVAL 10 DAY")
+        ch.command(f"INSERT INTO k2.to SELECT fromUnixTimestamp64Milli(toInt64({h0} + number * 60000)), number "
+                   f"FROM numbers(480)")
+    run_cycle(s)
+    with clickhouse(s) as ch:
+        ch.command("ALTER TABLE k2.to MODIFY TTL toDateTime(ts) + INTERVAL 1 DAY SETTINGS materialize_ttl_after_modify = 0")
+        parts = [r[0] for r in ch.rows("SELECT DISTINCT partition_id FROM system.parts WHERE database = 'k2' AND "
+                                       "table = 'to' AND active ORDER BY partition_id")]
+        for pid in parts[1:3]:
+            ch.command(f"ALTER TABLE k2.to MATERIALIZE TTL IN PARTITION ID '{pid}' SETTINGS mutations_sync = 2")
+    v = verify(s)[0]
+    assert v.ok and v.extra == 120, v.as_dict()
+
+
+def test_a_far_future_row_does_not_stop_verify(make_settings):
+    s = make_settings([_table("ff")])
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.ff (ts DateTime64(3), v Int64) ENGINE = MergeTree ORDER BY ts")
+        ch.command(f"INSERT INTO k2.ff SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)), number "
+                   f"FROM numbers(100)")
+        ch.command("INSERT INTO k2.ff VALUES ('2290-01-01 00:00:00', -1)")
+    assert run_cycle(s).tables[0].rows == 100
+    v = verify(s)[0]
+    assert v.ok and v.cold_rows == 100, v.as_dict()
+    assert reconcile_all(s, apply=True)[0].error is None

@@ -100,18 +100,18 @@ def _offloaded(make_settings):
 def test_a_watermark_in_the_future_is_refused_without_the_flag(make_settings, capsys):
     s = _offloaded(make_settings)
     future = str(NOW_S + 30 * 86400)
-    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", future, "--yes",
-                         "--json")
+    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", future, "--seq", "0",
+                         "--yes", "--json")
     assert code == 2 and out["error"]["type"] == "config" and "--future" in out["error"]["fix"], out
     assert "future" in out["error"]["message"]
     with clickhouse(s) as ch:  # rows the future watermark would skip
         ch.command(f"INSERT INTO k2.wm SELECT fromUnixTimestamp64Milli(toInt64(({NOW_S - H} + number) * 1000)), "
                    f"1000 + number FROM numbers(7)")
     code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", future,
-                         "--future", "--json")
+                         "--seq", "0", "--future", "--json")
     assert code == 0 and not out["applied"] and out["rows_affected"] == 7, out
     code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", future,
-                         "--future", "--yes", "--json")
+                         "--seq", "0", "--future", "--yes", "--json")
     assert code == 0 and out["applied"]
     # moving back to where the data ends offloads nothing twice: the preview says so
     back = str(NOW_S - 2 * H + 99)
@@ -249,3 +249,70 @@ def test_the_sweep_looks_back_only_as_far_as_configured(make_settings):
     res = run_cycle(s).tables[0]
     assert (res.late_rows, res.late_rows_added) == (0, 0) and cold(s, "late").num_rows == 240
     assert reconcile_all(s, apply=True)[0].rows_added == 1
+
+
+# -- found in review: TTL rules, rounded TTLs, schedules, watermark set edges ----------------------------
+def test_every_deleting_ttl_rule_counts():
+    from iceberg_offload.source import _ttl_expression as ttl
+
+    head = "MergeTree ORDER BY ts TTL "
+    assert ttl(head + "toStartOfInterval(ts, toIntervalHour(1)) + toIntervalMinute(5) SETTINGS x = 1") == \
+        "toStartOfInterval(ts, toIntervalHour(1)) + toIntervalMinute(5)"
+    assert ttl(head + "toDateTime(ts) + toIntervalDay(30), toDateTime(ts) + toIntervalMinute(5) DELETE WHERE v = 1") \
+        == "least(toDateTime(toDateTime(ts) + toIntervalDay(30)), toDateTime(toDateTime(ts) + toIntervalMinute(5)))"
+    assert ttl(head + "toDateTime(ts) + toIntervalDay(1) TO DISK 'cold', toDateTime(ts) + toIntervalDay(7)") == \
+        "toDateTime(ts) + toIntervalDay(7)"
+    assert ttl(head + "toDateTime(ts) + toIntervalDay(1) RECOMPRESS CODEC(ZSTD(3))") is None
+    assert ttl(head + "toDateTime(ts) + toIntervalDay(7) GROUP BY k SET v = sum(v)") == "toDateTime(ts) + toIntervalDay(7)"
+
+
+def test_a_second_short_ttl_rule_or_a_rounded_ttl_is_refused(make_settings):
+    rules = {"second": "toDateTime(ts) + INTERVAL 30 DAY, toDateTime(ts) + INTERVAL 5 MINUTE DELETE WHERE v = 1",
+             "rounded": "toStartOfHour(toDateTime(ts)) + INTERVAL 1 HOUR"}
+    s = make_settings([_table(name) for name in rules], settle_seconds=0)
+    with clickhouse(s) as ch:
+        for name, rule in rules.items():
+            ch.command(f"CREATE TABLE k2.{name} (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts TTL {rule}")
+    for res in run_cycle(s).tables:
+        assert res.status == "failed" and res.error["type"] == "ttl_too_short", (res.table, res.error)
+
+
+def test_the_longest_gap_of_a_schedule():
+    from iceberg_offload.plan import CAUTIOUS_GAP, cron_max_gap
+
+    assert cron_max_gap("*/15 * * * *") == 900 and cron_max_gap("@hourly") == 3600
+    assert cron_max_gap("0 0 * * MON") == cron_max_gap("@weekly") == 7 * 86400
+    assert cron_max_gap("0 0 1 * *") == 31 * 86400 and cron_max_gap("*/5 8-17 * * 1-5") == 223500
+    assert cron_max_gap("not a cron") == CAUTIOUS_GAP
+
+
+def test_moving_back_under_an_expired_history_needs_reoffload(make_settings):
+    import pytest
+
+    from iceberg_offload.errors import ConfigError
+    from iceberg_offload.maintain import expire
+    from iceberg_offload.status import set_watermark
+
+    s = make_settings([_table("ex")])
+    start_ms = (NOW_S - 3 * H) * 1000
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.ex (ts DateTime64(3), v Int64) ENGINE = MergeTree ORDER BY ts")
+        ch.command(f"INSERT INTO k2.ex SELECT fromUnixTimestamp64Milli(toInt64({start_ms} + number * 1000)), number "
+                   f"FROM numbers(100)")
+    run_cycle(s)
+    with clickhouse(s) as ch:  # a late row, repaired: the newest commit is a repair
+        ch.command(f"INSERT INTO k2.ex VALUES (fromUnixTimestamp64Milli(toInt64({start_ms} + 500)), -1)")
+    assert reconcile_all(s, apply=True)[0].applied
+    expire(s, s.table("ex"), sink_for(s), apply=True, older_than_seconds=0, keep_last=1)
+    back = (start_ms + 49_500) * 1_000_000
+    preview = set_watermark(s, "ex", back, None, apply=False)
+    assert preview["rows_offloaded_again"] == 50, preview
+    with pytest.raises(ConfigError, match="offload 50 rows again"):
+        set_watermark(s, "ex", back, None, apply=True)
+
+
+def test_watermark_set_needs_the_sequence_value_on_a_sequence_table(make_settings, capsys):
+    s = _offloaded(make_settings)
+    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to",
+                         str(NOW_S - 2 * H + 50), "--json")
+    assert code == 2 and "--seq" in out["error"]["fix"], out

@@ -51,12 +51,12 @@ def test_alerts_fire_and_resolve_and_dashboard_queries_return_data(tmp_path):
     with open_source(settings.source) as ch:
         ch.command("CREATE DATABASE IF NOT EXISTS k2")
         for name in ("trades", "aging"):
-            # 30 days: longer than a row could wait under the config's (never firing) yearly cron's 8+ days
-            ch.command(TRADES_DDL.format(name=name) + " TTL toDateTime(ts) + INTERVAL 30 DAY")
+            # 400 days: longer than a row could wait under the harness's (never firing) yearly cron
+            ch.command(TRADES_DDL.format(name=name) + " TTL toDateTime(ts) + INTERVAL 400 DAY")
         insert_trades(ch, "trades", (now - 3600) * 1000, 500)
     run_cycle(settings)  # trades offloaded; aging empty (no watermark yet)
-    with open_source(settings.source) as ch:  # a row 29.9 days old, not offloaded: TTL deletes it in ~2.4 h
-        ch.command(f"INSERT INTO k2.aging VALUES (fromUnixTimestamp64Milli(toInt64({(now - 2583360) * 1000})), 99, "
+    with open_source(settings.source) as ch:  # a row 400 days - 2.4 h old, not offloaded: the TTL deletes it soon
+        ch.command(f"INSERT INTO k2.aging VALUES (fromUnixTimestamp64Milli(toInt64({(now - 34551360) * 1000})), 99, "
                    f"'BTC', 1)")
 
     rules = yaml.safe_load((ROOT / "deploy/prometheus/rules/iceberg-offload.yml").read_text())

@@ -24,7 +24,8 @@ class CHType:
         return f"{self.name}({', '.join(self.args)})" if self.args else self.name
 
 
-def _split_args(text: str) -> list[str]:
+def split_top_level(text: str) -> list[str]:
+    """Split on commas outside parentheses and quotes."""
     parts, depth, quote_char, cur = [], 0, "", []
     for ch in text:
         if quote_char:
@@ -57,7 +58,7 @@ def parse(text: str) -> CHType:
         return CHType(text)
     name, rest = text.split("(", 1)
     name, inner = name.strip(), rest.rsplit(")", 1)[0]
-    args = _split_args(inner)
+    args = split_top_level(inner)
     if name in ("Nullable", "LowCardinality", "Array"):
         return CHType(name, children=(parse(args[0]),), names=(None,))
     if name == "Map":

@@ -3,6 +3,7 @@ config, and the terms the stored watermark was written in (refused when the conf
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -97,15 +98,18 @@ class TablePlan:
                 f"--to <time> (it records the new key and source)")
 
     def ttl_span(self, source: Source) -> float | None:
-        """How long the table's TTL keeps a row, ClickHouse evaluating the TTL expression on a row stamped
-        now (None: no TTL, or the expression needs columns other than the timestamp)."""
+        """The shortest time the table's TTL keeps a row, ClickHouse evaluating the TTL expression on rows
+        stamped over the next day (None: no TTL, or the expression needs columns other than the timestamp)."""
         if not self.info.ttl:
             return None
-        ts = quote(self.cfg.timestamp_column)
-        row = f"SELECT {self.key.ts_literal(time.time_ns() // NS * NS)} AS {ts}"
+        ts, n = quote(self.cfg.timestamp_column), self.key.aliases.name("n")
+        # rows stamped at every minute of a day from now: a TTL rounded to an hour or a day keeps the row
+        # stamped just before the boundary the least time, and that is the one that must not be lost
+        stamps = self.key.ts_literal_of(f"{time.time_ns() // NS * NS} + {n} * {60 * NS}")
         try:
-            rows = source.rows(f"SELECT toInt64(toUnixTimestamp(toDateTime({self.info.ttl}))) - "
-                               f"toInt64(toUnixTimestamp({ts})) FROM ({row})")
+            rows = source.rows(f"SELECT min(toInt64(toUnixTimestamp(toDateTime({self.info.ttl}))) - "
+                               f"toInt64(toUnixTimestamp({ts}))) FROM (SELECT {stamps} AS {ts} FROM "
+                               f"(SELECT number AS {n} FROM numbers(1440)))")
         except SourceError:
             return None
         return float(rows[0][0])
@@ -117,14 +121,14 @@ class TablePlan:
             return
         settle, closed = settings.offload.settle_seconds, self.cfg.closed_after_seconds
         interval = schedule_interval(settings)
-        need = settle + closed + interval + TTL_MARGIN_SECONDS
+        need = settle + closed + interval + WAIT_MARGIN_SECONDS
         if span > need:
             return
         ts = quote(self.cfg.timestamp_column)
         raise TTLTooShort(
             f"{self.cfg.target}: the ClickHouse TTL ({self.info.ttl}) deletes a row {span:.0f} s after its "
             f"timestamp, but a row waits up to settle_seconds {settle} + closed_after_seconds {closed} + the "
-            f"schedule interval {interval} s (+ {TTL_MARGIN_SECONDS} s margin) before it is offloaded: ClickHouse "
+            f"schedule interval {interval} s (+ {WAIT_MARGIN_SECONDS} s margin) before it is offloaded: ClickHouse "
             f"would delete it first; nothing was read",
             f"lengthen the TTL (ALTER TABLE {self.info.qualified} MODIFY TTL toDateTime({ts}) + INTERVAL "
             f"{_round_up(need)} SECOND), or lower settle_seconds / closed_after_seconds / the schedule interval")
@@ -151,7 +155,7 @@ def _refuse_null_keys(source: Source, cfg: TableSettings, info: TableInfo, colum
             f"{quote(nullable[0])} IS NULL) or delete them, then run again")
 
 
-TTL_MARGIN_SECONDS = 600
+WAIT_MARGIN_SECONDS = 600
 """Slack on top of the longest wait: a slow cycle, a retry, a worker restart."""
 
 
@@ -165,26 +169,44 @@ def schedule_interval(settings: Settings) -> int:
     return sched.offload_interval_seconds or cron_max_gap(sched.offload_cron)
 
 
+_ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+            "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+_NAMES = {n: str(i) for i, n in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])} | {
+    n: str(i + 1) for i, n in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV",
+                                         "DEC"])}
+CAUTIOUS_GAP = 366 * 86400
+"""For a schedule we cannot read: the longest gap any five-field cron can have."""
+
+
+@functools.lru_cache(maxsize=16)
 def cron_max_gap(expr: str) -> int:
-    """The longest gap between the fire times of a five-field cron, found minute by minute over 8 days
-    (`*`, `*/n`, `a-b`, `a-b/n`, lists; names are not supported and give a day)."""
-    fields = expr.split()
-    try:
-        sets = [_cron_field(f, lo, hi) for f, (lo, hi) in zip(fields, [(0, 59), (0, 23), (1, 31), (1, 12), (0, 6)],
-                                                              strict=True)]
-    except ValueError:
-        return 86400
+    """The longest gap between the fire times of a cron (five fields, `*`, `*/n`, `a-b/n`, lists, names,
+    `@daily`-style aliases), over 400 days from a fixed Monday; CAUTIOUS_GAP when it cannot be read."""
     import datetime as dt
 
-    start = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)  # a Monday
-    fires = []
-    for minute in range(8 * 1440):
-        t = start + dt.timedelta(minutes=minute)
-        if (t.minute in sets[0] and t.hour in sets[1] and t.day in sets[2] and t.month in sets[3]
-                and t.isoweekday() % 7 in sets[4]):
-            fires.append(minute)
+    text = _ALIASES.get(expr.strip().lower(), expr)
+    for name, number in _NAMES.items():
+        text = text.upper().replace(name, number)
+    fields = text.split()
+    try:
+        minutes, hours, dom, months, dow = (_cron_field(f, lo, hi) for f, (lo, hi) in
+                                            zip(fields, [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)], strict=True))
+    except ValueError:
+        return CAUTIOUS_GAP
+    dow = {d % 7 for d in dow}
+    either = fields[2] != "*" and fields[4] != "*"  # cron: both restricted means either matches
+    in_day = sorted(h * 60 + m for h in hours for m in minutes)
+    if not in_day:
+        return CAUTIOUS_GAP
+    fires: list[int] = []
+    start = dt.date(2026, 1, 5)
+    for day in range(400):
+        d = start + dt.timedelta(days=day)
+        by_dom, by_dow = d.day in dom, d.isoweekday() % 7 in dow
+        if d.month in months and ((by_dom or by_dow) if either else (by_dom and by_dow)):
+            fires += [day * 1440 + m for m in in_day]
     if len(fires) < 2:
-        return 8 * 86400
+        return CAUTIOUS_GAP
     return max(b - a for a, b in zip(fires, fires[1:], strict=False)) * 60
 
 
@@ -193,5 +215,7 @@ def _cron_field(field: str, lo: int, hi: int) -> set[int]:
     for part in field.split(","):
         rng, _, step = part.partition("/")
         a, b = (lo, hi) if rng == "*" else (int(rng.split("-")[0]), int(rng.split("-")[-1]))
+        if not (lo <= a <= b <= hi) or (step and int(step) < 1):
+            raise ValueError(field)
         out |= set(range(a, b + 1, int(step) if step else 1))
     return out

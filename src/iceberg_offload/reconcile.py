@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import And, BooleanExpression, GreaterThanOrEqual, LessThanOrEqual
 from pyiceberg.table import Table
 
 from .config import Settings, TableSettings
-from .errors import as_error
+from .errors import SourceError, as_error
 from .plan import TablePlan
 from .sink import Sink, open_catalog
 from .source import Source, open_source, quote
@@ -31,6 +32,8 @@ from .window import NS, Watermark, iso
 from .wire import conform, small_type
 
 HOUR = 3600
+TTL_MARGIN_SECONDS = 900
+"""A bucket whose first row expires within this long is treated as expiring already."""
 PAGE_ROWS = 2_000_000
 """Hot rows per comparison page (cold keys of a page are held in memory; an eighth with values)."""
 
@@ -113,7 +116,8 @@ def verify_table(cfg: TableSettings, source: Source, sink: Sink, values: bool | 
 def oldest_hour(plan: TablePlan, source: Source) -> int | None:
     """Epoch seconds of the hour holding the hot tier's oldest row (None: the hot tier is empty)."""
     fin = " FINAL" if plan.cfg.final else ""
-    n, oldest = source.rows(f"SELECT count(), min({plan.key.ts_ns_expr()}) FROM {plan.info.qualified}{fin}")[0]
+    n, oldest = source.rows(f"SELECT count(), {plan.key.ts_ns_of(f'min({quote(plan.cfg.timestamp_column)})')} "
+                            f"FROM {plan.info.qualified}{fin}")[0]
     return None if not n else int(oldest) // NS // HOUR * HOUR  # floor: before 1970 too
 
 
@@ -139,12 +143,37 @@ def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark, page_r
         cold_tbl = cold_keys(table, ts, names, lo * NS, min((hi + HOUR) * NS - 1, wm.ts_ns)).select(names)
         cold_tbl = cold_tbl.cast(target)
         hot_tbl = hot_range(plan, source, wm, lo, hi + HOUR, cols, target)
-        for b in _compare_page(hot_tbl, cold_tbl, keys, ts):
-            b.aging = plan.info.ttl is not None and b.start <= oldest
+        buckets = list(_compare_page(hot_tbl, cold_tbl, keys, ts))
+        # rows cold holds and hot lacks are expected where the TTL may have begun deleting (same rule as repair)
+        aging = expiring_hours(plan, source, [b.start for b in buckets if b.extra], TTL_MARGIN_SECONDS)
+        hot_by, cold_by = (_by_hour(hot_tbl, ts), _by_hour(cold_tbl, ts)) if values else ({}, {})
+        for b in buckets:
+            b.aging = b.start in aging
             if values:
-                hour = _hour_of(hot_tbl.column(ts)), _hour_of(cold_tbl.column(ts))
-                _diff_values(b, hot_tbl.filter(pc.equal(hour[0], b.start)), cold_tbl.filter(pc.equal(hour[1], b.start)))
+                empty = hot_tbl.slice(0, 0)
+                _diff_values(b, hot_by.get(b.start, empty), cold_by.get(b.start, empty))
             yield b
+
+
+def expiring_hours(plan: TablePlan, source: Source, starts: list[int], margin: int) -> set[int]:
+    """Buckets the hot tier may no longer hold completely, on a table with a TTL: those whose first instant
+    is past (or within `margin` of) its TTL, ClickHouse evaluating the TTL expression on it. When the
+    expression needs other columns, every bucket at or before the hot tier's oldest hour. Without a TTL
+    nothing expires by itself; rows deleted by hand are caught by the subset rule (cold keys hot lacks)."""
+    ttl = plan.info.ttl
+    if not ttl or not starts:
+        return set()
+    ts = quote(plan.cfg.timestamp_column)
+    b = plan.key.aliases.name("b")
+    as_ts = plan.key.ts_literal_of(f"toInt64({b}) * {NS}")
+    try:  # the TTL of a row stamped at the bucket's first instant, the first row of it to expire
+        rows = source.rows(f"SELECT {b}, toUnixTimestamp(toDateTime({ttl})) <= toUnixTimestamp(now()) + "
+                           f"{int(margin)} FROM (SELECT arrayJoin([{', '.join(map(str, starts))}]) AS {b}, "
+                           f"{as_ts} AS {ts})")
+    except SourceError:
+        oldest = oldest_hour(plan, source)
+        return {s for s in starts if oldest is None or s <= oldest}
+    return {int(start) for start, gone in rows if gone}
 
 
 def pages(counts: dict[int, int], lo_hour: int, last_hour: int, budget: int) -> list[tuple[int, int]]:
@@ -236,13 +265,15 @@ def _compare_page(hot: pa.Table, cold: pa.Table, keys: list[str], ts: str) -> It
         for start, n in sorted(pairs):
             yield Bucket(int(start), int(n), int(n))
         return
-    tiers = []
-    for tbl in (hot, cold):
-        tagged = pa.table([_hour_of(tbl.column(ts)), *(_groupable(tbl.column(k)) for k in keys)], names=["__h", *keys])
-        tiers.append(tagged)
+    tiers = [pa.table([_hour_of(t.column(ts)), *(t.column(k) for k in keys)], names=["__h", *keys])
+             for t in (hot, cold)]
     try:
-        counts = [t.group_by(["__h", *keys]).aggregate([([], "count_all")]) for t in tiers]
-        joined = counts[0].join(counts[1], keys=["__h", *keys], join_type="full outer", right_suffix="_cold")
+        # a join never matches NULL with NULL: group and join on the value with NULLs filled, and a flag
+        by = ["__h", *keys, *(f"__null_{k}" for k in keys)]
+        counts = [pa.table([t.column("__h"), *(c for k in keys for c in _null_free(t.column(k)))],
+                           names=["__h", *(n for k in keys for n in (k, f"__null_{k}"))])
+                  .group_by(by).aggregate([([], "count_all")]) for t in tiers]
+        joined = counts[0].join(counts[1], keys=by, join_type="full outer", right_suffix="_cold")
         h = pc.fill_null(joined.column("count_all"), 0)
         c = pc.fill_null(joined.column("count_all_cold"), 0)
         hours = joined.column("__h")
@@ -260,11 +291,41 @@ def _compare_page(hot: pa.Table, cold: pa.Table, keys: list[str], ts: str) -> It
         yield Bucket(int(start), int(nh), int(nc), int(miss), int(dups), int(extra))
 
 
-def _groupable(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Extension types (uuid) group and join by their storage."""
+def _by_hour(tbl: pa.Table, ts: str) -> dict[int, pa.Table]:
+    """The table split by hour of `ts` (one sort, then slices), for per-bucket work without a filter each."""
+    if tbl.num_rows == 0:
+        return {}
+    hours = _hour_of(tbl.column(ts))
+    order = pc.sort_indices(hours)
+    tbl, hours = tbl.take(order), hours.take(order)
+    values = np.asarray(hours)
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    return {int(values[a]): tbl.slice(int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)}
+
+
+def _null_free(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """(the column with NULLs filled by a fixed value of its type, whether each was NULL), extension types
+    (uuid) by their storage: what Arrow's group-by and join can match exactly."""
     if isinstance(col.type, pa.ExtensionType):
-        return pa.chunked_array([c.storage for c in col.chunks], type=col.type.storage_type)
-    return col
+        col = pa.chunked_array([c.storage for c in col.chunks], type=col.type.storage_type)
+    flag = pc.is_null(col)
+    if col.null_count == 0:
+        return col, flag
+    t = col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        fill = pa.scalar("", t)
+    elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        fill = pa.scalar(b"", t)
+    elif pa.types.is_fixed_size_binary(t):
+        fill = pa.scalar(b"\0" * t.byte_width, t)
+    elif pa.types.is_boolean(t):
+        fill = pa.scalar(False)
+    elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_temporal(t):
+        fill = pa.scalar(0, pa.int64()).cast(t) if not pa.types.is_floating(t) else pa.scalar(0.0, t)
+    else:
+        raise pa.ArrowNotImplementedError(f"no fill value for {t}")
+    return pc.fill_null(col, fill), flag
 
 
 def _counted_in_python(tiers: list[pa.Table], keys: list[str]) -> tuple[pa.Array, pa.Array, pa.Array]:

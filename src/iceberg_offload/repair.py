@@ -29,19 +29,15 @@ from .errors import (
     CommitConflict,
     CommitOutcomeUnknown,
     SchemaDrift,
-    SourceError,
     TransientError,
     as_error,
     redact,
 )
 from .plan import TablePlan
-from .reconcile import HOUR, PAGE_ROWS, Bucket, compare, hot_rows, oldest_hour, ts_range
+from .reconcile import HOUR, PAGE_ROWS, TTL_MARGIN_SECONDS, Bucket, compare, expiring_hours, hot_rows, ts_range
 from .sink import COMMIT_ID, CasTransaction, Commit, Sink, catalog_errors, discard_files, open_catalog
-from .source import Source, open_source, quote
+from .source import Source, open_source
 from .window import NS, PREFIX, Watermark
-
-TTL_MARGIN_SECONDS = 900
-"""A bucket whose first row expires within this long is treated as expiring already."""
 
 
 class HotTierChanged(TransientError):
@@ -116,7 +112,7 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
     bad = [b for b in buckets if b.bad]
     if not bad:
         return
-    expiring = _expiring(plan, source, [b.start for b in bad], margin)
+    expiring = expiring_hours(plan, source, [b.start for b in bad], margin)
     chosen: list[Bucket] = []
     for b in bad:
         res.buckets_missing += b.missing > 0
@@ -148,27 +144,6 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
     res.applied = True
     snap = new_table.current_snapshot()
     res.snapshot_id = snap.snapshot_id if snap is not None else None
-
-
-def _expiring(plan: TablePlan, source: Source, starts: list[int], margin: int) -> set[int]:
-    """Buckets the hot tier may no longer hold completely, on a table with a TTL: those whose first instant
-    is past (or within `margin` of) its TTL, ClickHouse evaluating the TTL expression on it. When the
-    expression needs other columns, every bucket at or before the hot tier's oldest hour. Without a TTL
-    nothing expires by itself; rows deleted by hand are caught by the subset rule (cold keys hot lacks)."""
-    ttl = plan.info.ttl
-    if not ttl or not starts:
-        return set()
-    ts = quote(plan.cfg.timestamp_column)
-    b = plan.key.aliases.name("b")
-    as_ts = plan.key.ts_literal_of(f"toInt64({b}) * {NS}")
-    try:  # the TTL of a row stamped at the bucket's first instant, the first row of it to expire
-        rows = source.rows(f"SELECT {b}, toUnixTimestamp(toDateTime({ttl})) <= toUnixTimestamp(now()) + "
-                           f"{int(margin)} FROM (SELECT arrayJoin([{', '.join(map(str, starts))}]) AS {b}, "
-                           f"{as_ts} AS {ts})")
-    except SourceError:
-        oldest = oldest_hour(plan, source)
-        return {s for s in starts if oldest is None or s <= oldest}
-    return {int(start) for start, gone in rows if gone}
 
 
 def _check_schema(plan: TablePlan, table: Table) -> None:

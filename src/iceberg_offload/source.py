@@ -317,20 +317,33 @@ def _database_error(exc: Exception, sql: str) -> Exception:
 
 
 def _ttl_expression(engine_full: str) -> str | None:
-    """The row-level TTL expression from `engine_full` (column and move TTLs are not ours)."""
+    """The deadline at which ClickHouse deletes a row, from the table's TTL rules in `engine_full`: every rule
+    that removes rows (`DELETE`, the default, with or without `WHERE`, and `GROUP BY` rollups) counts and
+    the earliest wins (`least(...)`); moves (`TO DISK`/`TO VOLUME`) and `RECOMPRESS` do not. A `WHERE` rule
+    counts as if it matched every row: the deadline is a bound, never later than the real one."""
+    from .chtype import split_top_level
+
     marker = " TTL "
     pos = engine_full.find(marker)
     if pos < 0:
         return None
     rest = engine_full[pos + len(marker):]
     end = rest.find(" SETTINGS ")
-    expr = (rest if end < 0 else rest[:end]).strip()
-    # `TTL a + INTERVAL 1 DAY DELETE, b TO VOLUME 'x'`: keep the first delete rule.
-    first = expr.split(",")[0].strip()
-    for suffix in (" DELETE",):
-        if first.upper().endswith(suffix):
-            first = first[: -len(suffix)].strip()
-    return None if " TO " in first.upper() else first
+    deadlines = []
+    for rule in split_top_level(rest if end < 0 else rest[:end]):
+        upper = f" {rule.upper()} "
+        if any(f" {kw} " in upper for kw in ("TO DISK", "TO VOLUME", "RECOMPRESS")):
+            continue
+        expr = rule
+        for kw in (" WHERE ", " GROUP BY ", " DELETE "):
+            cut = f" {expr} ".upper().find(kw)
+            if cut >= 0:
+                expr = f" {expr} "[:cut].strip()
+        if expr:
+            deadlines.append(expr)
+    if len(deadlines) <= 1:
+        return deadlines[0] if deadlines else None
+    return "least(" + ", ".join(f"toDateTime({d})" for d in deadlines) + ")"
 
 
 def _client(settings: SourceSettings) -> Any:

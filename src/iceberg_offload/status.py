@@ -207,8 +207,13 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
     if table is None:
         raise ConfigError(f"no Iceberg table {cfg.target} yet", f"run `iceberg-offload run --table {cfg.target}` first")
     current, last = sink.watermark(table)
-    new = Watermark(ts_ns, seq if cfg.sequence_column else None)
-    newest = _now_ns(None) - settings.offload.settle_seconds * NS
+    if cfg.sequence_column and seq is None:
+        raise ConfigError(f"{cfg.target} has sequence_column {cfg.sequence_column!r}: a watermark needs its value too",
+                          "add --seq N (the sequence value of the last row to count as offloaded at that time)")
+    if seq is not None and not cfg.sequence_column:
+        raise ConfigError(f"{cfg.target} has no sequence_column; --seq would be ignored", "drop --seq")
+    new = Watermark(ts_ns, seq)
+    newest = _now_ns(None) - (settings.offload.settle_seconds + cfg.closed_after_seconds) * NS
     if ts_ns > newest and not future:
         raise ConfigError(f"{cfg.target}: {iso(ts_ns)} is in the future (after now - settle_seconds, {iso(newest)}); "
                           f"every row until then would be skipped", "check --to; add --future only to skip them")
@@ -218,8 +223,9 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
         lo, hi = (current, new) if current is None or current < new else (new, current)
         affected = _between(source, plan, lo, hi)
         again = 0
-        if current is not None and new < current and extent is not None and new < extent:
-            again = _between(source, plan, new, min(extent, current))
+        if current is not None and new < current:  # no data commit left in history (expired): assume all
+            again = affected if extent is None else _between(source, plan, new, min(extent, current)) \
+                if new < extent else 0
     backward = current is not None and new < current
     effect = (f"{again} rows Iceberg already has would be offloaded again (duplicates); {affected - again} rows "
               f"never offloaded would be offloaded" if backward else

@@ -134,9 +134,13 @@ class Key:
         return f"CAST(fromUnixTimestamp64Nano(toInt64({ns_expr}), 'UTC'), '{_sql_str(str(self.ts_type))}')"
 
     def ts_ns_expr(self) -> str:
+        return self.ts_ns_of(quote(self.ts))
+
+    def ts_ns_of(self, expr: str) -> str:
+        """Epoch nanoseconds of an SQL expression of the timestamp column's type."""
         if self.ts_type.name == "DateTime":
-            return f"toInt64(toUnixTimestamp({quote(self.ts)})) * {NS}"
-        return f"toUnixTimestamp64Nano(CAST({quote(self.ts)}, 'DateTime64(9)'))"
+            return f"toInt64(toUnixTimestamp({expr})) * {NS}"
+        return f"toUnixTimestamp64Nano(CAST({expr}, 'DateTime64(9)'))"
 
     def select_key(self) -> str:
         return self.ts_ns_expr() + (f", {quote(self.seq)}" if self.seq else "")
