@@ -311,8 +311,18 @@ def test_moving_back_under_an_expired_history_needs_reoffload(make_settings):
         set_watermark(s, "ex", back, None, apply=True)
 
 
-def test_watermark_set_needs_the_sequence_value_on_a_sequence_table(make_settings, capsys):
-    s = _offloaded(make_settings)
-    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to",
-                         str(NOW_S - 2 * H + 50), "--json")
-    assert code == 2 and "--seq" in out["error"]["fix"], out
+def test_watermark_set_without_seq_counts_every_row_at_that_time(make_settings, capsys):
+    """On a sequence table, a watermark without --seq covers every row at its timestamp (the window reads
+    `ts > T`): the preview says which rows that skips, it does not call them "nothing"."""
+    s = make_settings([_table("sq", sequence_column="seq")])
+    t_ms = (NOW_S - 2 * H) * 1000
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.sq (ts DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq)")
+        ch.command(f"INSERT INTO k2.sq SELECT fromUnixTimestamp64Milli(toInt64({t_ms})), number FROM numbers(3)")
+    run_cycle(s)
+    with clickhouse(s) as ch:  # two more rows at the watermark's own timestamp, after it
+        ch.command(f"INSERT INTO k2.sq VALUES (fromUnixTimestamp64Milli(toInt64({t_ms})), 3), "
+                   f"(fromUnixTimestamp64Milli(toInt64({t_ms})), 4)")
+    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "sq", "--to", str(t_ms // 1000),
+                         "--json")
+    assert code == 0 and out["direction"] == "forward" and out["rows_affected"] == 2, out

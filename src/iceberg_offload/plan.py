@@ -163,10 +163,16 @@ def _round_up(seconds: float) -> int:
     return int(-(-seconds // 3600) * 3600)
 
 
+MAX_SCHEDULE_GAP = 7 * 86400
+"""A schedule sparser than weekly (a yearly cron that never fires, runs triggered by hand or by another
+scheduler) is counted as weekly: the TTL check then guards a row waiting a week."""
+
+
 def schedule_interval(settings: Settings) -> int:
-    """The longest gap between two offload cycles, in seconds: the fixed interval, or the cron's."""
+    """The longest gap between two offload cycles, in seconds: the fixed interval, or the cron's (at most
+    MAX_SCHEDULE_GAP)."""
     sched = settings.schedule
-    return sched.offload_interval_seconds or cron_max_gap(sched.offload_cron)
+    return min(sched.offload_interval_seconds or cron_max_gap(sched.offload_cron), MAX_SCHEDULE_GAP)
 
 
 _ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",

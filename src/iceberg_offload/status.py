@@ -161,6 +161,13 @@ def watermark_history(settings: Settings, names: list[str] | None = None) -> dic
     return out
 
 
+def _order(wm: Watermark | None) -> tuple[int, int]:
+    """A watermark's place; without a sequence value it covers every row at its timestamp (as the window
+    reads it: `ts > T`)."""
+    assert wm is not None
+    return wm.ts_ns, 2**65 if wm.seq is None else wm.seq
+
+
 def _between(source: Source, plan: TablePlan, lo: Watermark | None, hi: Watermark) -> int:
     where = f"({plan.key.after(lo)}) AND {plan.key.at_most(hi)}"
     return int(source.rows(f"SELECT count() FROM {plan.info.qualified} WHERE {where}")[0][0])
@@ -207,9 +214,6 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
     if table is None:
         raise ConfigError(f"no Iceberg table {cfg.target} yet", f"run `iceberg-offload run --table {cfg.target}` first")
     current, last = sink.watermark(table)
-    if cfg.sequence_column and seq is None:
-        raise ConfigError(f"{cfg.target} has sequence_column {cfg.sequence_column!r}: a watermark needs its value too",
-                          "add --seq N (the sequence value of the last row to count as offloaded at that time)")
     if seq is not None and not cfg.sequence_column:
         raise ConfigError(f"{cfg.target} has no sequence_column; --seq would be ignored", "drop --seq")
     new = Watermark(ts_ns, seq)
@@ -218,15 +222,18 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
         raise ConfigError(f"{cfg.target}: {iso(ts_ns)} is in the future (after now - settle_seconds, {iso(newest)}); "
                           f"every row until then would be skipped", "check --to; add --future only to skip them")
     extent = _data_extent(sink.history(table))  # the newest key Iceberg holds rows up to
+    backward = current is not None and _order(new) < _order(current)
     with open_source(settings.source) as source:
         plan = TablePlan.build(source, cfg)
-        lo, hi = (current, new) if current is None or current < new else (new, current)
+        lo, hi = (new, current) if backward else (current, new)
+        assert hi is not None
         affected = _between(source, plan, lo, hi)
         again = 0
-        if current is not None and new < current:  # no data commit left in history (expired): assume all
-            again = affected if extent is None else _between(source, plan, new, min(extent, current)) \
-                if new < extent else 0
-    backward = current is not None and new < current
+        if backward and current is not None:  # no data commit left in history (expired): assume all were
+            if extent is None:
+                again = affected
+            elif _order(new) < _order(extent):
+                again = _between(source, plan, new, extent if _order(extent) < _order(current) else current)
     effect = (f"{again} rows Iceberg already has would be offloaded again (duplicates); {affected - again} rows "
               f"never offloaded would be offloaded" if backward else
               f"{affected} hot rows between the watermarks would never be offloaded")
