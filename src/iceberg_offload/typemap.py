@@ -66,7 +66,6 @@ class ColumnMap:
     required: bool
     wire: Wire | None = None  # decoded by conform() before the checked cast
     override: str | None = None  # the column_types opt-in, if any
-    text: bool = True  # strings in it are checked to be UTF-8 (not for Enum labels, which we decode)
 
 
 def _const(t: IcebergType) -> IceFactory:
@@ -220,9 +219,7 @@ def plan_columns(table: str, columns: list[tuple[str, str]], overrides: dict[str
             select = f"CAST({quote(col)}, {_sql_type(m.target)})"
         else:
             select = quote(col)
-        text = not (wire is not None and wire.enum)  # strings are checked to be UTF-8 (Enum labels are ours)
-        plans.append(ColumnMap(col, typ, select, m.iceberg, required=not m.nullable, wire=wire, override=override,
-                               text=text))
+        plans.append(ColumnMap(col, typ, select, m.iceberg, required=not m.nullable, wire=wire, override=override))
     return plans
 
 

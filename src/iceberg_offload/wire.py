@@ -182,7 +182,7 @@ def conform(batch: pa.RecordBatch | pa.Table, plans: list[ColumnMap], target: pa
                 column = checked_cast(column, field.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise _cast_error(table, p, column, field, exc) from None
-        if p.text and _has_string(field.type):
+        if _has_string(field.type) and not (p.wire is not None and p.wire.enum):  # Enum labels are ours
             _check_utf8(table, p, column)
         arrays.append(column)
     return pa.Table.from_arrays(arrays, schema=pa.schema([fields[p.name] for p in plans]))
