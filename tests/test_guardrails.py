@@ -253,9 +253,16 @@ def test_the_sweep_looks_back_only_as_far_as_configured(make_settings):
 
 # -- found in review: TTL rules, rounded TTLs, schedules, watermark set edges ----------------------------
 def test_every_deleting_ttl_rule_counts():
-    from iceberg_offload.source import _ttl_expression as ttl
+    from iceberg_offload.source import NEVER, _ttl_expressions
+
+    def ttl(engine_full: str) -> str | None:
+        return _ttl_expressions(engine_full)[0]
 
     head = "MergeTree ORDER BY ts TTL "
+    assert _ttl_expressions(head + "toDateTime(ts) + toIntervalDay(7) DELETE WHERE v = 1 AND k != 'x'")[1] == \
+        f"if(v = 1 AND k != 'x', toDateTime(toDateTime(ts) + toIntervalDay(7)), {NEVER})"
+    assert _ttl_expressions(head + "toDateTime(ts) + toIntervalDay(7) WHERE v = 1 GROUP BY k SET v = sum(v)")[1] == \
+        f"if(v = 1, toDateTime(toDateTime(ts) + toIntervalDay(7)), {NEVER})"
     assert ttl(head + "toStartOfInterval(ts, toIntervalHour(1)) + toIntervalMinute(5) SETTINGS x = 1") == \
         "toStartOfInterval(ts, toIntervalHour(1)) + toIntervalMinute(5)"
     assert ttl(head + "toDateTime(ts) + toIntervalDay(30), toDateTime(ts) + toIntervalMinute(5) DELETE WHERE v = 1") \

@@ -48,8 +48,12 @@ class TableInfo:
     engine: str
     sorting_key: str
     ttl: str | None
-    """The row TTL expression (e.g. `toDateTime(ts) + toIntervalDay(7)`), or None."""
+    """When the TTL may delete a row, a bound for every row (e.g. `toDateTime(ts) + toIntervalDay(7)`): every
+    deleting rule, `WHERE` conditions ignored. None: no TTL deletes rows."""
     columns: tuple[tuple[str, str], ...]
+    ttl_row: str | None = None
+    """When the TTL deletes this row: as `ttl`, but a `DELETE WHERE` rule counts only for the rows its
+    condition matches (a row no rule matches: 2106-02-07, the last DateTime, i.e. never)."""
 
     @property
     def qualified(self) -> str:
@@ -274,8 +278,9 @@ class Source:
             f"SELECT name, type FROM system.columns WHERE database = {db} AND table = {literal(table)} "
             f"ORDER BY position"
         )
-        return TableInfo(self.database, table, engine, sorting_key, _ttl_expression(engine_full),
-                         tuple((str(n), str(t)) for n, t in cols))
+        bound, per_row = _ttl_expressions(engine_full)
+        return TableInfo(self.database, table, engine, sorting_key, bound,
+                         tuple((str(n), str(t)) for n, t in cols), per_row)
 
     @contextlib.contextmanager
     def _translate(self, sql: str) -> Iterator[None]:
@@ -316,34 +321,46 @@ def _database_error(exc: Exception, sql: str) -> Exception:
                        f"query was: {sql[:300]}" if sql else "check [source] dsn and database")
 
 
-def _ttl_expression(engine_full: str) -> str | None:
-    """The deadline at which ClickHouse deletes a row, from the table's TTL rules in `engine_full`: every rule
-    that removes rows (`DELETE`, the default, with or without `WHERE`, and `GROUP BY` rollups) counts and
-    the earliest wins (`least(...)`); moves (`TO DISK`/`TO VOLUME`) and `RECOMPRESS` do not. A `WHERE` rule
-    counts as if it matched every row: the deadline is a bound, never later than the real one."""
+NEVER = "toDateTime(4294967295, 'UTC')"
+"""The last DateTime: the deadline of a row no deleting rule matches."""
+
+
+def _ttl_expressions(engine_full: str) -> tuple[str | None, str | None]:
+    """(a bound on when ClickHouse may delete any row, when it deletes a given row), from the TTL rules in
+    `engine_full`. Every rule that removes rows counts (`DELETE`, the default, with or without `WHERE`, and
+    `GROUP BY` rollups, which replace rows) and the earliest wins (`least(...)`); moves (`TO DISK`/`TO
+    VOLUME`) and `RECOMPRESS` do not. The bound ignores `WHERE` (it must hold for a row of any content: the
+    plan's TTL check); the per-row deadline applies it, so a row that no rule matches is never deleted."""
     from .chtype import split_top_level
 
     marker = " TTL "
     pos = engine_full.find(marker)
     if pos < 0:
-        return None
+        return None, None
     rest = engine_full[pos + len(marker):]
     end = rest.find(" SETTINGS ")
-    deadlines = []
+    bounds, per_row = [], []
     for rule in split_top_level(rest if end < 0 else rest[:end]):
-        upper = f" {rule.upper()} "
+        padded = f" {rule} "
+        upper = padded.upper()
         if any(f" {kw} " in upper for kw in ("TO DISK", "TO VOLUME", "RECOMPRESS")):
             continue
-        expr = rule
-        for kw in (" WHERE ", " GROUP BY ", " DELETE "):
-            cut = f" {expr} ".upper().find(kw)
-            if cut >= 0:
-                expr = f" {expr} "[:cut].strip()
-        if expr:
-            deadlines.append(expr)
-    if len(deadlines) <= 1:
-        return deadlines[0] if deadlines else None
-    return "least(" + ", ".join(f"toDateTime({d})" for d in deadlines) + ")"
+        cuts = [i for i in (upper.find(kw) for kw in (" WHERE ", " GROUP BY ", " DELETE ")) if i >= 0]
+        expr = padded[:min(cuts)].strip() if cuts else rule.strip()
+        if not expr:
+            continue
+        bounds.append(expr)
+        where = upper.find(" WHERE ")
+        if where >= 0:
+            group = upper.find(" GROUP BY ", where)
+            cond = padded[where + len(" WHERE "):group if group >= 0 else len(padded)].strip()
+            per_row.append(f"if({cond}, toDateTime({expr}), {NEVER})")
+        else:
+            per_row.append(expr)
+    if len(bounds) <= 1:
+        return (bounds[0], per_row[0]) if bounds else (None, None)
+    return tuple("least(" + ", ".join(f"toDateTime({d})" for d in exprs) + ")"  # type: ignore[return-value]
+                 for exprs in (bounds, per_row))
 
 
 def _client(settings: SourceSettings) -> Any:

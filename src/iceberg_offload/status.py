@@ -13,7 +13,7 @@ from .config import Settings, TableSettings
 from .errors import ConfigError, OffloadError
 from .plan import TablePlan
 from .sink import Commit, Sink, open_catalog
-from .source import Source, open_source
+from .source import Source, open_source, quote
 from .window import NS, PREFIX, Watermark, Window, count_query, iso, upper_bound
 
 
@@ -99,7 +99,7 @@ def hot_status(settings: Settings, cfg: TableSettings, source: Source, st: Table
     st.ttl = plan.info.ttl
     if plan.info.ttl:
         span = plan.ttl_span(source)  # from the expression: known also when the TTL left no row
-        st.ttl_deadline, rows_span = _ttl_bounds(source, tsql, key, wm, plan.info.ttl)
+        st.ttl_deadline, rows_span = _ttl_bounds(source, tsql, key, wm, plan.info.ttl_row or plan.info.ttl)
         st.ttl_span_seconds = rows_span if rows_span is not None else span
         plan.check_ttl(settings, span)
 
@@ -130,19 +130,24 @@ def derive(st: TableStatus, now: float) -> None:
 
 
 def _bounds(source: Source, tsql: str, key: Any) -> tuple[int, int, int]:
-    expr = key.ts_ns_expr()
-    count, oldest, newest = source.rows(f"SELECT count(), min({expr}), max({expr}) FROM {tsql}")[0]
-    return int(count), int(oldest or 0), int(newest or 0)
+    """Rows, oldest and newest timestamp (ns). Read in milliseconds: a row stamped after 2262 (DateTime64
+    reaches 2299) has no Int64 nanoseconds."""
+    ts = quote(key.ts)
+    ms = [key.ts_ms_of(f"{f}({ts})") for f in ("min", "max")]
+    count, oldest, newest = source.rows(f"SELECT count(), {ms[0]}, {ms[1]} FROM {tsql}")[0]
+    return int(count), int(oldest or 0) * 1_000_000, int(newest or 0) * 1_000_000
 
 
 def _ttl_bounds(source: Source, tsql: str, key: Any, wm: Watermark | None, ttl: str) -> tuple[float | None,
                                                                                              float | None]:
-    """(when the TTL deletes the oldest row not yet offloaded, how long the TTL keeps a row)."""
+    """(when the TTL deletes the first row not yet offloaded, how long the TTL keeps the newest row), with
+    the table's per-row TTL deadline: the earliest over every row waiting, not the oldest row's (a `WHERE`
+    rule may spare it, or the TTL may be on another column)."""
     ttl_s = f"toInt64(toUnixTimestamp({ttl}))"
-    rows = source.rows(f"SELECT {ttl_s} FROM {tsql} WHERE {key.after(wm)} ORDER BY {key.order_by()} LIMIT 1")
-    span = source.rows(f"SELECT {ttl_s} - intDiv({key.ts_ns_expr()}, {NS}) FROM {tsql} "
+    n, first = source.rows(f"SELECT count(), min({ttl_s}) FROM {tsql} WHERE {key.after(wm)}")[0]
+    span = source.rows(f"SELECT {ttl_s} - toInt64(intDiv({key.ts_ms_of(quote(key.ts))}, 1000)) FROM {tsql} "
                        f"ORDER BY {key.order_by(desc=True)} LIMIT 1")
-    return (float(rows[0][0]) if rows else None), (float(span[0][0]) if span else None)
+    return (float(first) if n else None), (float(span[0][0]) if span else None)
 
 
 def status(settings: Settings, names: list[str] | None = None, now_ns: int | None = None) -> list[TableStatus]:

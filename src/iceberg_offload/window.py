@@ -142,6 +142,12 @@ class Key:
             return f"toInt64(toUnixTimestamp({expr})) * {NS}"
         return f"toUnixTimestamp64Nano(CAST({expr}, 'DateTime64(9)'))"
 
+    def ts_ms_of(self, expr: str) -> str:
+        """Epoch milliseconds (Int64 for every DateTime64, unlike nanoseconds after 2262)."""
+        if self.ts_type.name == "DateTime":
+            return f"toInt64(toUnixTimestamp({expr})) * 1000"
+        return f"toUnixTimestamp64Milli(CAST({expr}, 'DateTime64(3)'))"
+
     def select_key(self) -> str:
         return self.ts_ns_expr() + (f", {quote(self.seq)}" if self.seq else "")
 
