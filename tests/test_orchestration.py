@@ -440,3 +440,28 @@ def test_a_cycle_waits_while_maintenance_holds_the_table(stack, monkeypatch):
         with client(stack) as c:
             c.set_task_run_state(run.id, Completed(), force=True)
     flows._wait_while_maintained("b0")  # done: returns at once
+
+
+def test_the_exporter_serves_late_rows_from_the_newest_cycle_artifact(stack):
+    """Each cycle's artifact carries its late-row sweep; the exporter serves what the newest left missing."""
+    import json
+
+    from iceberg_offload import prefect_api
+    from iceberg_offload.metrics import Exporter
+
+    at, rows = prefect_api.latest_artifact(stack, prefect_api.CYCLE_ARTIFACT)
+    if at is None:
+        _run_main(stack, via_prefect_cli=False)
+        at, rows = prefect_api.latest_artifact(stack, prefect_api.CYCLE_ARTIFACT)
+    assert at is not None and {r["table"] for r in rows if r.get("late_checked")} >= {"b0", "b1", "b2"}, rows
+    # a cycle whose sweep left 3 rows of b1 (in an hour the TTL is deleting), posted as the flow posts it
+    hour_ns = (int(time.time()) - 3600) // 3600 * 3600 * 1_000_000_000
+    left = [{"table": "b1", "late_checked": True, "late_rows": 3, "late_rows_added": 0, "late_rows_left": 3,
+             "late_oldest_ns": hour_ns}]
+    prefect_api.request(stack, "POST", "/artifacts/", {"key": prefect_api.CYCLE_ARTIFACT, "type": "table",
+                                                       "data": json.dumps(left)})
+    exporter = Exporter(stack)
+    exporter.refresh(hot=False)
+    served = {(m.name, tuple(smp.labels.values())): smp.value for m in exporter.collect() for smp in m.samples}
+    assert served[("offload_late_rows", ("b1",))] == 3
+    assert served[("offload_late_rows", ("b0",))] == 0

@@ -149,7 +149,7 @@ def _run_text(data: dict[str, Any]) -> str:
         if t["error"]:
             out.append(f"\n{t['table']}: {t['error']['message']}\n  fix: {t['error']['fix']}")
         if t["late_rows"]:
-            left = t["late_rows"] - t["late_rows_added"]
+            left = t["late_rows_left"]
             out.append(f"\n{t['table']}: {t['late_rows']} late rows behind the watermark, {t['late_rows_added']} "
                        f"repaired" + (f"; {left} not (TTL near, or cold holds rows hot lacks): iceberg-offload "
                                       f"verify --table {t['table']}" if left else ""))

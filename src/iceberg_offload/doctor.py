@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from . import prefect_api
-from .config import Settings
+from .config import Settings, TableSettings
 from .errors import OffloadError
+from .offload import late_since
+from .repair import reconcile
 from .sink import Sink, open_catalog
-from .source import open_source
+from .source import Source, open_source
 from .stack import pid_alive, read_state, stack_dir
-from .status import TableStatus, table_status
+from .status import TableStatus, derive, table_status
 
 LAG_WARN_SECONDS = 30 * 60
 TTL_WARN_SECONDS = 86400
@@ -269,6 +271,8 @@ def check_tables(settings: Settings) -> list[Check]:
     try:
         with open_source(src) as source:
             statuses = [table_status(settings, cfg, source, sink) for cfg in settings.tables]
+            for cfg, st in zip(settings.tables, statuses, strict=True):
+                late_rows(settings, cfg, source, sink, st)
         out.append(Check("clickhouse", "ok", f"{settings.source.dsn} answers"))
     except OffloadError as exc:
         scenario = None if exc.kind == "engine_busy" else "offload failing"
@@ -279,17 +283,40 @@ def check_tables(settings: Settings) -> list[Check]:
     return out
 
 
+def late_rows(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, st: TableStatus) -> None:
+    """What the next late-row sweep would find: rows behind the watermark that Iceberg lacks (a preview of
+    the sweep over `late_lookback_seconds`; older ones are the daily reconcile's). Sets `st.late_rows` and
+    counts the oldest in the TTL headroom."""
+    if st.error or st.watermark is None:
+        return
+    since = late_since(settings, cfg, sink, int(st.watermark["ts_ns"]))
+    if since is None:
+        return
+    rec = reconcile(settings, cfg, source, sink, apply=False, values=False, since_ns=since)
+    if rec.error:
+        st.error = rec.error
+        return
+    st.late_rows, st.late_oldest_ns = rec.rows_left_missing, rec.oldest_left_ns
+    derive(st, time.time())
+
+
 def _table_check(st: TableStatus) -> Check:
     name = f"table {st.table}"
     if st.error:
         scenario = "ttl risk" if st.error["type"] == "ttl_too_short" else "offload failing"
         return Check(name, "fail", st.error["message"], st.error["fix"], scenario)
-    head, lag, pending = st.ttl_headroom_seconds, st.lag_seconds, st.pending_rows or 0
+    head, lag, pending, late = st.ttl_headroom_seconds, st.lag_seconds, st.pending_rows or 0, st.late_rows or 0
     saw = (f"lag {lag / 60:.0f} min" if lag is not None else "no watermark yet") + f", {pending} rows waiting" + (
+        f", {late} late rows behind the watermark not in Iceberg" if late else "") + (
         f", TTL headroom {head / 3600:.1f} h" if head is not None else "")
-    if head is not None and head < TTL_WARN_SECONDS and pending:
-        return Check(name, "fail", saw, f"offload it now: iceberg-offload run --table {st.table} (runbook ttl-risk.md)",
-                     "ttl risk")
+    repair = f"iceberg-offload maintain reconcile --table {st.table} --yes"
+    if head is not None and head < TTL_WARN_SECONDS and (pending or late):
+        fix = f"offload it now: iceberg-offload run --table {st.table} (runbook ttl-risk.md)" if pending else \
+            f"lengthen the ClickHouse TTL now (runbook ttl-risk.md step 2), then add them: {repair}"
+        return Check(name, "fail", saw, fix, "ttl risk")
+    if late:
+        return Check(name, "warn", saw, f"the next cycle's late-row sweep adds them; now: {repair} "
+                     "(runbook ttl-risk.md)", "ttl risk")
     if lag is not None and lag > LAG_WARN_SECONDS and pending:
         return Check(name, "warn", saw, "iceberg-offload trigger --wait (runbook lag.md)", "lag")
     return Check(name, "ok", saw)

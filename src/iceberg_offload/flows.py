@@ -17,6 +17,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
+from . import prefect_api
 from .config import LAYERS, Settings, load
 from .errors import OffloadError, TransientError
 from .offload import TableResult, new_run_id, offload_table
@@ -186,8 +187,9 @@ def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
               else "failed", "rows": sum(o["rows"] for o in outcomes), "tables": outcomes}
     moved = [o["table"] for o in outcomes if o["status"] == "ok" and (o["rows"] or o.get("late_rows_added"))]
     _refresh_views(settings, moved)
-    create_table_artifact(key="offload-cycle", description=f"cycle {run_id}: {result['status']}",
+    create_table_artifact(key=prefect_api.CYCLE_ARTIFACT, description=f"cycle {run_id}: {result['status']}",
                           table=[{k: o[k] for k in ("table", "layer", "status", "rows", "commits")} |
+                                 {k: o.get(k) for k in LATE_FIGURES} |
                                  {"error": (o.get("error") or {}).get("message", "")} for o in outcomes])
     if failed:
         return Failed(message=f"{len(failed)} of {len(outcomes)} tables failed: "
@@ -197,7 +199,10 @@ def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
 
 
 RECONCILE_FIGURES = ("rows_missing", "buckets_missing", "buckets_duplicates", "buckets_repaired",
-                     "buckets_skipped_ttl", "buckets_skipped_cold_ahead", "rows_added", "duplicate_rows_removed")
+                     "buckets_skipped_ttl", "buckets_skipped_cold_ahead", "rows_added", "duplicate_rows_removed",
+                     "rows_left_missing", "oldest_left_ns")
+LATE_FIGURES = ("late_checked", "late_rows", "late_rows_added", "late_rows_left", "late_oldest_ns")
+"""The cycle's late-row sweep, per table (the exporter's offload_late_rows and TTL headroom read them)."""
 
 
 class OffloadInFlight(TransientError):
@@ -252,12 +257,12 @@ def maintenance(config: str = "") -> Any:
     create_table_artifact(key="maintenance", description="daily maintenance", table=[
         {"table": o["table"], "ok": o.get("ok"), **{s: _brief(r) for s, r in (o.get("steps") or {}).items()},
          "error": o.get("error", "")} for o in outcomes])
-    found = [{"table": o["table"], **{k: rec.get(k, 0) for k in RECONCILE_FIGURES}}
+    found = [{"table": o["table"], **{k: rec.get(k) for k in RECONCILE_FIGURES}}
              for o in outcomes if isinstance(rec := (o.get("steps") or {}).get("reconcile"), dict)
              and not rec.get("error")]
     if found:  # the exporter serves these (offload_reconcile_*)
-        create_table_artifact(key="reconcile", description="what the daily reconcile found and repaired",
-                              table=found)
+        create_table_artifact(key=prefect_api.RECONCILE_ARTIFACT, table=found,
+                              description="what the daily reconcile found and repaired")
     summary = {"ok": not bad, "tables": outcomes}
     if bad:
         return Failed(message="maintenance failed for " + ", ".join(o["table"] for o in bad), data=summary)

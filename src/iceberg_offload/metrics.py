@@ -58,7 +58,17 @@ class Snapshot:
     cycles: dict[str, int] = field(default_factory=lambda: {"success": 0, "partial": 0, "failed": 0})
     cycle_duration: float | None = None
     reconcile: list[dict[str, Any]] = field(default_factory=list)
+    late: dict[str, LateRows] = field(default_factory=dict)
     refreshed: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LateRows:
+    """Rows behind the watermark the newest late-row sweep (each cycle) or daily reconcile left missing."""
+
+    rows: int
+    oldest_ns: int | None
+    at: float  # when that sweep or reconcile reported
 
 
 def _ts(value: str | None) -> float | None:
@@ -78,7 +88,7 @@ class Exporter(Collector):
     # -- refreshing ---------------------------------------------------------------------------------------
     def refresh(self, hot: bool = True) -> None:
         snap = Snapshot(runs=self.snap.runs, cycles=self.snap.cycles, refreshed=dict(self.snap.refreshed),
-                        source_up=self.snap.source_up)
+                        source_up=self.snap.source_up, late=self.snap.late)
         previous = self.snap.tables
         snap.tables = {t.target: TableStatus(t.target, t.layer, t.source) for t in self.settings.tables}
         self._refresh_cold(snap)
@@ -91,6 +101,9 @@ class Exporter(Collector):
                              "ttl_span_seconds"):
                     setattr(st, attr, getattr(old, attr))
         self._refresh_prefect(snap)
+        for name, late in snap.late.items():
+            if name in snap.tables:
+                snap.tables[name].late_rows, snap.tables[name].late_oldest_ns = late.rows, late.oldest_ns
         with self._lock:
             self.snap = snap
 
@@ -143,7 +156,9 @@ class Exporter(Collector):
                 if (flow, name) == prefect_api.MAIN and dep:
                     self._cycles(snap, prefect_api.flow_runs(s, dep["id"], ["COMPLETED", "FAILED", "CRASHED"]))
             snap.runs = self._table_runs(prefect_api.table_task_runs(s))
-            snap.reconcile = prefect_api.latest_artifact_rows(s, "reconcile")
+            reconciled_at, snap.reconcile = prefect_api.latest_artifact(s, prefect_api.RECONCILE_ARTIFACT)
+            snap.late = _late_rows(snap.late, prefect_api.latest_artifact(s, prefect_api.CYCLE_ARTIFACT),
+                                   (reconciled_at, snap.reconcile))
             snap.prefect_up = 1
             snap.refreshed["prefect"] = time.time()
         except prefect_api.API_ERRORS:
@@ -223,7 +238,9 @@ class Exporter(Collector):
             ("offload_data_files", "Data files in the Iceberg table's current snapshot"),
             ("offload_repairs", "Reconcile repairs (late rows, duplicates) in the retained Iceberg history"),
             ("offload_repaired_rows", "Rows those repairs added to Iceberg"),
-            ("offload_compactions", "Compactions in the retained Iceberg history"))}
+            ("offload_compactions", "Compactions in the retained Iceberg history"),
+            ("offload_late_rows", "Rows behind the watermark the last late-row sweep or reconcile found missing "
+                                  "from Iceberg and could not add"))}
         rows = CounterMetricFamily("offload_rows", "Rows offloaded into Iceberg", labels=["table", "layer"])
         commits = CounterMetricFamily("offload_commits", "Offload commits into Iceberg", labels=["table"])
         errors = CounterMetricFamily("offload_errors", "Failed table offloads by error type",
@@ -247,7 +264,7 @@ class Exporter(Collector):
             for metric, value in (("offload_hot_rows", st.hot_rows), ("offload_cold_rows", st.cold_rows),
                                   ("offload_pending_rows", st.pending_rows), ("offload_data_files", st.data_files),
                                   ("offload_repairs", st.repairs), ("offload_repaired_rows", st.repaired_rows),
-                                  ("offload_compactions", st.compactions)):
+                                  ("offload_compactions", st.compactions), ("offload_late_rows", st.late_rows or 0)):
                 if value is not None:
                     g[metric].add_metric([name], value)
             rows.add_metric([name, st.layer], st.rows_total)
@@ -294,6 +311,23 @@ RECONCILE_METRICS = (
     ("duplicate_rows_removed", "offload_reconcile_removed_duplicate_rows", "Duplicate rows the last reconcile removed"),
     ("buckets_skipped_ttl", "offload_reconcile_skipped_buckets", "Bad hours the last reconcile left alone (TTL)"),
 )
+
+
+def _late_rows(known: dict[str, LateRows], cycle: tuple[float | None, list[dict[str, Any]]],
+               reconcile: tuple[float | None, list[dict[str, Any]]]) -> dict[str, LateRows]:
+    """Per table, the newer of the last cycle's sweep and the last reconcile; a table whose sweep did not run
+    (its offload failed) keeps what was known."""
+    out = dict(known)
+    for (at, rows), left, oldest, ran in ((cycle, "late_rows_left", "late_oldest_ns", "late_checked"),
+                                          (reconcile, "rows_left_missing", "oldest_left_ns", None)):
+        for row in rows:
+            name = str(row.get("table"))
+            if at is None or (ran is not None and not row.get(ran)) or (name in out and out[name].at > at):
+                continue
+            with contextlib.suppress(TypeError, ValueError):
+                first = row.get(oldest)
+                out[name] = LateRows(int(row.get(left) or 0), int(first) if first is not None else None, at)
+    return out
 
 
 def _reconcile_metrics(rows: list[dict[str, Any]]) -> Iterator[GaugeMetricFamily]:

@@ -57,6 +57,9 @@ class TableResult:
     pending_rows: int = 0
     late_rows: int = 0  # rows found missing behind the watermark by this cycle's late-row sweep
     late_rows_added: int = 0  # of those, repaired in this cycle
+    late_rows_left: int = 0  # of those, still missing after it (skipped, or the sweep failed)
+    late_oldest_ns: int | None = None  # start of the oldest hour still missing rows
+    late_checked: bool = False  # the sweep ran (the figures above are this cycle's)
     late_error: dict[str, Any] | None = None  # the sweep's own failure (the offload itself went through)
     duration_seconds: float = 0.0
     error: dict[str, Any] | None = None
@@ -170,21 +173,31 @@ def _last_skip(sink: Sink, target: str) -> int | None:
     return None
 
 
+def late_since(settings: Settings, cfg: TableSettings, sink: Sink, wm_ns: int) -> int | None:
+    """Where the late-row sweep starts: `late_lookback_seconds` behind the watermark, but after the rows an
+    operator skipped with `watermark set` (they are not late). None: nothing to sweep."""
+    if not settings.offload.late_lookback_seconds:
+        return None
+    since = wm_ns - settings.offload.late_lookback_seconds * NS
+    skipped = _last_skip(sink, cfg.target)
+    if skipped is not None and skipped >= since:
+        since = (skipped // NS // 3600 + 1) * 3600 * NS  # from the next whole hour
+    return since if since <= wm_ns else None
+
+
 def _sweep_late_rows(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
                      result: TableResult) -> None:
     """Rows that arrived after their hour was offloaded, up to `late_lookback_seconds` behind the watermark:
     compared per key with the hot tier and repaired now (the same CAS bucket replacement as the daily
     reconcile; its rules hold: never a bucket the TTL may be deleting, never shrinking cold)."""
     assert result.watermark_after is not None
-    wm_ns = int(result.watermark_after["ts_ns"])
-    since = wm_ns - settings.offload.late_lookback_seconds * NS
-    skipped = _last_skip(sink, cfg.target)
-    if skipped is not None and skipped >= since:  # rows an operator skipped (`watermark set`) are not late
-        since = (skipped // NS // 3600 + 1) * 3600 * NS  # from the next whole hour
-        if since > wm_ns:
-            return
+    result.late_checked = True
+    since = late_since(settings, cfg, sink, int(result.watermark_after["ts_ns"]))
+    if since is None:
+        return
     rec = repair_buckets(settings, cfg, source, sink, apply=True, values=False, since_ns=since)
     result.late_rows, result.late_rows_added = rec.rows_missing, rec.rows_added if rec.applied else 0
+    result.late_rows_left, result.late_oldest_ns = rec.rows_left_missing, rec.oldest_left_ns
     result.late_error = rec.error
 
 

@@ -21,6 +21,8 @@ POOL = "iceberg-offload"
 MAIN = ("iceberg-offload-main", "iceberg-offload-15min")
 MAINT = ("iceberg-maintenance", "iceberg-maintenance-daily")
 API_ERRORS = (urllib.error.URLError, OSError, ValueError)
+CYCLE_ARTIFACT, RECONCILE_ARTIFACT = "offload-cycle", "reconcile"
+"""Table artifacts: each cycle's outcome per table (with its late-row sweep), the daily reconcile's figures."""
 
 
 def request(settings: Settings, method: str, path: str, body: Any = None, timeout: float = 3.0) -> Any:
@@ -145,8 +147,15 @@ def crash_stuck_runs(settings: Settings, alive: Callable[[int], bool], message: 
 
 def latest_artifact_rows(settings: Settings, key: str) -> list[dict[str, Any]]:
     """The rows of the newest table artifact with this key ([] when there is none)."""
+    return latest_artifact(settings, key)[1]
+
+
+def latest_artifact(settings: Settings, key: str) -> tuple[float | None, list[dict[str, Any]]]:
+    """(when it was made, its rows) of the newest table artifact with this key ((None, []) when none)."""
     found = request(settings, "POST", "/artifacts/latest/filter",
                     {"artifacts": {"key": {"any_": [key]}}, "limit": 1}) or []
     data = found[0].get("data") if found else None
     rows = json.loads(data) if isinstance(data, str) else data
-    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    made = found[0].get("updated") or found[0].get("created") if found else None
+    when = datetime.fromisoformat(made.replace("Z", "+00:00")).timestamp() if isinstance(made, str) else None
+    return when, [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []

@@ -61,6 +61,10 @@ class ReconcileResult:
     rows_changed: int = 0
     rows_added: int = 0
     duplicate_rows_removed: int = 0
+    rows_left_missing: int = 0
+    """Missing rows still missing after this reconcile (skipped, failed, or a preview)."""
+    oldest_left_ns: int | None = None
+    """Start of the oldest hour still missing rows: the TTL deletes them from there first."""
     rows_deleted: int = 0
     rows_written: int = 0
     snapshot_id: int | None = None
@@ -88,6 +92,9 @@ def reconcile(settings: Settings, cfg: TableSettings, source: Source, sink: Sink
     except Exception as exc:  # noqa: BLE001 - one table's failure never ends the others' reconcile
         res.error = as_error(exc, cfg.target).as_dict()
         source.discard()
+    left = [b for b in res.buckets if b["missing"] and not (res.applied and b["action"] == "repair")]
+    res.rows_left_missing = sum(b["missing"] for b in left)
+    res.oldest_left_ns = min((b["start_ns"] for b in left), default=None)
     return res
 
 
@@ -129,7 +136,7 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
         else:
             action = "repair"
             chosen.append(b)
-        res.buckets.append({**b.as_dict(), "action": action})
+        res.buckets.append({**b.as_dict(), "start_ns": b.start * NS, "action": action})
     res.buckets_repaired = len(chosen)
     res.rows_deleted = sum(b.cold for b in chosen)
     res.rows_written = sum(b.hot for b in chosen)

@@ -49,6 +49,10 @@ class TableStatus:
     """Reconcile repairs (late rows, duplicates) in the retained Iceberg history, and the rows they added."""
     repaired_rows: int = 0
     compactions: int = 0
+    late_rows: int | None = None
+    """Rows behind the watermark found missing from Iceberg and not yet added (None: not known here)."""
+    late_oldest_ns: int | None = None
+    """Start of the oldest hour holding such rows: the TTL headroom counts it."""
     error: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -100,7 +104,7 @@ def hot_status(settings: Settings, cfg: TableSettings, source: Source, st: Table
     if plan.info.ttl:
         span = plan.ttl_span(source)  # from the expression: known also when the TTL left no row
         st.ttl_deadline, rows_span = _ttl_bounds(source, tsql, key, wm, plan.info.ttl_row or plan.info.ttl)
-        st.ttl_span_seconds = rows_span if rows_span is not None else span
+        st.ttl_span_seconds = min((x for x in (rows_span, span) if x is not None), default=None)
         plan.check_ttl(settings, span)
 
 
@@ -127,6 +131,9 @@ def derive(st: TableStatus, now: float) -> None:
         st.ttl_headroom_seconds = round(st.ttl_deadline - now, 3)
     elif st.ttl_span_seconds is not None:
         st.ttl_headroom_seconds = st.ttl_span_seconds
+    if st.late_rows and st.late_oldest_ns is not None and st.ttl_span_seconds is not None:
+        late = round(st.late_oldest_ns / NS + st.ttl_span_seconds - now, 3)  # the late row goes first
+        st.ttl_headroom_seconds = late if st.ttl_headroom_seconds is None else min(late, st.ttl_headroom_seconds)
 
 
 def _bounds(source: Source, tsql: str, key: Any) -> tuple[int, int, int]:
