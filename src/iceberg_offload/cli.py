@@ -91,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except OffloadError as exc:
         _emit_error(args, exc)
-        return EXIT_USAGE if not exc.transient and exc.kind in ("config", "source_error") else EXIT_FAILED
+        usage = not exc.transient and exc.kind in ("config", "source_mismatch", "source_error")
+        return EXIT_USAGE if usage else EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted: every commit that landed is kept and nothing partial is (iceberg-offload watermark "
               "show); run the command again to continue from the watermark", file=sys.stderr)

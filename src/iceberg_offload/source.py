@@ -50,6 +50,8 @@ class TableInfo:
     ttl: str | None
     """The row TTL expression (e.g. `toDateTime(ts) + toIntervalDay(7)`), or None."""
     columns: tuple[tuple[str, str], ...]
+    uuid: str = ""
+    """system.tables.uuid ("" for none: an Ordinary database's tables have the all-zero UUID)."""
 
     @property
     def qualified(self) -> str:
@@ -261,7 +263,7 @@ class Source:
     def table_info(self, table: str) -> TableInfo:
         db = literal(self.database)
         found = self.rows(
-            f"SELECT engine, sorting_key, engine_full FROM system.tables "
+            f"SELECT engine, sorting_key, engine_full, toString(uuid) FROM system.tables "
             f"WHERE database = {db} AND name = {literal(table)}"
         )
         if not found:
@@ -269,13 +271,14 @@ class Source:
             where = f"database {self.database!r}" if dbs else f"server (no database {self.database!r})"
             raise SourceError(f"ClickHouse table {self.database}.{table} does not exist in the {where}",
                               "fix [[tables]] source or [source] database in the config")
-        engine, sorting_key, engine_full = found[0]
+        engine, sorting_key, engine_full, uuid = found[0]
         cols = self.rows(
             f"SELECT name, type FROM system.columns WHERE database = {db} AND table = {literal(table)} "
             f"ORDER BY position"
         )
         return TableInfo(self.database, table, engine, sorting_key, _ttl_expression(engine_full),
-                         tuple((str(n), str(t)) for n, t in cols))
+                         tuple((str(n), str(t)) for n, t in cols),
+                         "" if uuid == "00000000-0000-0000-0000-000000000000" else str(uuid))
 
     @contextlib.contextmanager
     def _translate(self, sql: str) -> Iterator[None]:

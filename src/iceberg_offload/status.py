@@ -86,7 +86,7 @@ def cold_status(cfg: TableSettings, sink: Sink, st: TableStatus) -> Watermark | 
 
 
 def hot_status(settings: Settings, cfg: TableSettings, source: Source, st: TableStatus, wm: Watermark | None,
-               now: int) -> None:
+               now: int) -> TablePlan:
     """The ClickHouse half: hot rows and bounds, rows waiting, the TTL and its deadline."""
     plan = TablePlan.build(source, cfg)
     key, tsql = plan.key, plan.info.qualified
@@ -102,6 +102,7 @@ def hot_status(settings: Settings, cfg: TableSettings, source: Source, st: Table
         st.ttl_deadline, rows_span = _ttl_bounds(source, tsql, key, wm, plan.info.ttl)
         st.ttl_span_seconds = rows_span if rows_span is not None else span
         plan.check_ttl(settings, span)
+    return plan
 
 
 def table_status(settings: Settings, cfg: TableSettings, source: Source | None, sink: Sink,
@@ -112,7 +113,8 @@ def table_status(settings: Settings, cfg: TableSettings, source: Source | None, 
     try:
         wm = cold_status(cfg, sink, st)
         if source is not None:
-            hot_status(settings, cfg, source, st, wm, now)
+            plan = hot_status(settings, cfg, source, st, wm, now)
+            plan.check_source(sink.load(cfg.target))  # a mixed target is this table's error
     except OffloadError as exc:
         st.error = exc.as_dict()
     derive(st, now / NS)
@@ -225,6 +227,7 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
     backward = current is not None and _order(new) < _order(current)
     with open_source(settings.source) as source:
         plan = TablePlan.build(source, cfg)
+        plan.check_source(table)
         lo, hi = (new, current) if backward else (current, new)
         assert hi is not None
         affected = _between(source, plan, lo, hi)
@@ -250,6 +253,6 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
         props = {**new.to_props(), **plan.lineage(), f"{PREFIX}run-id": f"watermark-set-{uuid.uuid4().hex[:8]}",
                  f"{PREFIX}commit-id": f"watermark-set/{uuid.uuid4().hex[:12]}", f"{PREFIX}set-by": "watermark set",
                  f"{PREFIX}rows-total": str(totals[0]), f"{PREFIX}commits-total": str(totals[1])}
-        sink.commit(table, iter(()), props, time.monotonic())
+        sink.commit(table, iter(()), props, time.monotonic(), table_props=plan.identity.to_props())
         out["applied"] = True
     return out
