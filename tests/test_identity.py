@@ -83,10 +83,9 @@ def test_a_second_server_with_the_same_table_name_is_refused_everywhere(tmp_path
     assert run_cycle(a).tables[0].rows == 100
     _trades(b, 60, seq0=1000, start_ms=START_MS + 200_000)  # other rows, later ones too: they would mix
     before = _head(a)
-    assert before[2]["offload.source.server"] == f"chdb://{tmp_path}/a" and before[2]["offload.source.uuid"]
-
     res = run_cycle(b).tables[0]
     assert res.status == "failed" and res.error["type"] == "source_mismatch", res.error
+    assert before[2]["offload.source.server"] == f"chdb://{tmp_path}/a" and before[2]["offload.source.uuid"]
     text = res.error["message"]
     assert f"chdb://{tmp_path}/a" in text and f"chdb://{tmp_path}/b" in text, text
     assert "iceberg-offload adopt --table trades" in res.error["fix"], res.error
