@@ -271,7 +271,7 @@ def test_a_source_change_after_commits_is_refused(make_settings):
         ch.command("CREATE TABLE k2.tr2 AS k2.tr")
         ch.command("INSERT INTO k2.tr2 SELECT * FROM k2.tr")
     res = run_cycle(make_settings([_table("tr2", target="tr", sequence_column="seq")])).tables[0]
-    assert res.status == "failed" and res.error["type"] == "config", res.error
+    assert res.status == "failed" and res.error["type"] == "source_mismatch", res.error
     assert "k2.tr2" in res.error["message"].replace("`", "") and "k2.tr" in res.error["message"].replace("`", "")
     assert cold(s, "tr").num_rows == 100
 
@@ -436,7 +436,7 @@ def test_a_refused_source_change_leaves_the_iceberg_table_as_it_was(make_setting
         ch.command("CREATE TABLE k2.other (ts DateTime64(3), t2 DateTime64(3), seq UInt64, secret String) "
                    "ENGINE = MergeTree ORDER BY (ts, seq)")
     res = run_cycle(make_settings([_table("other", target="tr", sequence_column="seq")])).tables[0]
-    assert res.status == "failed" and res.error["type"] == "config"
+    assert res.status == "failed" and res.error["type"] == "source_mismatch"
     assert "secret" not in {f.name for f in sink_for(s).load("tr").schema().fields}
     assert run_cycle(make_settings([_table("tr", sequence_column="seq")])).tables[0].status == "ok"
 

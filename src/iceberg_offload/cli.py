@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "until then is skipped)")
     w.set_defaults(func=cmd_watermark_set)
 
+    p = sub.add_parser("adopt", parents=[common],
+                       help="take the configured ClickHouse table as the source of an Iceberg table offloaded from "
+                            "another (a deliberate move): its rows above the watermark are offloaded next, rows at or "
+                            "below it are assumed to be in Iceberg already; preview unless --yes")
+    p.add_argument("--table", required=True, metavar="NAME")
+    p.add_argument("--yes", action="store_true", help="record the new source (default: only show the effect)")
+    p.set_defaults(func=cmd_adopt)
+
     p = sub.add_parser("verify", parents=[common], help="hot vs cold per hour: rows missing, duplicated or changed "
                                                         "in cold")
     _tables_arg(p)
@@ -91,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except OffloadError as exc:
         _emit_error(args, exc)
-        return EXIT_USAGE if not exc.transient and exc.kind in ("config", "source_error") else EXIT_FAILED
+        usage = not exc.transient and exc.kind in ("config", "source_mismatch", "source_error")
+        return EXIT_USAGE if usage else EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted: every commit that landed is kept and nothing partial is (iceberg-offload watermark "
               "show); run the command again to continue from the watermark", file=sys.stderr)
@@ -228,6 +237,29 @@ def cmd_watermark_set(args: argparse.Namespace) -> int:
         if data["rows_offloaded_again"]:
             return head + "\nnot applied: add --yes --reoffload only if those rows were removed from Iceberg"
         return head + "\nnot applied: add --yes to commit it"
+
+    emit(args, data, text)
+    return EXIT_OK
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    from .status import adopt
+
+    data = adopt(load_settings(args), args.table, args.yes)
+
+    def text() -> str:
+        def show(i: dict[str, Any] | None) -> str:
+            return "-" if i is None else f"{i['database']}.{i['table']} at {i['server']} (uuid {i['uuid'] or '-'})"
+
+        out = [f"{data['table']}: recorded source {show(data['recorded'])}"
+               + (f", watermark read from {data['watermark_source']}" if data["watermark_source"] else ""),
+               f"configured source {show(data['configured'])}",
+               f"cold rows {data['cold_rows']:,}, watermark {(data['watermark'] or {}).get('ts', 'none')}",
+               data["effect"]]
+        if data["changes"]:
+            out.append("adopted; run it: iceberg-offload run --table " + data["table"] if data["applied"] else
+                       "not applied: add --yes only if this is a deliberate move (else point target at a new table)")
+        return "\n".join(out)
 
     emit(args, data, text)
     return EXIT_OK

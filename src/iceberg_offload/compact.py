@@ -25,6 +25,8 @@ from pyiceberg.typedef import EMPTY_DICT
 from .config import Settings, TableSettings
 from .datafiles import DataFileWriter
 from .errors import CommitConflict, CommitOutcomeUnknown, TerminalError, redact
+from .identity import SourceIdentity
+from .identity import check as check_identity
 from .sink import CasTransaction, Sink, WarehouseError, catalog_errors, discard_files
 from .window import PREFIX
 
@@ -123,6 +125,8 @@ def compact(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool,
     if table is None or table.current_snapshot() is None:
         result.status = "no_table" if table is None else "nothing_to_do"
         return result
+    # the configured source (its UUID unread: compaction opens no source), refused if another
+    check_identity(table, SourceIdentity.of(settings.source, cfg.source), cfg.target)
     wm, wm_commit = sink.watermark(table)
     result.watermark = wm.as_dict() if wm else None
     with catalog_errors(f"planning the compaction of {cfg.target}"):

@@ -45,6 +45,13 @@ class ConfigError(TerminalError):
     kind = "config"
 
 
+class SourceMismatch(ConfigError):
+    """The config reads another ClickHouse table (another server, name or a recreated table) than the one the
+    Iceberg table's rows came from: exit 2 like any config error."""
+
+    kind = "source_mismatch"
+
+
 class SourceUnavailable(TransientError):
     kind = "source_unavailable"
 

@@ -105,8 +105,10 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
     plan.check_ttl(settings, plan.ttl_span(source))
     existing = sink.load(cfg.target)
     if existing is not None:  # before the schema evolves: a refused config changes nothing
+        plan.check_source(existing)
         plan.check_lineage(sink.watermark(existing)[1])
-    table = plan.ensure(sink)
+    table = plan.ensure(sink)  # records the source identity (created now, or before it was recorded)
+    plan.check_source(table)  # another offload may have created it first
     lower, last = sink.watermark(table)
     plan.check_lineage(last)
     totals = last.totals if last is not None else (0, 0)
@@ -133,6 +135,7 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
                     raise
                 stream.close()  # its read-ahead starts from a cut that did not land
                 table = sink.load(cfg.target) or table
+                plan.check_source(table)
                 lower, last = sink.watermark(table)
                 plan.check_lineage(last)
                 totals = last.totals if last is not None else (0, 0)

@@ -11,7 +11,9 @@ from pyiceberg.table import Table
 from pyiceberg.types import TimestamptzType
 
 from .config import Settings, TableSettings
-from .errors import ConfigError, SourceError, TTLTooShort, ValueOutOfRange
+from .errors import ConfigError, SourceError, SourceMismatch, TTLTooShort, ValueOutOfRange
+from .identity import SourceIdentity
+from .identity import check as check_identity
 from .sink import Commit, Sink
 from .source import Source, TableInfo, quote
 from .typemap import ColumnMap, iceberg_fields, plan_columns
@@ -31,6 +33,8 @@ class TablePlan:
     info: TableInfo
     key: Key
     columns: list[ColumnMap]
+    identity: SourceIdentity
+    """The ClickHouse table read: server, database, name, UUID (recorded in the Iceberg table's properties)."""
 
     @classmethod
     def build(cls, source: Source, cfg: TableSettings) -> TablePlan:
@@ -51,7 +55,7 @@ class TablePlan:
                               "fix key_columns (they must be among the offloaded columns)")
         plans = plan_columns(cfg.source, chosen, cfg.column_types)
         _refuse_null_keys(source, cfg, info, all_cols)
-        return cls(cfg, info, key, plans)
+        return cls(cfg, info, key, plans, SourceIdentity.of(source.settings, cfg.source, info.uuid))
 
     def ensure(self, sink: Sink) -> Table:
         fields = iceberg_fields(self.columns)
@@ -61,7 +65,12 @@ class TablePlan:
                               f"{self.cfg.timestamp_column} as a timestamp, but it maps to {ts_field.field_type}",
                               'set partition_by = "none" or drop its column_types override')
         return sink.ensure_table(self.cfg.target, fields, self.cfg.partition_by, self.cfg.timestamp_column,
-                                 evolve=not self.cfg.columns)
+                                 evolve=not self.cfg.columns, properties=self.identity.to_props())
+
+    def check_source(self, table: Table | None) -> None:
+        """Refuse a source other than the one the table's rows came from (its recorded identity)."""
+        if table is not None:
+            check_identity(table, self.identity, self.cfg.target)
 
     def lineage(self) -> dict[str, str]:
         """What the watermark means, stored beside it (every commit that carries a watermark carries these):
@@ -69,18 +78,22 @@ class TablePlan:
         return {TS_COLUMN: self.cfg.timestamp_column, SEQ_COLUMN: self.cfg.sequence_column or "",
                 SOURCE: self.info.qualified, f"{PREFIX}source": self.info.qualified}
 
-    def check_lineage(self, last: Commit | None) -> None:
+    def check_lineage(self, last: Commit | None, source: bool = True) -> None:
         """Refuse a config that would read the stored watermark as something else: another timestamp or
         sequence column (the window would skip rows, or take them twice), or another ClickHouse table
         (its rows would mix with these and its watermark skip rows). Adding a sequence column to a table
-        offloaded without one is safe: every row at the watermark's timestamp is already committed."""
+        offloaded without one is safe: every row at the watermark's timestamp is already committed. Without
+        `source`, the table is not compared (`adopt` is moving the watermark to this source)."""
         if last is None or (wm := last.watermark) is None:
             return
         props, cfg, fix = last.props, self.cfg, self._lineage_fix()
         src = props.get(SOURCE) or props.get(f"{PREFIX}source")
-        if src and src != self.info.qualified:
-            raise ConfigError(f"{cfg.target}: the Iceberg table was offloaded from {src}, but the config reads "
-                              f"{self.info.qualified}; its rows would mix and its watermark skip rows", fix)
+        if source and src and src != self.info.qualified:
+            raise SourceMismatch(f"{cfg.target}: the Iceberg table holds rows of {src} (its watermark's source), "
+                                 f"but the config reads {self.identity.describe()}; its rows would mix with these "
+                                 f"and the watermark skip its rows; nothing was written",
+                                 f"restore [[tables]] source, or point target at a new Iceberg table, or (a "
+                                 f"deliberate move) iceberg-offload adopt --table {cfg.target}")
         ts = props.get(TS_COLUMN)
         if ts is not None and ts != cfg.timestamp_column:
             raise ConfigError(f"{cfg.target}: the watermark {wm.describe()} is a value of timestamp_column {ts!r}, "
@@ -95,7 +108,7 @@ class TablePlan:
     def _lineage_fix(self) -> str:
         return (f"restore the [[tables]] entry as it was, or point target at a new Iceberg table, or (deliberately) "
                 f"move the watermark in the new terms: iceberg-offload watermark set --table {self.cfg.target} "
-                f"--to <time> (it records the new key and source)")
+                f"--to <time> (it records the new key)")
 
     def ttl_span(self, source: Source) -> float | None:
         """The shortest time the table's TTL keeps a row, ClickHouse evaluating the TTL expression on rows

@@ -96,6 +96,7 @@ def verify_table(cfg: TableSettings, source: Source, sink: Sink, values: bool | 
         wm, last = sink.watermark(table) if table is not None else (None, None)
         if table is None or wm is None:
             return res
+        plan.check_source(table)
         plan.check_lineage(last)
         for b in compare(plan, source, table, wm, values=res.values):
             res.buckets_checked += 1

@@ -113,6 +113,7 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
         return
     res.watermark = wm.as_dict()
     plan = TablePlan.build(source, cfg)
+    plan.check_source(table)
     plan.check_lineage(last)
     buckets = list(compare(plan, source, table, wm, page_rows, values=res.values, since_ns=since_ns))
     res.buckets_compared = len(buckets)

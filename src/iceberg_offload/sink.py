@@ -158,14 +158,19 @@ class Sink:
                 return None
 
     def ensure_table(self, target: str, fields: list[NestedField], partition_by: str, ts_column: str,
-                     evolve: bool) -> Table:
-        """Create the table, or add new columns (by name) and refuse dropped or retyped ones."""
+                     evolve: bool, properties: dict[str, str] | None = None) -> Table:
+        """Create the table (with `properties` besides ours), or add new columns (by name) and refuse dropped
+        or retyped ones; `properties` the table lacks are added (a table created before they existed)."""
         table = self.load(target)
         if table is None:
-            table = self._create(target, fields, partition_by, ts_column)
+            table = self._create(target, fields, partition_by, ts_column, properties or {})
+        elif missing := {k: v for k, v in (properties or {}).items() if k not in table.properties}:
+            with catalog_errors(f"recording properties of {target}", self.warehouse):
+                table = table.transaction().set_properties(missing).commit_transaction()
         return self._evolve(table, fields, evolve)
 
-    def _create(self, target: str, fields: list[NestedField], partition_by: str, ts_column: str) -> Table:
+    def _create(self, target: str, fields: list[NestedField], partition_by: str, ts_column: str,
+                properties: dict[str, str]) -> Table:
         schema = Schema(*fields)
         spec = PartitionSpec()
         if partition_by != "none":
@@ -181,7 +186,7 @@ class Sink:
                     raise
             try:
                 return self.catalog.create_table(self.ident(target), schema=schema, partition_spec=spec,
-                                                 properties=TABLE_PROPERTIES)
+                                                 properties={**properties, **TABLE_PROPERTIES})
             except Exception:  # another offload created it first (TableAlreadyExists or a unique violation)
                 existing = self.load(target)
                 if existing is None:
@@ -261,11 +266,13 @@ class Sink:
 
     # -- commit -------------------------------------------------------------------------------------
     def commit(self, table: Table, chunks: Iterable[pa.Table], props: dict[str, str],
-               started: float) -> tuple[Table, int]:
+               started: float, table_props: dict[str, str] | None = None) -> tuple[Table, int]:
         """Write `chunks` as data files and commit them with `props` in one snapshot, CAS on the table's
-        current snapshot. `started` (monotonic) times the commit for its summary. Returns the new table
-        state and the row count."""
+        current snapshot, setting `table_props` in the same commit. `started` (monotonic) times the commit
+        for its summary. Returns the new table state and the row count."""
         txn = CasTransaction(table)
+        if table_props:
+            txn.set_properties(table_props)
         rows = 0
         written: list[str] = []
         try:

@@ -51,6 +51,8 @@ class TableInfo:
     """When the TTL may delete a row, a bound for every row (e.g. `toDateTime(ts) + toIntervalDay(7)`): every
     deleting rule, `WHERE` conditions ignored. None: no TTL deletes rows."""
     columns: tuple[tuple[str, str], ...]
+    uuid: str = ""
+    """system.tables.uuid ("" for none: an Ordinary database's tables have the all-zero UUID)."""
     ttl_row: str | None = None
     """When the TTL deletes this row: as `ttl`, but a `DELETE WHERE` rule counts only for the rows its
     condition matches (a row no rule matches: 2106-02-07, the last DateTime, i.e. never)."""
@@ -265,7 +267,7 @@ class Source:
     def table_info(self, table: str) -> TableInfo:
         db = literal(self.database)
         found = self.rows(
-            f"SELECT engine, sorting_key, engine_full FROM system.tables "
+            f"SELECT engine, sorting_key, engine_full, toString(uuid) FROM system.tables "
             f"WHERE database = {db} AND name = {literal(table)}"
         )
         if not found:
@@ -273,14 +275,15 @@ class Source:
             where = f"database {self.database!r}" if dbs else f"server (no database {self.database!r})"
             raise SourceError(f"ClickHouse table {self.database}.{table} does not exist in the {where}",
                               "fix [[tables]] source or [source] database in the config")
-        engine, sorting_key, engine_full = found[0]
+        engine, sorting_key, engine_full, uuid = found[0]
         cols = self.rows(
             f"SELECT name, type FROM system.columns WHERE database = {db} AND table = {literal(table)} "
             f"ORDER BY position"
         )
         bound, per_row = _ttl_expressions(engine_full)
         return TableInfo(self.database, table, engine, sorting_key, bound,
-                         tuple((str(n), str(t)) for n, t in cols), per_row)
+                         tuple((str(n), str(t)) for n, t in cols),
+                         "" if uuid == "00000000-0000-0000-0000-000000000000" else str(uuid), per_row)
 
     @contextlib.contextmanager
     def _translate(self, sql: str) -> Iterator[None]:

@@ -11,8 +11,9 @@ from typing import Any
 
 from .config import Settings, TableSettings
 from .errors import ConfigError, OffloadError
-from .plan import TablePlan
-from .sink import Commit, Sink, open_catalog
+from .identity import SourceIdentity
+from .plan import SOURCE, TablePlan
+from .sink import Commit, Sink, catalog_errors, open_catalog
 from .source import Source, open_source, quote
 from .window import NS, PREFIX, Watermark, Window, count_query, iso, upper_bound
 
@@ -90,7 +91,7 @@ def cold_status(cfg: TableSettings, sink: Sink, st: TableStatus) -> Watermark | 
 
 
 def hot_status(settings: Settings, cfg: TableSettings, source: Source, st: TableStatus, wm: Watermark | None,
-               now: int) -> None:
+               now: int) -> TablePlan:
     """The ClickHouse half: hot rows and bounds, rows waiting, the TTL and its deadline."""
     plan = TablePlan.build(source, cfg)
     key, tsql = plan.key, plan.info.qualified
@@ -106,6 +107,7 @@ def hot_status(settings: Settings, cfg: TableSettings, source: Source, st: Table
         st.ttl_deadline, rows_span = _ttl_bounds(source, tsql, key, wm, plan.info.ttl_row or plan.info.ttl)
         st.ttl_span_seconds = min((x for x in (rows_span, span) if x is not None), default=None)
         plan.check_ttl(settings, span)
+    return plan
 
 
 def table_status(settings: Settings, cfg: TableSettings, source: Source | None, sink: Sink,
@@ -116,7 +118,8 @@ def table_status(settings: Settings, cfg: TableSettings, source: Source | None, 
     try:
         wm = cold_status(cfg, sink, st)
         if source is not None:
-            hot_status(settings, cfg, source, st, wm, now)
+            plan = hot_status(settings, cfg, source, st, wm, now)
+            plan.check_source(sink.load(cfg.target))  # a mixed target is this table's error
     except OffloadError as exc:
         st.error = exc.as_dict()
     derive(st, now / NS)
@@ -237,6 +240,7 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
     backward = current is not None and _order(new) < _order(current)
     with open_source(settings.source) as source:
         plan = TablePlan.build(source, cfg)
+        plan.check_source(table)
         lo, hi = (new, current) if backward else (current, new)
         assert hi is not None
         affected = _between(source, plan, lo, hi)
@@ -262,6 +266,55 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
         props = {**new.to_props(), **plan.lineage(), f"{PREFIX}run-id": f"watermark-set-{uuid.uuid4().hex[:8]}",
                  f"{PREFIX}commit-id": f"watermark-set/{uuid.uuid4().hex[:12]}", f"{PREFIX}set-by": "watermark set",
                  f"{PREFIX}rows-total": str(totals[0]), f"{PREFIX}commits-total": str(totals[1])}
-        sink.commit(table, iter(()), props, time.monotonic())
+        sink.commit(table, iter(()), props, time.monotonic(), table_props=plan.identity.to_props())
         out["applied"] = True
+    return out
+
+
+def adopt(settings: Settings, name: str, apply: bool) -> dict[str, Any]:
+    """Preview (or, with apply, record) the configured ClickHouse table as the source of an Iceberg table
+    whose rows came from another (a moved server, a restored or recreated table): its identity goes into the
+    table properties and, with a watermark, an empty commit carries the watermark in the new source's terms.
+    The next run offloads the new source's rows above the watermark; rows at or below it are assumed to be
+    in Iceberg already."""
+    import uuid
+
+    cfg = settings.table(name)
+    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+    table = sink.load(cfg.target)
+    if table is None:
+        raise ConfigError(f"no Iceberg table {cfg.target} yet: nothing to adopt",
+                          f"run `iceberg-offload run --table {cfg.target}` (it records the source)")
+    wm, last = sink.watermark(table)
+    recorded = SourceIdentity.recorded(table)
+    with open_source(settings.source) as source:
+        plan = TablePlan.build(source, cfg)
+        plan.check_lineage(last, source=False)  # the key must read the watermark as it was written
+        after = plan.key.after(wm)
+        above, hot = source.rows(f"SELECT countIf({after}), count() FROM {plan.info.qualified}"
+                                 f"{' FINAL' if cfg.final else ''}")[0]
+    was = last.props.get(SOURCE) if last is not None else None  # the watermark's source table
+    same = (recorded is None or recorded.agrees(plan.identity)) and was in (None, plan.info.qualified)
+    snap = table.current_snapshot()
+    cold_rows = int(snap.summary.additional_properties.get("total-records", 0)) if snap and snap.summary else 0
+    mark = wm.describe() if wm else "none (nothing offloaded yet)"
+    effect = (f"nothing to adopt: the table's rows came from {plan.identity.describe()}" if same else
+              f"the next run offloads the {above} rows of {plan.identity.describe()} above the watermark {mark}; "
+              f"its {hot - above} rows at or below it are assumed to be in Iceberg already ({cold_rows} rows)")
+    out = {"table": cfg.target, "recorded": recorded.as_dict() if recorded else None, "watermark_source": was,
+           "configured": plan.identity.as_dict(), "cold_rows": cold_rows, "watermark": wm.as_dict() if wm else None,
+           "hot_rows_above": int(above), "hot_rows_at_or_below": int(hot - above), "changes": not same,
+           "effect": effect, "applied": False}
+    if not apply or same:
+        return out
+    if last is None or wm is None:
+        with catalog_errors(f"recording the source of {cfg.target}", sink.warehouse):
+            table.transaction().set_properties(plan.identity.to_props()).commit_transaction()
+    else:
+        totals = last.totals
+        props = {**wm.to_props(), **plan.lineage(), f"{PREFIX}run-id": f"adopt-{uuid.uuid4().hex[:8]}",
+                 f"{PREFIX}commit-id": f"adopt/{uuid.uuid4().hex[:12]}", f"{PREFIX}set-by": "adopt",
+                 f"{PREFIX}rows-total": str(totals[0]), f"{PREFIX}commits-total": str(totals[1])}
+        sink.commit(table, iter(()), props, time.monotonic(), table_props=plan.identity.to_props())
+    out["applied"] = True
     return out
