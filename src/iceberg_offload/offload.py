@@ -186,6 +186,8 @@ def _sweep_late_rows(settings: Settings, cfg: TableSettings, source: Source, sin
     rec = repair_buckets(settings, cfg, source, sink, apply=True, values=False, since_ns=since)
     result.late_rows, result.late_rows_added = rec.rows_missing, rec.rows_added if rec.applied else 0
     result.late_error = rec.error
+    if rec.error and rec.error["type"] == "warehouse_missing":  # cold lost files: the table is not ok
+        result.status, result.error = "failed", rec.error
 
 
 class _Stream:
