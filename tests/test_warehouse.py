@@ -69,6 +69,11 @@ def test_lost_metadata_file_is_warehouse_missing_in_run_status_and_doctor(offloa
     assert code == 1 and checks["catalog"]["status"] == "ok"
     assert checks["warehouse"]["status"] == "fail" and metadata in checks["warehouse"]["saw"]
     assert (report["scenario"], report["runbook"]) == ("warehouse lost", "docs/runbooks/warehouse-lost.md")
+    from iceberg_offload.metrics import Exporter
+
+    exporter = Exporter(offloaded)
+    exporter.refresh(hot=False)  # the catalog answers: not offload_catalog_up 0
+    assert exporter.snap.catalog_up == 1 and exporter.snap.tables["trades"].error["type"] == "warehouse_missing"
 
 
 def test_lost_manifest_list_fails_doctor_and_the_next_commit(offloaded, capsys):
