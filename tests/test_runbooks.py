@@ -55,7 +55,7 @@ def container_names() -> set[str]:
 def test_every_runbook_starts_with_its_alert_and_doctor():
     paths = sorted(RUNBOOKS.glob("*.md"))
     assert {p.name for p in paths} == {"scheduler-down.md", "offload-failure.md", "lag.md", "watermark-recovery.md",
-                                       "ttl-risk.md"}
+                                       "ttl-risk.md", "warehouse-lost.md"}
     for path in paths:
         head = path.read_text().split("```")[0]
         assert re.search(r"\*\*Alerts?:\*\* `IcebergOffload\w+`", head), path.name

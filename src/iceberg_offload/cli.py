@@ -162,7 +162,7 @@ def _run_text(data: dict[str, Any]) -> str:
             out.append(f"\n{t['table']}: {t['late_rows']} late rows behind the watermark, {t['late_rows_added']} "
                        f"repaired" + (f"; {left} not (TTL near, or cold holds rows hot lacks): iceberg-offload "
                                       f"verify --table {t['table']}" if left else ""))
-        if t["late_error"]:
+        if t["late_error"] and t["late_error"] != t["error"]:
             out.append(f"\n{t['table']}: late-row sweep: {t['late_error']['message']}")
     out.append(f"\ncycle {data['run_id']}: {data['status']}, {data['rows']:,} rows in {data['duration_seconds']}s")
     return "\n".join(out)

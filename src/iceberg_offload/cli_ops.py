@@ -12,6 +12,8 @@ from .terminal import EXIT_FAILED, EXIT_OK, emit, grid, load_prefect_settings
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("doctor", parents=[common], help="diagnose like the runbook: processes, server, workers, "
                                                         "schedule, runs, metrics, tables; exit 1 on any fail")
+    p.add_argument("--engine-only", action="store_true", help="only ClickHouse, catalog, warehouse and tables "
+                                                              "(no Prefect stack checks)")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("recover", parents=[common], help="what the runbook would do, in its order; --yes does it, "
@@ -81,13 +83,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 RUNBOOKS = {"worker down": "scheduler-down.md (scenario 1)", "server down": "scheduler-down.md (scenario 2)",
             "no runs": "scheduler-down.md (scenario 3)", "metrics unreachable": "scheduler-down.md (scenario 4)",
             "full restart": "scheduler-down.md (scenario 5)", "offload failing": "offload-failure.md",
+            "warehouse lost": "warehouse-lost.md",
             "lag": "lag.md", "watermark": "watermark-recovery.md", "ttl risk": "ttl-risk.md"}
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import diagnose
 
-    report = diagnose(load_prefect_settings(args))
+    report = diagnose(load_prefect_settings(args), args.engine_only)
     data = report.as_dict()
     data["runbook"] = f"docs/runbooks/{RUNBOOKS[report.scenario]}" if report.scenario else None
 

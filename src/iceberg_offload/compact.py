@@ -27,7 +27,15 @@ from .datafiles import DataFileWriter
 from .errors import CommitConflict, CommitOutcomeUnknown, TerminalError, redact
 from .identity import SourceIdentity
 from .identity import check as check_identity
-from .sink import CasTransaction, Sink, WarehouseError, catalog_errors, discard_files
+from .sink import (
+    CasTransaction,
+    Sink,
+    WarehouseError,
+    catalog_errors,
+    discard_files,
+    missing_file,
+    warehouse_missing,
+)
 from .window import PREFIX
 
 DEFAULT_TARGET = 128 * 1024 * 1024
@@ -184,6 +192,8 @@ def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str,
             replace.commit()  # writes the manifests and stages the snapshot in the transaction
     except OSError as exc:
         discard_files(table, written)
+        if (path := missing_file(exc)) is not None:
+            raise warehouse_missing(f"compacting {name}", path, str(table.io.properties.get("warehouse", ""))) from exc
         raise WarehouseError(f"compacting {name} failed reading or writing files: {exc}; nothing was changed",
                              "check free space and write permission at [catalog] warehouse") from exc
     except BaseException:

@@ -1,7 +1,8 @@
 """`iceberg-offload doctor`: the runbook's diagnosis, as named checks with what they saw and the fix.
 
 Each check is ok / warn / fail. The report names the runbook scenario the failures match (worker down,
-server down, no runs, metrics unreachable, full restart; offload failing, lag, watermark, TTL risk).
+server down, no runs, metrics unreachable, full restart; warehouse lost, offload failing, lag, watermark,
+TTL risk). The stack checks run only where the stack is used (doctor_engine.stack_used).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class Report:
         """The scenario of the failing checks, in the runbook's order of likelihood. A check that names the
         cause (a paused schedule, a stuck run, a foreign holder of the metrics port) wins; a supervisor
         restart in the last two minutes explains a server, worker or metrics failure."""
-        order = ["full restart", "server down", "worker down", "no runs", "metrics unreachable", "offload failing",
-                 "ttl risk", "lag", "watermark"]
+        order = ["full restart", "server down", "worker down", "no runs", "metrics unreachable", "warehouse lost",
+                 "offload failing", "ttl risk", "lag", "watermark"]
         failed = [c for c in self.checks if c.status == "fail" and c.scenario]
         found = {c.scenario for c in failed if c.cause}
         if not found:
@@ -322,7 +323,22 @@ def _table_check(st: TableStatus) -> Check:
     return Check(name, "ok", saw)
 
 
-def diagnose(settings: Settings) -> Report:
+def diagnose(settings: Settings, engine_only: bool = False) -> Report:
+    """The stack's checks where it is used (else one info line), then the engine's: ClickHouse, catalog,
+    warehouse, tables."""
+    from .doctor_engine import check_orchestrator, check_warehouse, stack_used
+
+    report = Report()
+    if engine_only or not stack_used(settings):
+        report.checks.append(check_orchestrator(settings, engine_only))
+    else:
+        report.checks += _stack_checks(settings)
+    report.checks += check_tables(settings)
+    report.checks += check_warehouse(settings)
+    return report
+
+
+def _stack_checks(settings: Settings) -> list[Check]:
     report = Report()
     report.checks.append(check_processes(settings))
     server = check_server(settings)
@@ -334,5 +350,4 @@ def diagnose(settings: Settings) -> Report:
         report.checks.append(deployment)
         report.checks += check_runs(settings, dep)
     report.checks.append(check_metrics(settings))
-    report.checks += check_tables(settings)
-    return report
+    return report.checks

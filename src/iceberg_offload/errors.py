@@ -100,6 +100,19 @@ class TTLTooShort(TerminalError):
     kind = "ttl_too_short"
 
 
+class WarehouseError(TerminalError):
+    """The warehouse refused a write: full, read-only, no permission, not a directory."""
+
+    kind = "warehouse_error"
+
+
+class WarehouseMissing(WarehouseError):
+    """The catalog lists a file the warehouse does not have (a metadata, manifest or data file): a wrong
+    path or mount, another bucket, or deleted files. Retrying reads the same missing file."""
+
+    kind = "warehouse_missing"
+
+
 class ResultMismatch(TransientError):
     """ClickHouse answered with a result that is not the one asked for (another query's columns or output);
     it was discarded with the connection, nothing was written."""

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__, prefect_api
 from .config import Settings
-from .errors import CatalogUnavailable, ConfigError, EngineBusy, OffloadError, SourceUnavailable
+from .errors import CatalogUnavailable, ConfigError, EngineBusy, OffloadError, SourceUnavailable, WarehouseMissing
 from .sink import Sink, open_catalog
 from .source import open_source
 from .status import TableStatus, cold_status, derive, hot_status
@@ -112,7 +112,10 @@ class Exporter(Collector):
             if self._sink is None:
                 self._sink = Sink(open_catalog(self.settings.catalog), self.settings.catalog.namespace)
             for cfg in self.settings.tables:
-                cold_status(cfg, self._sink, snap.tables[cfg.target])
+                try:
+                    cold_status(cfg, self._sink, snap.tables[cfg.target])
+                except WarehouseMissing as exc:  # the catalog answers; this table's files are gone
+                    snap.tables[cfg.target].error = exc.as_dict()
             snap.catalog_up = 1
             snap.refreshed["catalog"] = time.time()
         except CatalogUnavailable:

@@ -202,6 +202,8 @@ def _sweep_late_rows(settings: Settings, cfg: TableSettings, source: Source, sin
     result.late_rows, result.late_rows_added = rec.rows_missing, rec.rows_added if rec.applied else 0
     result.late_rows_left, result.late_oldest_ns = rec.rows_left_missing, rec.oldest_left_ns
     result.late_error = rec.error
+    if rec.error and rec.error["type"] == "warehouse_missing":  # cold lost files: the table is not ok
+        result.status, result.error = "failed", rec.error
 
 
 class _Stream:

@@ -25,7 +25,7 @@ from pyiceberg.table import Table
 from .config import Settings, TableSettings
 from .errors import SourceError, as_error
 from .plan import TablePlan
-from .sink import Sink, open_catalog
+from .sink import Sink, open_catalog, warehouse_reads
 from .source import Source, open_source, quote
 from .typemap import ColumnMap
 from .window import NS, Watermark, iso
@@ -246,7 +246,8 @@ def ts_range(table: Table, ts: str, lo_ns: int, hi_ns: int) -> BooleanExpression
 
 def cold_keys(table: Table, ts: str, names: list[str], lo_ns: int, hi_ns: int) -> pa.Table:
     scan = table.scan(row_filter=ts_range(table, ts, lo_ns, hi_ns), selected_fields=tuple(dict.fromkeys([ts, *names])))
-    return scan.to_arrow()
+    with warehouse_reads(f"reading {'.'.join(table.name())}", str(table.io.properties.get("warehouse", ""))):
+        return scan.to_arrow()
 
 
 def _hour_of(col: pa.ChunkedArray) -> pa.Array:

@@ -39,7 +39,8 @@ from .errors import (
     CommitOutcomeUnknown,
     OffloadError,
     SchemaDrift,
-    TerminalError,
+    WarehouseError,
+    WarehouseMissing,
     redact,
 )
 from .window import PREFIX, Watermark
@@ -49,10 +50,6 @@ COMMIT_ID = f"{PREFIX}commit-id"
 # logging "retrying" for a conflict that we are about to report.
 TABLE_PROPERTIES = {"write.parquet.compression-codec": "zstd", "commit.retry.num-retries": "0"}
 _TRANSFORMS = {"hour": HourTransform, "day": DayTransform, "month": MonthTransform}
-
-
-class WarehouseError(TerminalError):
-    kind = "warehouse_error"
 
 
 # A file-system answer that retrying will not change: full, read-only, no permission, not a directory.
@@ -67,6 +64,48 @@ def _storage_error(exc: BaseException) -> bool:
         return True
     found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)  # pyarrow puts the errno in the text
     return found is not None and int(found.group(1)) in _STORAGE_ERRNOS
+
+
+def missing_file(exc: BaseException) -> str | None:
+    """The path of the file a read (or write) did not find, when `exc` says a file is missing; else None.
+    pyarrow says `[Errno 2] Failed to open local file '/path'` (no filename attribute); fsspec sets it."""
+    if not isinstance(exc, FileNotFoundError) and not (isinstance(exc, OSError) and exc.errno == errno.ENOENT):
+        return None
+    if exc.filename:
+        return str(exc.filename)
+    quoted = re.search(r"'([^']+)'", str(exc))
+    return quoted.group(1) if quoted else redact(str(exc)).splitlines()[0][:300]
+
+
+def _file_kind(path: str) -> str:
+    name = path.rsplit("/", 1)[-1]
+    if name.endswith(".metadata.json"):
+        return "the table's metadata file"
+    if name.startswith("snap-") and name.endswith(".avro"):
+        return "a manifest list"
+    if name.endswith(".avro"):
+        return "a manifest"
+    return "a data file" if name.endswith(".parquet") else "a file"
+
+
+def warehouse_missing(what: str, path: str, warehouse: str = "") -> WarehouseMissing:
+    where = f"[catalog] warehouse ({warehouse})" if warehouse else "[catalog] warehouse"
+    return WarehouseMissing(f"{what}: the catalog lists {path} ({_file_kind(path)}), but the warehouse does not "
+                            f"have it",
+                            f"check that {where} is the right path, mount or bucket, or restore the file from "
+                            f"backup; if it is gone for good: docs/runbooks/warehouse-lost.md")
+
+
+@contextlib.contextmanager
+def warehouse_reads(what: str, warehouse: str = "") -> Iterator[None]:
+    """A file the catalog or a snapshot names but the warehouse lacks becomes WarehouseMissing, naming it."""
+    try:
+        yield
+    except OSError as exc:
+        path = missing_file(exc)
+        if path is None:
+            raise
+        raise warehouse_missing(what, path, warehouse) from exc
 
 
 def _warehouse_error(what: str, warehouse: str, exc: BaseException) -> WarehouseError:
@@ -120,6 +159,8 @@ def catalog_errors(what: str, warehouse: str = "") -> Iterator[None]:
     except (NoSuchTableError, CommitFailedException):
         raise
     except Exception as exc:  # noqa: BLE001 - anything from SQLAlchemy/HTTP/FileIO means the same here
+        if (path := missing_file(exc)) is not None:
+            raise warehouse_missing(what, path, warehouse) from exc
         if warehouse and _storage_error(exc):
             raise _warehouse_error(what, warehouse, exc) from exc
         raise CatalogUnavailable(f"Iceberg catalog failed while {what}: {redact(str(exc)).splitlines()[0][:300]}",
@@ -151,7 +192,7 @@ class Sink:
         return (self.namespace, target)
 
     def load(self, target: str) -> Table | None:
-        with catalog_errors(f"loading {target}"):
+        with catalog_errors(f"loading {target}"), warehouse_reads(f"loading {target}", self.warehouse):
             try:
                 return self.catalog.load_table(self.ident(target))
             except NoSuchTableError:
@@ -289,6 +330,8 @@ class Sink:
                 props[f"{PREFIX}duration-ms"] = str(int((time.monotonic() - started) * 1000))
         except OSError as exc:
             discard_files(table, written, str(append.commit_uuid))
+            if (path := missing_file(exc)) is not None:
+                raise warehouse_missing(".".join(table.name()), path, self.warehouse) from exc
             raise _warehouse_error(f"{'.'.join(table.name())} at {table.location()}", self.warehouse, exc) from exc
         except BaseException:
             discard_files(table, written, str(append.commit_uuid))
@@ -296,6 +339,9 @@ class Sink:
         try:
             new_table = txn.commit_transaction()
         except OSError as exc:
+            if (path := missing_file(exc)) is not None:  # read before the catalog was asked: nothing landed
+                discard_files(table, written, str(append.commit_uuid))
+                raise warehouse_missing(".".join(table.name()), path, self.warehouse) from exc
             if not _storage_error(exc) or self.find_commit(table.name()[-1], props.get(COMMIT_ID, "")) is not None:
                 raise CommitOutcomeUnknown(
                     f"{'.'.join(table.name())}: commit {props.get(COMMIT_ID)} outcome unknown: "
