@@ -167,7 +167,8 @@ def _layer_with_deployments(settings: Settings, names: list[str], run_id: str) -
 @flow(name=MAIN_FLOW, persist_result=True)
 def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
     """One cycle: bronze tables concurrently, then silver, then gold. A failing table does not stop the
-    others; the run ends Failed when any failed or a view was left behind, and its result lists every table's outcome."""
+    others; the run ends Failed when any failed or a view was left behind, and its result lists every
+    table's outcome."""
     logger = get_run_logger()
     settings = load(config or None)
     run_id = _run_id()
