@@ -42,6 +42,7 @@ def _cli(cwd: Path, *args: str) -> tuple[int, dict]:
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     done = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", *args, "--json"], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
+    assert done.stdout.startswith("{"), done.stderr[-2000:]
     return done.returncode, json.loads(done.stdout)
 
 
