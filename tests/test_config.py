@@ -33,6 +33,26 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
     assert s.catalog.warehouse == f"file://{tmp_path}/etc/wh"
 
 
+def test_relative_paths_from_the_environment_resolve_against_the_config_folder(tmp_path, monkeypatch):
+    cfg = tmp_path / "etc" / "offload.toml"
+    (tmp_path / "etc" / "secrets").mkdir(parents=True)
+    cfg.write_text("")
+    (tmp_path / "etc" / "secrets" / "dsn").write_text("chdb://data/ch\n")
+    monkeypatch.chdir("/")
+    s = config.load(cfg, env={"OFFLOAD__SOURCE__DSN_FILE": "secrets/dsn", "OFFLOAD__CATALOG__URI": "sqlite:///cat.db",
+                              "OFFLOAD__PREFECT__DATABASE_URL": "sqlite+aiosqlite:///prefect.db"})
+    assert s.source.dsn == f"chdb://{tmp_path}/etc/data/ch"
+    assert s.catalog.uri == f"sqlite:///{tmp_path}/etc/cat.db"
+    assert s.prefect.database_url == f"sqlite+aiosqlite:///{tmp_path}/etc/prefect.db"
+
+
+def test_without_a_config_file_relative_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = config.load(env={})
+    assert s.path == "" and s.source.dsn == f"chdb://{tmp_path}/.offload/clickhouse"
+    assert s.catalog.warehouse == f"file://{tmp_path}/.offload/warehouse"
+
+
 def test_environment_overrides_follow_the_key_path(tmp_path):
     cfg = tmp_path / "offload.toml"
     cfg.write_text('[[tables]]\nsource = "a"\ntimestamp_column = "ts"\n')

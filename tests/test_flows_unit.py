@@ -23,3 +23,18 @@ def test_transient_table_failures_are_retried_terminal_ones_are_not():
     assert _transient_only(None, None, _failed_with(TypeRefused("refused", "opt in"))) is False
     assert _transient_only(None, None, _failed_with(RuntimeError("bug"))) is False
     assert _transient_only(None, None, Completed(data={"ok": True})) is False
+
+
+def test_a_view_left_behind_is_recorded_on_its_table_and_fails_the_cycle(monkeypatch):
+    from iceberg_offload import view
+    from iceberg_offload.flows import _refresh_views, _stale_text
+    from iceberg_offload.offload import cycle_status
+
+    error = {"type": "source_error", "transient": False, "message": "NOT_ENOUGH_SPACE", "fix": "free space"}
+    monkeypatch.setattr(view, "refresh_views", lambda settings, tables: [
+        {"table": "a", "view": "k2.a_all", "error": error}])
+    outcomes = [{"table": "a", "status": "ok", "rows": 5}, {"table": "b", "status": "ok", "rows": 0}]
+    stale = _refresh_views(None, ["a"], outcomes)  # type: ignore[arg-type]
+    assert outcomes[0]["view"] == "k2.a_all" and outcomes[0]["view_error"] == error and "view" not in outcomes[1]
+    assert cycle_status(outcomes) == "partial" and cycle_status(outcomes[1:]) == "success"
+    assert _stale_text(stale) == "; view k2.a_all not re-pointed: NOT_ENOUGH_SPACE"

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -139,11 +138,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     result = run_cycle(settings, args.table, progress=ProgressBar(not args.json))
     moved = [t.table for t in result.tables if t.status == "ok" and (t.rows or t.late_rows_added)]
-    if moved:
+    if moved:  # a view that cannot follow stays where it was (exact until the TTL passes it): reported
         from .view import refresh_views
 
-        with contextlib.suppress(OffloadError):  # a view that cannot follow stays where it was (still exact)
-            refresh_views(settings, moved)
+        result.note_views(refresh_views(settings, moved))
     emit(args, result.as_dict(), lambda: _run_text(result.as_dict()))
     return EXIT_OK if result.status == "success" else EXIT_FAILED
 
@@ -164,6 +162,9 @@ def _run_text(data: dict[str, Any]) -> str:
                                       f"verify --table {t['table']}" if left else ""))
         if t["late_error"] and t["late_error"] != t["error"]:
             out.append(f"\n{t['table']}: late-row sweep: {t['late_error']['message']}")
+        if t["view_error"]:
+            out.append(f"\n{t['table']}: view {t['view'] or ''} not re-pointed (serves the old watermark): "
+                       f"{t['view_error']['message']}\n  fix: {t['view_error']['fix']}")
     out.append(f"\ncycle {data['run_id']}: {data['status']}, {data['rows']:,} rows in {data['duration_seconds']}s")
     return "\n".join(out)
 

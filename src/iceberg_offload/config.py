@@ -6,8 +6,9 @@ Secrets may come from files: any key with `_file` appended (`dsn_file = "/run/se
 or `OFFLOAD__SOURCE__DSN_FILE=/run/secrets/dsn`) is replaced by the file's content, surrounding whitespace
 stripped; an environment variable overrides the TOML either way. The configured secrets are registered with
 `errors.redact`, which removes them from every error, log line and output.
-Relative paths (chdb directory, SQLite file, file:// warehouse) are resolved against the folder of
-the config file, so a worker started elsewhere finds the same data.
+Relative paths (chdb directory, SQLite files, file:// warehouse, Prefect home, `_file`
+paths), from the file or the environment, are resolved against the config file's folder (`paths`); without
+a config file, against the working directory. A worker started elsewhere finds the same data.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from . import paths
 from .credentials import FILE_SUFFIX, read_secret_files, register_secrets, secret_file
 from .errors import ConfigError
 
@@ -217,7 +219,7 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
                           "pass --config with an existing file, or run `iceberg-offload demo` to write one")
     else:
         base = Path.cwd()
-    from_env = _apply_env(data, env)
+    from_env = _apply_env(data, env, base)
     register_secrets(data)  # before validating: its errors quote the values they refuse
     try:
         settings = Settings.model_validate(data)
@@ -226,8 +228,9 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
     return _resolve_paths(settings, base)
 
 
-def _apply_env(data: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
-    """Apply OFFLOAD__* overrides; returns {dotted key: the variable that set it} for error messages."""
+def _apply_env(data: dict[str, Any], env: dict[str, str], base: Path) -> dict[str, str]:
+    """Apply OFFLOAD__* overrides (a relative `_FILE` path: against base); returns {dotted key: the variable
+    that set it} for error messages."""
     applied: dict[str, str] = {}
     for key in sorted(env):
         if not key.startswith(ENV_PREFIX):
@@ -241,7 +244,7 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
                 raise ConfigError(f"environment: both {key[:-len(FILE_SUFFIX)]} and {key} are set",
                                   f"unset one of {key[:-len(FILE_SUFFIX)]} and {key}")
             parts[-1] = parts[-1][:-len(FILE_SUFFIX)]
-            raw = secret_file(f"environment {key}", raw)
+            raw = secret_file(f"environment {key}", str(base / raw))
         # Lists and tables come as JSON; scalars stay strings (pydantic coerces "120" and "true").
         value: Any = raw
         if raw.lstrip().startswith(("[", "{")):
@@ -302,30 +305,13 @@ def _section(loc: str) -> str:
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
-    def absolute(p: str) -> str:
-        return p if os.path.isabs(p) else str((base / p).resolve())
-
-    src = settings.source
-    dsn = src.dsn
-    if dsn.startswith("chdb://"):
-        rest = dsn[len("chdb://"):]
-        if rest and not rest.startswith("/") and rest != ":memory:":
-            dsn = "chdb://" + absolute(rest)
-    cat = settings.catalog
-    uri = cat.uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        rest = uri[len("sqlite:///"):]
-        if rest and rest != ":memory:":
-            uri = "sqlite:///" + absolute(rest)
-    warehouse = cat.warehouse
-    if warehouse.startswith("file://") and not warehouse.startswith("file:///"):
-        warehouse = "file://" + absolute(warehouse[len("file://"):])
-    elif "://" not in warehouse:
-        warehouse = "file://" + absolute(warehouse)
+    src, cat, pre = settings.source, settings.catalog, settings.prefect
     return settings.model_copy(update={
-        "source": src.model_copy(update={"dsn": dsn}),
-        "catalog": cat.model_copy(update={"uri": uri, "warehouse": warehouse}),
-        "prefect": settings.prefect.model_copy(update={"home": absolute(settings.prefect.home)}),
+        "source": src.model_copy(update={"dsn": paths.chdb_dsn(src.dsn, base)}),
+        "catalog": cat.model_copy(update={"uri": paths.sqlite_uri(cat.uri, base),
+                                          "warehouse": paths.warehouse(cat.warehouse, base)}),
+        "prefect": pre.model_copy(update={"home": paths.absolute(pre.home, base),
+                                          "database_url": paths.sqlite_uri(pre.database_url, base)}),
     })
 
 

@@ -20,7 +20,7 @@ from prefect.states import Completed, Failed, State
 from . import prefect_api
 from .config import LAYERS, Settings, load
 from .errors import OffloadError, TransientError
-from .offload import TableResult, new_run_id, offload_table
+from .offload import TableResult, cycle_status, new_run_id, offload_table
 from .sink import Sink, open_catalog
 from .source import open_source
 
@@ -168,7 +168,8 @@ def _layer_with_deployments(settings: Settings, names: list[str], run_id: str) -
 @flow(name=MAIN_FLOW, persist_result=True)
 def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
     """One cycle: bronze tables concurrently, then silver, then gold. A failing table does not stop the
-    others; the run ends Failed when any failed, and its result lists every table's outcome."""
+    others; the run ends Failed when any failed or a view was left behind, and its result lists every
+    table's outcome."""
     logger = get_run_logger()
     settings = load(config or None)
     run_id = _run_id()
@@ -183,18 +184,19 @@ def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
         outcomes += [_outcome(n, layer, v) for n, v in zip(names, values, strict=True)]
         logger.info("layer %s: %s", layer, ", ".join(f"{o['table']}={o['status']}" for o in outcomes[-len(names):]))
     failed = [o for o in outcomes if o["status"] != "ok"]
-    result = {"run_id": run_id, "status": "success" if not failed else "partial" if len(failed) < len(outcomes)
-              else "failed", "rows": sum(o["rows"] for o in outcomes), "tables": outcomes}
     moved = [o["table"] for o in outcomes if o["status"] == "ok" and (o["rows"] or o.get("late_rows_added"))]
-    _refresh_views(settings, moved)
+    stale = _refresh_views(settings, moved, outcomes)
+    result = {"run_id": run_id, "status": cycle_status(outcomes), "rows": sum(o["rows"] for o in outcomes),
+              "tables": outcomes}
     create_table_artifact(key=prefect_api.CYCLE_ARTIFACT, description=f"cycle {run_id}: {result['status']}",
                           table=[{k: o[k] for k in ("table", "layer", "status", "rows", "commits")} |
                                  {k: o.get(k) for k in LATE_FIGURES} |
-                                 {"error": (o.get("error") or {}).get("message", "")} for o in outcomes])
-    if failed:
-        return Failed(message=f"{len(failed)} of {len(outcomes)} tables failed: "
+                                 {"error": (o.get("error") or {}).get("message", ""),
+                                  "view_error": (o.get("view_error") or {}).get("message", "")} for o in outcomes])
+    if failed or stale:  # "N of M tables failed" is what the exporter counts (partial when N < M)
+        return Failed(message=f"{len(failed)} of {len(outcomes)} tables failed" + (": " if failed else "")
                               + "; ".join(f"{o['table']}: {(o.get('error') or {}).get('message', '')}"[:300]
-                                          for o in failed), data=result)
+                                          for o in failed) + _stale_text(stale), data=result)
     return Completed(message=f"{result['rows']} rows offloaded", data=result)
 
 
@@ -252,8 +254,8 @@ def maintenance(config: str = "") -> Any:
         value = fut.result(raise_on_failure=False)
         outcomes.append(value if isinstance(value, dict) else
                         {"table": cfg.target, "ok": False, "error": str(value)[:500]})
+    stale = _refresh_views(settings, [o["table"] for o in outcomes], outcomes)
     bad = [o for o in outcomes if not o.get("ok")]
-    _refresh_views(settings, [o["table"] for o in outcomes])
     create_table_artifact(key="maintenance", description="daily maintenance", table=[
         {"table": o["table"], "ok": o.get("ok"), **{s: _brief(r) for s, r in (o.get("steps") or {}).items()},
          "error": o.get("error", "")} for o in outcomes])
@@ -264,23 +266,30 @@ def maintenance(config: str = "") -> Any:
         create_table_artifact(key=prefect_api.RECONCILE_ARTIFACT, table=found,
                               description="what the daily reconcile found and repaired")
     summary = {"ok": not bad, "tables": outcomes}
-    if bad:
-        return Failed(message="maintenance failed for " + ", ".join(o["table"] for o in bad), data=summary)
+    if bad or stale:
+        return Failed(message=("maintenance failed for " + ", ".join(o["table"] for o in bad) if bad else
+                               "maintenance done") + _stale_text(stale), data=summary)
     return Completed(message=f"maintained {len(outcomes)} tables", data=summary)
 
 
-def _refresh_views(settings: Settings, tables: list[str]) -> None:
-    """Views created by `iceberg-offload view` follow the watermark; a failure here fails nothing."""
+def _refresh_views(settings: Settings, tables: list[str], outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Views created by `iceberg-offload view` follow the watermark. Each table's outcome gets `view` and
+    `view_error`; returns the views left behind (the run then ends Failed, naming them)."""
     from .view import refresh_views
 
-    if not tables:
-        return
-    try:
-        refreshed = refresh_views(settings, tables)
-        if refreshed:
-            get_run_logger().info("views re-pointed: %s", ", ".join(refreshed))
-    except OffloadError as exc:
-        get_run_logger().warning("could not refresh the hot + cold views: %s (fix: %s)", exc.message, exc.fix)
+    views = refresh_views(settings, tables) if tables else []
+    by_table = {o["table"]: o for o in outcomes}
+    for v in views:
+        if (o := by_table.get(v["table"])) is not None:
+            o["view"], o["view_error"] = v["view"], v["error"]
+    if done := [v["view"] for v in views if not v["error"]]:
+        get_run_logger().info("views re-pointed: %s", ", ".join(done))
+    return [v for v in views if v["error"]]
+
+
+def _stale_text(stale: list[dict[str, Any]]) -> str:
+    return "".join(f"; view {v['view'] or v['table']} not re-pointed: {v['error']['message']}"[:300]
+                   for v in stale)
 
 
 def _brief(step: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -61,6 +61,8 @@ class TableResult:
     late_oldest_ns: int | None = None  # start of the oldest hour still missing rows
     late_checked: bool = False  # the sweep ran (the figures above are this cycle's)
     late_error: dict[str, Any] | None = None  # the sweep's own failure (the offload itself went through)
+    view: str | None = None  # the hot + cold view re-pointed after this cycle (one exists)
+    view_error: dict[str, Any] | None = None  # it could not be: it stays at the old watermark (the cycle: partial)
     duration_seconds: float = 0.0
     error: dict[str, Any] | None = None
 
@@ -76,12 +78,28 @@ class CycleResult:
 
     @property
     def status(self) -> str:
-        failed = sum(t.status != "ok" for t in self.tables)
-        return "success" if failed == 0 else "failed" if failed == len(self.tables) else "partial"
+        return cycle_status(t.as_dict() for t in self.tables)
+
+    def note_views(self, outcomes: list[dict[str, Any]]) -> None:
+        """Record `view.refresh_views` outcomes on their tables."""
+        by_table = {t.table: t for t in self.tables}
+        for o in outcomes:
+            if (t := by_table.get(o["table"])) is not None:
+                t.view, t.view_error = o["view"], o["error"]
 
     def as_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "status": self.status, "duration_seconds": round(self.duration_seconds, 3),
                 "rows": sum(t.rows for t in self.tables), "tables": [t.as_dict() for t in self.tables]}
+
+
+def cycle_status(tables: Iterable[dict[str, Any]]) -> str:
+    """success; failed when every table failed; partial otherwise (some table failed, or a view was left
+    behind although its table went through)."""
+    outcomes = [(t["status"] != "ok", bool(t.get("view_error"))) for t in tables]
+    failed = sum(f for f, _ in outcomes)
+    if outcomes and failed == len(outcomes):
+        return "failed"
+    return "partial" if failed or any(v for _, v in outcomes) else "success"
 
 
 def offload_table(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, run_id: str,

@@ -273,8 +273,14 @@ class Source:
         if not found:
             dbs = self.rows(f"SELECT name FROM system.databases WHERE name = {db}")
             where = f"database {self.database!r}" if dbs else f"server (no database {self.database!r})"
-            raise SourceError(f"ClickHouse table {self.database}.{table} does not exist in the {where}",
-                              "fix [[tables]] source or [source] database in the config")
+            fix = "fix [[tables]] source or [source] database in the config"
+            if self.embedded:  # name the folder: a wrong dsn opens a new, empty engine there
+                where = (f"database {self.database!r} of the embedded ClickHouse at {self.embedded}" if dbs else
+                         f"embedded ClickHouse at {self.embedded} (no database {self.database!r}: a new, empty "
+                         f"engine folder?)")
+                fix = ("point [source] dsn at the engine folder that holds it (a relative path is resolved "
+                       "against the config file's folder), or " + fix)
+            raise SourceError(f"ClickHouse table {self.database}.{table} does not exist in the {where}", fix)
         engine, sorting_key, engine_full, uuid = found[0]
         cols = self.rows(
             f"SELECT name, type FROM system.columns WHERE database = {db} AND table = {literal(table)} "

@@ -21,8 +21,10 @@ two reads duplicates or drops a window; and without a pinned file, icebergLocal 
 file before the catalog's compare-and-swap refuses it). The catalog, not the directory, says which
 metadata is current, so the view takes it from the catalog.
 
-On chdb, icebergLocal only reads paths inside the engine's user_files_path, which chdb leaves at the process
-working directory unless started with `user_files_path` (see `create_view`'s error).
+On chdb, icebergLocal reads only paths below the process's working directory (chdb keeps user_files_path
+at "." whatever it is started with; measured with chdb 4.4). The view states its columns, so creating or
+re-pointing it runs no query and works from any folder; a process reading the view must run in a folder
+above the warehouse (the default layout: where offload.toml is).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from urllib.parse import urlparse
 from pyiceberg.table import Table
 
 from .config import Settings, TableSettings
-from .errors import ConfigError, SourceError
+from .errors import ConfigError, as_error
 from .plan import TablePlan
 from .sink import Sink, open_catalog
 from .source import Source, literal, open_source, quote
@@ -55,16 +57,7 @@ def create_view(settings: Settings, cfg: TableSettings, sink: Sink, source: Sour
                 name: str | None = None) -> dict[str, Any]:
     """Create (or re-point) the view at the table's current watermark and metadata; idempotent."""
     sql, wm, table = _build(settings, cfg, sink, source, name)
-    try:
-        source.command(sql)
-    except SourceError as exc:
-        if "PATH_ACCESS_DENIED" not in exc.message:
-            raise
-        raise ConfigError(f"ClickHouse may not read the Iceberg table at {table.location() if table else '?'}: "
-                          f"{exc.message}",
-                          "start the process (worker, CLI) in a folder that contains [catalog] warehouse, or give "
-                          "the engine a user_files_path above it (chdb: chdb_options={'user_files_path': ...})"
-                          ) from exc
+    source.command(sql)
     snap = table.current_snapshot() if table is not None else None
     return {"view": f"{source.database}.{view_name(cfg, name)}", "watermark": wm.as_dict() if wm else None,
             "metadata_location": table.metadata_location if table is not None else None,
@@ -77,18 +70,33 @@ def create_views(settings: Settings, names: list[str] | None = None) -> list[dic
         return [create_view(settings, cfg, sink, source) for cfg in settings.select(names)]
 
 
-def refresh_views(settings: Settings, names: list[str] | None = None) -> list[str]:
+def refresh_views(settings: Settings, names: list[str] | None = None) -> list[dict[str, Any]]:
     """Re-point the views that exist (created by `iceberg-offload view`) at the current watermarks: after a
-    cycle or maintenance. Tables without a view are left alone; returns the views refreshed."""
+    cycle or maintenance. Tables without a view are left alone. One outcome per view, as data:
+    {table, view, error} (error None when re-pointed); when the views cannot even be looked for, one outcome
+    per named table with view None. Never raises: a view left behind is reported, not hidden."""
     selected = settings.select(names)
-    with open_source(settings.source) as source:
-        wanted = {view_name(cfg): cfg for cfg in selected}
-        rows = source.rows(f"SELECT name FROM system.tables WHERE database = {literal(source.database)} "
-                           f"AND engine = 'View' AND name IN ({', '.join(literal(n) for n in wanted)})")
-        if not rows:
-            return []
-        sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
-        return [create_view(settings, wanted[r[0]], sink, source)["view"] for r in rows]
+    wanted = {view_name(cfg): cfg for cfg in selected}
+    try:
+        with open_source(settings.source) as source:
+            rows = source.rows(f"SELECT name FROM system.tables WHERE database = {literal(source.database)} "
+                               f"AND engine = 'View' AND name IN ({', '.join(literal(n) for n in wanted)})")
+            if not rows:
+                return []
+            sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+            return [_repoint(settings, wanted[str(r[0])], sink, source) for r in rows]
+    except Exception as exc:  # noqa: BLE001 - reported per table
+        error = as_error(exc, "refreshing views").as_dict()
+        return [{"table": cfg.target, "view": None, "error": error} for cfg in selected]
+
+
+def _repoint(settings: Settings, cfg: TableSettings, sink: Sink, source: Source) -> dict[str, Any]:
+    view = f"{source.database}.{view_name(cfg)}"
+    try:
+        create_view(settings, cfg, sink, source)
+    except Exception as exc:  # noqa: BLE001 - one view's failure is its table's, reported
+        return {"table": cfg.target, "view": view, "error": as_error(exc, view).as_dict()}
+    return {"table": cfg.target, "view": view, "error": None}
 
 
 def _build(settings: Settings, cfg: TableSettings, sink: Sink, source: Source,
@@ -101,17 +109,20 @@ def _build(settings: Settings, cfg: TableSettings, sink: Sink, source: Source,
     fin = " FINAL" if cfg.final else ""
     hot = (f"SELECT {', '.join(quote(n) for n in names)} FROM {plan.info.qualified}{fin} "
            f"WHERE {plan.key.after(wm)}")
-    body = hot
+    body, types = hot, {n: hot_types[n] for n in names}
     if table is not None and wm is not None:
         optional = {f.name for f in table.schema().fields if not f.required}
-        casts = ", ".join(f"CAST({quote(n)}, {literal(_view_type(hot_types[n], n in optional))}) AS {quote(n)}"
-                          for n in names)
+        types = {n: _view_type(hot_types[n], n in optional) for n in names}
+        casts = ", ".join(f"CAST({quote(n)}, {literal(types[n])}) AS {quote(n)}" for n in names)
         # the filter sits inside so it applies to the Iceberg columns (not the casts) and prunes files
         cold = (f"SELECT {casts} FROM (SELECT * FROM {_cold_function(settings, table)} "
                 f"WHERE {plan.key.at_most(wm)})")
         body = f"{hot}\nUNION ALL\n{cold}"
     view = f"{quote(source.database)}.{quote(view_name(cfg, name))}"
-    return f"CREATE OR REPLACE VIEW {view} AS\n{body}", wm, table
+    # the columns stated: ClickHouse then creates the view without running its query, so the embedded
+    # engine's path check (files below the working directory) applies to readers only, not to re-pointing
+    columns = ", ".join(f"{quote(n)} {t}" for n, t in types.items())
+    return f"CREATE OR REPLACE VIEW {view} ({columns}) AS\n{body}", wm, table
 
 
 def _view_type(hot_type: str, optional: bool) -> str:
