@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -27,14 +26,15 @@ from prometheus_client.registry import Collector
 from . import __version__, prefect_api
 from .config import Settings
 from .errors import CatalogUnavailable, ConfigError, EngineBusy, OffloadError, SourceUnavailable, WarehouseMissing
+from .run_totals import RunTotals, cycle_status, table_error
 from .sink import Sink, open_catalog
 from .source import open_source
 from .status import TableStatus, cold_status, derive, hot_status
 from .window import Watermark
 
 NS = 1_000_000_000
-_ERROR_TYPE = re.compile(r"\[([a-z_]+)\]")
-_PARTIAL = re.compile(r"(\d+) of (\d+) tables failed")
+FINAL = ["COMPLETED", "FAILED", "CRASHED"]
+FAILED = ["FAILED", "CRASHED"]
 
 
 @dataclass
@@ -84,6 +84,15 @@ class Exporter(Collector):
         self._sink: Sink | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._cycle_totals: dict[str, RunTotals[str]] = {}  # by deployment id: a recreated deployment counts on
+        self._error_totals: RunTotals[tuple[str, str]] = RunTotals(
+            self._pager("task_runs"), prefect_api.table_task_filter, FAILED, table_error)
+
+    def _pager(self, kind: str) -> Any:
+        return lambda where, end_time, offset: prefect_api.runs_page(self.settings, kind, where, end_time, offset)
+
+    def _counter(self, kind: str) -> Any:
+        return lambda where, end_time: prefect_api.runs_count(self.settings, kind, where, end_time)
 
     # -- refreshing ---------------------------------------------------------------------------------------
     def refresh(self, hot: bool = True) -> None:
@@ -157,8 +166,12 @@ class Exporter(Collector):
                 snap.schedule_active[full] = int(prefect_api.schedule_active(dep))
                 snap.late_runs[full] = prefect_api.count_runs(s, dep["id"], ["Late"]) if dep else 0
                 if (flow, name) == prefect_api.MAIN and dep:
-                    self._cycles(snap, prefect_api.flow_runs(s, dep["id"], ["COMPLETED", "FAILED", "CRASHED"]))
+                    self._cycles(snap, dep["id"])
+            errors = self._error_totals.refresh(time.time())
             snap.runs = self._table_runs(prefect_api.table_task_runs(s))
+            for (table, kind), count in errors.items():
+                if table in snap.runs:
+                    snap.runs[table].errors[kind] = count
             reconciled_at, snap.reconcile = prefect_api.latest_artifact(s, prefect_api.RECONCILE_ARTIFACT)
             snap.late = _late_rows(snap.late, prefect_api.latest_artifact(s, prefect_api.CYCLE_ARTIFACT),
                                    (reconciled_at, snap.reconcile))
@@ -167,19 +180,18 @@ class Exporter(Collector):
         except prefect_api.API_ERRORS:
             snap.prefect_up = 0
 
-    @staticmethod
-    def _cycles(snap: Snapshot, runs: list[dict[str, Any]]) -> None:
-        counts = {"success": 0, "partial": 0, "failed": 0}
-        for run in runs:
-            state = run.get("state") or {}
-            if state.get("type") == "COMPLETED":
-                counts["success"] += 1
-            else:
-                m = _PARTIAL.search(state.get("message") or "")
-                counts["partial" if m and int(m.group(1)) < int(m.group(2)) else "failed"] += 1
-        snap.cycles = counts
-        if runs:
-            snap.cycle_duration = float(runs[0].get("total_run_time") or 0.0)
+    def _cycles(self, snap: Snapshot, deployment_id: str) -> None:
+        """Cycles by outcome over the deployment's whole history (run_totals), and the last one's duration."""
+        totals = self._cycle_totals.get(deployment_id) or RunTotals(
+            self._pager("flow_runs"), lambda types: prefect_api.deployment_run_filter(deployment_id, types), FINAL,
+            cycle_status, self._counter("flow_runs"), {"success": "COMPLETED"})
+        totals.refresh(time.time())
+        self._cycle_totals[deployment_id] = totals
+        snap.cycles = {k: sum(t.totals.get(k, 0) for t in self._cycle_totals.values())
+                       for k in ("success", "partial", "failed")}
+        last = prefect_api.flow_runs(self.settings, deployment_id, FINAL, limit=1)
+        if last:
+            snap.cycle_duration = float(last[0].get("total_run_time") or 0.0)
 
     def _table_runs(self, task_runs: list[dict[str, Any]]) -> dict[str, TableRuns]:
         out = {t.target: TableRuns() for t in self.settings.tables}
@@ -193,12 +205,8 @@ class Exporter(Collector):
                 if r.last_success is None:
                     r.last_success = _ts(run.get("end_time"))
                 streak_open[name] = False
-            else:
-                if streak_open[name]:
-                    r.consecutive_failures += 1
-                kind = _ERROR_TYPE.search(state.get("message") or "")
-                key = kind.group(1) if kind else state.get("type", "failed").lower()
-                r.errors[key] = r.errors.get(key, 0) + 1
+            elif streak_open[name]:
+                r.consecutive_failures += 1
             if r.last_duration is None:
                 r.last_duration = float(run.get("total_run_time") or 0.0)
         return out

@@ -23,6 +23,7 @@ MAINT = ("iceberg-maintenance", "iceberg-maintenance-daily")
 API_ERRORS = (urllib.error.URLError, OSError, ValueError)
 CYCLE_ARTIFACT, RECONCILE_ARTIFACT = "offload-cycle", "reconcile"
 """Table artifacts: each cycle's outcome per table (with its late-row sweep), the daily reconcile's figures."""
+PAGE = 200  # the server's largest page (PREFECT_API_DEFAULT_LIMIT)
 
 
 def request(settings: Settings, method: str, path: str, body: Any = None, timeout: float = 3.0) -> Any:
@@ -88,17 +89,34 @@ def count_runs(settings: Settings, deployment_id: str, state_names: list[str]) -
 
 
 def flow_runs(settings: Settings, deployment_id: str, state_types: list[str], limit: int = 200) -> list[dict[str, Any]]:
-    body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}, "state": {"type": {"any_": state_types}}},
-            "sort": "END_TIME_DESC", "limit": limit}
-    return list(request(settings, "POST", "/flow_runs/filter", body) or [])
+    return runs_page(settings, "flow_runs", deployment_run_filter(deployment_id, state_types), {}, limit=limit)
 
 
 def table_task_runs(settings: Settings, limit: int = 200) -> list[dict[str, Any]]:
     """Final runs of the `offload-table` task, newest first (one per table per cycle)."""
-    body = {"task_runs": {"name": {"like_": "offload %"}, "state": {"type": {"any_": ["COMPLETED", "FAILED",
-                                                                                       "CRASHED"]}}},
-            "sort": "END_TIME_DESC", "limit": limit}
-    return list(request(settings, "POST", "/task_runs/filter", body) or [])
+    return runs_page(settings, "task_runs", table_task_filter(["COMPLETED", "FAILED", "CRASHED"]), {}, limit=limit)
+
+
+def deployment_run_filter(deployment_id: str, state_types: list[str]) -> dict[str, Any]:
+    return {"deployment_id": {"any_": [deployment_id]}, "state": {"type": {"any_": state_types}}}
+
+
+def table_task_filter(state_types: list[str]) -> dict[str, Any]:
+    return {"name": {"like_": "offload %"}, "state": {"type": {"any_": state_types}}}
+
+
+def runs_page(settings: Settings, kind: str, where: dict[str, Any], end_time: dict[str, str], offset: int = 0,
+              limit: int = PAGE) -> list[dict[str, Any]]:
+    """One page of `kind` ("flow_runs" or "task_runs") matching `where` and an `end_time` filter (`after_`,
+    `before_`: both inclusive), newest end first."""
+    body = {kind: {**where, "end_time": end_time} if end_time else where, "sort": "END_TIME_DESC",
+            "limit": limit, "offset": offset}
+    return list(request(settings, "POST", f"/{kind}/filter", body) or [])
+
+
+def runs_count(settings: Settings, kind: str, where: dict[str, Any], end_time: dict[str, str]) -> int:
+    body = {kind: {**where, "end_time": end_time} if end_time else where}
+    return int(request(settings, "POST", f"/{kind}/count", body))
 
 
 PENDING_STUCK_SECONDS = 120
