@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 from conftest import clickhouse, cold
+from iceberg_offload.artifacts import LateRows, late_rows
 from iceberg_offload.doctor import check_tables
-from iceberg_offload.metrics import LateRows, _late_rows
 from iceberg_offload.offload import run_cycle
 from iceberg_offload.status import TableStatus, derive
 
@@ -62,9 +62,9 @@ def test_the_newer_of_sweep_and_reconcile_counts_and_its_oldest_row_bounds_the_h
                      {"table": "b", "late_checked": False, "late_rows_left": 0, "late_oldest_ns": None}])
     reconcile = (100.0, [{"table": "a", "rows_left_missing": 0, "oldest_left_ns": None},
                          {"table": "b", "rows_left_missing": 2, "oldest_left_ns": hour * NS}])
-    late = _late_rows({}, cycle, reconcile)
+    late = late_rows({}, cycle, reconcile)
     assert late == {"a": LateRows(4, hour * NS, 200.0), "b": LateRows(2, hour * NS, 100.0)}
-    late = _late_rows(late, (300.0, [{"table": "a", "late_checked": True, "late_rows_left": 0}]), reconcile)
+    late = late_rows(late, (300.0, [{"table": "a", "late_checked": True, "late_rows_left": 0}]), reconcile)
     assert late["a"].rows == 0 and late["b"].rows == 2  # the reconcile (older) does not undo the sweep
     st = TableStatus("b", "bronze", "b", ttl_span_seconds=DAY, ttl_deadline=time.time() + 5 * DAY,
                      late_rows=2, late_oldest_ns=hour * NS)

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import __version__, prefect_api
+from .artifacts import LateRows, late_rows, reconcile_metrics
 from .config import Settings
 from .errors import CatalogUnavailable, ConfigError, EngineBusy, OffloadError, SourceUnavailable, WarehouseMissing
 from .run_totals import RunTotals, cycle_status, table_error
@@ -60,15 +61,6 @@ class Snapshot:
     reconcile: list[dict[str, Any]] = field(default_factory=list)
     late: dict[str, LateRows] = field(default_factory=dict)
     refreshed: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class LateRows:
-    """Rows behind the watermark the newest late-row sweep (each cycle) or daily reconcile left missing."""
-
-    rows: int
-    oldest_ns: int | None
-    at: float  # when that sweep or reconcile reported
 
 
 def _ts(value: str | None) -> float | None:
@@ -173,7 +165,7 @@ class Exporter(Collector):
                 if table in snap.runs:
                     snap.runs[table].errors[kind] = count
             reconciled_at, snap.reconcile = prefect_api.latest_artifact(s, prefect_api.RECONCILE_ARTIFACT)
-            snap.late = _late_rows(snap.late, prefect_api.latest_artifact(s, prefect_api.CYCLE_ARTIFACT),
+            snap.late = late_rows(snap.late, prefect_api.latest_artifact(s, prefect_api.CYCLE_ARTIFACT),
                                    (reconciled_at, snap.reconcile))
             snap.prefect_up = 1
             snap.refreshed["prefect"] = time.time()
@@ -296,7 +288,7 @@ class Exporter(Collector):
         yield workers
         active = GaugeMetricFamily("offload_schedule_active", "1 when the deployment exists, is not paused and "
                                    "its schedule is active", labels=["deployment"])
-        yield from _reconcile_metrics(snap.reconcile)
+        yield from reconcile_metrics(snap.reconcile)
         late = GaugeMetricFamily("offload_late_runs", "Runs of the deployment in state Late", labels=["deployment"])
         for dep in (f"{f}/{n}" for f, n in (prefect_api.MAIN, prefect_api.MAINT)):
             active.add_metric([dep], snap.schedule_active.get(dep, 0))
@@ -312,43 +304,6 @@ class Exporter(Collector):
             if part in snap.refreshed:
                 age.add_metric([part], now - snap.refreshed[part])
         yield age
-
-
-RECONCILE_METRICS = (
-    ("rows_missing", "offload_reconcile_missing_rows", "Rows the last reconcile found missing from Iceberg"),
-    ("buckets_duplicates", "offload_reconcile_duplicate_buckets", "Hours with duplicates found by the last reconcile"),
-    ("buckets_repaired", "offload_reconcile_repaired_buckets", "Hours the last reconcile replaced"),
-    ("rows_added", "offload_reconcile_added_rows", "Rows the last reconcile added to Iceberg"),
-    ("duplicate_rows_removed", "offload_reconcile_removed_duplicate_rows", "Duplicate rows the last reconcile removed"),
-    ("buckets_skipped_ttl", "offload_reconcile_skipped_buckets", "Bad hours the last reconcile left alone (TTL)"),
-)
-
-
-def _late_rows(known: dict[str, LateRows], cycle: tuple[float | None, list[dict[str, Any]]],
-               reconcile: tuple[float | None, list[dict[str, Any]]]) -> dict[str, LateRows]:
-    """Per table, the newer of the last cycle's sweep and the last reconcile; a table whose sweep did not run
-    (its offload failed) keeps what was known."""
-    out = dict(known)
-    for (at, rows), left, oldest, ran in ((cycle, "late_rows_left", "late_oldest_ns", "late_checked"),
-                                          (reconcile, "rows_left_missing", "oldest_left_ns", None)):
-        for row in rows:
-            name = str(row.get("table"))
-            if at is None or (ran is not None and not row.get(ran)) or (name in out and out[name].at > at):
-                continue
-            with contextlib.suppress(TypeError, ValueError):
-                first = row.get(oldest)
-                out[name] = LateRows(int(row.get(left) or 0), int(first) if first is not None else None, at)
-    return out
-
-
-def _reconcile_metrics(rows: list[dict[str, Any]]) -> Iterator[GaugeMetricFamily]:
-    """What the last daily reconcile found and repaired (its Prefect artifact), per table."""
-    for key, name, help_ in RECONCILE_METRICS:
-        g = GaugeMetricFamily(name, help_, labels=["table"])
-        for row in rows:
-            with contextlib.suppress(TypeError, ValueError, KeyError):
-                g.add_metric([str(row["table"])], float(row.get(key) or 0))
-        yield g
 
 
 def serve(settings: Settings, keep_trying: bool = False) -> Any:
