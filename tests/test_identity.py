@@ -174,3 +174,32 @@ def test_the_server_is_recorded_without_credentials():
     assert server_of("http://offload:s3cret-pw@CH.example:8123/k2?password=x") == "http://ch.example:8123"
     assert server_of("https://u:p@ch.example/k2") == "https://ch.example:8443"
     assert server_of("http://[::1]:9000") == "http://[::1]:9000"
+
+
+def test_watermark_set_never_takes_another_source_into_an_older_table(make_settings):
+    """A table offloaded before the identity was recorded: `watermark set` with the config pointing at another
+    ClickHouse table is refused like `run` (it would record that table as the source, and the next run mix
+    its rows in)."""
+    import pytest as _pytest
+
+    from conftest import clickhouse
+    from iceberg_offload.errors import SourceMismatch
+    from iceberg_offload.identity import KEYS
+    from iceberg_offload.status import set_watermark
+
+    now = int(time.time())
+    eu = make_settings([{"source": "trades_eu", "target": "trades", "timestamp_column": "ts"}])
+    with clickhouse(eu) as ch:
+        for t in ("trades_eu", "trades_us"):
+            ch.command(f"CREATE TABLE k2.{t} (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts")
+            ch.command(f"INSERT INTO k2.{t} SELECT fromUnixTimestamp64Milli(toInt64(({now - 7200} + number) * 1000)),"
+                       f" number FROM numbers(3600)")
+    assert run_cycle(eu).tables[0].rows == 3600
+    sink = sink_for(eu)
+    sink.load("trades").transaction().remove_properties(*KEYS).commit_transaction()  # as an older release left it
+    us = make_settings([{"source": "trades_us", "target": "trades", "timestamp_column": "ts"}])
+    assert run_cycle(us).tables[0].error["type"] == "source_mismatch"
+    with _pytest.raises(SourceMismatch, match="adopt"):
+        set_watermark(us, "trades", (now - 60) * 1_000_000_000, None, apply=True)
+    assert run_cycle(us).tables[0].error["type"] == "source_mismatch"
+    assert cold(eu, "trades").num_rows == 3600

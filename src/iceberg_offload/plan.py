@@ -78,12 +78,13 @@ class TablePlan:
         return {TS_COLUMN: self.cfg.timestamp_column, SEQ_COLUMN: self.cfg.sequence_column or "",
                 SOURCE: self.info.qualified, f"{PREFIX}source": self.info.qualified}
 
-    def check_lineage(self, last: Commit | None, source: bool = True) -> None:
+    def check_lineage(self, last: Commit | None, source: bool = True, key: bool = True) -> None:
         """Refuse a config that would read the stored watermark as something else: another timestamp or
         sequence column (the window would skip rows, or take them twice), or another ClickHouse table
         (its rows would mix with these and its watermark skip rows). Adding a sequence column to a table
         offloaded without one is safe: every row at the watermark's timestamp is already committed. Without
-        `source`, the table is not compared (`adopt` is moving the watermark to this source)."""
+        `source`, the table is not compared (`adopt` is moving the watermark to this source); without `key`,
+        the key is not (`watermark set` is moving the watermark in the new key's terms)."""
         if last is None or (wm := last.watermark) is None:
             return
         props, cfg, fix = last.props, self.cfg, self._lineage_fix()
@@ -94,6 +95,8 @@ class TablePlan:
                                  f"and the watermark skip its rows; nothing was written",
                                  f"restore [[tables]] source, or point target at a new Iceberg table, or (a "
                                  f"deliberate move) iceberg-offload adopt --table {cfg.target}")
+        if not key:
+            return
         ts = props.get(TS_COLUMN)
         if ts is not None and ts != cfg.timestamp_column:
             raise ConfigError(f"{cfg.target}: the watermark {wm.describe()} is a value of timestamp_column {ts!r}, "

@@ -241,6 +241,7 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
     with open_source(settings.source) as source:
         plan = TablePlan.build(source, cfg)
         plan.check_source(table)
+        plan.check_lineage(last, key=False)  # another ClickHouse table is `adopt`'s to take on, never this
         lo, hi = (new, current) if backward else (current, new)
         assert hi is not None
         affected = _between(source, plan, lo, hi)
