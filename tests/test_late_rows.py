@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from conftest import clickhouse, cold
-from iceberg_offload.artifacts import LateRows, late_rows
+from iceberg_offload.artifacts import late_rows
 from iceberg_offload.doctor import check_tables
 from iceberg_offload.offload import run_cycle
 from iceberg_offload.status import TableStatus, derive
@@ -29,7 +29,7 @@ def test_a_late_row_the_ttl_is_reaching_is_counted_shown_and_in_the_headroom(mak
     with clickhouse(s) as ch:
         ch.command(f"INSERT INTO k2.near VALUES (fromUnixTimestamp64Milli({late_s * 1000}), 99999)")
     res = run_cycle(s).tables[0]
-    assert res.late_checked and res.late_rows == 1 and res.late_rows_added == 0, res
+    assert res.late_checked and res.late_rows == 1 and res.late_rows_added == 0 and res.late_since_ns, res
     assert res.late_rows_left == 1 and res.late_oldest_ns == late_s // H * H * NS, res
     assert 99999 not in cold(s, "near").column("seq").to_pylist()  # never a bucket the TTL is deleting
     check = next(c for c in check_tables(s) if c.name == "table near")
@@ -56,17 +56,27 @@ def test_a_late_row_with_a_far_ttl_is_a_warning_until_the_next_cycle_adds_it(mak
     assert check.status == "ok", check
 
 
-def test_the_newer_of_sweep_and_reconcile_counts_and_its_oldest_row_bounds_the_headroom():
-    hour = (int(time.time()) - 20 * H) // H * H
-    cycle = (200.0, [{"table": "a", "late_checked": True, "late_rows_left": 4, "late_oldest_ns": hour * NS},
-                     {"table": "b", "late_checked": False, "late_rows_left": 0, "late_oldest_ns": None}])
-    reconcile = (100.0, [{"table": "a", "rows_left_missing": 0, "oldest_left_ns": None},
-                         {"table": "b", "rows_left_missing": 2, "oldest_left_ns": hour * NS}])
-    late = late_rows({}, cycle, reconcile)
-    assert late == {"a": LateRows(4, hour * NS, 200.0), "b": LateRows(2, hour * NS, 100.0)}
-    late = late_rows(late, (300.0, [{"table": "a", "late_checked": True, "late_rows_left": 0}]), reconcile)
-    assert late["a"].rows == 0 and late["b"].rows == 2  # the reconcile (older) does not undo the sweep
+def test_the_sweep_speaks_for_its_hours_and_the_reconcile_for_the_others():
+    now = int(time.time())
+    old_hour, recent = (now - 2 * DAY) // H * H * NS, (now - 2 * H) // H * H * NS
+    since = (now - 3 * H) * NS
+    reconcile = (100.0, [{"table": "a", "left_buckets": [[old_hour, 1], [recent, 2]]}])
+    late = late_rows({}, (None, []), reconcile)
+    assert (late["a"].rows, late["a"].oldest_ns) == (3, old_hour)
+    # a newer cycle swept the last 3 h and added the recent ones: the two-day-old row is still missing
+    cycle = (200.0, [{"table": "a", "late_checked": True, "late_rows_left": 0, "late_since_ns": since}])
+    late = late_rows(late, cycle, reconcile)
+    assert (late["a"].rows, late["a"].oldest_ns) == (1, old_hour), late
+    # a sweep that left one of its own; then one whose offload failed (not checked) changes nothing
+    cycle = (300.0, [{"table": "a", "late_checked": True, "late_rows_left": 4, "late_oldest_ns": recent,
+                      "late_since_ns": since}])
+    late = late_rows(late, cycle, reconcile)
+    assert late["a"].rows == 5
+    assert late_rows(late, (400.0, [{"table": "a", "late_checked": False}]), reconcile)["a"].rows == 5
+    # a newer reconcile speaks for every hour
+    late = late_rows(late, cycle, (500.0, [{"table": "a", "left_buckets": []}]))
+    assert (late["a"].rows, late["a"].oldest_ns) == (0, None)
     st = TableStatus("b", "bronze", "b", ttl_span_seconds=DAY, ttl_deadline=time.time() + 5 * DAY,
-                     late_rows=2, late_oldest_ns=hour * NS)
+                     late_rows=2, late_oldest_ns=(now - 20 * H) // H * H * NS)
     derive(st, time.time())
     assert 3 * H < st.ttl_headroom_seconds < 5 * H, st.ttl_headroom_seconds  # the late hour's, not pending's

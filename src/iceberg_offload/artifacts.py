@@ -10,14 +10,44 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 
+HOUR_NS = 3600 * 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one late-row sweep or reconcile left missing: (hour start ns, rows) per hour."""
+
+    at: float  # when it reported
+    left: tuple[tuple[int, int], ...]
+    since_ns: int | None = None
+    """A sweep's first hour (it looked at no hour before; None: at none). A reconcile looked at all."""
+
 
 @dataclass(frozen=True)
 class LateRows:
-    """Rows behind the watermark the newest late-row sweep (each cycle) or daily reconcile left missing."""
+    """Rows behind the watermark the newest sweep (each cycle, `late_lookback_seconds`) and the newest daily
+    reconcile left missing: the sweep speaks for the hours it looked at, the reconcile for the others, and
+    for all of them when it is the newer."""
 
-    rows: int
-    oldest_ns: int | None
-    at: float  # when that sweep or reconcile reported
+    sweep: Report | None = None
+    reconcile: Report | None = None
+
+    @property
+    def _left(self) -> list[tuple[int, int]]:
+        sweep, rec = self.sweep, self.reconcile
+        if sweep is None or (rec is not None and rec.at >= sweep.at):
+            return list(rec.left) if rec is not None else []
+        first = None if sweep.since_ns is None else sweep.since_ns // HOUR_NS * HOUR_NS
+        older = [b for b in rec.left if first is None or b[0] < first] if rec is not None else []
+        return list(sweep.left) + older
+
+    @property
+    def rows(self) -> int:
+        return sum(n for _, n in self._left)
+
+    @property
+    def oldest_ns(self) -> int | None:
+        return min((start for start, n in self._left if n), default=None)
 
 
 RECONCILE_METRICS = (
@@ -31,20 +61,27 @@ RECONCILE_METRICS = (
 
 
 def late_rows(known: dict[str, LateRows], cycle: tuple[float | None, list[dict[str, Any]]],
-               reconcile: tuple[float | None, list[dict[str, Any]]]) -> dict[str, LateRows]:
-    """Per table, the newer of the last cycle's sweep and the last reconcile; a table whose sweep did not run
-    (its offload failed) keeps what was known."""
+              reconcile: tuple[float | None, list[dict[str, Any]]]) -> dict[str, LateRows]:
+    """Per table, the newest sweep (from the last cycle's artifact: a table whose sweep did not run, its
+    offload having failed, keeps the one known) and the newest reconcile."""
     out = dict(known)
-    for (at, rows), left, oldest, ran in ((cycle, "late_rows_left", "late_oldest_ns", "late_checked"),
-                                          (reconcile, "rows_left_missing", "oldest_left_ns", None)):
-        for row in rows:
+    for kind, (at, rows) in (("sweep", cycle), ("reconcile", reconcile)):
+        for row in rows if at is not None else []:
+            assert at is not None
             name = str(row.get("table"))
-            if at is None or (ran is not None and not row.get(ran)) or (name in out and out[name].at > at):
+            old = out.get(name, LateRows())
+            prev = old.sweep if kind == "sweep" else old.reconcile
+            if (prev is not None and prev.at >= at) or (kind == "sweep" and not row.get("late_checked")):
                 continue
             with contextlib.suppress(TypeError, ValueError):
-                first = row.get(oldest)
-                out[name] = LateRows(int(row.get(left) or 0), int(first) if first is not None else None, at)
+                out[name] = LateRows(_sweep(at, row), old.reconcile) if kind == "sweep" else \
+                    LateRows(old.sweep, Report(at, tuple((int(t), int(n)) for t, n in row.get("left_buckets") or ())))
     return out
+
+
+def _sweep(at: float, row: dict[str, Any]) -> Report:
+    first, n, since = row.get("late_oldest_ns"), int(row.get("late_rows_left") or 0), row.get("late_since_ns")
+    return Report(at, ((int(first), n),) if first is not None and n else (), int(since) if since is not None else None)
 
 
 def reconcile_metrics(rows: list[dict[str, Any]]) -> Iterator[GaugeMetricFamily]:

@@ -202,8 +202,9 @@ def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
 
 RECONCILE_FIGURES = ("rows_missing", "buckets_missing", "buckets_duplicates", "buckets_repaired",
                      "buckets_skipped_ttl", "buckets_skipped_cold_ahead", "rows_added", "duplicate_rows_removed",
-                     "rows_left_missing", "oldest_left_ns")
-LATE_FIGURES = ("late_checked", "late_rows", "late_rows_added", "late_rows_left", "late_oldest_ns")
+                     "rows_left_missing", "oldest_left_ns", "left_buckets")
+LATE_FIGURES = ("late_checked", "late_rows", "late_rows_added", "late_rows_left", "late_oldest_ns",
+                "late_since_ns")
 """The cycle's late-row sweep, per table (the exporter's offload_late_rows and TTL headroom read them)."""
 
 

@@ -60,6 +60,7 @@ class TableResult:
     late_rows_left: int = 0  # of those, still missing after it (skipped, or the sweep failed)
     late_oldest_ns: int | None = None  # start of the oldest hour still missing rows
     late_checked: bool = False  # the sweep ran (the figures above are this cycle's)
+    late_since_ns: int | None = None  # the first key it compared (None: it compared nothing)
     late_error: dict[str, Any] | None = None  # the sweep's own failure (the offload itself went through)
     view: str | None = None  # the hot + cold view re-pointed after this cycle (one exists)
     view_error: dict[str, Any] | None = None  # it could not be: it stays at the old watermark (the cycle: partial)
@@ -213,7 +214,7 @@ def _sweep_late_rows(settings: Settings, cfg: TableSettings, source: Source, sin
     reconcile; its rules hold: never a bucket the TTL may be deleting, never shrinking cold)."""
     assert result.watermark_after is not None
     result.late_checked = True
-    since = late_since(settings, cfg, sink, int(result.watermark_after["ts_ns"]))
+    since = result.late_since_ns = late_since(settings, cfg, sink, int(result.watermark_after["ts_ns"]))
     if since is None:
         return
     rec = repair_buckets(settings, cfg, source, sink, apply=True, values=False, since_ns=since)

@@ -65,6 +65,8 @@ class ReconcileResult:
     """Missing rows still missing after this reconcile (skipped, failed, or a preview)."""
     oldest_left_ns: int | None = None
     """Start of the oldest hour still missing rows: the TTL deletes them from there first."""
+    left_buckets: list[list[int]] = field(default_factory=list)
+    """[hour start ns, rows] of each hour still missing rows."""
     rows_deleted: int = 0
     rows_written: int = 0
     snapshot_id: int | None = None
@@ -95,6 +97,7 @@ def reconcile(settings: Settings, cfg: TableSettings, source: Source, sink: Sink
     left = [b for b in res.buckets if b["missing"] and not (res.applied and b["action"] == "repair")]
     res.rows_left_missing = sum(b["missing"] for b in left)
     res.oldest_left_ns = min((b["start_ns"] for b in left), default=None)
+    res.left_buckets = [[b["start_ns"], b["missing"]] for b in left]
     return res
 
 
