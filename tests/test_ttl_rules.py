@@ -175,3 +175,23 @@ def test_a_long_column_ttl_is_accepted_and_counted_in_the_headroom(make_settings
     assert st.column_ttl == {"v": "toDateTime(ts) + toIntervalDay(3)"}, st.column_ttl
     assert 1.5 * DAY < st.ttl_headroom_seconds < 2.5 * DAY, st.ttl_headroom_seconds  # the column TTL comes first
     assert run_cycle(s).tables[0].rows == 5
+
+
+def test_values_a_column_ttl_reset_are_not_repaired_into_iceberg(make_settings):
+    from conftest import cold
+    from iceberg_offload.repair import reconcile_all
+
+    s = make_settings([{"source": "reset", "timestamp_column": "ts"}], settle_seconds=0)
+    with clickhouse(s) as ch:
+        ch.command("CREATE TABLE k2.reset (ts DateTime64(3), v UInt32 TTL toDateTime(ts) + INTERVAL 3 HOUR) "
+                   "ENGINE = MergeTree ORDER BY ts")
+        ch.command("INSERT INTO k2.reset SELECT now64(3) - INTERVAL 150 MINUTE + toIntervalSecond(number), 42 "
+                   "FROM numbers(10)")
+    assert run_cycle(s).tables[0].rows == 10  # 3 h is longer than a row waits here
+    with clickhouse(s) as ch:
+        ch.command("ALTER TABLE k2.reset MODIFY COLUMN v UInt32 TTL toDateTime(ts) + INTERVAL 1 HOUR")
+        ch.command("OPTIMIZE TABLE k2.reset FINAL")  # the merge resets v to its default
+        assert ch.rows("SELECT DISTINCT v FROM k2.reset") == [(0,)]
+    rec = reconcile_all(s, apply=True, values=True)[0]
+    assert rec.buckets_skipped_ttl >= 1 and rec.rows_changed == 10, rec.as_dict()
+    assert set(cold(s, "reset").column("v").to_pylist()) == {42}  # the values written, not the defaults

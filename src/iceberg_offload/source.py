@@ -61,6 +61,15 @@ class TableInfo:
     merge, so a row offloaded later carries the default. Each is a deadline for the TTL check and headroom."""
 
     @property
+    def deadline(self) -> str | None:
+        """A bound on when any row is deleted or loses a value: the earliest of the table TTL (WHERE ignored)
+        and every column TTL. None: no TTL deletes or resets anything."""
+        exprs = ([self.ttl] if self.ttl else []) + [e for _, e in self.column_ttls]
+        if len(exprs) <= 1:
+            return exprs[0] if exprs else None
+        return "least(" + ", ".join(f"toDateTime({e})" for e in exprs) + ")"
+
+    @property
     def row_deadline(self) -> str | None:
         """When a given row is deleted or loses a value: the earliest of the table TTL (per row) and every
         column TTL. None: no TTL deletes or resets anything."""
