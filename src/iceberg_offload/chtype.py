@@ -24,28 +24,48 @@ class CHType:
         return f"{self.name}({', '.join(self.args)})" if self.args else self.name
 
 
-def split_top_level(text: str) -> list[str]:
-    """Split on commas outside parentheses and quotes."""
-    parts, depth, quote_char, cur = [], 0, "", []
+def top_level(text: str) -> str:
+    """`text` with every character inside a quoted literal or identifier ('…', `…`, "…", with backslash escapes)
+    or inside parentheses replaced by NUL, the same length: a keyword or comma found in it is at the top level,
+    never inside a string, a quoted name or a function's arguments."""
+    out, depth, quote_char, escaped = [], 0, "", False
     for ch in text:
         if quote_char:
-            cur.append(ch)
-            if ch == quote_char:
+            out.append("\0")
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote_char:
                 quote_char = ""
             continue
         if ch in "'`\"":
             quote_char = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append("".join(cur).strip())
-            cur = []
+            out.append("\0")
             continue
-        cur.append(ch)
-    if cur:
-        parts.append("".join(cur).strip())
+        if ch == ")":
+            depth -= 1
+        out.append(ch if depth <= 0 else "\0")
+        if ch == "(":
+            depth += 1
+    return "".join(out)
+
+
+def find_keyword(text: str, keyword: str, start: int = 0, masked: str | None = None) -> re.Match[str] | None:
+    """The first top-level `keyword` (words separated by any space, any case) in `text` from `start`, or None."""
+    words = r"\s+".join(map(re.escape, keyword.split()))
+    return re.compile(rf"(?<!\S){words}(?!\S)", re.I).search(masked or top_level(text), start)
+
+
+def split_top_level(text: str) -> list[str]:
+    """Split on commas outside parentheses and quotes (backslash escapes honoured)."""
+    parts, last = [], 0
+    for i, ch in enumerate(top_level(text)):
+        if ch == ",":
+            parts.append(text[last:i].strip())
+            last = i + 1
+    if text[last:]:
+        parts.append(text[last:].strip())
     return parts
 
 

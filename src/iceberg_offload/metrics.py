@@ -98,8 +98,8 @@ class Exporter(Collector):
         for name, st in snap.tables.items():  # keep the last hot values while the engine is busy
             old = previous.get(name)
             if old is not None and st.hot_rows is None:
-                for attr in ("hot_rows", "oldest_hot", "newest_hot", "pending_rows", "ttl", "ttl_deadline",
-                             "ttl_span_seconds"):
+                for attr in ("hot_rows", "oldest_hot", "newest_hot", "pending_rows", "ttl", "column_ttl",
+                             "ttl_deadline", "ttl_span_seconds"):
                     setattr(st, attr, getattr(old, attr))
         self._refresh_prefect(snap)
         for name, late in snap.late.items():

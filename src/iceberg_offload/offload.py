@@ -121,7 +121,7 @@ def offload_table(settings: Settings, cfg: TableSettings, source: Source, sink: 
 def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, run_id: str, now_ns: int,
              progress: Progress | None, result: TableResult) -> None:
     plan = TablePlan.build(source, cfg)
-    plan.check_ttl(settings, plan.ttl_span(source))
+    plan.check_ttl(settings, plan.ttl_spans(source))
     existing = sink.load(cfg.target)
     if existing is not None:  # before the schema evolves: a refused config changes nothing
         plan.check_source(existing)

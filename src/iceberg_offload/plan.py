@@ -25,6 +25,19 @@ SOURCE = f"{PREFIX}watermark.source"
 watermark (repair, compaction, expiry, `watermark set`) carries these too."""
 
 
+TTL_SAMPLE_ROWS = 10000
+"""A TTL that reads other columns than the timestamp is evaluated on this many of the table's newest rows."""
+
+
+@dataclass(frozen=True)
+class TTLSpan:
+    column: str | None
+    """None: the table TTL; else the column a column TTL resets."""
+    expr: str
+    span: float | None
+    """Seconds the deadline keeps a row after its timestamp, at the least (None: unknown, nothing to lose)."""
+
+
 @dataclass(frozen=True)
 class TablePlan:
     """What the offload of one table reads and writes, derived from ClickHouse and the config."""
@@ -113,41 +126,83 @@ class TablePlan:
                 f"move the watermark in the new terms: iceberg-offload watermark set --table {self.cfg.target} "
                 f"--to <time> (it records the new key)")
 
+    def ttl_spans(self, source: Source) -> list[TTLSpan]:
+        """How long each deadline keeps a row: the table TTL (column None) and every column TTL (past it, the
+        column is reset to its default). A span None: nothing to lose (an unevaluable TTL on an empty table)."""
+        deadlines = ([(None, self.info.ttl)] if self.info.ttl else []) + list(self.info.column_ttls)
+        return [TTLSpan(col, expr, self._span(source, col, expr)) for col, expr in deadlines]
+
     def ttl_span(self, source: Source) -> float | None:
-        """The shortest time the table's TTL keeps a row, ClickHouse evaluating the TTL expression on rows
-        stamped over the next day (None: no TTL, or the expression needs columns other than the timestamp)."""
-        if not self.info.ttl:
-            return None
+        """The shortest of ttl_spans (None: no TTL)."""
+        return min((x.span for x in self.ttl_spans(source) if x.span is not None), default=None)
+
+    def _span(self, source: Source, column: str | None, expr: str) -> float | None:
+        """The shortest time `expr` keeps a row, ClickHouse evaluating it on rows stamped over the next day;
+        when it needs other columns than the timestamp, on the table's newest rows. Never "no TTL" for a TTL
+        that could not be read while the table holds rows: TTLTooShort (the check cannot be made)."""
         ts, n = quote(self.cfg.timestamp_column), self.key.aliases.name("n")
         # rows stamped at every minute of a day from now: a TTL rounded to an hour or a day keeps the row
         # stamped just before the boundary the least time, and that is the one that must not be lost
         stamps = self.key.ts_literal_of(f"{time.time_ns() // NS * NS} + {n} * {60 * NS}")
         try:
-            rows = source.rows(f"SELECT min(toInt64(toUnixTimestamp(toDateTime({self.info.ttl}))) - "
+            rows = source.rows(f"SELECT min(toInt64(toUnixTimestamp(toDateTime({expr}))) - "
                                f"toInt64(toUnixTimestamp({ts}))) FROM (SELECT {stamps} AS {ts} FROM "
                                f"(SELECT number AS {n} FROM numbers(1440)))")
+            return float(rows[0][0])
         except SourceError:
-            return None
-        return float(rows[0][0])
+            pass
+        tsql = self.info.qualified + (" FINAL" if self.cfg.final else "")
+        try:  # the TTL reads other columns: the rows most recently written, the next to wait for a window
+            rows = source.rows(f"SELECT count(), min(toInt64(toUnixTimestamp(toDateTime({expr}))) - "
+                               f"toInt64(intDiv({self.key.ts_ms_of(ts)}, 1000))) FROM (SELECT * FROM {tsql} "
+                               f"ORDER BY {self.key.order_by(desc=True)} LIMIT {TTL_SAMPLE_ROWS})")
+            return float(rows[0][1]) if rows[0][0] else None
+        except SourceError as exc:
+            if not source.rows(f"SELECT count() FROM (SELECT 1 FROM {tsql} LIMIT 1)")[0][0]:
+                return None  # nothing the TTL could delete yet
+            what = f"the column TTL of {column!r}" if column else "the TTL"
+            raise TTLTooShort(
+                f"{self.cfg.target}: {what} of {self.info.qualified} ({expr}) could not be evaluated, neither on "
+                f"rows stamped from now nor on the table's newest rows ({exc.args[0] if exc.args else exc}): "
+                f"the TTL check cannot tell whether ClickHouse deletes (or resets) a row before it is offloaded, "
+                f"so it refuses; nothing was read",
+                f"make the TTL an expression ClickHouse evaluates on the table's rows (ALTER TABLE "
+                f"{self.info.qualified} MODIFY TTL toDateTime({ts}) + INTERVAL <n> DAY), or check it by hand "
+                f"and remove it; report the expression if ClickHouse accepts it and this is wrong") from exc
 
-    def check_ttl(self, settings: Settings, span: float | None) -> None:
-        """Refuse a TTL that deletes a row before it can be offloaded: a row waits settle_seconds (and
-        closed_after_seconds) before it is in a window, then up to a schedule interval for the next cycle."""
-        if span is None:
+    def check_ttl(self, settings: Settings, spans: list[TTLSpan]) -> None:
+        """Refuse a TTL that deletes a row (or a column TTL that resets a value) before it can be offloaded: a
+        row waits settle_seconds (and closed_after_seconds) before it is in a window, then up to a schedule
+        interval for the next cycle. The shortest deadline is named."""
+        known = [x for x in spans if x.span is not None]
+        if not known:
             return
+        short = min(known, key=lambda x: x.span or 0.0)
+        span = short.span or 0.0
         settle, closed = settings.offload.settle_seconds, self.cfg.closed_after_seconds
         interval = schedule_interval(settings)
         need = settle + closed + interval + WAIT_MARGIN_SECONDS
         if span > need:
             return
         ts = quote(self.cfg.timestamp_column)
+        wait = (f"but a row waits up to settle_seconds {settle} + closed_after_seconds {closed} + the schedule "
+                f"interval {interval} s (+ {WAIT_MARGIN_SECONDS} s margin) before it is offloaded")
+        lower = "or lower settle_seconds / closed_after_seconds / the schedule interval"
+        if short.column is None:
+            raise TTLTooShort(
+                f"{self.cfg.target}: the ClickHouse TTL ({short.expr}) deletes a row {span:.0f} s after its "
+                f"timestamp, {wait}: ClickHouse would delete it first; nothing was read",
+                f"lengthen the TTL (ALTER TABLE {self.info.qualified} MODIFY TTL toDateTime({ts}) + INTERVAL "
+                f"{_round_up(need)} SECOND), {lower}")
+        col = quote(short.column)
+        ctype = dict(self.info.columns).get(short.column, "<type>")
         raise TTLTooShort(
-            f"{self.cfg.target}: the ClickHouse TTL ({self.info.ttl}) deletes a row {span:.0f} s after its "
-            f"timestamp, but a row waits up to settle_seconds {settle} + closed_after_seconds {closed} + the "
-            f"schedule interval {interval} s (+ {WAIT_MARGIN_SECONDS} s margin) before it is offloaded: ClickHouse "
-            f"would delete it first; nothing was read",
-            f"lengthen the TTL (ALTER TABLE {self.info.qualified} MODIFY TTL toDateTime({ts}) + INTERVAL "
-            f"{_round_up(need)} SECOND), or lower settle_seconds / closed_after_seconds / the schedule interval")
+            f"{self.cfg.target}: the ClickHouse column TTL of {short.column!r} ({short.expr}) resets the column "
+            f"to its default {span:.0f} s after a row's timestamp, {wait}: Iceberg would receive the default, "
+            f"not the value written; nothing was read",
+            f"lengthen the column TTL (ALTER TABLE {self.info.qualified} MODIFY COLUMN {col} {ctype} TTL "
+            f"toDateTime({ts}) + INTERVAL {_round_up(need)} SECOND) or remove it (MODIFY COLUMN {col} REMOVE "
+            f"TTL), {lower}")
 
     def window(self, settings: Settings, lower: Watermark | None, now_ns: int) -> Window:
         return Window(lower, upper_bound(now_ns, settings.offload.settle_seconds, self.cfg.closed_after_seconds))

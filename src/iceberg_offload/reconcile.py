@@ -160,8 +160,9 @@ def expiring_hours(plan: TablePlan, source: Source, starts: list[int], margin: i
     """Buckets the hot tier may no longer hold completely, on a table with a TTL: those whose first instant
     is past (or within `margin` of) its TTL, ClickHouse evaluating the TTL expression on it. When the
     expression needs other columns, every bucket at or before the hot tier's oldest hour. Without a TTL
-    nothing expires by itself; rows deleted by hand are caught by the subset rule (cold keys hot lacks)."""
-    ttl = plan.info.ttl
+    nothing expires by itself; rows deleted by hand are caught by the subset rule (cold keys hot lacks).
+    A column TTL counts too: past it the hot tier holds the column's default, not the value cold holds."""
+    ttl = plan.info.deadline
     if not ttl or not starts:
         return set()
     ts = quote(plan.cfg.timestamp_column)

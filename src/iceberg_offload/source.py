@@ -56,6 +56,27 @@ class TableInfo:
     ttl_row: str | None = None
     """When the TTL deletes this row: as `ttl`, but a `DELETE WHERE` rule counts only for the rows its
     condition matches (a row no rule matches: 2106-02-07, the last DateTime, i.e. never)."""
+    column_ttls: tuple[tuple[str, str], ...] = ()
+    """(column, TTL expression) of each column TTL: past it, ClickHouse resets the column to its default at a
+    merge, so a row offloaded later carries the default. Each is a deadline for the TTL check and headroom."""
+
+    @property
+    def deadline(self) -> str | None:
+        """A bound on when any row is deleted or loses a value: the earliest of the table TTL (WHERE ignored)
+        and every column TTL. None: no TTL deletes or resets anything."""
+        exprs = ([self.ttl] if self.ttl else []) + [e for _, e in self.column_ttls]
+        if len(exprs) <= 1:
+            return exprs[0] if exprs else None
+        return "least(" + ", ".join(f"toDateTime({e})" for e in exprs) + ")"
+
+    @property
+    def row_deadline(self) -> str | None:
+        """When a given row is deleted or loses a value: the earliest of the table TTL (per row) and every
+        column TTL. None: no TTL deletes or resets anything."""
+        exprs = ([self.ttl_row or self.ttl] if self.ttl else []) + [e for _, e in self.column_ttls]
+        if len(exprs) <= 1:
+            return exprs[0] if exprs else None
+        return "least(" + ", ".join(f"toDateTime({e})" for e in exprs) + ")"
 
     @property
     def qualified(self) -> str:
@@ -267,7 +288,7 @@ class Source:
     def table_info(self, table: str) -> TableInfo:
         db = literal(self.database)
         found = self.rows(
-            f"SELECT engine, sorting_key, engine_full, toString(uuid) FROM system.tables "
+            f"SELECT engine, sorting_key, engine_full, toString(uuid), create_table_query FROM system.tables "
             f"WHERE database = {db} AND name = {literal(table)}"
         )
         if not found:
@@ -281,7 +302,7 @@ class Source:
                 fix = ("point [source] dsn at the engine folder that holds it (a relative path is resolved "
                        "against the config file's folder), or " + fix)
             raise SourceError(f"ClickHouse table {self.database}.{table} does not exist in the {where}", fix)
-        engine, sorting_key, engine_full, uuid = found[0]
+        engine, sorting_key, engine_full, uuid, create_query = found[0]
         cols = self.rows(
             f"SELECT name, type FROM system.columns WHERE database = {db} AND table = {literal(table)} "
             f"ORDER BY position"
@@ -289,7 +310,8 @@ class Source:
         bound, per_row = _ttl_expressions(engine_full)
         return TableInfo(self.database, table, engine, sorting_key, bound,
                          tuple((str(n), str(t)) for n, t in cols),
-                         "" if uuid == "00000000-0000-0000-0000-000000000000" else str(uuid), per_row)
+                         "" if uuid == "00000000-0000-0000-0000-000000000000" else str(uuid), per_row,
+                         _column_ttls(str(create_query)))
 
     @contextlib.contextmanager
     def _translate(self, sql: str) -> Iterator[None]:
@@ -334,35 +356,55 @@ NEVER = "toDateTime(4294967295, 'UTC')"
 """The last DateTime: the deadline of a row no deleting rule matches."""
 
 
+_SET_MORE = re.compile(r"\s*(`(?:[^`\\]|\\.)*`|[A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)")
+"""After a comma in a rule's `GROUP BY … SET` list: the next `name = aggregate(…)` assignment, not a new rule."""
+
+
+def _ttl_rules(clause: str) -> list[str]:
+    """The rules of a TTL clause, split on the top-level commas between them: a comma inside a literal or
+    parentheses, or between the assignments of a rollup's `SET v = max(v), w = sum(w)`, does not end a rule."""
+    from .chtype import find_keyword, top_level
+
+    masked, rules, last = top_level(clause), [], 0
+    for i, ch in enumerate(masked):
+        if ch != ",":
+            continue
+        if find_keyword(clause[last:i], "SET", masked=masked[last:i]) and _SET_MORE.match(clause, i + 1):
+            continue  # the rollup's next assignment
+        rules.append(clause[last:i].strip())
+        last = i + 1
+    rules.append(clause[last:].strip())
+    return [r for r in rules if r]
+
+
 def _ttl_expressions(engine_full: str) -> tuple[str | None, str | None]:
     """(a bound on when ClickHouse may delete any row, when it deletes a given row), from the TTL rules in
     `engine_full`. Every rule that removes rows counts (`DELETE`, the default, with or without `WHERE`, and
     `GROUP BY` rollups, which replace rows) and the earliest wins (`least(...)`); moves (`TO DISK`/`TO
     VOLUME`) and `RECOMPRESS` do not. The bound ignores `WHERE` (it must hold for a row of any content: the
-    plan's TTL check); the per-row deadline applies it, so a row that no rule matches is never deleted."""
-    from .chtype import split_top_level
+    plan's TTL check); the per-row deadline applies it, so a row that no rule matches is never deleted.
+    Keywords and commas count only outside string literals, quoted names and parentheses."""
+    from .chtype import find_keyword, top_level
 
-    marker = " TTL "
-    pos = engine_full.find(marker)
-    if pos < 0:
+    masked = top_level(engine_full)
+    ttl = find_keyword(engine_full, "TTL", masked=masked)
+    if ttl is None:
         return None, None
-    rest = engine_full[pos + len(marker):]
-    end = rest.find(" SETTINGS ")
+    end = find_keyword(engine_full, "SETTINGS", ttl.end(), masked=masked)
     bounds, per_row = [], []
-    for rule in split_top_level(rest if end < 0 else rest[:end]):
-        padded = f" {rule} "
-        upper = padded.upper()
-        if any(f" {kw} " in upper for kw in ("TO DISK", "TO VOLUME", "RECOMPRESS")):
+    for rule in _ttl_rules(engine_full[ttl.end():end.start() if end else len(engine_full)]):
+        m = top_level(rule)
+        if any(find_keyword(rule, kw, masked=m) for kw in ("TO DISK", "TO VOLUME", "RECOMPRESS")):
             continue
-        cuts = [i for i in (upper.find(kw) for kw in (" WHERE ", " GROUP BY ", " DELETE ")) if i >= 0]
-        expr = padded[:min(cuts)].strip() if cuts else rule.strip()
+        cuts = [k.start() for k in (find_keyword(rule, kw, masked=m) for kw in ("WHERE", "GROUP BY", "DELETE")) if k]
+        expr = rule[:min(cuts)].strip() if cuts else rule.strip()
         if not expr:
             continue
         bounds.append(expr)
-        where = upper.find(" WHERE ")
-        if where >= 0:
-            group = upper.find(" GROUP BY ", where)
-            cond = padded[where + len(" WHERE "):group if group >= 0 else len(padded)].strip()
+        where = find_keyword(rule, "WHERE", masked=m)
+        if where is not None:
+            group = find_keyword(rule, "GROUP BY", where.end(), masked=m)
+            cond = rule[where.end():group.start() if group else len(rule)].strip()
             per_row.append(f"if({cond}, toDateTime({expr}), {NEVER})")
         else:
             per_row.append(expr)
@@ -370,6 +412,38 @@ def _ttl_expressions(engine_full: str) -> tuple[str | None, str | None]:
         return (bounds[0], per_row[0]) if bounds else (None, None)
     return tuple("least(" + ", ".join(f"toDateTime({d})" for d in exprs) + ")"  # type: ignore[return-value]
                  for exprs in (bounds, per_row))
+
+
+_NOT_A_COLUMN = re.compile(r"(INDEX|PROJECTION|CONSTRAINT|PRIMARY\s+KEY|STATISTICS)\s", re.I)
+_COLUMN_NAME = re.compile(r"\s*(`(?:[^`\\]|\\.)*`|[A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _column_ttls(create_table_query: str) -> tuple[tuple[str, str], ...]:
+    """(column, TTL expression) for each column TTL in `create_table_query` (`v UInt32 TTL toDateTime(ts) +
+    toIntervalHour(1)`): ClickHouse resets the column to its default once the TTL passes (at a merge), so a
+    row offloaded after it carries the default, not the value written. engine_full does not hold them."""
+    from .chtype import find_keyword, split_top_level, top_level
+
+    open_at = top_level(create_table_query).find("(")
+    if open_at < 0:
+        return ()
+    close_at = top_level(create_table_query).find(")", open_at)
+    found = []
+    for col in split_top_level(create_table_query[open_at + 1:close_at if close_at > 0 else None]):
+        name = _COLUMN_NAME.match(col)
+        if _NOT_A_COLUMN.match(col) or name is None:
+            continue
+        m = top_level(col)
+        ttl = find_keyword(col, "TTL", name.end(), masked=m)
+        if ttl is None:
+            continue
+        ends = [k.start() for k in (find_keyword(col, kw, ttl.end(), masked=m) for kw in
+                                    ("PRIMARY KEY", "SETTINGS", "STATISTICS", "COMMENT", "CODEC")) if k]
+        column = name.group(1)
+        if column.startswith("`"):
+            column = re.sub(r"\\(.)", r"\1", column[1:-1])
+        found.append((column, col[ttl.end():min(ends, default=len(col))].strip()))
+    return tuple(found)
 
 
 def _client(settings: SourceSettings) -> Any:

@@ -40,6 +40,9 @@ class TableStatus:
     newest_hot: str | None = None
     pending_rows: int | None = None
     ttl: str | None = None
+    column_ttl: dict[str, str] | None = None
+    """Column TTLs, column to expression: past one, ClickHouse resets the column to its default (the headroom
+    and the TTL check count them as deadlines)."""
     ttl_headroom_seconds: float | None = None
     ttl_deadline: float | None = None
     """Epoch seconds when the TTL deletes the oldest row not yet in Iceberg (None: nothing pending)."""
@@ -102,11 +105,14 @@ def hot_status(settings: Settings, cfg: TableSettings, source: Source, st: Table
     window = Window(wm, upper_bound(now, settings.offload.settle_seconds, cfg.closed_after_seconds))
     st.pending_rows = int(source.rows(count_query(tsql, cfg.final, key, window))[0][0])
     st.ttl = plan.info.ttl
-    if plan.info.ttl:
-        span = plan.ttl_span(source)  # from the expression: known also when the TTL left no row
-        st.ttl_deadline, rows_span = _ttl_bounds(source, tsql, key, wm, plan.info.ttl_row or plan.info.ttl)
+    st.column_ttl = dict(plan.info.column_ttls) or None
+    deadline = plan.info.row_deadline  # the table TTL per row, and every column TTL
+    if deadline:
+        spans = plan.ttl_spans(source)  # from the expressions: known also when the TTL left no row
+        span = min((x.span for x in spans if x.span is not None), default=None)
+        st.ttl_deadline, rows_span = _ttl_bounds(source, tsql, key, wm, deadline)
         st.ttl_span_seconds = min((x for x in (rows_span, span) if x is not None), default=None)
-        plan.check_ttl(settings, span)
+        plan.check_ttl(settings, spans)
     return plan
 
 
@@ -153,7 +159,7 @@ def _ttl_bounds(source: Source, tsql: str, key: Any, wm: Watermark | None, ttl: 
     """(when the TTL deletes the first row not yet offloaded, how long the TTL keeps the newest row), with
     the table's per-row TTL deadline: the earliest over every row waiting, not the oldest row's (a `WHERE`
     rule may spare it, or the TTL may be on another column)."""
-    ttl_s = f"toInt64(toUnixTimestamp({ttl}))"
+    ttl_s = f"toInt64(toUnixTimestamp(toDateTime({ttl})))"
     n, first = source.rows(f"SELECT count(), min({ttl_s}) FROM {tsql} WHERE {key.after(wm)}")[0]
     span = source.rows(f"SELECT {ttl_s} - toInt64(intDiv({key.ts_ms_of(quote(key.ts))}, 1000)) FROM {tsql} "
                        f"ORDER BY {key.order_by(desc=True)} LIMIT 1")
