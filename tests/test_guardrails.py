@@ -253,7 +253,8 @@ def test_the_sweep_looks_back_only_as_far_as_configured(make_settings):
 
 # -- found in review: TTL rules, rounded TTLs, schedules, watermark set edges ----------------------------
 def test_every_deleting_ttl_rule_counts():
-    from iceberg_offload.source import NEVER, _ttl_expressions
+    from iceberg_offload.ttl import NEVER
+    from iceberg_offload.ttl import ttl_expressions as _ttl_expressions
 
     def ttl(engine_full: str) -> str | None:
         return _ttl_expressions(engine_full)[0]

@@ -101,7 +101,9 @@ def test_a_long_rollup_with_several_assignments_is_read_whole(make_settings):
 
 
 def test_the_ttl_clause_is_read_outside_literals():
-    from iceberg_offload.source import NEVER, _column_ttls, _ttl_expressions
+    from iceberg_offload.ttl import NEVER
+    from iceberg_offload.ttl import column_ttls as _column_ttls
+    from iceberg_offload.ttl import ttl_expressions as _ttl_expressions
 
     head = "MergeTree ORDER BY (k, ts) TTL "
     hour, day = "toDateTime(ts) + toIntervalHour(1)", "toDateTime(ts) + toIntervalDay(30)"
