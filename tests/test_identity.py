@@ -172,7 +172,7 @@ def test_the_server_is_recorded_without_credentials():
     from iceberg_offload.identity import server_of
 
     assert server_of("http://offload:s3cret-pw@CH.example:8123/k2?password=x") == "http://ch.example:8123"
-    assert server_of("https://u:p@ch.example/k2") == "https://ch.example:8443"
+    assert server_of("https://u:p@ch.example:8443/k2") == "https://ch.example:8443"
     assert server_of("http://[::1]:9000") == "http://[::1]:9000"
 
 
@@ -203,3 +203,56 @@ def test_watermark_set_never_takes_another_source_into_an_older_table(make_setti
         set_watermark(us, "trades", (now - 60) * 1_000_000_000, None, apply=True)
     assert run_cycle(us).tables[0].error["type"] == "source_mismatch"
     assert cold(eu, "trades").num_rows == 3600
+
+
+def test_dsn_spellings_of_one_server_are_one_server_as_clickhouse_connect_reads_them():
+    """clickhouse-connect ignores the DSN scheme: https exactly on port 443 or 8443, port 8123 by default."""
+    from clickhouse_connect.driver import _parse_connection_params
+
+    from iceberg_offload.identity import server_of
+
+    same = [("clickhouse://ch1", "http://ch1:8123"), ("clickhouse+https://ch1:8443", "https://ch1:8443"),
+            ("clickhouse+http://u:p@CH1/k2", "http://ch1"), ("https://ch1", "http://ch1:8123"),
+            ("clickhouse+https://ch1", "http://ch1:8123"), ("http://ch1:443", "https://ch1:443")]
+    for a, b in same:
+        assert server_of(a) == server_of(b), (a, b)
+    assert server_of("http://ch1:8123") != server_of("http://ch2:8123")
+    assert server_of("https://ch1:8443") != server_of("http://ch1:8123")
+    for dsn in ("clickhouse://ch1", "https://ch1", "clickhouse+https://ch1:8443", "http://ch1:443", "ch1:9000",
+                "http://ch1:9000"):
+        host, _, _, port, _, interface = _parse_connection_params(None, None, "", None, None, None, False, dsn, {})
+        assert server_of(dsn) == f"{interface}://{host}:{port}", dsn  # what clickhouse-connect connects to
+
+
+def test_a_recorded_server_in_an_older_spelling_agrees_without_a_uuid():
+    from iceberg_offload.identity import SourceIdentity, server_of
+
+    old = SourceIdentity(server_of("clickhouse://ch1"), "k2", "trades", "")
+    assert old.agrees(SourceIdentity(server_of("http://ch1:8123"), "k2", "trades", ""))
+    assert old.agrees(SourceIdentity(server_of("http://ch1"), "k2", "trades", None))
+    assert not old.agrees(SourceIdentity(server_of("http://ch2"), "k2", "trades", None))
+    known = SourceIdentity("http://ch1:8123", "k2", "trades", "u-1")
+    assert known.agrees(SourceIdentity("http://ch9:8123", "k2", "trades", "u-1"))  # one UUID, one table
+    assert not known.agrees(SourceIdentity("http://ch1:8123", "k2", "trades", "u-2"))  # recreated
+    assert not known.agrees(SourceIdentity("http://ch1:8123", "k2", "trades", ""))  # recreated without a UUID
+    assert not known.agrees(SourceIdentity("http://ch9:8123", "k2", "trades", None))  # unknown UUID elsewhere
+    assert not known.agrees(SourceIdentity("http://ch9:8123", "k2", "other", "u-1"))
+
+
+def test_an_engine_folder_moved_to_another_disk_is_the_same_table(tmp_path):
+    """The engine folder (and its lock file) moved, the dsn updated: same database, table and UUID."""
+    import shutil
+
+    a = _settings(tmp_path, "a")
+    _trades(a, 100)
+    assert run_cycle(a).tables[0].rows == 100
+    uuid = _head(a)[2]["offload.source.uuid"]
+    assert uuid
+    shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
+    b = _settings(tmp_path, "b")
+    _trades(b, 50, seq0=100, start_ms=START_MS + 100_000, create=False)
+    res = run_cycle(b).tables[0]
+    assert res.status == "ok" and res.rows == 50, res.error
+    assert _cold_keys(b) == _hot_keys(b) and len(_cold_keys(b)) == 150  # nothing skipped, nothing twice
+    assert verify(b)[0].ok and status(b)[0].error is None
+    assert _head(b)[2]["offload.source.uuid"] == uuid

@@ -145,3 +145,25 @@ def test_a_view_that_cannot_be_re_pointed_is_a_reported_failure(etc, tmp_path, m
     assert "fix: free space on the engine's disk" in text
     monkeypatch.setattr(Source, "command", command)
     assert _view_keys(s) == list(range(1505))  # still exact: pinned to the old watermark, newer rows from hot
+
+
+def test_an_engine_folder_through_a_symlink_offloads(tmp_path, monkeypatch):
+    """/data -> /mnt/disk1: clickhouse-connect's chdb client starts the engine on the resolved path, and the
+    Arrow handle and the lock must ask for that same path (chdb refuses a second spelling)."""
+    from conftest import cold, keys_of
+    from iceberg_offload.offload import run_cycle
+
+    (tmp_path / "disk1").mkdir()
+    (tmp_path / "data").symlink_to(tmp_path / "disk1")
+    cfg = tmp_path / "offload.toml"
+    cfg.write_text(RELATIVE.format(data=tmp_path / "data"))
+    s = config.load(cfg, env={})
+    with clickhouse(s) as ch:
+        ch.command(TRADES_DDL.format(name="trades"))
+        insert_trades(ch, "trades", START_MS, 100)
+    res = run_cycle(s).tables[0]
+    assert res.status == "ok" and res.rows == 100, res.error
+    assert sorted(seq for (seq,) in keys_of(cold(s, "trades"), "seq")) == list(range(100))
+    assert (tmp_path / "disk1" / "ch").is_dir()
+    props = sink_for(s).load("trades").properties
+    assert props["offload.source.server"] == f"chdb://{tmp_path}/disk1/ch"

@@ -109,6 +109,26 @@ def test_lost_data_file_is_named_by_verify_and_run(offloaded, capsys):
     assert str(data) in t["error"]["message"]
 
 
+def test_lost_data_file_fails_doctors_warehouse_check_naming_it(offloaded, capsys):
+    files = sorted((_location(offloaded) / "data").rglob("*.parquet"))
+    assert len(files) >= 2, files
+    files[0].unlink()
+    capsys.readouterr()
+    code, report = run_cli(capsys, "doctor", "--config", offloaded.path)
+    warehouse = next(c for c in report["checks"] if c["name"] == "warehouse")
+    assert code == 1 and warehouse["status"] == "fail", warehouse
+    assert str(files[0]) in warehouse["saw"] and "a data file" in warehouse["saw"], warehouse
+    assert "docs/runbooks/warehouse-lost.md" in warehouse["fix"] and report["scenario"] == "warehouse lost"
+
+    for f in files[1:]:
+        f.unlink()
+    code, report = run_cli(capsys, "doctor", "--config", offloaded.path)
+    warehouse = next(c for c in report["checks"] if c["name"] == "warehouse")
+    assert code == 1 and warehouse["status"] == "fail", warehouse
+    assert f"{len(files)} of the {len(files)} data files" in warehouse["saw"], warehouse
+    assert str(files[0]) in warehouse["saw"] and str(files[1]) in warehouse["saw"], warehouse
+
+
 def test_doctor_without_a_stack_checks_the_engine_and_exits_0(offloaded, capsys):
     capsys.readouterr()
     code, report = run_cli(capsys, "doctor", "--config", offloaded.path)

@@ -5,7 +5,6 @@ written, and `adopt` records a new one deliberately."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -20,23 +19,26 @@ SERVER, DATABASE, TABLE, UUID = (f"{PREFIX}source.{k}" for k in ("server", "data
 KEYS = (SERVER, DATABASE, TABLE, UUID)
 """The Iceberg table properties that hold the source identity."""
 NO_UUID = "00000000-0000-0000-0000-000000000000"
-_DEFAULT_PORTS = {"http": 8123, "https": 8443}
+_TLS_PORTS = (443, 8443)
+"""clickhouse-connect (get_client(dsn=...)) ignores the DSN's scheme: it speaks https exactly when the port is
+one of these, and the port defaults to 8123 (http)."""
 
 
 def server_of(dsn: str) -> str:
-    """The server a DSN reads, without user, password or parameters: `chdb://<resolved engine path>` or
-    `scheme://host:port`."""
+    """The server a DSN reads, without user, password or parameters: `chdb://<resolved engine path>`, or
+    `http(s)://host:port` as clickhouse-connect reads it (so `clickhouse://ch1` is `http://ch1:8123`, and
+    `https://ch1:8443` the same as `clickhouse+https://ch1:8443`). A recorded server goes through it again."""
     path = chdb_path(dsn)
     if path is not None:
-        return "chdb://" + (path if path == ":memory:" else os.path.realpath(path))
+        return "chdb://" + path
     url = urlparse(dsn)
-    host = url.hostname or ""
+    host = url.hostname or "localhost"
     host = f"[{host}]" if ":" in host else host
     try:
-        port = url.port or _DEFAULT_PORTS.get(url.scheme)
+        port = url.port or 8123
     except ValueError:
-        port = None
-    return f"{url.scheme}://{host}" + (f":{port}" if port else "")
+        return f"{url.scheme}://{host}"
+    return f"{'https' if port in _TLS_PORTS else 'http'}://{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class SourceIdentity:
         props = table.properties
         if SERVER not in props:
             return None
-        return cls(props[SERVER], props.get(DATABASE, ""), props.get(TABLE, ""), props.get(UUID, ""))
+        return cls(server_of(props[SERVER]), props.get(DATABASE, ""), props.get(TABLE, ""), props.get(UUID, ""))
 
     def to_props(self) -> dict[str, str]:
         return {SERVER: self.server, DATABASE: self.database, TABLE: self.table, UUID: self.uuid or ""}
@@ -74,9 +76,14 @@ class SourceIdentity:
             and bool(self.uuid) and other.uuid is not None and other.uuid != self.uuid
 
     def agrees(self, other: SourceIdentity) -> bool:
-        """`other` (the configured source) is this one (the recorded); an unknown UUID is not compared."""
-        return (self.server, self.database, self.table) == (other.server, other.database, other.table) \
-            and not self.recreated(other)
+        """`other` (the configured source) is this one (the recorded): the same name and either the same UUID
+        (a UUID names one table: an engine folder moved, restored or mounted elsewhere, a server renamed, is
+        still it) or, where either UUID is unknown or empty, the same server."""
+        if (self.database, self.table) != (other.database, other.table):
+            return False
+        if self.uuid and other.uuid:
+            return self.uuid == other.uuid
+        return self.server == other.server and not self.recreated(other)
 
 
 def check(table: Table, configured: SourceIdentity, target: str) -> None:

@@ -189,10 +189,16 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def chdb_path(dsn: str) -> str | None:
-    """The on-disk path of an embedded DSN, None for a server DSN."""
+    """The on-disk path of an embedded DSN, symlinks resolved (None for a server DSN). clickhouse-connect's
+    chdb client starts the process's one embedded server on the resolved path and chdb refuses any other
+    spelling of it; so the Arrow handle, the lock and the identity all use this one."""
     if not dsn.startswith("chdb://"):
         return None
-    return dsn[len("chdb://"):] or ":memory:"
+    rest = dsn[len("chdb://"):]
+    if rest in ("", ":memory:"):
+        return ":memory:"
+    path, sep, query = rest.partition("?")
+    return os.path.realpath(path) + sep + query
 
 
 class Source:
