@@ -225,7 +225,6 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
     Moving forward skips rows (they are never offloaded); moving back offloads again the rows Iceberg
     already has (below the newest commit that wrote rows), which needs `reoffload`. A watermark after
     now - settle_seconds skips rows that have not even arrived yet, which needs `future`."""
-    import uuid
 
     from .window import Watermark
 
@@ -269,11 +268,7 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
                               "add --reoffload if those rows were removed from Iceberg first")
         return out
     if apply:
-        totals = last.totals if last is not None else (0, 0)
-        props = {**new.to_props(), **plan.lineage(), f"{PREFIX}run-id": f"watermark-set-{uuid.uuid4().hex[:8]}",
-                 f"{PREFIX}commit-id": f"watermark-set/{uuid.uuid4().hex[:12]}", f"{PREFIX}set-by": "watermark set",
-                 f"{PREFIX}rows-total": str(totals[0]), f"{PREFIX}commits-total": str(totals[1])}
-        sink.commit(table, iter(()), props, time.monotonic(), table_props=plan.identity.to_props())
+        _watermark_commit(sink, table, plan, new, last, "watermark set")
         out["applied"] = True
     return out
 
@@ -284,7 +279,6 @@ def adopt(settings: Settings, name: str, apply: bool) -> dict[str, Any]:
     table properties and, with a watermark, an empty commit carries the watermark in the new source's terms.
     The next run offloads the new source's rows above the watermark; rows at or below it are assumed to be
     in Iceberg already."""
-    import uuid
 
     cfg = settings.table(name)
     sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
@@ -318,10 +312,18 @@ def adopt(settings: Settings, name: str, apply: bool) -> dict[str, Any]:
         with catalog_errors(f"recording the source of {cfg.target}", sink.warehouse):
             table.transaction().set_properties(plan.identity.to_props()).commit_transaction()
     else:
-        totals = last.totals
-        props = {**wm.to_props(), **plan.lineage(), f"{PREFIX}run-id": f"adopt-{uuid.uuid4().hex[:8]}",
-                 f"{PREFIX}commit-id": f"adopt/{uuid.uuid4().hex[:12]}", f"{PREFIX}set-by": "adopt",
-                 f"{PREFIX}rows-total": str(totals[0]), f"{PREFIX}commits-total": str(totals[1])}
-        sink.commit(table, iter(()), props, time.monotonic(), table_props=plan.identity.to_props())
+        _watermark_commit(sink, table, plan, wm, last, "adopt")
     out["applied"] = True
     return out
+
+
+def _watermark_commit(sink: Sink, table: Any, plan: TablePlan, wm: Watermark, last: Commit | None, by: str) -> None:
+    """An empty commit carrying `wm` in the plan's terms (key, source) and the source identity; totals carried."""
+    import uuid
+
+    totals = last.totals if last is not None else (0, 0)
+    tag = by.replace(" ", "-")
+    props = {**wm.to_props(), **plan.lineage(), f"{PREFIX}run-id": f"{tag}-{uuid.uuid4().hex[:8]}",
+             f"{PREFIX}commit-id": f"{tag}/{uuid.uuid4().hex[:12]}", f"{PREFIX}set-by": by,
+             f"{PREFIX}rows-total": str(totals[0]), f"{PREFIX}commits-total": str(totals[1])}
+    sink.commit(table, iter(()), props, time.monotonic(), table_props=plan.identity.to_props())
