@@ -130,7 +130,11 @@ def test_worker_killed(healthy):
     assert report["scenario"] == "worker down", report
     assert "worker" in checks(report)["processes"]["saw"]
     done = recover_and_verify(healthy, "worker killed")
-    if report["ok"] is False:  # a check failed (not only the restart warning): the stack step waited for it
+    # a stack check still failing when recover looked (the supervisor may have healed it since doctor ran,
+    # on a busy machine): the stack step waited for it
+    from iceberg_offload.recover import STACK_CHECKS
+
+    if any(c["status"] == "fail" and c["name"] in STACK_CHECKS for c in done["before"]["checks"]):
         assert done["steps"][0]["name"] == "restart the stack", done["steps"]
 
 
