@@ -52,17 +52,17 @@ def _data_files(sink) -> list:
     return [t.file for t in sink.load("trades").scan().plan_files()]
 
 
-def test_compaction_rewrites_100_small_files_into_one_per_partition(make_settings):
-    s, cfg, sink = _offloaded(make_settings, 1000, 10, partition_by="hour", step_ms=10_800)  # 3 hours of rows
+def test_compaction_rewrites_40_small_files_into_one_per_partition(make_settings):
+    s, cfg, sink = _offloaded(make_settings, 400, 10, partition_by="hour", step_ms=27_000)  # 3 hours of rows
     table = sink.load("trades")
     keys_before = sorted(keys_of(table.scan().to_arrow(), "ts", "seq"))
     wm_before, last_before = sink.watermark(table)
     files_before = _data_files(sink)
     partitions = {str(f.partition) for f in files_before}
-    assert len(files_before) >= 100 and len(partitions) == 3
+    assert len(files_before) >= 40 and len(partitions) == 3
 
     preview = compact(s, cfg, sink, apply=False, min_files=5)
-    assert not preview.applied and preview.files_rewritten == len(files_before) and preview.rows_rewritten == 1000
+    assert not preview.applied and preview.files_rewritten == len(files_before) and preview.rows_rewritten == 400
     assert sink.load("trades").current_snapshot().snapshot_id == table.current_snapshot().snapshot_id
     assert len(_data_files(sink)) == len(files_before)
 
@@ -78,16 +78,16 @@ def test_compaction_rewrites_100_small_files_into_one_per_partition(make_setting
     assert head.props["offload.compact.files-removed"] == str(len(files_before))
     wm_after, last_after = sink.watermark(after)
     assert wm_after == wm_before and last_after.snapshot_id == head.snapshot_id  # carried by the compaction
-    assert last_after.totals == last_before.totals == (1000, 100)
-    assert after.current_snapshot().summary["total-records"] == "1000"
+    assert last_after.totals == last_before.totals == (400, 40)
+    assert after.current_snapshot().summary["total-records"] == "400"
     # nothing small is left in quantity: a second run has nothing to do
     assert compact(s, cfg, sink, apply=True, min_files=5).status == "nothing_to_do"
     # the next offload continues after the carried watermark, with the totals counted on
-    _more(s, 1000, 50, step_ms=10_800)
+    _more(s, 400, 50, step_ms=27_000)
     res = run_cycle(s).tables[0]
     assert (res.status, res.rows, res.commits) == ("ok", 50, 5)
-    _exactly_once(s, 1050)
-    assert sink.watermark(sink.load("trades"))[1].totals == (1050, 105)
+    _exactly_once(s, 450)
+    assert sink.watermark(sink.load("trades"))[1].totals == (450, 45)
 
 
 def test_compaction_leaves_partitions_with_few_small_files_alone(make_settings):
