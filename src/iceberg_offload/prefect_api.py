@@ -163,11 +163,6 @@ def crash_stuck_runs(settings: Settings, alive: Callable[[int], bool], message: 
     return names
 
 
-def latest_artifact_rows(settings: Settings, key: str) -> list[dict[str, Any]]:
-    """The rows of the newest table artifact with this key ([] when there is none)."""
-    return latest_artifact(settings, key)[1]
-
-
 def latest_artifact(settings: Settings, key: str) -> tuple[float | None, list[dict[str, Any]]]:
     """(when it was made, its rows) of the newest table artifact with this key ((None, []) when none)."""
     found = request(settings, "POST", "/artifacts/latest/filter",
