@@ -37,9 +37,9 @@ def main() -> None:
     (work / "offload.toml").write_text("\n".join(lines) + "\n")
 
     from iceberg_offload import config
-    from iceberg_offload.metrics import Exporter, serve
-    from iceberg_offload.offload import run_cycle
-    from iceberg_offload.source import open_source
+    from iceberg_offload.clickhouse.client import open_source
+    from iceberg_offload.engine.offload import run_cycle
+    from iceberg_offload.ops.metrics import Exporter, serve
 
     settings = config.load(work / "offload.toml", env={})
     start = (int(time.time()) - 3600) * 1000

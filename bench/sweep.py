@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from iceberg_offload import config
-from iceberg_offload.offload import run_cycle
-from iceberg_offload.source import open_source
+from iceberg_offload.clickhouse.client import open_source
+from iceberg_offload.engine.offload import run_cycle
 
 
 def main() -> None:

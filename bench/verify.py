@@ -40,8 +40,8 @@ sequence_column = "sequence_number"
 CHILD = """
 import json, sys, time
 from iceberg_offload import config
-from iceberg_offload.offload import run_cycle
-from iceberg_offload.reconcile import verify
+from iceberg_offload.engine.offload import run_cycle
+from iceberg_offload.engine.compare import verify
 settings = config.load(sys.argv[1], env={})
 what = sys.argv[2]
 start = time.perf_counter()

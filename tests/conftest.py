@@ -14,9 +14,9 @@ import pyarrow as pa
 import pytest
 
 from iceberg_offload import config
+from iceberg_offload.clickhouse.client import Source, open_source
 from iceberg_offload.config import Settings
-from iceberg_offload.sink import Sink, open_catalog
-from iceberg_offload.source import Source, open_source
+from iceberg_offload.iceberg.sink import Sink, open_catalog
 
 PG_DSN = os.environ.get("OFFLOAD_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/")
 

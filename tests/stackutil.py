@@ -15,8 +15,8 @@ from typing import Any
 
 from conftest import TRADES_DDL, _toml, insert_trades
 from iceberg_offload import config
+from iceberg_offload.clickhouse.client import open_source
 from iceberg_offload.config import Settings
-from iceberg_offload.source import open_source
 
 ENV_BASE = {k: v for k, v in os.environ.items() if not k.startswith(("OFFLOAD", "PREFECT"))}
 ENV_BASE["PYTHONPATH"] = os.pathsep.join(sys.path)
@@ -98,7 +98,7 @@ def start_process(settings: Settings, args: list[str], log: Path, env: dict[str,
 
 
 def start_server(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    from iceberg_offload.stack import api_ready, server_argv_env
+    from iceberg_offload.orchestration.stack import api_ready, server_argv_env
 
     argv, env = server_argv_env(settings)
     env = {**ENV_BASE, **{k: v for k, v in env.items() if k.startswith("PREFECT")}}

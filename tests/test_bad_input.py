@@ -20,11 +20,13 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.io import pyarrow as pyarrow_io
 
 from conftest import TRADES_DDL, _pg_admin, clickhouse, cold, insert_trades, sink_for, trades_table
-from iceberg_offload import cli, config
+from iceberg_offload import config
+from iceberg_offload.cli import main as cli
+from iceberg_offload.clickhouse.client import Source, open_source
+from iceberg_offload.clickhouse.sql import quote
+from iceberg_offload.engine.offload import run_cycle
 from iceberg_offload.errors import SourceError, SourceUnavailable
-from iceberg_offload.maintain import referenced_files
-from iceberg_offload.offload import run_cycle
-from iceberg_offload.source import Source, open_source, quote
+from iceberg_offload.maintenance.orphans import referenced_files
 
 NOW_S = int(time.time())
 START_MS = (NOW_S - 3 * 3600) * 1000

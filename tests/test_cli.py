@@ -12,9 +12,9 @@ import time
 import pytest
 
 from conftest import TRADES_DDL, clickhouse, cold, insert_trades, sink_for, trades_table
-from iceberg_offload import cli
+from iceberg_offload.cli import main as cli
+from iceberg_offload.clickhouse.client import open_source
 from iceberg_offload.errors import EngineBusy
-from iceberg_offload.source import open_source
 
 START_MS = (int(time.time()) - 3 * 3600) * 1000
 
@@ -121,7 +121,7 @@ def test_demo_twice_offloads_only_new_rows(tmp_path):
 HOLDER = """
 import sys, time
 from iceberg_offload import config
-from iceberg_offload.source import open_source
+from iceberg_offload.clickhouse.client import open_source
 with open_source(config.load(sys.argv[1], env={}).source):
     print("held", flush=True)
     time.sleep(60)

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pytest
 
 from conftest import clickhouse, cold, sink_for
-from iceberg_offload import offload as offload_mod
-from iceberg_offload.offload import run_cycle
-from iceberg_offload.reconcile import verify
-from iceberg_offload.repair import reconcile_all
-from iceberg_offload.source import open_source
+from iceberg_offload.clickhouse.client import open_source
+from iceberg_offload.engine import offload as offload_mod
+from iceberg_offload.engine.compare import verify
+from iceberg_offload.engine.offload import run_cycle
+from iceberg_offload.engine.repair import reconcile_all
 
 UTC = dt.UTC
 NOW_MS = (int(time.time()) - 3 * 3600) * 1000
@@ -75,7 +75,7 @@ def test_after_a_failed_query_the_source_answers_the_next_query_exactly(make_set
 def test_a_result_short_of_rows_or_of_another_query_commits_nothing(make_settings, monkeypatch):
     """Each result is checked against what was asked: its aliases (a nonce per query) and, per commit, at
     least the rows the plan counted. A result that fails either check lands nothing."""
-    from iceberg_offload.source import Source
+    from iceberg_offload.clickhouse.client import Source
 
     s = make_settings([_table("b")], max_rows_per_commit=100_000, read_rows=50_000)
     with clickhouse(s) as ch:

@@ -16,10 +16,10 @@ import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
 from conftest import TRADES_DDL, clickhouse, cold, insert_trades, keys_of, sink_for, trades_table
-from iceberg_offload import sink as sink_mod
+from iceberg_offload.clickhouse.client import open_source
+from iceberg_offload.engine.offload import offload_table, run_cycle
 from iceberg_offload.errors import CommitConflict
-from iceberg_offload.offload import offload_table, run_cycle
-from iceberg_offload.source import open_source
+from iceberg_offload.iceberg import sink as sink_mod
 
 START_MS = (int(time.time()) - 4 * 3600) * 1000
 
@@ -139,7 +139,9 @@ def test_commit_with_lost_answer_is_settled_from_history(make_settings, catalog_
 
 CRASHER = textwrap.dedent("""
     import os, signal, sys
-    from iceberg_offload import cli, sink, source
+    from iceberg_offload.cli import main as cli
+    from iceberg_offload.iceberg import sink
+    from iceberg_offload.clickhouse import client as source
     point, config = sys.argv[1], sys.argv[2]
 
     def die():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.states import Completed, Failed
 
 from iceberg_offload.errors import SourceUnavailable, TypeRefused
-from iceberg_offload.flows import TableFailed, _transient_only
+from iceberg_offload.orchestration.flows import TableFailed, _transient_only
 
 
 def _failed_with(exc: Exception):
@@ -26,9 +26,9 @@ def test_transient_table_failures_are_retried_terminal_ones_are_not():
 
 
 def test_a_view_left_behind_is_recorded_on_its_table_and_fails_the_cycle(monkeypatch):
-    from iceberg_offload import view
-    from iceberg_offload.flows import _refresh_views, _stale_text
-    from iceberg_offload.offload import cycle_status
+    from iceberg_offload.engine.offload import cycle_status
+    from iceberg_offload.maintenance import view
+    from iceberg_offload.orchestration.flows import _refresh_views, _stale_text
 
     error = {"type": "source_error", "transient": False, "message": "NOT_ENOUGH_SPACE", "fix": "free space"}
     monkeypatch.setattr(view, "refresh_views", lambda settings, tables: [

@@ -8,11 +8,11 @@ import time
 from typing import Any
 
 from conftest import clickhouse, cold, sink_for
-from iceberg_offload import cli
-from iceberg_offload.doctor import check_tables
-from iceberg_offload.offload import run_cycle
-from iceberg_offload.repair import reconcile_all
-from iceberg_offload.status import status
+from iceberg_offload.cli import main as cli
+from iceberg_offload.engine.offload import run_cycle
+from iceberg_offload.engine.repair import reconcile_all
+from iceberg_offload.ops.doctor import check_tables
+from iceberg_offload.ops.status import status
 
 NOW_S = int(time.time())
 H = 3600
@@ -176,7 +176,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     import subprocess
     import sys
 
-    script = ("from iceberg_offload import cli\n"
+    script = ("from iceberg_offload.cli import main as cli\n"
               "def loud(args):\n    [print('x' * 100) for _ in range(200000)]\n    return 0\n"
               "cli.cmd_status = loud\nraise SystemExit(cli.main(['status']))\n")
     out = subprocess.run(f"{sys.executable} -c \"$SCRIPT\" | head -c 10", shell=True, capture_output=True,
@@ -191,11 +191,11 @@ def test_a_wait_for_the_engine_is_said(make_settings, capsys):
 
     import pytest
 
+    from iceberg_offload.clickhouse.client import open_source
     from iceberg_offload.errors import EngineBusy
-    from iceberg_offload.source import open_source
 
     s = make_settings([_table("opt")])
-    holder_code = ("import sys, time\nfrom iceberg_offload import config\nfrom iceberg_offload.source import open_source\n"
+    holder_code = ("import sys, time\nfrom iceberg_offload import config\nfrom iceberg_offload.clickhouse.client import open_source\n"
                    "with open_source(config.load(sys.argv[1], env={}).source):\n    print('held', flush=True)\n"
                    "    time.sleep(120)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -253,8 +253,8 @@ def test_the_sweep_looks_back_only_as_far_as_configured(make_settings):
 
 # -- found in review: TTL rules, rounded TTLs, schedules, watermark set edges ----------------------------
 def test_every_deleting_ttl_rule_counts():
-    from iceberg_offload.ttl import NEVER
-    from iceberg_offload.ttl import ttl_expressions as _ttl_expressions
+    from iceberg_offload.clickhouse.ttl import NEVER
+    from iceberg_offload.clickhouse.ttl import ttl_expressions as _ttl_expressions
 
     def ttl(engine_full: str) -> str | None:
         return _ttl_expressions(engine_full)[0]
@@ -286,7 +286,7 @@ def test_a_second_short_ttl_rule_or_a_rounded_ttl_is_refused(make_settings):
 
 
 def test_the_longest_gap_of_a_schedule():
-    from iceberg_offload.plan import CAUTIOUS_GAP, cron_max_gap
+    from iceberg_offload.engine.plan import CAUTIOUS_GAP, cron_max_gap
 
     assert cron_max_gap("*/15 * * * *") == 900 and cron_max_gap("@hourly") == 3600
     assert cron_max_gap("0 0 * * MON") == cron_max_gap("@weekly") == 7 * 86400
@@ -298,8 +298,8 @@ def test_moving_back_under_an_expired_history_needs_reoffload(make_settings):
     import pytest
 
     from iceberg_offload.errors import ConfigError
-    from iceberg_offload.maintain import expire
-    from iceberg_offload.status import set_watermark
+    from iceberg_offload.maintenance.expire import expire
+    from iceberg_offload.ops.status import set_watermark
 
     s = make_settings([_table("ex")])
     start_ms = (NOW_S - 3 * H) * 1000

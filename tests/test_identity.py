@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 
 from conftest import TRADES_DDL, cold, insert_trades, keys_of, sink_for
-from iceberg_offload import cli, config
-from iceberg_offload.compact import compact
+from iceberg_offload import config
+from iceberg_offload.cli import main as cli
+from iceberg_offload.clickhouse.client import open_source
 from iceberg_offload.config import Settings
+from iceberg_offload.engine.compare import verify
+from iceberg_offload.engine.offload import run_cycle
+from iceberg_offload.engine.repair import reconcile_all
 from iceberg_offload.errors import ConfigError
-from iceberg_offload.offload import run_cycle
-from iceberg_offload.reconcile import verify
-from iceberg_offload.repair import reconcile_all
-from iceberg_offload.source import open_source
-from iceberg_offload.status import status
+from iceberg_offload.maintenance.compact import compact
+from iceberg_offload.ops.status import status
 
 START_MS = (int(time.time()) - 3 * 3600) * 1000
 
@@ -152,7 +153,7 @@ def test_adopt_previews_then_continues_from_the_watermark_without_gaps_or_duplic
 
 
 def test_a_table_created_before_the_identity_gets_it_on_its_next_offload(tmp_path):
-    from iceberg_offload.identity import KEYS
+    from iceberg_offload.engine.identity import KEYS
 
     a = _settings(tmp_path, "a")
     _trades(a, 100)
@@ -169,7 +170,7 @@ def test_a_table_created_before_the_identity_gets_it_on_its_next_offload(tmp_pat
 
 
 def test_the_server_is_recorded_without_credentials():
-    from iceberg_offload.identity import server_of
+    from iceberg_offload.engine.identity import server_of
 
     assert server_of("http://offload:s3cret-pw@CH.example:8123/k2?password=x") == "http://ch.example:8123"
     assert server_of("https://u:p@ch.example:8443/k2") == "https://ch.example:8443"
@@ -183,9 +184,9 @@ def test_watermark_set_never_takes_another_source_into_an_older_table(make_setti
     import pytest as _pytest
 
     from conftest import clickhouse
+    from iceberg_offload.engine.identity import KEYS
     from iceberg_offload.errors import SourceMismatch
-    from iceberg_offload.identity import KEYS
-    from iceberg_offload.status import set_watermark
+    from iceberg_offload.ops.status import set_watermark
 
     now = int(time.time())
     eu = make_settings([{"source": "trades_eu", "target": "trades", "timestamp_column": "ts"}])
@@ -209,7 +210,7 @@ def test_dsn_spellings_of_one_server_are_one_server_as_clickhouse_connect_reads_
     """clickhouse-connect ignores the DSN scheme: https exactly on port 443 or 8443, port 8123 by default."""
     from clickhouse_connect.driver import _parse_connection_params
 
-    from iceberg_offload.identity import server_of
+    from iceberg_offload.engine.identity import server_of
 
     same = [("clickhouse://ch1", "http://ch1:8123"), ("clickhouse+https://ch1:8443", "https://ch1:8443"),
             ("clickhouse+http://u:p@CH1/k2", "http://ch1"), ("https://ch1", "http://ch1:8123"),
@@ -225,7 +226,7 @@ def test_dsn_spellings_of_one_server_are_one_server_as_clickhouse_connect_reads_
 
 
 def test_a_recorded_server_in_an_older_spelling_agrees_without_a_uuid():
-    from iceberg_offload.identity import SourceIdentity, server_of
+    from iceberg_offload.engine.identity import SourceIdentity, server_of
 
     old = SourceIdentity(server_of("clickhouse://ch1"), "k2", "trades", "")
     assert old.agrees(SourceIdentity(server_of("http://ch1:8123"), "k2", "trades", ""))

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 
 from conftest import clickhouse, cold
-from iceberg_offload.artifacts import late_rows
-from iceberg_offload.doctor import check_tables
-from iceberg_offload.offload import run_cycle
-from iceberg_offload.status import TableStatus, derive
+from iceberg_offload.engine.offload import run_cycle
+from iceberg_offload.ops.doctor import check_tables
+from iceberg_offload.ops.status import TableStatus, derive
+from iceberg_offload.orchestration.artifacts import late_rows
 
 NS = 1_000_000_000
 H, DAY = 3600, 86400

@@ -13,10 +13,12 @@ from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.table.update import RemoveSnapshotsUpdate
 
 from conftest import TRADES_DDL, clickhouse, cold, insert_trades, keys_of, sink_for, trades_table
-from iceberg_offload import compact as compact_mod
+from iceberg_offload.engine.offload import run_cycle
 from iceberg_offload.errors import CommitConflict
-from iceberg_offload.maintain import compact, expire, orphans, referenced_files
-from iceberg_offload.offload import run_cycle
+from iceberg_offload.maintenance import compact as compact_mod
+from iceberg_offload.maintenance.compact import compact
+from iceberg_offload.maintenance.expire import expire
+from iceberg_offload.maintenance.orphans import orphans, referenced_files
 
 START_MS = (int(time.time()) - 6 * 3600) // 3600 * 3600 * 1000  # on the hour: partitions are predictable
 DAY = 86400

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import TRADES_DDL, clickhouse, cold, insert_trades, sink_for, trades_table
-from iceberg_offload import cli
+from iceberg_offload.cli import main as cli
 
 START_MS = (int(time.time()) - 5 * 3600) * 1000
 
@@ -84,7 +84,7 @@ def test_maintain_all_repairs_compacts_and_keeps_the_watermark(small_commits, ca
 
 
 def _scrape(settings) -> dict[str, float]:
-    from iceberg_offload.metrics import serve
+    from iceberg_offload.ops.metrics import serve
     from test_metrics import scrape
 
     handle = serve(settings)

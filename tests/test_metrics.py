@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import TRADES_DDL, clickhouse, insert_trades, sink_for, trades_table
-from iceberg_offload.offload import run_cycle
+from iceberg_offload.engine.offload import run_cycle
 
 ROOT = Path(__file__).parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "iceberg-offload.yml"
@@ -49,7 +49,7 @@ def offloaded(make_settings, sqlite_uri):
 
 
 def test_exporter_serves_durable_state_and_survives_restart(offloaded):
-    from iceberg_offload.metrics import serve
+    from iceberg_offload.ops.metrics import serve
 
     s, port = offloaded, offloaded.metrics.port
     wm, last = sink_for(s).watermark(sink_for(s).load("trades"))
@@ -86,7 +86,7 @@ def test_exporter_serves_durable_state_and_survives_restart(offloaded):
 HOLDER = """
 import sys, time
 from iceberg_offload import config
-from iceberg_offload.source import open_source
+from iceberg_offload.clickhouse.client import open_source
 with open_source(config.load(sys.argv[1], env={}).source):
     print("held", flush=True)
     time.sleep(120)
@@ -94,7 +94,7 @@ with open_source(config.load(sys.argv[1], env={}).source):
 
 
 def test_scrape_never_waits_for_the_embedded_engine(offloaded):
-    from iceberg_offload.metrics import serve
+    from iceberg_offload.ops.metrics import serve
 
     s = offloaded
     handle = serve(s)
@@ -120,7 +120,7 @@ def exported_names(values: dict[str, float]) -> set[str]:
 
 
 def test_alert_rules_pass_promtool_and_only_use_exported_series(offloaded):
-    from iceberg_offload.metrics import serve
+    from iceberg_offload.ops.metrics import serve
 
     check = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr

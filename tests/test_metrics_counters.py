@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from iceberg_offload import prefect_api
-from iceberg_offload.metrics import Exporter
+from iceberg_offload import names
+from iceberg_offload.ops.metrics import Exporter
+from iceberg_offload.orchestration import prefect_api
 from stackutil import cli, start_server, stop, wait_for, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -105,7 +106,7 @@ def counters(exporter: Exporter) -> dict[tuple[str, ...], float]:
 
 def test_run_counters_count_every_retained_run_and_only_rise(prefect, monkeypatch):
     s = prefect
-    dep = prefect_api.deployment(s, *prefect_api.MAIN)
+    dep = prefect_api.deployment(s, names.MAIN_FLOW, names.MAIN_DEPLOYMENT)
     truth: Counter = Counter()
     t0 = time.monotonic()
     add_cycles(s, dep["id"], 260, truth)
@@ -124,7 +125,7 @@ def test_run_counters_count_every_retained_run_and_only_rise(prefect, monkeypatc
 
     # a restarted exporter whose look-back is shorter than the runs' age counts them from the history
     # (/count for successes, pages of the failed runs) and agrees
-    monkeypatch.setattr("iceberg_offload.run_totals.LOOKBACK_SECONDS", 0.5)
+    monkeypatch.setattr("iceberg_offload.orchestration.run_totals.LOOKBACK_SECONDS", 0.5)
     newest = time.time()
     wait_for(lambda: time.time() > newest + 1, 5, "the runs to be older than the look-back")
     restarted = Exporter(s)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from conftest import TRADES_DDL, clickhouse, cold, insert_trades, keys_of, sink_for, trades_table
-from iceberg_offload.offload import run_cycle
-from iceberg_offload.window import NS
+from iceberg_offload.clickhouse.window import NS
+from iceberg_offload.engine.offload import run_cycle
 
 NOW_MS = (int(time.time()) - 3600) * 1000  # an hour ago: well outside any settle delay
 
@@ -127,8 +127,8 @@ def test_backlog_is_cut_into_commits_with_bounded_batches(make_settings, catalog
 
 
 def test_window_query_uses_the_sort_key(make_settings, sqlite_uri):
-    from iceberg_offload.plan import TablePlan
-    from iceberg_offload.window import Watermark, Window, chunk_query, plan_query
+    from iceberg_offload.clickhouse.window import Watermark, Window, chunk_query, plan_query
+    from iceberg_offload.engine.plan import TablePlan
 
     s = make_settings([trades_table()], catalog_uri=sqlite_uri)
     with clickhouse(s) as ch:

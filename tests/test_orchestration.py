@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import _pg_admin, cold, sink_for
-from iceberg_offload.prefect_api import online_workers, workers
-from iceberg_offload.stack import read_state
+from iceberg_offload.orchestration.prefect_api import online_workers, workers
+from iceberg_offload.orchestration.stack import read_state
 from stackutil import (
     cli,
     cli_json,
@@ -106,7 +106,19 @@ def test_deploy_never_resumes_a_paused_schedule(stack):
 
 
 def test_prefect_deployment_run_lands_the_data_with_concurrent_bronze_tasks(stack):
+    """Also: a deployment made before the flows moved (entrypoint `iceberg_offload.flows.offload_main`) still
+    runs, and the next `deploy` points it at orchestration.flows."""
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    with client(stack) as c:
+        main = c.read_deployment_by_name(MAIN)
+        new_entrypoint = main.entrypoint
+        c.update_deployment(main.id, DeploymentUpdate(entrypoint="iceberg_offload.flows.offload_main"))
     run = _run_main(stack)
+    assert cli_json(stack, "deploy")["deployments"][MAIN].startswith("updated"), "deploy left the old entrypoint"
+    with client(stack) as c:
+        assert c.read_deployment_by_name(MAIN).entrypoint == new_entrypoint == (
+            "iceberg_offload.orchestration.flows.offload_main")
     # the broken table fails the run; the others completed
     assert run.state.type.value == "FAILED", run.state
     assert "missing_table" in run.state.message
@@ -363,7 +375,7 @@ def test_maintenance_deployment_repairs_late_rows_table_by_table(stack):
     if not any(r.state and r.state.type.value in ("COMPLETED", "FAILED") for r in flow_runs(stack, MAIN)):
         _run_main(stack, via_prefect_cli=False)
     from conftest import insert_trades
-    from iceberg_offload.source import open_source
+    from iceberg_offload.clickhouse.client import open_source
 
     with open_source(stack.source) as ch:  # late rows far behind b1's watermark
         seq = int(ch.rows("SELECT max(seq) FROM k2.b1")[0][0]) + 1000
@@ -385,7 +397,7 @@ def test_maintenance_deployment_repairs_late_rows_table_by_table(stack):
     assert {"offload-table:b0"} <= set(tasks["maintain b0"].tags)  # holds the table's slot
     verify = cli_json(stack, "verify", "--table", "b1")
     assert verify["ok"] and verify["tables"][0]["missing"] == 0, verify
-    from iceberg_offload.metrics import Exporter
+    from iceberg_offload.ops.metrics import Exporter
 
     exporter = Exporter(stack)  # what the worker's endpoint serves after its next refresh
     exporter.refresh(hot=False)
@@ -400,8 +412,8 @@ def test_maintenance_yields_to_a_running_offload_cycle(stack, monkeypatch):
     """A cycle in tasks fan-out takes no slot: the maintenance task sees it Running and gives way."""
     from prefect.states import Running
 
-    from iceberg_offload import flows
     from iceberg_offload.config import prefect_env
+    from iceberg_offload.orchestration import flows
 
     for k, v in prefect_env(stack).items():
         monkeypatch.setenv(k, v)
@@ -423,8 +435,8 @@ def test_a_cycle_waits_while_maintenance_holds_the_table(stack, monkeypatch):
     """The other half of the exclusion: a tasks fan-out cycle waits while the table's maintenance runs."""
     from prefect.states import Completed, Running
 
-    from iceberg_offload import flows
     from iceberg_offload.config import prefect_env
+    from iceberg_offload.orchestration import flows
 
     for k, v in prefect_env(stack).items():
         monkeypatch.setenv(k, v)
@@ -446,8 +458,8 @@ def test_the_exporter_serves_late_rows_from_the_newest_cycle_artifact(stack):
     """Each cycle's artifact carries its late-row sweep; the exporter serves what the newest left missing."""
     import json
 
-    from iceberg_offload import prefect_api
-    from iceberg_offload.metrics import Exporter
+    from iceberg_offload.ops.metrics import Exporter
+    from iceberg_offload.orchestration import prefect_api
 
     at, rows = prefect_api.latest_artifact(stack, prefect_api.CYCLE_ARTIFACT)
     if at is None:

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import TRADES_DDL, clickhouse, insert_trades, sink_for
-from iceberg_offload import cli, config
+from iceberg_offload import config
+from iceberg_offload.cli import main as cli
+from iceberg_offload.clickhouse.client import Source
 from iceberg_offload.errors import SourceError
-from iceberg_offload.source import Source
-from iceberg_offload.view import create_view
+from iceberg_offload.maintenance.view import create_view
 
 H = 3600 * 1000
 START_MS = (int(time.time()) // 3600 - 5) * H
@@ -151,7 +152,7 @@ def test_an_engine_folder_through_a_symlink_offloads(tmp_path, monkeypatch):
     """/data -> /mnt/disk1: clickhouse-connect's chdb client starts the engine on the resolved path, and the
     Arrow handle and the lock must ask for that same path (chdb refuses a second spelling)."""
     from conftest import cold, keys_of
-    from iceberg_offload.offload import run_cycle
+    from iceberg_offload.engine.offload import run_cycle
 
     (tmp_path / "disk1").mkdir()
     (tmp_path / "data").symlink_to(tmp_path / "disk1")

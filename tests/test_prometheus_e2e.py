@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from conftest import TRADES_DDL, insert_trades
-from iceberg_offload.offload import run_cycle
-from iceberg_offload.source import open_source
+from iceberg_offload.clickhouse.client import open_source
+from iceberg_offload.engine.offload import run_cycle
 from stackutil import cli, cli_json, free_port, start_process, start_server, stop, wait_for, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

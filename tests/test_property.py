@@ -27,12 +27,13 @@ from typing import Any
 import pytest
 
 from conftest import clickhouse, cold, sink_for
-from iceberg_offload import sink as sink_mod
-from iceberg_offload.chtype import CHType, parse
-from iceberg_offload.offload import run_cycle
-from iceberg_offload.plan import TablePlan
-from iceberg_offload.reconcile import verify
-from iceberg_offload.source import Source, open_source, quote
+from iceberg_offload.clickhouse.client import Source, open_source
+from iceberg_offload.clickhouse.sql import quote
+from iceberg_offload.clickhouse.types import CHType, parse
+from iceberg_offload.engine.compare import verify
+from iceberg_offload.engine.offload import run_cycle
+from iceberg_offload.engine.plan import TablePlan
+from iceberg_offload.iceberg import sink as sink_mod
 
 SEEDS = int(os.environ.get("OFFLOAD_PROPERTY_SEEDS", "2"))
 TABLES = 6

@@ -11,10 +11,10 @@ import pyarrow.compute as pc
 import pytest
 
 from conftest import TRADES_DDL, clickhouse, cold, insert_trades, keys_of, sink_for, trades_table
-from iceberg_offload import repair
-from iceberg_offload.offload import offload_table, run_cycle
-from iceberg_offload.reconcile import verify
-from iceberg_offload.repair import reconcile
+from iceberg_offload.engine import repair
+from iceberg_offload.engine.compare import verify
+from iceberg_offload.engine.offload import offload_table, run_cycle
+from iceberg_offload.engine.repair import reconcile
 
 H = 3600 * 1000
 HOUR0_MS = (int(time.time()) // 3600 - 6) * H  # five full hours of data, h0 .. h4, the newest ending an hour ago

@@ -89,7 +89,7 @@ def test_compose_commands_are_valid_docker_commands_on_our_containers():
 
 def test_native_commands_are_shell_syntax_and_use_existing_commands():
     """Syntax and command names here; test_scenarios.py runs each one on the native stack."""
-    from iceberg_offload.cli import build_parser
+    from iceberg_offload.cli.main import build_parser
 
     parser = build_parser()
     cmds = native_commands()
@@ -105,7 +105,7 @@ def test_native_commands_are_shell_syntax_and_use_existing_commands():
 
 
 def test_inline_commands_in_the_runbooks_parse():
-    from iceberg_offload.cli import build_parser
+    from iceberg_offload.cli.main import build_parser
 
     parser = build_parser()
     inline = [m for p in RUNBOOKS.glob("*.md") for m in re.findall(r"`(iceberg-offload [^`]+)`", p.read_text())]

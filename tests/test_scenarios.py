@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from conftest import cold, insert_trades
-from iceberg_offload.source import open_source
-from iceberg_offload.stack import read_state
+from iceberg_offload.clickhouse.client import open_source
+from iceberg_offload.orchestration.stack import read_state
 from stackutil import PgCluster, cli, cli_json, client, seed, wait_for, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -132,7 +132,7 @@ def test_worker_killed(healthy):
     done = recover_and_verify(healthy, "worker killed")
     # a stack check still failing when recover looked (the supervisor may have healed it since doctor ran,
     # on a busy machine): the stack step waited for it
-    from iceberg_offload.recover import STACK_CHECKS
+    from iceberg_offload.ops.recover import STACK_CHECKS
 
     if any(c["status"] == "fail" and c["name"] in STACK_CHECKS for c in done["before"]["checks"]):
         assert done["steps"][0]["name"] == "restart the stack", done["steps"]

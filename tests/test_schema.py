@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from conftest import TRADES_DDL, clickhouse, cold, insert_trades, sink_for, trades_table
-from iceberg_offload.offload import run_cycle
+from iceberg_offload.engine.offload import run_cycle
 
 START_MS = (int(time.time()) - 3 * 3600) * 1000
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 
 from conftest import TRADES_DDL, clickhouse, insert_trades, trades_table
-from iceberg_offload.source import open_source
+from iceberg_offload.clickhouse.client import open_source
 
 
 def test_arrow_results_outlive_later_queries_and_the_closed_source(make_settings, sqlite_uri):

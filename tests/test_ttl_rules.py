@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 from conftest import clickhouse
-from iceberg_offload.offload import run_cycle
-from iceberg_offload.status import status
+from iceberg_offload.engine.offload import run_cycle
+from iceberg_offload.ops.status import status
 
 DAY = 86400
 
@@ -101,9 +101,9 @@ def test_a_long_rollup_with_several_assignments_is_read_whole(make_settings):
 
 
 def test_the_ttl_clause_is_read_outside_literals():
-    from iceberg_offload.ttl import NEVER
-    from iceberg_offload.ttl import column_ttls as _column_ttls
-    from iceberg_offload.ttl import ttl_expressions as _ttl_expressions
+    from iceberg_offload.clickhouse.ttl import NEVER
+    from iceberg_offload.clickhouse.ttl import column_ttls as _column_ttls
+    from iceberg_offload.clickhouse.ttl import ttl_expressions as _ttl_expressions
 
     head = "MergeTree ORDER BY (k, ts) TTL "
     hour, day = "toDateTime(ts) + toIntervalHour(1)", "toDateTime(ts) + toIntervalDay(30)"
@@ -137,8 +137,8 @@ def test_a_ttl_that_cannot_be_evaluated_is_refused_while_rows_wait(make_settings
 
     import pytest
 
+    from iceberg_offload.engine.plan import TablePlan
     from iceberg_offload.errors import TTLTooShort
-    from iceberg_offload.plan import TablePlan
 
     s = make_settings([{"source": "odd", "timestamp_column": "ts"}], settle_seconds=0)
     with clickhouse(s) as ch:
@@ -181,7 +181,7 @@ def test_a_long_column_ttl_is_accepted_and_counted_in_the_headroom(make_settings
 
 def test_values_a_column_ttl_reset_are_not_repaired_into_iceberg(make_settings):
     from conftest import cold
-    from iceberg_offload.repair import reconcile_all
+    from iceberg_offload.engine.repair import reconcile_all
 
     s = make_settings([{"source": "reset", "timestamp_column": "ts"}], settle_seconds=0)
     with clickhouse(s) as ch:

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pytest
 
 from conftest import clickhouse, cold, sink_for
-from iceberg_offload.chtype import parse
+from iceberg_offload.clickhouse.types import parse
+from iceberg_offload.engine.offload import run_cycle
+from iceberg_offload.engine.typemap import plan_columns
 from iceberg_offload.errors import TypeRefused
-from iceberg_offload.offload import run_cycle
-from iceberg_offload.typemap import plan_columns
 
 UTC = dt.UTC
 T0 = "2026-01-02 03:04:05.678"
@@ -191,7 +191,7 @@ def test_decimals_and_enums_travel_as_integers_and_decode_exactly(make_settings,
 
 
 def test_wire_decoding_of_sliced_chunks_keeps_values_and_nulls():
-    from iceberg_offload.wire import Wire
+    from iceberg_offload.engine.wire import Wire
 
     raw = pa.array([-(10**17), None, 5, 999_999_999_999_999_999, -1], pa.int64())
     chunked = pa.chunked_array([raw.slice(1, 4), raw.slice(0, 1)])  # offsets and nulls in the chunks

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TRADES_DDL, clickhouse, cold, insert_trades, keys_of, sink_for, trades_table
-from iceberg_offload.offload import run_cycle
-from iceberg_offload.view import create_view, view_sql
+from iceberg_offload.engine.offload import run_cycle
+from iceberg_offload.maintenance.view import create_view, view_sql
 
 H = 3600 * 1000
 START_MS = (int(time.time()) // 3600 - 5) * H

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from conftest import TRADES_DDL, clickhouse, insert_trades, sink_for, trades_table
-from iceberg_offload import cli, config
+from iceberg_offload import config
+from iceberg_offload.cli import main as cli
 
 START_MS = (int(time.time()) - 3 * 3600) * 1000
 ENGINE_CHECKS = ["clickhouse", "catalog", "table trades", "warehouse"]
@@ -69,7 +70,7 @@ def test_lost_metadata_file_is_warehouse_missing_in_run_status_and_doctor(offloa
     assert code == 1 and checks["catalog"]["status"] == "ok"
     assert checks["warehouse"]["status"] == "fail" and metadata in checks["warehouse"]["saw"]
     assert (report["scenario"], report["runbook"]) == ("warehouse lost", "docs/runbooks/warehouse-lost.md")
-    from iceberg_offload.metrics import Exporter
+    from iceberg_offload.ops.metrics import Exporter
 
     exporter = Exporter(offloaded)
     exporter.refresh(hot=False)  # the catalog answers: not offload_catalog_up 0

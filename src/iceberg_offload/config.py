@@ -22,9 +22,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from . import paths
-from .credentials import FILE_SUFFIX, read_secret_files, register_secrets, secret_file
-from .errors import ConfigError
+from iceberg_offload import paths
+from iceberg_offload.credentials import FILE_SUFFIX, read_secret_files, register_secrets, secret_file
+from iceberg_offload.errors import ConfigError
 
 DEFAULT_CONFIG = "offload.toml"
 ENV_PREFIX = "OFFLOAD__"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, add_secret
+from iceberg_offload.errors import ConfigError, add_secret
 
 FILE_SUFFIX = "_file"
 

@@ -22,11 +22,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: conftest, stackutil
 
 from conftest import TRADES_DDL, insert_trades  # noqa: E402
-from iceberg_offload import prefect_api  # noqa: E402
+from iceberg_offload.clickhouse.client import open_source  # noqa: E402
 from iceberg_offload.config import Settings  # noqa: E402
-from iceberg_offload.sink import Sink, open_catalog  # noqa: E402
-from iceberg_offload.source import open_source  # noqa: E402
-from iceberg_offload.stack import pid_alive, read_state  # noqa: E402
+from iceberg_offload.iceberg.sink import Sink, open_catalog  # noqa: E402
+from iceberg_offload.orchestration import prefect_api  # noqa: E402
+from iceberg_offload.orchestration.stack import pid_alive, read_state  # noqa: E402
 from stackutil import PgCluster, cli, cli_json, free_port, prefect_cli, start_process, stop, write_config  # noqa: E402,E501
 
 TABLES = ["ch_trades", "ch_quotes", "ch_candles"]

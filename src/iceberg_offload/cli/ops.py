@@ -1,0 +1,219 @@
+"""Operator commands for the orchestration and operations layer: deploy, worker, metrics, up/down/ps,
+trigger, schedule, doctor, recover. Each loads the config and sets the Prefect environment first."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from iceberg_offload import names
+from iceberg_offload.cli.output import EXIT_FAILED, EXIT_OK, emit, grid, load_prefect_settings
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("doctor", parents=[common], help="diagnose like the runbook: processes, server, workers, "
+                                                        "schedule, runs, metrics, tables; exit 1 on any fail")
+    p.add_argument("--engine-only", action="store_true", help="only ClickHouse, catalog, warehouse and tables "
+                                                              "(no Prefect stack checks)")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("recover", parents=[common], help="what the runbook would do, in its order; --yes does it, "
+                                                         "runs the offload and checks again")
+    p.add_argument("--yes", action="store_true", help="do it (default: only show the plan)")
+    p.add_argument("--resume-schedule", action="store_true", help="also resume a paused schedule")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the stack and the run")
+    p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("deploy", parents=[common],
+                       help="create or update the work pool, deployments and per-table limits (idempotent)")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("worker", parents=[common], help="a Prefect process worker on pool iceberg-offload "
+                                                        "plus the metrics endpoint (port 8000)")
+    p.add_argument("--name", help="worker name (default HOST-PID)")
+    p.add_argument("--limit", type=int, help="flow runs at once (default [prefect] worker_limit; 0 = no limit)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("metrics", parents=[common], help="serve the Prometheus endpoint alone ([metrics] host:port)")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("up", parents=[common], help="start Prefect server, worker and deployments natively; "
+                                                    "returns when the API is ready and a worker is ONLINE")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
+    p.set_defaults(func=cmd_up)
+    p = sub.add_parser("down", parents=[common], help="stop the native stack that `up` started")
+    p.set_defaults(func=cmd_down)
+    p = sub.add_parser("ps", parents=[common], help="the native stack's processes, their logs and the URLs")
+    p.set_defaults(func=cmd_ps)
+    p = sub.add_parser("_supervise", parents=[common])
+    p.set_defaults(func=cmd_supervise)
+
+    p = sub.add_parser("trigger", parents=[common], help="start a run of a deployment now (default: the offload)")
+    p.add_argument("--deployment", default=names.MAIN, metavar="FLOW/DEPLOYMENT")
+    p.add_argument("--wait", action="store_true", help="wait until the run is final; exit 1 unless COMPLETED")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait (default 600)")
+    p.set_defaults(func=cmd_trigger)
+
+    p = sub.add_parser("schedule", parents=[common], help="show, pause or resume the deployments' schedules")
+    p.add_argument("action", choices=["show", "pause", "resume"])
+    p.add_argument("--deployment", action="append", metavar="FLOW/DEPLOYMENT",
+                   help=f"default: {names.MAIN} and {names.MAINT}")
+    p.set_defaults(func=cmd_schedule)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    settings = load_prefect_settings(args)
+    from iceberg_offload.orchestration.deployments import deploy
+
+    report = deploy(settings).as_dict()
+
+    def text() -> str:
+        lines = [f"work pool {names.POOL}: {report['work_pool'][names.POOL]}"]
+        lines += [f"deployment {k}: {v}" for k, v in report["deployments"].items()]
+        lines += [f"limit {k} (1 in flight): {v}" for k, v in report["limits"].items()]
+        lines += [f"note: {n}" for n in report["notes"]]
+        lines.append(f"trigger a run: iceberg-offload trigger --wait   (or: PREFECT_API_URL={settings.prefect.api_url}"
+                     f" prefect deployment run '{names.MAIN}')")
+        return "\n".join(lines)
+
+    emit(args, report, text)
+    return EXIT_OK
+
+
+RUNBOOKS = {"worker down": "scheduler-down.md (scenario 1)", "server down": "scheduler-down.md (scenario 2)",
+            "no runs": "scheduler-down.md (scenario 3)", "metrics unreachable": "scheduler-down.md (scenario 4)",
+            "full restart": "scheduler-down.md (scenario 5)", "offload failing": "offload-failure.md",
+            "warehouse lost": "warehouse-lost.md",
+            "lag": "lag.md", "watermark": "watermark-recovery.md", "ttl risk": "ttl-risk.md"}
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from iceberg_offload.ops.doctor import diagnose
+
+    report = diagnose(load_prefect_settings(args), args.engine_only)
+    data = report.as_dict()
+    data["runbook"] = f"docs/runbooks/{RUNBOOKS[report.scenario]}" if report.scenario else None
+
+    def text() -> str:
+        marks = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
+        rows = [[marks[c.status], c.name, c.saw] for c in report.checks]
+        out = [grid(["", "check", "saw"], rows)]
+        fixes = [f"  {c.name}: {c.fix}" for c in report.checks if c.status != "ok" and c.fix]
+        if fixes:
+            out += ["", "fix:", *fixes]
+        out.append("")
+        out.append(f"scenario: {report.scenario} -> {data['runbook']}" if report.scenario else "all checks passed")
+        return "\n".join(out)
+
+    emit(args, data, text)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from iceberg_offload.ops.recover import recover
+
+    result = recover(load_prefect_settings(args), args.yes, args.resume_schedule, args.timeout)
+    data = result.as_dict()
+
+    def text() -> str:
+        head = "recovering:" if args.yes else "would do (add --yes to do it):"
+        lines = [head] + [f"  {i + 1}. {s.name}: {s.result if s.done else s.action}"
+                          for i, s in enumerate(result.steps)]
+        if args.yes:
+            after = data["after"] or {}
+            verdict = "all checks pass" if after.get("ok") else f"still failing: {after.get('scenario')}"
+            lines.append(f"\nafter: {verdict} ({data['seconds']}s); details: iceberg-offload doctor")
+        return "\n".join(lines)
+
+    emit(args, data, text)
+    return EXIT_OK if not args.yes or data["ok"] else EXIT_FAILED
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from iceberg_offload.ops import worker
+
+    return worker.run(load_prefect_settings(args), args.name, args.limit)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from iceberg_offload.ops.metrics import serve
+
+    settings = load_prefect_settings(args)
+    handle = serve(settings)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    print(f"metrics on http://{settings.metrics.host}:{settings.metrics.port}/metrics", flush=True)
+    done.wait()
+    handle.shutdown()
+    return EXIT_OK
+
+
+def cmd_supervise(args: argparse.Namespace) -> int:
+    from iceberg_offload.orchestration.stack import supervise
+
+    return supervise(load_prefect_settings(args))
+
+
+def _ps_text(data: dict[str, Any]) -> str:
+    rows = [[p["name"], p["pid"], "running" if p["running"] else "stopped", p["restarts"], p["log"]]
+            for p in data["processes"]]
+    out = [grid(["process", "pid", "state", "restarts", "log"], rows)]
+    out.append(f"\nAPI ready: {'yes' if data['api_ready'] else 'NO'}   workers online: {data['workers_online']}")
+    out += [f"{k:8} {v}" for k, v in data["urls"].items()]
+    return "\n".join(out)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from iceberg_offload.orchestration.stack import up
+
+    data = up(load_prefect_settings(args), args.timeout)
+    emit(args, data, lambda: ("started the stack\n" if data["started"] else "already running\n") + _ps_text(data))
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from iceberg_offload.orchestration.stack import down
+
+    data = down(load_prefect_settings(args))
+    emit(args, data, lambda: str(data["message"]))
+    return EXIT_OK
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from iceberg_offload.orchestration.stack import ps
+
+    data = ps(load_prefect_settings(args))
+    emit(args, data, lambda: _ps_text(data))
+    return EXIT_OK if data["running"] else EXIT_FAILED
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    load_prefect_settings(args)
+    from iceberg_offload.orchestration.deployments import schedule_state, set_paused
+
+    if args.action == "show":
+        data = schedule_state(args.deployment)
+    else:
+        data = set_paused(args.deployment, args.action == "pause")
+
+    def text() -> str:
+        rows = [[d["deployment"], "missing" if not d["exists"] else "paused" if not d["active"] else "active",
+                 ", ".join(s["schedule"] for s in d["schedules"])] for d in data]
+        return grid(["deployment", "schedule", "when"], rows)
+
+    emit(args, {"deployments": data}, text)
+    return EXIT_OK
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    load_prefect_settings(args)
+    from iceberg_offload.orchestration.deployments import trigger
+
+    data = trigger(args.deployment, wait=args.wait, timeout=args.timeout)
+    emit(args, data, lambda: f"flow run {data['flow_run_id']} ({data['name']}): {data['state']}"
+           + (f" in {data['seconds']}s" if args.wait else "") + (f"\n{data['note']}" if data.get("note") else ""))
+    return EXIT_OK if not args.wait or data["state"] == "COMPLETED" else EXIT_FAILED

@@ -1,0 +1,386 @@
+"""ClickHouse through clickhouse-connect: `chdb://path` (embedded) or `http(s)://` (a server).
+
+The embedded engine can be open in one process at a time, and the worker, its flow runs, the exporter
+and the CLI are separate processes. So a process holds the engine only while it works: `open_source()`
+takes an exclusive file lock beside the chdb directory (bounded wait, the holder named on timeout),
+shares one engine between the threads of the process, and closes it when the last user leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from iceberg_offload.clickhouse.sql import literal, quote
+from iceberg_offload.clickhouse.ttl import column_ttls, ttl_expressions
+from iceberg_offload.config import SourceSettings
+from iceberg_offload.errors import EngineBusy, ResultMismatch, SourceError, SourceUnavailable, redact
+
+# ClickHouse error codes we translate into fixes.
+_UNKNOWN_TABLE, _UNKNOWN_DATABASE, _AUTH_FAILED, _UNKNOWN_IDENTIFIER = 60, 81, 516, 47
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    database: str
+    name: str
+    engine: str
+    sorting_key: str
+    ttl: str | None
+    """When the TTL may delete a row, a bound for every row (e.g. `toDateTime(ts) + toIntervalDay(7)`): every
+    deleting rule, `WHERE` conditions ignored. None: no TTL deletes rows."""
+    columns: tuple[tuple[str, str], ...]
+    uuid: str = ""
+    """system.tables.uuid ("" for none: an Ordinary database's tables have the all-zero UUID)."""
+    ttl_row: str | None = None
+    """When the TTL deletes this row: as `ttl`, but a `DELETE WHERE` rule counts only for the rows its
+    condition matches (a row no rule matches: 2106-02-07, the last DateTime, i.e. never)."""
+    column_ttls: tuple[tuple[str, str], ...] = ()
+    """(column, TTL expression) of each column TTL: past it, ClickHouse resets the column to its default at a
+    merge, so a row offloaded later carries the default. Each is a deadline for the TTL check and headroom."""
+
+    @property
+    def deadline(self) -> str | None:
+        """A bound on when any row is deleted or loses a value: the earliest of the table TTL (WHERE ignored)
+        and every column TTL. None: no TTL deletes or resets anything."""
+        exprs = ([self.ttl] if self.ttl else []) + [e for _, e in self.column_ttls]
+        if len(exprs) <= 1:
+            return exprs[0] if exprs else None
+        return "least(" + ", ".join(f"toDateTime({e})" for e in exprs) + ")"
+
+    @property
+    def row_deadline(self) -> str | None:
+        """When a given row is deleted or loses a value: the earliest of the table TTL (per row) and every
+        column TTL. None: no TTL deletes or resets anything."""
+        exprs = ([self.ttl_row or self.ttl] if self.ttl else []) + [e for _, e in self.column_ttls]
+        if len(exprs) <= 1:
+            return exprs[0] if exprs else None
+        return "least(" + ", ".join(f"toDateTime({e})" for e in exprs) + ")"
+
+    @property
+    def qualified(self) -> str:
+        return f"{quote(self.database)}.{quote(self.name)}"
+
+
+class _EngineLock:
+    """Process-wide exclusive lock on an embedded chdb path, shared by the threads of one process."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock_file = path.rstrip("/") + ".lock"
+        self.users = 0
+        self.fd: int | None = None
+        self.mutex = threading.Lock()
+
+    def acquire(self, timeout: float) -> None:
+        with self.mutex:
+            if self.users == 0:
+                self._take(timeout)
+            self.users += 1
+
+    def release(self) -> bool:
+        """Drop one user; True when this was the last and the engine must close."""
+        with self.mutex:
+            self.users -= 1
+            if self.users > 0:
+                return False
+            assert self.fd is not None
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+            return True
+
+    def _take(self, timeout: float) -> None:
+        os.makedirs(os.path.dirname(self.lock_file) or ".", exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout
+        said = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not said:
+                    said = True
+                    logging.getLogger("iceberg_offload").warning(
+                        "waiting up to %.0fs for the embedded ClickHouse at %s, held by %s", timeout, self.path,
+                        _read_holder(fd))
+                if time.monotonic() >= deadline:
+                    holder = _read_holder(fd)
+                    os.close(fd)
+                    raise EngineBusy(
+                        f"embedded ClickHouse at {self.path} is held by {holder} (waited {timeout:.0f}s)",
+                        "wait for that process to finish, or stop it; raise [source] lock_timeout_seconds "
+                        "if offloads routinely take longer",
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "cmd": " ".join(sys.argv)[:200], "since": time.time()}
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self.fd = fd
+
+
+def _read_holder(fd: int) -> str:
+    """Who holds the lock: the kernel's answer (/proc/locks) first, since a holder that is not one of us
+    never writes the file; then what our last holder wrote into it."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (ValueError, OSError):
+        info = {}
+    pid = _flock_pid(fd)
+    if pid is not None and pid != info.get("pid"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = "?"
+        return f"pid {pid} ({cmd[:200]})"
+    if not info:
+        return "another process"
+    age = time.time() - float(info.get("since", time.time()))
+    return f"pid {info.get('pid', '?')} ({info.get('cmd', '?')}, for {age:.0f}s)"
+
+
+def _flock_pid(fd: int) -> int | None:
+    """The pid holding a flock on the file behind fd, from /proc/locks (Linux); None if unknown."""
+    try:
+        inode = os.fstat(fd).st_ino
+        for line in Path("/proc/locks").read_text().splitlines():
+            f = line.split()
+            if len(f) > 5 and f[1] == "FLOCK" and f[5].rsplit(":", 1)[-1] == str(inode) and f[4].isdigit():
+                return int(f[4])
+    except OSError:
+        pass
+    return None
+
+
+_LOCKS: dict[str, _EngineLock] = {}
+_LOCKS_MUTEX = threading.Lock()
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's per-thread malloc arenas for this process. The embedded engine, the reader thread and
+    pyiceberg's writer pool otherwise fragment into one arena each; measured on a 30 M-row backlog this
+    cut peak RSS by about 15% (docs/benchmarks.md). Call before threads start; harmless elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+
+
+def chdb_path(dsn: str) -> str | None:
+    """The on-disk path of an embedded DSN, symlinks resolved (None for a server DSN). clickhouse-connect's
+    chdb client starts the process's one embedded server on the resolved path and chdb refuses any other
+    spelling of it; so the Arrow handle, the lock and the identity all use this one."""
+    if not dsn.startswith("chdb://"):
+        return None
+    rest = dsn[len("chdb://"):]
+    if rest in ("", ":memory:"):
+        return ":memory:"
+    path, sep, query = rest.partition("?")
+    return os.path.realpath(path) + sep + query
+
+
+class Source:
+    """One client on one thread. Use `open_source(settings)`; never construct directly.
+
+    A query that fails leaves the embedded engine's connection holding its partial output, which the next
+    query's result is then read on top of (measured: another table's rows, or an unreadable result). So any
+    error discards the handle and the client, and the next query opens fresh ones; and every Arrow result is
+    checked to be the one asked for (`arrow(sql, names)`: the aliases it was asked to carry)."""
+
+    def __init__(self, settings: SourceSettings, client: Any) -> None:
+        self.settings = settings
+        self.database = settings.database
+        self._client: Any = client
+        self.embedded = chdb_path(settings.dsn)
+        self._engine: Any = None  # a chdb handle of our own for Arrow reads (see _fetch_arrow)
+        self._engine_mutex = threading.Lock()
+
+    # -- queries -----------------------------------------------------------------------------------
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        with self._translate(sql):
+            return list(self.client.query(sql).result_rows)
+
+    @property
+    def client(self) -> Any:
+        """The clickhouse-connect client, opened again after a discard."""
+        if self._client is None:
+            self._client = _client(self.settings)
+        return self._client
+
+    def command(self, sql: str) -> None:
+        with self._translate(sql):
+            self.client.command(sql)
+
+    def arrow(self, sql: str, names: list[str] | None = None) -> pa.Table:
+        """The result of `sql` as Arrow; with `names`, the result must carry exactly these column names
+        (give each query aliases of its own, see `window.Aliases`), else ResultMismatch."""
+        with self._translate(sql):
+            tbl = self._fetch_arrow(sql)
+            if names is not None and tbl.column_names != names:
+                raise ResultMismatch(f"ClickHouse answered with columns {tbl.column_names[:8]} to a query for "
+                                     f"{names[:8]}; the result was discarded, nothing was written",
+                                     "none needed: the next run reads again on a fresh connection")
+            return tbl
+
+    def _fetch_arrow(self, sql: str) -> pa.Table:
+        """The one place result rows cross from ClickHouse. Embedded, through a chdb handle of our own that
+        hands over a pyarrow table with Arrow's lz4 framing off: through the client, the framing and the
+        per-query settings round trips cost half as much CPU again as producing the rows."""
+        if not self.embedded or self.embedded == ":memory:":
+            return self.client.query_arrow(sql, use_strings=True)
+        with self._engine_mutex:
+            if self._engine is None:
+                import chdb
+
+                self._engine = chdb.connect(self.embedded)
+                self._engine.query("SET output_format_arrow_compression_method = 'none'")
+                self._engine.query("SET output_format_arrow_low_cardinality_as_dictionary = 1")
+            result = self._engine.query(sql, "Arrow")
+        # read in place: the Arrow buffers point into the result, which the buffer's base keeps alive
+        view = result.get_memview().view()
+        raw = pa.py_buffer(view)
+        buf = pa.foreign_buffer(raw.address, raw.size, base=(result, view))
+        reader = pa.ipc.open_file(buf)
+        # One result, whole: the schema the stream starts with is the footer's (a stale partial output in
+        # front of the result would start with its own query's schema).
+        if raw.size < 16 or not pa.ipc.read_schema(buf.slice(8)).equals(reader.schema):
+            raise ResultMismatch("the embedded ClickHouse answered with another query's output in front of this "
+                                 "one; the result was discarded, nothing was written",
+                                 "none needed: the next run reads again on a fresh connection")
+        return reader.read_all()
+
+    def discard(self) -> None:
+        """Drop the connections this source holds (after any error); the next query opens new ones."""
+        self.close()
+        if self.embedded is not None and self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+
+    def close(self, client: bool = False) -> None:
+        """Close our engine handle (and with `client`, the client too)."""
+        if client and self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+        with self._engine_mutex:
+            if self._engine is not None:
+                with contextlib.suppress(Exception):
+                    self._engine.close()
+                self._engine = None
+
+    def table_info(self, table: str) -> TableInfo:
+        db = literal(self.database)
+        found = self.rows(
+            f"SELECT engine, sorting_key, engine_full, toString(uuid), create_table_query FROM system.tables "
+            f"WHERE database = {db} AND name = {literal(table)}"
+        )
+        if not found:
+            dbs = self.rows(f"SELECT name FROM system.databases WHERE name = {db}")
+            where = f"database {self.database!r}" if dbs else f"server (no database {self.database!r})"
+            fix = "fix [[tables]] source or [source] database in the config"
+            if self.embedded:  # name the folder: a wrong dsn opens a new, empty engine there
+                where = (f"database {self.database!r} of the embedded ClickHouse at {self.embedded}" if dbs else
+                         f"embedded ClickHouse at {self.embedded} (no database {self.database!r}: a new, empty "
+                         f"engine folder?)")
+                fix = ("point [source] dsn at the engine folder that holds it (a relative path is resolved "
+                       "against the config file's folder), or " + fix)
+            raise SourceError(f"ClickHouse table {self.database}.{table} does not exist in the {where}", fix)
+        engine, sorting_key, engine_full, uuid, create_query = found[0]
+        cols = self.rows(
+            f"SELECT name, type FROM system.columns WHERE database = {db} AND table = {literal(table)} "
+            f"ORDER BY position"
+        )
+        bound, per_row = ttl_expressions(engine_full)
+        return TableInfo(self.database, table, engine, sorting_key, bound,
+                         tuple((str(n), str(t)) for n, t in cols),
+                         "" if uuid == "00000000-0000-0000-0000-000000000000" else str(uuid), per_row,
+                         column_ttls(str(create_query)))
+
+    @contextlib.contextmanager
+    def _translate(self, sql: str) -> Iterator[None]:
+        from chdb._exceptions import ChdbError
+        from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+        try:
+            try:
+                yield
+            except BaseException:
+                self.discard()  # a failed query's leftovers must never reach the next query
+                raise
+        except ChdbError as exc:  # our own embedded handle (see _fetch_arrow)
+            raise _database_error(exc, sql) from exc
+        except OperationalError as exc:
+            raise SourceUnavailable(f"ClickHouse at {self.settings.dsn} is unreachable: {exc}",
+                                    "check that ClickHouse is running and [source] dsn is right") from exc
+        except DatabaseError as exc:
+            raise _database_error(exc, sql) from exc
+        except OSError as exc:  # a socket that died under the driver (reset, broken pipe, timeout)
+            raise SourceUnavailable(f"ClickHouse at {self.settings.dsn} is unreachable: {exc}",
+                                    "check that ClickHouse is running and [source] dsn is right") from exc
+
+
+def _database_error(exc: Exception, sql: str) -> Exception:
+    text = redact(str(exc).split("\n")[0][:500])
+    code = getattr(exc, "code", None)
+    if code is None and (m := re.match(r"Code: (\d+)\.", text)):
+        code = int(m.group(1))
+    if code == _AUTH_FAILED or "Authentication failed" in text:  # retrying will not change the password
+        return SourceError(f"ClickHouse refused the credentials: {text}",
+                           "fix the user or password in [source] dsn (or OFFLOAD__SOURCE__DSN)")
+    if code in (_UNKNOWN_TABLE, _UNKNOWN_DATABASE):
+        return SourceError(f"ClickHouse: {text}", "fix [[tables]] source or [source] database in the config")
+    if "Connection refused" in text or "timed out" in text.lower():
+        return SourceUnavailable(f"ClickHouse unreachable: {text}", "check ClickHouse and [source] dsn")
+    return SourceError(f"ClickHouse rejected a query: {text}",
+                       f"query was: {sql[:300]}" if sql else "check [source] dsn and database")
+
+
+def _client(settings: SourceSettings) -> Any:
+    import clickhouse_connect
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    try:
+        return clickhouse_connect.get_client(dsn=settings.dsn)
+    except DatabaseError as exc:
+        if isinstance(exc, OperationalError):
+            raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
+                                    "check that ClickHouse is running and [source] dsn is right") from exc
+        raise _database_error(exc, "") from exc
+    except Exception as exc:  # noqa: BLE001 - every other connect failure means the same to the operator
+        raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
+                                "check that ClickHouse is running and [source] dsn is right") from exc
+
+
+@contextlib.contextmanager
+def open_source(settings: SourceSettings) -> Iterator[Source]:
+    """A connected Source for this thread; the embedded engine is locked for the process meanwhile."""
+    path = chdb_path(settings.dsn)
+    lock: _EngineLock | None = None
+    if path is not None and path != ":memory:":
+        with _LOCKS_MUTEX:
+            lock = _LOCKS.setdefault(path, _EngineLock(path))
+        lock.acquire(settings.lock_timeout_seconds)
+    try:
+        source = Source(settings, _client(settings))
+        try:
+            yield source
+        finally:
+            source.close(client=True)
+    finally:
+        if lock is not None:
+            lock.release()

@@ -1,0 +1,331 @@
+"""The read model: what each table's offload looks like, from Iceberg history and ClickHouse bounds.
+
+Shared by the CLI (`status`, `watermark show`, `verify`) and, later, the metrics exporter.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from iceberg_offload import names
+from iceberg_offload.clickhouse.client import Source, open_source
+from iceberg_offload.clickhouse.sql import quote
+from iceberg_offload.clickhouse.window import NS, Watermark, Window, count_query, iso, upper_bound
+from iceberg_offload.config import Settings, TableSettings
+from iceberg_offload.engine.identity import SourceIdentity
+from iceberg_offload.engine.plan import SOURCE, TablePlan
+from iceberg_offload.errors import ConfigError, OffloadError
+from iceberg_offload.iceberg.sink import Commit, Sink, catalog_errors, open_catalog
+
+
+def _now_ns(now_ns: int | None) -> int:
+    return now_ns if now_ns is not None else time.time_ns()
+
+
+@dataclass
+class TableStatus:
+    table: str
+    layer: str
+    source: str
+    watermark: dict[str, Any] | None = None
+    lag_seconds: float | None = None
+    cold_rows: int = 0
+    commits: int = 0
+    rows_total: int = 0
+    commits_total: int = 0
+    last_commit_at: str | None = None
+    last_commit_seconds: float | None = None
+    hot_rows: int | None = None
+    oldest_hot: str | None = None
+    newest_hot: str | None = None
+    pending_rows: int | None = None
+    ttl: str | None = None
+    column_ttl: dict[str, str] | None = None
+    """Column TTLs, column to expression: past one, ClickHouse resets the column to its default (the headroom
+    and the TTL check count them as deadlines)."""
+    ttl_headroom_seconds: float | None = None
+    ttl_deadline: float | None = None
+    """Epoch seconds when the TTL deletes the oldest row not yet in Iceberg (None: nothing pending)."""
+    ttl_span_seconds: float | None = None
+    """How long the TTL keeps a row (the headroom of a row that arrives now)."""
+    data_files: int = 0
+    repairs: int = 0
+    """Reconcile repairs (late rows, duplicates) in the retained Iceberg history, and the rows they added."""
+    repaired_rows: int = 0
+    compactions: int = 0
+    late_rows: int | None = None
+    """Rows behind the watermark found missing from Iceberg and not yet added (None: not known here)."""
+    late_oldest_ns: int | None = None
+    """Start of the oldest hour holding such rows: the TTL headroom counts it."""
+    error: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cold_status(cfg: TableSettings, sink: Sink, st: TableStatus) -> Watermark | None:
+    """The Iceberg half: watermark, rows, commits and their running totals, from snapshot summaries."""
+    table = sink.load(cfg.target)
+    if table is None:
+        return None
+    history = sink.history(table)
+    wm, last = sink.watermark(table)
+    offloads = [c for c in history if names.RUN_ID in c.props]
+    st.commits = len(offloads)
+    if offloads:
+        st.last_commit_at = iso(offloads[0].timestamp_ms * 1_000_000)
+        st.last_commit_seconds = int(offloads[0].props.get(names.DURATION_MS, 0)) / 1000
+    if last is not None:
+        st.rows_total, st.commits_total = last.totals
+    snap = table.current_snapshot()
+    if snap is not None and snap.summary is not None:
+        st.cold_rows = int(snap.summary.additional_properties.get("total-records", 0))
+        st.data_files = int(snap.summary.additional_properties.get("total-data-files", 0))
+    ops: dict[str, dict[str, Commit]] = {"repair": {}, "compact": {}}
+    for c in history:  # a repair is two snapshots (delete, append) with one commit id
+        op = c.props.get(names.OPERATION, "")
+        if op in ops:
+            ops[op][c.props.get(names.COMMIT_ID) or str(c.snapshot_id)] = c
+    st.repairs, st.compactions = len(ops["repair"]), len(ops["compact"])
+    st.repaired_rows = sum(int(c.props.get(names.REPAIR_ROWS_ADDED, 0)) for c in ops["repair"].values())
+    if wm is not None:
+        st.watermark = wm.as_dict()
+    return wm
+
+
+def hot_status(settings: Settings, cfg: TableSettings, source: Source, st: TableStatus, wm: Watermark | None,
+               now: int) -> TablePlan:
+    """The ClickHouse half: hot rows and bounds, rows waiting, the TTL and its deadline."""
+    plan = TablePlan.build(source, cfg)
+    key, tsql = plan.key, plan.info.qualified
+    count, oldest, newest = _bounds(source, tsql + (" FINAL" if cfg.final else ""), key)
+    st.hot_rows = count
+    st.oldest_hot = iso(oldest) if count else None
+    st.newest_hot = iso(newest) if count else None
+    window = Window(wm, upper_bound(now, settings.offload.settle_seconds, cfg.closed_after_seconds))
+    st.pending_rows = int(source.rows(count_query(tsql, cfg.final, key, window))[0][0])
+    st.ttl = plan.info.ttl
+    st.column_ttl = dict(plan.info.column_ttls) or None
+    deadline = plan.info.row_deadline  # the table TTL per row, and every column TTL
+    if deadline:
+        spans = plan.ttl_spans(source)  # from the expressions: known also when the TTL left no row
+        span = min((x.span for x in spans if x.span is not None), default=None)
+        st.ttl_deadline, rows_span = _ttl_bounds(source, tsql, key, wm, deadline)
+        st.ttl_span_seconds = min((x for x in (rows_span, span) if x is not None), default=None)
+        plan.check_ttl(settings, spans)
+    return plan
+
+
+def table_status(settings: Settings, cfg: TableSettings, source: Source | None, sink: Sink,
+                 now_ns: int | None = None) -> TableStatus:
+    """Both halves; without a source (the engine is busy), only the Iceberg half."""
+    now = _now_ns(now_ns)
+    st = TableStatus(cfg.target, cfg.layer, cfg.source)
+    try:
+        wm = cold_status(cfg, sink, st)
+        if source is not None:
+            plan = hot_status(settings, cfg, source, st, wm, now)
+            plan.check_source(sink.load(cfg.target))  # a mixed target is this table's error
+    except OffloadError as exc:
+        st.error = exc.as_dict()
+    derive(st, now / NS)
+    return st
+
+
+def derive(st: TableStatus, now: float) -> None:
+    """The values that move with the clock: lag and TTL headroom."""
+    if st.watermark is not None:
+        st.lag_seconds = round(now - st.watermark["ts_ns"] / NS, 3)
+    if st.ttl_deadline is not None:
+        st.ttl_headroom_seconds = round(st.ttl_deadline - now, 3)
+    elif st.ttl_span_seconds is not None:
+        st.ttl_headroom_seconds = st.ttl_span_seconds
+    if st.late_rows and st.late_oldest_ns is not None and st.ttl_span_seconds is not None:
+        late = round(st.late_oldest_ns / NS + st.ttl_span_seconds - now, 3)  # the late row goes first
+        st.ttl_headroom_seconds = late if st.ttl_headroom_seconds is None else min(late, st.ttl_headroom_seconds)
+
+
+def _bounds(source: Source, tsql: str, key: Any) -> tuple[int, int, int]:
+    """Rows, oldest and newest timestamp (ns). Read in milliseconds: a row stamped after 2262 (DateTime64
+    reaches 2299) has no Int64 nanoseconds."""
+    ts = quote(key.ts)
+    ms = [key.ts_ms_of(f"{f}({ts})") for f in ("min", "max")]
+    count, oldest, newest = source.rows(f"SELECT count(), {ms[0]}, {ms[1]} FROM {tsql}")[0]
+    return int(count), int(oldest or 0) * 1_000_000, int(newest or 0) * 1_000_000
+
+
+def _ttl_bounds(source: Source, tsql: str, key: Any, wm: Watermark | None, ttl: str) -> tuple[float | None,
+                                                                                             float | None]:
+    """(when the TTL deletes the first row not yet offloaded, how long the TTL keeps the newest row), with
+    the table's per-row TTL deadline: the earliest over every row waiting, not the oldest row's (a `WHERE`
+    rule may spare it, or the TTL may be on another column)."""
+    ttl_s = f"toInt64(toUnixTimestamp(toDateTime({ttl})))"
+    n, first = source.rows(f"SELECT count(), min({ttl_s}) FROM {tsql} WHERE {key.after(wm)}")[0]
+    span = source.rows(f"SELECT {ttl_s} - toInt64(intDiv({key.ts_ms_of(quote(key.ts))}, 1000)) FROM {tsql} "
+                       f"ORDER BY {key.order_by(desc=True)} LIMIT 1")
+    return (float(first) if n else None), (float(span[0][0]) if span else None)
+
+
+def status(settings: Settings, names: list[str] | None = None, now_ns: int | None = None) -> list[TableStatus]:
+    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+    with open_source(settings.source) as source:
+        return [table_status(settings, cfg, source, sink, now_ns) for cfg in settings.select(names)]
+
+
+def watermark_history(settings: Settings, names: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for cfg in settings.select(names):
+        table = sink.load(cfg.target)
+        history: list[Commit] = sink.history(table) if table is not None else []
+        out[cfg.target] = [c.as_dict() for c in history if c.watermark is not None]
+    return out
+
+
+def _order(wm: Watermark | None) -> tuple[int, int]:
+    """A watermark's place; without a sequence value it covers every row at its timestamp (as the window
+    reads it: `ts > T`)."""
+    assert wm is not None
+    return wm.ts_ns, 2**65 if wm.seq is None else wm.seq
+
+
+def _between(source: Source, plan: TablePlan, lo: Watermark | None, hi: Watermark) -> int:
+    where = f"({plan.key.after(lo)}) AND {plan.key.at_most(hi)}"
+    return int(source.rows(f"SELECT count() FROM {plan.info.qualified} WHERE {where}")[0][0])
+
+
+def _data_extent(history: list[Commit]) -> Watermark | None:
+    """The watermark of the newest commit that wrote rows (a `watermark set` commit writes none)."""
+    for c in history:
+        if c.watermark is not None and int(c.props.get(names.ROWS, 0) or 0) > 0:
+            return c.watermark
+    return None
+
+
+def parse_time(text: str) -> int:
+    """ISO 8601 (naive = UTC) or epoch seconds -> epoch nanoseconds."""
+    import datetime as dt
+
+    try:
+        return int(float(text) * NS)
+    except ValueError:
+        pass
+    try:
+        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r} as a time", "use ISO 8601, e.g. 2026-11-29T16:00:00Z") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return int(stamp.timestamp()) * NS + stamp.microsecond * 1000
+
+
+def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, apply: bool,
+                  reoffload: bool = False, future: bool = False) -> dict[str, Any]:
+    """Preview (or, with apply, commit) a new watermark: an empty commit that carries it in its summary.
+    Moving forward skips rows (they are never offloaded); moving back offloads again the rows Iceberg
+    already has (below the newest commit that wrote rows), which needs `reoffload`. A watermark after
+    now - settle_seconds skips rows that have not even arrived yet, which needs `future`."""
+
+    from iceberg_offload.clickhouse.window import Watermark
+
+    cfg = settings.table(name)
+    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+    table = sink.load(cfg.target)
+    if table is None:
+        raise ConfigError(f"no Iceberg table {cfg.target} yet", f"run `iceberg-offload run --table {cfg.target}` first")
+    current, last = sink.watermark(table)
+    if seq is not None and not cfg.sequence_column:
+        raise ConfigError(f"{cfg.target} has no sequence_column; --seq would be ignored", "drop --seq")
+    new = Watermark(ts_ns, seq)
+    newest = _now_ns(None) - (settings.offload.settle_seconds + cfg.closed_after_seconds) * NS
+    if ts_ns > newest and not future:
+        raise ConfigError(f"{cfg.target}: {iso(ts_ns)} is in the future (after now - settle_seconds, {iso(newest)}); "
+                          f"every row until then would be skipped", "check --to; add --future only to skip them")
+    extent = _data_extent(sink.history(table))  # the newest key Iceberg holds rows up to
+    backward = current is not None and _order(new) < _order(current)
+    with open_source(settings.source) as source:
+        plan = TablePlan.build(source, cfg)
+        plan.check_source(table)
+        plan.check_lineage(last, key=False)  # another ClickHouse table is `adopt`'s to take on, never this
+        lo, hi = (new, current) if backward else (current, new)
+        assert hi is not None
+        affected = _between(source, plan, lo, hi)
+        again = 0
+        if backward and current is not None:  # no data commit left in history (expired): assume all were
+            if extent is None:
+                again = affected
+            elif _order(new) < _order(extent):
+                again = _between(source, plan, new, extent if _order(extent) < _order(current) else current)
+    effect = (f"{again} rows Iceberg already has would be offloaded again (duplicates); {affected - again} rows "
+              f"never offloaded would be offloaded" if backward else
+              f"{affected} hot rows between the watermarks would never be offloaded")
+    out = {"table": cfg.target, "current": current.as_dict() if current else None, "new": new.as_dict(),
+           "direction": "back" if backward else "forward", "rows_affected": affected,
+           "rows_offloaded_again": again, "effect": effect, "applied": False}
+    if again and not reoffload:
+        if apply:
+            raise ConfigError(f"{cfg.target}: moving the watermark back would offload {again} rows again",
+                              "add --reoffload if those rows were removed from Iceberg first")
+        return out
+    if apply:
+        _watermark_commit(sink, table, plan, new, last, "watermark set")
+        out["applied"] = True
+    return out
+
+
+def adopt(settings: Settings, name: str, apply: bool) -> dict[str, Any]:
+    """Preview (or, with apply, record) the configured ClickHouse table as the source of an Iceberg table
+    whose rows came from another (a moved server, a restored or recreated table): its identity goes into the
+    table properties and, with a watermark, an empty commit carries the watermark in the new source's terms.
+    The next run offloads the new source's rows above the watermark; rows at or below it are assumed to be
+    in Iceberg already."""
+
+    cfg = settings.table(name)
+    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+    table = sink.load(cfg.target)
+    if table is None:
+        raise ConfigError(f"no Iceberg table {cfg.target} yet: nothing to adopt",
+                          f"run `iceberg-offload run --table {cfg.target}` (it records the source)")
+    wm, last = sink.watermark(table)
+    recorded = SourceIdentity.recorded(table)
+    with open_source(settings.source) as source:
+        plan = TablePlan.build(source, cfg)
+        plan.check_lineage(last, source=False)  # the key must read the watermark as it was written
+        after = plan.key.after(wm)
+        above, hot = source.rows(f"SELECT countIf({after}), count() FROM {plan.info.qualified}"
+                                 f"{' FINAL' if cfg.final else ''}")[0]
+    was = last.props.get(SOURCE) if last is not None else None  # the watermark's source table
+    same = (recorded is None or recorded.agrees(plan.identity)) and was in (None, plan.info.qualified)
+    snap = table.current_snapshot()
+    cold_rows = int(snap.summary.additional_properties.get("total-records", 0)) if snap and snap.summary else 0
+    mark = wm.describe() if wm else "none (nothing offloaded yet)"
+    effect = (f"nothing to adopt: the table's rows came from {plan.identity.describe()}" if same else
+              f"the next run offloads the {above} rows of {plan.identity.describe()} above the watermark {mark}; "
+              f"its {hot - above} rows at or below it are assumed to be in Iceberg already ({cold_rows} rows)")
+    out = {"table": cfg.target, "recorded": recorded.as_dict() if recorded else None, "watermark_source": was,
+           "configured": plan.identity.as_dict(), "cold_rows": cold_rows, "watermark": wm.as_dict() if wm else None,
+           "hot_rows_above": int(above), "hot_rows_at_or_below": int(hot - above), "changes": not same,
+           "effect": effect, "applied": False}
+    if not apply or same:
+        return out
+    if last is None or wm is None:
+        with catalog_errors(f"recording the source of {cfg.target}", sink.warehouse):
+            table.transaction().set_properties(plan.identity.to_props()).commit_transaction()
+    else:
+        _watermark_commit(sink, table, plan, wm, last, "adopt")
+    out["applied"] = True
+    return out
+
+
+def _watermark_commit(sink: Sink, table: Any, plan: TablePlan, wm: Watermark, last: Commit | None, by: str) -> None:
+    """An empty commit carrying `wm` in the plan's terms (key, source) and the source identity; totals carried."""
+    import uuid
+
+    totals = last.totals if last is not None else (0, 0)
+    tag = by.replace(" ", "-")
+    props = {**wm.to_props(), **plan.lineage(), names.RUN_ID: f"{tag}-{uuid.uuid4().hex[:8]}",
+             names.COMMIT_ID: f"{tag}/{uuid.uuid4().hex[:12]}", names.SET_BY: by,
+             names.ROWS_TOTAL: str(totals[0]), names.COMMITS_TOTAL: str(totals[1])}
+    sink.commit(table, iter(()), props, time.monotonic(), table_props=plan.identity.to_props())

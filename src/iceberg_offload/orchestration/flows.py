@@ -1,0 +1,290 @@
+"""Prefect wrappers around the engine: the offload cycle, one table, maintenance, and their deployments.
+
+The engine (`offload`) knows nothing of Prefect. Everything here is thin: load the config named by the
+`config` parameter, call the engine, turn its results into task and flow states. Import this module only
+after `prefect_env()` has set PREFECT_API_URL (the CLI does), or Prefect starts a throwaway server.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.client.schemas.objects import FlowRun
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+
+from iceberg_offload import names
+from iceberg_offload.clickhouse.client import open_source
+from iceberg_offload.config import LAYERS, Settings, load
+from iceberg_offload.engine.offload import TableResult, cycle_status, new_run_id, offload_table
+from iceberg_offload.errors import OffloadError, TransientError
+from iceberg_offload.iceberg.sink import Sink, open_catalog
+
+
+class TableFailed(Exception):
+    """A table's offload failed; `transient` decides whether the task is retried."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        err = result.get("error") or {}
+        super().__init__(f"[{err.get('type', 'error')}] {result['table']}: {err.get('message', 'failed')} "
+                         f"(fix: {err.get('fix', '-')})")
+        self.result = result
+        self.transient = bool(err.get("transient"))
+
+
+def _transient_only(task: Any, task_run: Any, state: State) -> bool:
+    """Retry a table only for transient errors (ClickHouse or catalog unreachable, a lost race)."""
+    try:
+        state.result()
+    except TableFailed as exc:
+        return exc.transient
+    except OffloadError as exc:
+        return exc.transient
+    except Exception:  # noqa: BLE001 - an unexpected error: do not hammer, let the operator look
+        return False
+    return False
+
+
+def _run_id() -> str:
+    rid = flow_run.get_id()
+    return str(rid) if rid else new_run_id()
+
+
+def run_table(config: str, table: str, run_id: str) -> dict[str, Any]:
+    """Offload one table in this process; raise TableFailed when it failed."""
+    settings = load(config or None)
+    cfg = settings.table(table)
+    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+    with open_source(settings.source) as source:
+        result = offload_table(settings, cfg, source, sink, run_id)
+    if result.status != "ok":
+        raise TableFailed(result.as_dict())
+    return result.as_dict()
+
+
+@task(name="offload-table", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient_only,
+      task_run_name="offload {table}")
+def offload_table_task(config: str, table: str, run_id: str, wait_for_maintenance: bool = False) -> dict[str, Any]:
+    if wait_for_maintenance:
+        _wait_while_maintained(table)
+    return run_table(config, table, run_id)
+
+
+class TableBusy(TransientError):
+    kind = "table_busy"
+
+
+MAINTENANCE_WAIT_SECONDS = 15 * 60
+
+
+def _maintaining(table: str) -> bool:
+    """Is the maintenance task of this table Running (anywhere)?"""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        TaskRunFilter,
+        TaskRunFilterName,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        return bool(client.read_task_runs(task_run_filter=TaskRunFilter(
+            name=TaskRunFilterName(any_=[f"maintain {table}"]),
+            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING]))), limit=1))
+
+
+def _wait_while_maintained(table: str) -> None:
+    """Tasks fan-out takes no tag slot (too slow per cycle), so it looks: while the maintenance task of this
+    table is Running, wait. The maintenance task looks too (after it is Running): it gives way while a cycle
+    runs. Each looks after its own Running state is set, so at least one of them sees the other."""
+    deadline = time.monotonic() + MAINTENANCE_WAIT_SECONDS
+    while _maintaining(table):
+        if time.monotonic() > deadline:
+            raise TableBusy(f"the maintenance of {table} has held it for {MAINTENANCE_WAIT_SECONDS // 60} min",
+                            "it is offloaded by the next cycle; look at the iceberg-maintenance flow run")
+        time.sleep(2)
+
+
+@flow(name=names.TABLE_FLOW, flow_run_name="offload {table}", persist_result=True)
+def offload_table_flow(config: str = "", table: str = "", run_id: str = "") -> dict[str, Any]:
+    """One table in its own flow run (fan_out = "deployments"): any worker in the pool may take it."""
+    delays = load(config or None).prefect.retry_delays_seconds
+    return offload_table_task.with_options(tags=[names.table_limit(table)], retries=len(delays),
+                                           retry_delay_seconds=delays or 0)(config, table, run_id or _run_id())
+
+
+def _outcome(table: str, layer: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, TableFailed):
+        return value.result
+    return TableResult(table, layer, status="failed",
+                       error={"type": "orchestration", "transient": True, "message": str(value)[:500],
+                              "fix": "see the flow run's logs"}).as_dict()
+
+
+def _layer_with_tasks(settings: Settings, tables: list[str], run_id: str) -> list[Any]:
+    """Tables of a layer in threads of this flow run. No per-table tags here: the deployment's
+    concurrency limit (1, CANCEL_NEW) already keeps one cycle in flight, and tag slots cost ~0.7 s each."""
+    delays = settings.prefect.retry_delays_seconds
+    task_ = offload_table_task.with_options(retries=len(delays), retry_delay_seconds=delays or 0)
+    futures = [task_.submit(settings.path, n, run_id, wait_for_maintenance=True) for n in tables]
+    return [f.result(raise_on_failure=False) for f in futures]
+
+
+def _layer_with_deployments(settings: Settings, tables: list[str], run_id: str) -> list[Any]:
+    from prefect.deployments import run_deployment
+
+    def one(name: str) -> Any:
+        run = cast(FlowRun, run_deployment(names.TABLE, timeout=None, as_subflow=True,
+                                           parameters={"config": settings.path, "table": name, "run_id": run_id}))
+        state = run.state
+        if state is not None and state.is_completed():
+            return state.result()
+        try:
+            return state.result() if state is not None else RuntimeError("no state")
+        except Exception as exc:  # noqa: BLE001 - the table run's own error, reported per table
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, len(tables))) as pool:
+        return list(pool.map(one, tables))
+
+
+@flow(name=names.MAIN_FLOW, persist_result=True)
+def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
+    """One cycle: bronze tables concurrently, then silver, then gold. A failing table does not stop the
+    others; the run ends Failed when any failed or a view was left behind, and its result lists every
+    table's outcome."""
+    logger = get_run_logger()
+    settings = load(config or None)
+    run_id = _run_id()
+    selected = settings.select(tables)
+    outcomes: list[dict[str, Any]] = []
+    for layer in LAYERS:
+        tables = [t.target for t in selected if t.layer == layer]
+        if not tables:
+            continue
+        runner = _layer_with_deployments if settings.prefect.fan_out == "deployments" else _layer_with_tasks
+        values = runner(settings, tables, run_id)
+        outcomes += [_outcome(n, layer, v) for n, v in zip(tables, values, strict=True)]
+        logger.info("layer %s: %s", layer, ", ".join(f"{o['table']}={o['status']}" for o in outcomes[-len(tables):]))
+    failed = [o for o in outcomes if o["status"] != "ok"]
+    moved = [o["table"] for o in outcomes if o["status"] == "ok" and (o["rows"] or o.get("late_rows_added"))]
+    stale = _refresh_views(settings, moved, outcomes)
+    result = {"run_id": run_id, "status": cycle_status(outcomes), "rows": sum(o["rows"] for o in outcomes),
+              "tables": outcomes}
+    create_table_artifact(key=names.CYCLE_ARTIFACT, description=f"cycle {run_id}: {result['status']}",
+                          table=[{k: o[k] for k in ("table", "layer", "status", "rows", "commits")} |
+                                 {k: o.get(k) for k in LATE_FIGURES} |
+                                 {"error": (o.get("error") or {}).get("message", ""),
+                                  "view_error": (o.get("view_error") or {}).get("message", "")} for o in outcomes])
+    if failed or stale:  # "N of M tables failed" is what the exporter counts (partial when N < M)
+        return Failed(message=f"{len(failed)} of {len(outcomes)} tables failed" + (": " if failed else "")
+                              + "; ".join(f"{o['table']}: {(o.get('error') or {}).get('message', '')}"[:300]
+                                          for o in failed) + _stale_text(stale), data=result)
+    return Completed(message=f"{result['rows']} rows offloaded", data=result)
+
+
+RECONCILE_FIGURES = ("rows_missing", "buckets_missing", "buckets_duplicates", "buckets_repaired",
+                     "buckets_skipped_ttl", "buckets_skipped_cold_ahead", "rows_added", "duplicate_rows_removed",
+                     "rows_left_missing", "oldest_left_ns", "left_buckets")
+LATE_FIGURES = ("late_checked", "late_rows", "late_rows_added", "late_rows_left", "late_oldest_ns",
+                "late_since_ns")
+"""The cycle's late-row sweep, per table (the exporter's offload_late_rows and TTL headroom read them)."""
+
+
+class OffloadInFlight(TransientError):
+    kind = "offload_in_flight"
+
+
+@task(name="maintain-table", retries=20, retry_delay_seconds=30, retry_condition_fn=_transient_only,
+      task_run_name="maintain {table}")
+def maintain_table_task(config: str, table: str) -> dict[str, Any]:
+    """Holds the table's `offload-table:<table>` slot (tagged by the flow). A running offload cycle may be at
+    this table without a slot (tasks fan-out): then give the slot back and retry in 30 s."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from iceberg_offload.maintenance.daily import maintain_table
+
+    settings = load(config or None)
+    with get_client(sync_client=True) as client:
+        cycles = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[names.MAIN_DEPLOYMENT])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.RUNNING]))), limit=1)
+    if cycles:
+        raise OffloadInFlight(f"offload cycle {cycles[0].name} is running", "maintenance retries in 30 s")
+    result = maintain_table(settings, settings.table(table))
+    if not result["ok"]:
+        errors = [r["error"] for r in result["steps"].values() if r.get("error")] or [result.get("error") or {}]
+        raise TableFailed({"table": table, "error": errors[0]} | {"maintenance": result})
+    return result
+
+
+@flow(name=names.MAINT_FLOW, persist_result=True)
+def maintenance(config: str = "") -> Any:
+    """Daily: per table, reconcile (repair) -> compact -> expire snapshots -> remove orphan files. One table
+    at a time, each holding its slot; a failing table does not stop the others."""
+    settings = load(config or None)
+    outcomes = []
+    for cfg in settings.tables:
+        fut = maintain_table_task.with_options(tags=[names.table_limit(cfg.target)]).submit(settings.path, cfg.target)
+        value = fut.result(raise_on_failure=False)
+        outcomes.append(value if isinstance(value, dict) else
+                        {"table": cfg.target, "ok": False, "error": str(value)[:500]})
+    stale = _refresh_views(settings, [o["table"] for o in outcomes], outcomes)
+    bad = [o for o in outcomes if not o.get("ok")]
+    create_table_artifact(key="maintenance", description="daily maintenance", table=[
+        {"table": o["table"], "ok": o.get("ok"), **{s: _brief(r) for s, r in (o.get("steps") or {}).items()},
+         "error": o.get("error", "")} for o in outcomes])
+    found = [{"table": o["table"], **{k: rec.get(k) for k in RECONCILE_FIGURES}}
+             for o in outcomes if isinstance(rec := (o.get("steps") or {}).get("reconcile"), dict)
+             and not rec.get("error")]
+    if found:  # the exporter serves these (offload_reconcile_*)
+        create_table_artifact(key=names.RECONCILE_ARTIFACT, table=found,
+                              description="what the daily reconcile found and repaired")
+    summary = {"ok": not bad, "tables": outcomes}
+    if bad or stale:
+        return Failed(message=("maintenance failed for " + ", ".join(o["table"] for o in bad) if bad else
+                               "maintenance done") + _stale_text(stale), data=summary)
+    return Completed(message=f"maintained {len(outcomes)} tables", data=summary)
+
+
+def _refresh_views(settings: Settings, tables: list[str], outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Views created by `iceberg-offload view` follow the watermark. Each table's outcome gets `view` and
+    `view_error`; returns the views left behind (the run then ends Failed, naming them)."""
+    from iceberg_offload.maintenance.view import refresh_views
+
+    views = refresh_views(settings, tables) if tables else []
+    by_table = {o["table"]: o for o in outcomes}
+    for v in views:
+        if (o := by_table.get(v["table"])) is not None:
+            o["view"], o["view_error"] = v["view"], v["error"]
+    if done := [v["view"] for v in views if not v["error"]]:
+        get_run_logger().info("views re-pointed: %s", ", ".join(done))
+    return [v for v in views if v["error"]]
+
+
+def _stale_text(stale: list[dict[str, Any]]) -> str:
+    return "".join(f"; view {v['view'] or v['table']} not re-pointed: {v['error']['message']}"[:300]
+                   for v in stale)
+
+
+def _brief(step: dict[str, Any]) -> str:
+    if step.get("error"):
+        return "error: " + str(step["error"].get("message", ""))[:80]
+    keys = ("buckets_repaired", "files_rewritten", "expired", "orphans")
+    return ", ".join(f"{k}={len(v) if isinstance(v, list) else v}" for k, v in step.items() if k in keys)
