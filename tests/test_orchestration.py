@@ -458,19 +458,20 @@ def test_the_exporter_serves_late_rows_from_the_newest_cycle_artifact(stack):
     """Each cycle's artifact carries its late-row sweep; the exporter serves what the newest left missing."""
     import json
 
+    from iceberg_offload import names
     from iceberg_offload.ops.metrics import Exporter
     from iceberg_offload.orchestration import prefect_api
 
-    at, rows = prefect_api.latest_artifact(stack, prefect_api.CYCLE_ARTIFACT)
+    at, rows = prefect_api.latest_artifact(stack, names.CYCLE_ARTIFACT)
     if at is None:
         _run_main(stack, via_prefect_cli=False)
-        at, rows = prefect_api.latest_artifact(stack, prefect_api.CYCLE_ARTIFACT)
+        at, rows = prefect_api.latest_artifact(stack, names.CYCLE_ARTIFACT)
     assert at is not None and {r["table"] for r in rows if r.get("late_checked")} >= {"b0", "b1", "b2"}, rows
     # a cycle whose sweep left 3 rows of b1 (in an hour the TTL is deleting), posted as the flow posts it
     hour_ns = (int(time.time()) - 3600) // 3600 * 3600 * 1_000_000_000
     left = [{"table": "b1", "late_checked": True, "late_rows": 3, "late_rows_added": 0, "late_rows_left": 3,
              "late_oldest_ns": hour_ns}]
-    prefect_api.request(stack, "POST", "/artifacts/", {"key": prefect_api.CYCLE_ARTIFACT, "type": "table",
+    prefect_api.request(stack, "POST", "/artifacts/", {"key": names.CYCLE_ARTIFACT, "type": "table",
                                                        "data": json.dumps(left)})
     exporter = Exporter(stack)
     exporter.refresh(hot=False)

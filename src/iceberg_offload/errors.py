@@ -60,6 +60,12 @@ class EngineBusy(TransientError):
     kind = "engine_busy"
 
 
+class PrefectUnavailable(TransientError):
+    """The Prefect API did not answer, or answered with a server error."""
+
+    kind = "prefect_unavailable"
+
+
 class CatalogUnavailable(TransientError):
     kind = "catalog_unavailable"
 

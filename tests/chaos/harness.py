@@ -22,6 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: conftest, stackutil
 
 from conftest import TRADES_DDL, insert_trades  # noqa: E402
+from iceberg_offload import names  # noqa: E402
 from iceberg_offload.clickhouse.client import open_source  # noqa: E402
 from iceberg_offload.config import Settings  # noqa: E402
 from iceberg_offload.iceberg.sink import Sink, open_catalog  # noqa: E402
@@ -114,7 +115,7 @@ class Chaos:
             self.next_ms += rows * STEP_MS
         self.next_ms = min(self.next_ms, (int(time.time()) - 60) * 1000)
 
-    def trigger(self, deployment: tuple[str, str] = prefect_api.MAIN) -> str | None:
+    def trigger(self, deployment: tuple[str, str] = (names.MAIN_FLOW, names.MAIN_DEPLOYMENT)) -> str | None:
         with contextlib.suppress(*prefect_api.API_ERRORS):
             dep = prefect_api.deployment(self.settings, *deployment)
             if dep is not None:
@@ -145,7 +146,7 @@ class Chaos:
 
     def _flow_run_pid(self) -> int | None:
         with contextlib.suppress(*prefect_api.API_ERRORS):
-            dep = prefect_api.deployment(self.settings, *prefect_api.MAIN)
+            dep = prefect_api.deployment(self.settings, names.MAIN_FLOW, names.MAIN_DEPLOYMENT)
             for run in prefect_api.flow_runs(self.settings, dep["id"], ["RUNNING"], limit=5) if dep else []:
                 pid = str(run.get("infrastructure_pid") or "").rsplit(":", 1)[-1]
                 if pid.isdigit():
@@ -173,10 +174,10 @@ class Chaos:
         self.trigger()
         if rng.random() < 0.3:  # an operator's manual run, racing the cycle
             self.report.manual_triggers += 1
-            prefect_cli(self.settings, "deployment", "run", "/".join(prefect_api.MAIN), timeout=60)
+            prefect_cli(self.settings, "deployment", "run", names.MAIN, timeout=60)
         if rng.random() < 0.1:
             self.report.maintenance_runs += 1
-            self.trigger(prefect_api.MAINT)
+            self.trigger((names.MAINT_FLOW, names.MAINT_DEPLOYMENT))
         time.sleep(rng.uniform(0.5, 5.0))
         for target in rng.sample(TARGETS, rng.randint(1, 3)):  # one to three kills at random moments
             self.kill(target)

@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from iceberg_offload import names
-from iceberg_offload.cli.output import EXIT_FAILED, EXIT_OK, emit, grid, load_prefect_settings
+from iceberg_offload.cli.output import EXIT_FAILED, EXIT_OK, emit, grid, load_prefect_settings, load_settings
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -192,13 +192,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    load_prefect_settings(args)
-    from iceberg_offload.orchestration.deployments import schedule_state, set_paused
+    from iceberg_offload.orchestration.control import schedule_state, set_paused
 
+    settings = load_settings(args)
     if args.action == "show":
-        data = schedule_state(args.deployment)
+        data = schedule_state(settings, args.deployment)
     else:
-        data = set_paused(args.deployment, args.action == "pause")
+        data = set_paused(settings, args.deployment, args.action == "pause")
 
     def text() -> str:
         rows = [[d["deployment"], "missing" if not d["exists"] else "paused" if not d["active"] else "active",
@@ -210,10 +210,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
-    load_prefect_settings(args)
-    from iceberg_offload.orchestration.deployments import trigger
+    from iceberg_offload.orchestration.control import trigger
 
-    data = trigger(args.deployment, wait=args.wait, timeout=args.timeout)
+    data = trigger(load_settings(args), args.deployment, wait=args.wait, timeout=args.timeout)
     emit(args, data, lambda: f"flow run {data['flow_run_id']} ({data['name']}): {data['state']}"
            + (f" in {data['seconds']}s" if args.wait else "") + (f"\n{data['note']}" if data.get("note") else ""))
     return EXIT_OK if not args.wait or data["state"] == "COMPLETED" else EXIT_FAILED

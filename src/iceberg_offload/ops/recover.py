@@ -104,7 +104,7 @@ def recover(settings: Settings, yes: bool, resume_schedule: bool = False, timeou
 
 
 def _do(settings: Settings, step: Step, timeout: float) -> str:
-    from iceberg_offload.orchestration.deployments import deploy, set_paused, trigger
+    from iceberg_offload.orchestration.control import set_paused, trigger
 
     if step.name == "start the database":
         return _start_local_postgres(settings)
@@ -113,15 +113,17 @@ def _do(settings: Settings, step: Step, timeout: float) -> str:
     if step.name == "restart the stack":
         return _heal_stack(settings, timeout)
     if step.name == "deploy":
+        from iceberg_offload.orchestration.deployments import deploy
+
         return ", ".join(f"{k}: {v}" for k, v in deploy(settings).deployments.items())
     if step.name == "resume the schedule":
-        set_paused(None, paused=False)
+        set_paused(settings, None, paused=False)
         return "resumed"
     if step.name == "mark stuck runs Crashed":
         return f"{_crash_stuck(settings)} runs marked Crashed"
     if step.name == "run now and wait":
         crashed = _crash_stuck(settings)  # a run with no process would hold the slot and cancel ours
-        run = trigger(names.MAIN, wait=True, timeout=timeout)
+        run = trigger(settings, names.MAIN, wait=True, timeout=timeout)
         prefix = f"{crashed} stuck runs marked Crashed; " if crashed else ""
         note = f" ({run['note']})" if run.get("note") else ""
         return prefix + f"flow run {run['name']} ({run['flow_run_id']}): {run['state']} in {run['seconds']}s{note}"

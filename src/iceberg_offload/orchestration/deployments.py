@@ -27,13 +27,11 @@ from prefect.utilities.callables import parameter_schema
 from prefect.workers.process import ProcessWorker
 
 from iceberg_offload.config import Settings
-from iceberg_offload.errors import ConfigError, TransientError
+from iceberg_offload.errors import ConfigError, PrefectUnavailable
 from iceberg_offload.names import (
     DEPLOYMENT_TAG,
-    MAIN,
     MAIN_DEPLOYMENT,
     MAIN_FLOW,
-    MAINT,
     MAINT_DEPLOYMENT,
     MAINT_FLOW,
     POOL,
@@ -42,13 +40,6 @@ from iceberg_offload.names import (
     table_limit,
 )
 from iceberg_offload.orchestration.flows import maintenance, offload_main, offload_table_flow
-from iceberg_offload.orchestration.prefect_api import PENDING_STUCK_SECONDS
-
-
-class PrefectUnavailable(TransientError):
-    """The Prefect API did not answer, or answered with a server error."""
-
-    kind = "prefect_unavailable"
 
 
 @contextlib.contextmanager
@@ -200,88 +191,3 @@ def _ensure_deployment(client: Any, spec: DeploySpec, notes: list[str]) -> str:
         notes.append(f"{spec.full_name}: schedule paused by an operator; left paused. Resume: "
                      f"iceberg-offload schedule resume --deployment '{spec.full_name}'")
     return "updated: " + ", ".join(changed) if changed else "unchanged"
-
-
-def deployment_names() -> list[str]:
-    return [MAIN, MAINT]
-
-
-def schedule_state(names: list[str] | None = None) -> list[dict[str, Any]]:
-    """Whether each deployment exists, is paused, and its schedules are active."""
-    out = []
-    with _client() as client:
-        for name in names or deployment_names():
-            try:
-                dep = client.read_deployment_by_name(name)
-            except ObjectNotFound:
-                out.append({"deployment": name, "exists": False, "paused": None, "active": False, "schedules": []})
-                continue
-            schedules = [{"id": str(s.id), "schedule": _schedule_key(s.schedule), "active": s.active}
-                         for s in dep.schedules]
-            active = not dep.paused and bool(schedules) and all(s["active"] for s in schedules)
-            out.append({"deployment": name, "exists": True, "paused": bool(dep.paused), "active": active,
-                        "schedules": schedules})
-    return out
-
-
-def set_paused(names: list[str] | None, paused: bool) -> list[dict[str, Any]]:
-    """Pause (or resume) deployments and every schedule they have."""
-    with _client() as client:
-        for name in names or deployment_names():
-            dep = client.read_deployment_by_name(name)
-            (client.pause_deployment if paused else client.resume_deployment)(dep.id)
-            for sched in dep.schedules:
-                if sched.active == paused:
-                    client.update_deployment_schedule(dep.id, sched.id, active=not paused)
-    return schedule_state(names)
-
-
-def trigger(deployment: str, wait: bool = False, timeout: float = 600.0) -> dict[str, Any]:
-    """Create a flow run of a deployment now; with `wait`, poll until it is final. When the deployment's one
-    slot is taken (CANCEL_NEW cancels ours), wait for the run holding it instead: it does what we asked."""
-    import time
-
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
-    started = time.monotonic()
-    held_by = None
-    with _client() as client:
-        try:
-            dep = client.read_deployment_by_name(deployment)
-        except ObjectNotFound:
-            raise ConfigError(f"deployment {deployment!r} does not exist on the Prefect server",
-                              "run `iceberg-offload deploy` (or `iceberg-offload up`)") from None
-        run = client.create_flow_run_from_deployment(dep.id)
-        ours = run
-        while wait and time.monotonic() - started < timeout:
-            run = client.read_flow_run(run.id)
-            if run.state is not None and run.state.is_final():
-                if run.id != ours.id or run.state.type != StateType.CANCELLED or held_by is not None:
-                    break
-                active = client.read_flow_runs(
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
-                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                        any_=[StateType.RUNNING, StateType.PENDING]))), limit=1)
-                if not active:
-                    break
-                run = held_by = active[0]
-            elif held_by is not None and run.state is not None and run.state.type == StateType.PENDING \
-                    and run.state.timestamp is not None \
-                    and time.time() - run.state.timestamp.timestamp() > PENDING_STUCK_SECONDS:
-                break  # the holder never starts: say so instead of waiting out the timeout
-            time.sleep(0.5)
-    state = run.state.type.value if run.state is not None else "UNKNOWN"
-    out = {"flow_run_id": str(run.id), "name": run.name, "deployment": deployment, "state": state,
-           "seconds": round(time.monotonic() - started, 1)}
-    if held_by is not None:
-        out["note"] = f"our run {ours.name} was cancelled: run {held_by.name} held the deployment's slot; waited for it"
-        if state == "PENDING":
-            out["note"] += "; it is stuck PENDING: iceberg-offload recover --yes marks it Crashed"
-    return out
