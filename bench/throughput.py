@@ -63,8 +63,8 @@ def child_export(ch: Path, out: Path) -> dict[str, float]:
 
 def child_offload(ch: Path, work: Path, batch_rows: int) -> dict[str, float]:
     from iceberg_offload import config
-    from iceberg_offload.clickhouse.client import limit_malloc_arenas
     from iceberg_offload.engine.offload import run_cycle
+    from iceberg_offload.process import limit_malloc_arenas
 
     limit_malloc_arenas()
     cat = work / "catalog"

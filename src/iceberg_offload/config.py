@@ -25,8 +25,8 @@ from pydantic_core import PydanticCustomError
 from iceberg_offload import paths
 from iceberg_offload.credentials import FILE_SUFFIX, read_secret_files, register_secrets, secret_file
 from iceberg_offload.errors import ConfigError
+from iceberg_offload.names import DEFAULT_CONFIG
 
-DEFAULT_CONFIG = "offload.toml"
 ENV_PREFIX = "OFFLOAD__"
 
 

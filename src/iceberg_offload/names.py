@@ -4,6 +4,9 @@ Metric names live with their exporter (ops/metrics.py) and are listed in docs/me
 
 from __future__ import annotations
 
+DEFAULT_CONFIG = "offload.toml"
+"""The config file read when --config is not given (in the working directory)."""
+
 # -- Prefect ----------------------------------------------------------------------------------------------------
 POOL = "iceberg-offload"
 """The work pool (type process)."""

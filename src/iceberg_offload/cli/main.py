@@ -13,9 +13,9 @@ from typing import Any
 
 from iceberg_offload import __version__
 from iceberg_offload.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ProgressBar, emit, grid, load_settings
-from iceberg_offload.clickhouse.client import limit_malloc_arenas
-from iceberg_offload.config import DEFAULT_CONFIG, load
 from iceberg_offload.errors import OffloadError
+from iceberg_offload.names import DEFAULT_CONFIG
+from iceberg_offload.process import limit_malloc_arenas
 
 
 def _common(after_command: bool = True) -> argparse.ArgumentParser:
@@ -293,6 +293,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from iceberg_offload.cli.demo import seed
+    from iceberg_offload.config import load
     from iceberg_offload.engine.offload import run_cycle
     from iceberg_offload.ops.status import status
 

@@ -6,15 +6,19 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from iceberg_offload.config import Settings, load
 from iceberg_offload.errors import redact
+
+if TYPE_CHECKING:
+    from iceberg_offload.config import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
+    from iceberg_offload.config import load  # pydantic: not for --help
+
     return load(args.config)
 
 

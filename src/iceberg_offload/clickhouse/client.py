@@ -170,16 +170,6 @@ _LOCKS: dict[str, _EngineLock] = {}
 _LOCKS_MUTEX = threading.Lock()
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's per-thread malloc arenas for this process. The embedded engine, the reader thread and
-    pyiceberg's writer pool otherwise fragment into one arena each; measured on a 30 M-row backlog this
-    cut peak RSS by about 15% (docs/benchmarks.md). Call before threads start; harmless elsewhere."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
-
-
 def chdb_path(dsn: str) -> str | None:
     """The on-disk path of an embedded DSN, symlinks resolved (None for a server DSN). clickhouse-connect's
     chdb client starts the process's one embedded server on the resolved path and chdb refuses any other
