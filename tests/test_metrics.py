@@ -113,6 +113,9 @@ def test_scrape_never_waits_for_the_embedded_engine(offloaded):
         holder.kill()
         holder.wait()
         handle.shutdown()
+    # a refresh that was waiting for the engine has ended: nothing of the exporter opens it after shutdown
+    # (the next test's engine at another path would be refused)
+    assert not handle.refresher.is_alive()
 
 
 def exported_names(values: dict[str, float]) -> set[str]:

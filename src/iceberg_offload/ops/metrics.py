@@ -334,7 +334,8 @@ def serve(settings: Settings, keep_trying: bool = False) -> Any:
         print(f"error: {exc.message}; serving no metrics until it is free. fix: {exc.fix}", flush=True)
         threading.Thread(target=handle.bind_later, args=(settings, registry), name="metrics-bind",
                          daemon=True).start()
-    threading.Thread(target=exporter.run, name="metrics-refresh", daemon=True).start()
+    handle.refresher = threading.Thread(target=exporter.run, name="metrics-refresh", daemon=True)
+    handle.refresher.start()
     return handle
 
 
@@ -358,6 +359,7 @@ class _Handle:
     server: Any
     exporter: Exporter
     stopped: threading.Event = field(default_factory=threading.Event)
+    refresher: threading.Thread | None = None
 
     def bind_later(self, settings: Settings, registry: CollectorRegistry) -> None:
         while not self.stopped.wait(BIND_RETRY_SECONDS):
@@ -367,8 +369,11 @@ class _Handle:
                 return
 
     def shutdown(self) -> None:
+        """Stop serving, and wait for a refresh in flight: after this returns nothing of ours holds the engine."""
         self.stopped.set()
         self.exporter.stop()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+        if self.refresher is not None:
+            self.refresher.join(self.exporter.settings.source.lock_timeout_seconds + 60)
