@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect.states import Completed, Failed
 
-from iceberg_offload.errors import SourceUnavailable, TypeRefused
-from iceberg_offload.orchestration.flows import TableFailed, _transient_only
+from iceberg_offload.errors import SourceUnavailable, TableFailed, TypeRefused
+from iceberg_offload.orchestration.flows import _transient_only
 
 
 def _failed_with(exc: Exception):

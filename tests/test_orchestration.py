@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import _pg_admin, cold, sink_for
+from iceberg_offload.errors import OffloadInFlight, TableBusy
 from iceberg_offload.orchestration.prefect_api import online_workers, workers
 from iceberg_offload.orchestration.stack import read_state
 from stackutil import (
@@ -422,7 +423,7 @@ def test_maintenance_yields_to_a_running_offload_cycle(stack, monkeypatch):
         fake = c.create_flow_run_from_deployment(dep.id)
         c.set_flow_run_state(fake.id, Running(), force=True)
     try:
-        with pytest.raises(flows.OffloadInFlight):
+        with pytest.raises(OffloadInFlight):
             flows.maintain_table_task.fn(stack.path, "b0")
     finally:
         from prefect.states import Cancelled
@@ -445,7 +446,7 @@ def test_a_cycle_waits_while_maintenance_holds_the_table(stack, monkeypatch):
         run = c.create_task_run(flows.maintain_table_task, flow_run_id=None, dynamic_key=uuid.uuid4().hex,
                                 name="maintain b0", state=Running())
     try:
-        with pytest.raises(flows.TableBusy, match="maintenance of b0"):
+        with pytest.raises(TableBusy, match="maintenance of b0"):
             flows._wait_while_maintained("b0")
         flows._wait_while_maintained("b1")  # another table: no wait
     finally:

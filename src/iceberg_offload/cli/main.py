@@ -1,5 +1,5 @@
 """Operator commands. Thin: parse, call one function, print text or --json, exit 0 / 1 (a table failed) / 2
-(bad config or input). Every command takes --config and --json."""
+(bad config or input: the error's `exit_code`). Every command takes --config and --json."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from iceberg_offload import __version__
-from iceberg_offload.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ProgressBar, emit, grid, load_settings
+from iceberg_offload.cli.output import EXIT_FAILED, EXIT_OK, ProgressBar, emit, grid, load_settings
 from iceberg_offload.errors import OffloadError
 from iceberg_offload.names import DEFAULT_CONFIG
 from iceberg_offload.process import limit_malloc_arenas
@@ -99,8 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except OffloadError as exc:
         _emit_error(args, exc)
-        usage = not exc.transient and exc.kind in ("config", "source_mismatch", "source_error")
-        return EXIT_USAGE if usage else EXIT_FAILED
+        return exc.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted: every commit that landed is kept and nothing partial is (iceberg-offload watermark "
               "show); run the command again to continue from the watermark", file=sys.stderr)

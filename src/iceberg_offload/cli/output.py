@@ -8,12 +8,13 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from iceberg_offload.errors import EXIT_FAILED as EXIT_FAILED  # the codes live with the errors that choose them
+from iceberg_offload.errors import EXIT_OK as EXIT_OK
+from iceberg_offload.errors import EXIT_USAGE as EXIT_USAGE
 from iceberg_offload.errors import redact
 
 if TYPE_CHECKING:
     from iceberg_offload.config import Settings
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def load_settings(args: argparse.Namespace) -> Settings:

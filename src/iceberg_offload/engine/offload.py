@@ -36,7 +36,9 @@ from iceberg_offload.errors import (
     CommitConflict,
     CommitOutcomeUnknown,
     ResultMismatch,
+    WarehouseMissing,
     as_error,
+    reported_as,
 )
 from iceberg_offload.iceberg.sink import COMMIT_ID, Sink, open_catalog
 
@@ -220,7 +222,7 @@ def _sweep_late_rows(settings: Settings, cfg: TableSettings, source: Source, sin
     result.late_rows, result.late_rows_added = rec.rows_missing, rec.rows_added if rec.applied else 0
     result.late_rows_left, result.late_oldest_ns = rec.rows_left_missing, rec.oldest_left_ns
     result.late_error = rec.error
-    if rec.error and rec.error["type"] == "warehouse_missing":  # cold lost files: the table is not ok
+    if reported_as(rec.error, WarehouseMissing):  # cold lost files: the table is not ok
         result.status, result.error = "failed", rec.error
 
 

@@ -40,8 +40,8 @@ from iceberg_offload.engine.plan import TablePlan
 from iceberg_offload.errors import (
     CommitConflict,
     CommitOutcomeUnknown,
+    HotTierChanged,
     SchemaDrift,
-    TransientError,
     as_error,
     redact,
 )
@@ -55,10 +55,6 @@ from iceberg_offload.iceberg.sink import (
     discard_files,
     open_catalog,
 )
-
-
-class HotTierChanged(TransientError):
-    kind = "hot_tier_changed"
 
 
 @dataclass

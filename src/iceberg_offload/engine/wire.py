@@ -19,21 +19,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from iceberg_offload.errors import ValueOutOfRange
+from iceberg_offload.errors import OutOfRange, ValueOutOfRange
 
 if TYPE_CHECKING:
     from iceberg_offload.engine.typemap import ColumnMap
 
 INT64_MAX = 2**63 - 1
 _DEC38 = 10**38
-
-
-class OutOfRange(ValueError):
-    """A value a wire shape cannot decode exactly; `conform` names the column and the fix."""
-
-    def __init__(self, value: str, fix: str) -> None:
-        super().__init__(value)
-        self.value, self.fix = value, fix
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from iceberg_offload import names
 from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.engine.identity import SourceIdentity
 from iceberg_offload.engine.identity import check as check_identity
-from iceberg_offload.errors import CommitConflict, CommitOutcomeUnknown, TerminalError, redact
+from iceberg_offload.errors import CommitConflict, CommitOutcomeUnknown, CompactionMismatch, redact
 from iceberg_offload.iceberg.datafiles import DataFileWriter
 from iceberg_offload.iceberg.sink import (
     CasTransaction,
@@ -41,10 +41,6 @@ from iceberg_offload.iceberg.sink import (
 DEFAULT_TARGET = 128 * 1024 * 1024
 CARRIED = (names.ROWS_TOTAL, names.COMMITS_TOTAL)
 """Summary properties a compaction copies from the watermark commit, besides every `offload.watermark.*`."""
-
-
-class CompactionMismatch(TerminalError):
-    kind = "compaction_mismatch"
 
 
 @dataclass

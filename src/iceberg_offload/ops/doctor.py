@@ -20,7 +20,7 @@ from iceberg_offload.clickhouse.client import Source, open_source
 from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.engine.offload import late_since
 from iceberg_offload.engine.repair import reconcile
-from iceberg_offload.errors import OffloadError
+from iceberg_offload.errors import EngineBusy, OffloadError, TTLTooShort, reported_as
 from iceberg_offload.iceberg.sink import Sink, open_catalog
 from iceberg_offload.ops.doctor_engine import Check, check_orchestrator, check_warehouse, stack_used
 from iceberg_offload.ops.status import TableStatus, derive, table_status
@@ -268,7 +268,7 @@ def check_tables(settings: Settings) -> list[Check]:
                 late_rows(settings, cfg, source, sink, st)
         out.append(Check("clickhouse", "ok", f"{settings.source.dsn} answers"))
     except OffloadError as exc:
-        scenario = None if exc.kind == "engine_busy" else "offload failing"
+        scenario = None if isinstance(exc, EngineBusy) else "offload failing"
         out.append(Check("clickhouse", "warn" if scenario is None else "fail", exc.message, exc.fix, scenario))
         statuses = [table_status(settings, cfg, None, sink) for cfg in settings.tables]
     out.append(Check("catalog", "ok", f"{settings.catalog.uri.split('@')[-1]} answers"))
@@ -296,7 +296,7 @@ def late_rows(settings: Settings, cfg: TableSettings, source: Source, sink: Sink
 def _table_check(st: TableStatus) -> Check:
     name = f"table {st.table}"
     if st.error:
-        scenario = "ttl risk" if st.error["type"] == "ttl_too_short" else "offload failing"
+        scenario = "ttl risk" if reported_as(st.error, TTLTooShort) else "offload failing"
         return Check(name, "fail", st.error["message"], st.error["fix"], scenario)
     head, lag, pending, late = st.ttl_headroom_seconds, st.lag_seconds, st.pending_rows or 0, st.late_rows or 0
     saw = (f"lag {lag / 60:.0f} min" if lag is not None else "no watermark yet") + f", {pending} rows waiting" + (

@@ -67,7 +67,7 @@ def check_warehouse(settings: Settings) -> list[Check]:
                         raise FileNotFoundError(2, "No such file or directory", snap.manifest_list)
                     files += check_data_files(f"reading {cfg.target}", table.io, snap, sink.warehouse)
         except OffloadError as exc:
-            if exc.kind != "warehouse_missing":
+            if not isinstance(exc, WarehouseMissing):
                 continue  # the table's own check reports it
             missing.append(exc)
     if missing:

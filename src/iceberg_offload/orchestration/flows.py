@@ -21,19 +21,8 @@ from iceberg_offload import names
 from iceberg_offload.clickhouse.client import open_source
 from iceberg_offload.config import LAYERS, Settings, load
 from iceberg_offload.engine.offload import TableResult, cycle_status, new_run_id, offload_table
-from iceberg_offload.errors import OffloadError, TransientError
+from iceberg_offload.errors import OffloadError, OffloadInFlight, OrchestrationError, TableBusy, TableFailed
 from iceberg_offload.iceberg.sink import Sink, open_catalog
-
-
-class TableFailed(Exception):
-    """A table's offload failed; `transient` decides whether the task is retried."""
-
-    def __init__(self, result: dict[str, Any]) -> None:
-        err = result.get("error") or {}
-        super().__init__(f"[{err.get('type', 'error')}] {result['table']}: {err.get('message', 'failed')} "
-                         f"(fix: {err.get('fix', '-')})")
-        self.result = result
-        self.transient = bool(err.get("transient"))
 
 
 def _transient_only(task: Any, task_run: Any, state: State) -> bool:
@@ -72,10 +61,6 @@ def offload_table_task(config: str, table: str, run_id: str, wait_for_maintenanc
     if wait_for_maintenance:
         _wait_while_maintained(table)
     return run_table(config, table, run_id)
-
-
-class TableBusy(TransientError):
-    kind = "table_busy"
 
 
 MAINTENANCE_WAIT_SECONDS = 15 * 60
@@ -124,8 +109,7 @@ def _outcome(table: str, layer: str, value: Any) -> dict[str, Any]:
     if isinstance(value, TableFailed):
         return value.result
     return TableResult(table, layer, status="failed",
-                       error={"type": "orchestration", "transient": True, "message": str(value)[:500],
-                              "fix": "see the flow run's logs"}).as_dict()
+                       error=OrchestrationError(str(value)[:500], "see the flow run's logs").as_dict()).as_dict()
 
 
 def _layer_with_tasks(settings: Settings, tables: list[str], run_id: str) -> list[Any]:
@@ -196,10 +180,6 @@ RECONCILE_FIGURES = ("rows_missing", "buckets_missing", "buckets_duplicates", "b
 LATE_FIGURES = ("late_checked", "late_rows", "late_rows_added", "late_rows_left", "late_oldest_ns",
                 "late_since_ns")
 """The cycle's late-row sweep, per table (the exporter's offload_late_rows and TTL headroom read them)."""
-
-
-class OffloadInFlight(TransientError):
-    kind = "offload_in_flight"
 
 
 @task(name="maintain-table", retries=20, retry_delay_seconds=30, retry_condition_fn=_transient_only,
