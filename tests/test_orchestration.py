@@ -418,10 +418,10 @@ def test_maintenance_yields_to_a_running_offload_cycle(stack, monkeypatch):
 
     for k, v in prefect_env(stack).items():
         monkeypatch.setenv(k, v)
-    with client(stack) as c:
+    with client(stack) as c:  # created Running: the worker never sees it Scheduled and never runs it
         dep = c.read_deployment_by_name(MAIN)
-        fake = c.create_flow_run_from_deployment(dep.id)
-        c.set_flow_run_state(fake.id, Running(), force=True)
+        fake = c.create_flow_run_from_deployment(dep.id, state=Running())
+        assert c.read_flow_run(fake.id).state.type.value == "RUNNING"
     try:
         with pytest.raises(OffloadInFlight):
             flows.maintain_table_task.fn(stack.path, "b0")

@@ -13,10 +13,16 @@ from typing import Any, TypeVar
 from iceberg_offload import names
 from iceberg_offload.config import Settings
 from iceberg_offload.errors import ConfigError, PrefectUnavailable
-from iceberg_offload.orchestration.prefect_api import API_ERRORS, PENDING_STUCK_SECONDS, age_seconds, request
+from iceberg_offload.orchestration import prefect_api
+from iceberg_offload.orchestration.prefect_api import API_ERRORS, PENDING_STUCK_SECONDS, age_seconds
 
 T = TypeVar("T")
 POLL_SECONDS = 0.5
+
+
+def request(settings: Settings, method: str, path: str, body: Any = None) -> Any:
+    """One REST call of an operator's action: sent again while the server answers "not now" (503)."""
+    return prefect_api.request(settings, method, path, body, retry=True)
 
 
 def call(settings: Settings, fn: Callable[[], T]) -> T:

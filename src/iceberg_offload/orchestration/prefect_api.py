@@ -22,16 +22,31 @@ API_ERRORS = (urllib.error.URLError, OSError, ValueError)
 PAGE = 200  # the server's largest page (PREFECT_API_DEFAULT_LIMIT)
 
 
-def request(settings: Settings, method: str, path: str, body: Any = None, timeout: float = 3.0) -> Any:
+RETRY_STATUS = (429, 502, 503)
+"""Answers that mean "not now" (a busy SQLite answers 503). With `retry`, the request is sent again, as Prefect's
+client does: the operator's actions (control.py) retry; reads that report health (ready, the exporter) do not."""
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+def request(settings: Settings, method: str, path: str, body: Any = None, timeout: float = 3.0,
+            retry: bool = False) -> Any:
     url = settings.prefect.api_url.rstrip("/") + path
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     if settings.prefect.auth_string:
         token = base64.b64encode(settings.prefect.auth_string.encode()).decode()
         req.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        raw = resp.read()
-    return json.loads(raw) if raw else None
+    for delay in (*RETRY_DELAYS, None) if retry else (None,):
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read()
+            return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            if exc.code not in RETRY_STATUS or delay is None:
+                raise
+            after = exc.headers.get("Retry-After", "") if exc.headers else ""
+            time.sleep(min(float(after), 10.0) if after.replace(".", "", 1).isdigit() else delay)
+    raise AssertionError("unreachable")
 
 
 def ready(settings: Settings) -> bool:
