@@ -1,24 +1,29 @@
 """The exporter's run counters against a real Prefect server holding more finished runs than one page (200):
 `offload_cycles_total` and `offload_errors_total` equal the true totals, a restarted exporter counts the
-same, and they only rise as runs are added."""
+same, and they only rise as runs are added. Each cycle carries its outcome as the flow writes it (the
+`offload-cycle` artifact, rows by `artifacts.cycle_row`) and a message for people, worded so that parsing it
+would count wrong."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
 from iceberg_offload import names
+from iceberg_offload.engine.offload import TableResult
+from iceberg_offload.errors import OffloadError, SourceError, SourceUnavailable, ValueOutOfRange
 from iceberg_offload.ops.metrics import Exporter
 from iceberg_offload.orchestration import prefect_api
+from iceberg_offload.orchestration.artifacts import cycle_row
 from stackutil import cli, start_server, stop, wait_for, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-TASK_MESSAGE = "Task run encountered an exception TableFailed: [{kind}] {table}: failed"
 
 
 @pytest.fixture
@@ -45,47 +50,48 @@ def _post(s, path: str, body: dict) -> dict:
     return wait_for(attempt, 30, f"POST {path}", every=0.1)
 
 
-def _cycle(i: int) -> tuple[str, str, str]:
-    """The i-th cycle's (state type, message, status): mostly successes, some partial, failed and crashed."""
+def _table(table: str, error: OffloadError | None = None, view_error: str = "") -> dict[str, Any]:
+    """A table's outcome as the engine reports it."""
+    return TableResult(table, "bronze", status="failed" if error else "ok", rows=0 if error else 7,
+                       error=error.as_dict() if error else None,
+                       view_error={"type": "source_error", "message": view_error} if view_error else None).as_dict()
+
+
+def _cycle(i: int) -> tuple[str, str, list[dict[str, Any]] | None, str]:
+    """The i-th cycle's (state type, message, table outcomes (None: no artifact), status): mostly successes,
+    some partial, failed and crashed. No message says "N of M tables failed" the way the flow once did."""
     if i % 7 == 0:
-        return "FAILED", "1 of 2 tables failed: t_a", "partial"
+        return "FAILED", "t_a failed (1/2): ClickHouse unreachable", [
+            _table("t_a", SourceUnavailable("ClickHouse unreachable", "start it")), _table("t_b")], "partial"
     if i % 11 == 0:
-        return "FAILED", "2 of 2 tables failed: t_a, t_b", "failed"
+        return "FAILED", "1 of 2 tables failed, and then the other", [
+            _table("t_a", ValueOutOfRange("t_a.x: 1e300 out of range", "widen it")),
+            _table("t_b", SourceError("no such table", "fix the config"))], "failed"
     if i % 13 == 0:
-        return "CRASHED", "the worker's process died", "failed"
-    return "COMPLETED", "0 rows offloaded", "success"
+        return "CRASHED", "1 of 2 tables failed [source_error]", None, "failed"  # the process died: no artifact
+    if i % 17 == 0:
+        return "FAILED", "view k2.t_a_all not re-pointed", [_table("t_a", view_error="NOT_ENOUGH_SPACE"),
+                                                             _table("t_b")], "partial"
+    return "COMPLETED", "2 of 2 tables failed? no: 14 rows offloaded", [_table("t_a"), _table("t_b")], "success"
 
 
 def add_cycles(s, dep_id: str, n: int, truth: Counter) -> None:
-    """n finished runs of the offload deployment."""
+    """n finished runs of the offload deployment, each with the artifact its flow would have written."""
     def one(i: int) -> None:
-        state_type, message, _status = _cycle(i)
+        state_type, message, outcomes, _status = _cycle(i)
         run = _post(s, f"/deployments/{dep_id}/create_flow_run", {"state": {"type": state_type, "message": message}})
         assert run["state"]["type"] == state_type and run["end_time"], run
+        if outcomes is not None:
+            _post(s, "/artifacts/", {"key": names.CYCLE_ARTIFACT, "type": "table", "flow_run_id": run["id"],
+                                     "data": json.dumps([cycle_row(o) for o in outcomes])})
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(one, range(n)))
-    truth.update(("offload_cycles_total", _cycle(i)[2]) for i in range(n))
-
-
-def _task(i: int) -> tuple[str, str | None]:
-    """The i-th `offload <table>` task's (table, error type): most failed, some crashed, some completed."""
-    return ("t_a", "t_b")[i % 2], None if i % 10 == 9 else ("source_unavailable", "value_out_of_range", "crashed")[i % 3]
-
-
-def add_task_runs(s, n: int, truth: Counter) -> None:
-    def one(i: int) -> None:
-        table, kind = _task(i)
-        state_type, message = ("COMPLETED", "done") if kind is None else ("CRASHED", "the process died") \
-            if kind == "crashed" else ("FAILED", TASK_MESSAGE.format(kind=kind, table=table))
-        run = _post(s, "/task_runs/", {"name": f"offload {table}", "task_key": "offload-table",
-                                       "dynamic_key": uuid.uuid4().hex,
-                                       "state": {"type": state_type, "message": message}})
-        assert run["state"]["type"] == state_type and run["end_time"], run
-
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(one, range(n)))
-    truth.update(("offload_errors_total", *_task(i)) for i in range(n) if _task(i)[1] is not None)
+    for i in range(n):
+        _state, _message, outcomes, status = _cycle(i)
+        truth[("offload_cycles_total", status)] += 1
+        truth.update(("offload_errors_total", o["table"], o["error"]["type"]) for o in outcomes or []
+                     if o["status"] != "ok")
 
 
 def counters(exporter: Exporter) -> dict[tuple[str, ...], float]:
@@ -110,9 +116,10 @@ def test_run_counters_count_every_retained_run_and_only_rise(prefect, monkeypatc
     truth: Counter = Counter()
     t0 = time.monotonic()
     add_cycles(s, dep["id"], 260, truth)
-    add_task_runs(s, 240, truth)
-    print(f"created 260 flow runs and 240 task runs in {time.monotonic() - t0:.1f}s")
+    print(f"created 260 flow runs and their artifacts in {time.monotonic() - t0:.1f}s")
     assert sum(v for k, v in truth.items() if k[0] == "offload_cycles_total") > 250  # more than a page (200)
+    assert truth[("offload_cycles_total", "partial")] and truth[("offload_errors_total", "t_b", "source_error")]
+    assert sum(v for k, v in truth.items() if k[0] == "offload_errors_total") > 0
 
     live = Exporter(s)
     t0 = time.monotonic()
@@ -132,7 +139,6 @@ def test_run_counters_count_every_retained_run_and_only_rise(prefect, monkeypatc
     assert counters(restarted) == truth
 
     add_cycles(s, dep["id"], 30, truth)
-    add_task_runs(s, 30, truth)
     for exporter in (live, restarted):
         after = counters(exporter)
         assert after == truth

@@ -138,6 +138,15 @@ def test_prefect_deployment_run_lands_the_data_with_concurrent_bronze_tasks(stac
         arts = c.read_artifacts(limit=10)
     cycle = [a for a in arts if a.key == "offload-cycle" and str(a.flow_run_id) == str(run.id)]
     assert cycle and "missing_table" in str(cycle[0].data) and "b0" in str(cycle[0].data)
+    # flow -> metrics: the exporter counts the cycle (partial) and its broken table's error from that artifact
+    from iceberg_offload.ops.metrics import Exporter
+
+    exporter = Exporter(stack)
+    exporter.refresh(hot=False)
+    assert exporter.snap.prefect_up == 1
+    served = {(smp.name, tuple(sorted(smp.labels.items()))): smp.value for m in exporter.collect() for smp in m.samples}
+    assert served[("offload_cycles_total", (("status", "partial"),))] >= 1, served
+    assert served[("offload_errors_total", (("error_type", "source_error"), ("table", "missing_table")))] >= 1, served
 
 
 def _by_id(run_id):

@@ -223,8 +223,8 @@ def reported_as(error: Mapping[str, Any] | None, cls: type[OffloadError]) -> boo
 # -- not OffloadErrors: they carry an outcome or a value, and have no JSON type of their own ---------------
 class TableFailed(Exception):
     """A table's offload failed; `transient` decides whether Prefect retries the task. Its message starts
-    with the wrapped error's `[type]` (the exporter counts errors by it); the operator sees that error's
-    type, never this class's."""
+    with the wrapped error's `[type]` (for people: the exporter counts errors from the cycle's artifact, which
+    carries the type as data); the operator sees that error's type, never this class's."""
 
     def __init__(self, result: dict[str, Any]) -> None:
         err = result.get("error") or {}

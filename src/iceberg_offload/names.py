@@ -21,6 +21,14 @@ SCHEDULED = ((MAIN_FLOW, MAIN_DEPLOYMENT), (MAINT_FLOW, MAINT_DEPLOYMENT))
 DEPLOYMENT_TAG = "iceberg-offload"
 CYCLE_ARTIFACT, RECONCILE_ARTIFACT = "offload-cycle", "reconcile"
 """Table artifacts: each cycle's outcome per table (with its late-row sweep), the daily reconcile's figures."""
+CYCLE_COPIED = ("table", "layer", "status", "rows", "commits")
+LATE_FIGURES = ("late_checked", "late_rows", "late_rows_added", "late_rows_left", "late_oldest_ns",
+                "late_since_ns")
+CYCLE_ERROR, CYCLE_ERROR_TYPE, CYCLE_VIEW_ERROR = "error", "error_type", "view_error"
+"""The keys of an `offload-cycle` artifact's rows, one row per table (`artifacts.cycle_row` writes them): copied
+from the table's outcome (`status` ok or failed), its late-row sweep (the exporter's offload_late_rows and TTL
+headroom read them), the error's message and JSON type ("" and None when it went through: the exporter counts
+offload_errors_total{error_type} and the cycle's status from these), the view's error message."""
 
 
 def table_limit(name: str) -> str:

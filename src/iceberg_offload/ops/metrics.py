@@ -39,11 +39,10 @@ from iceberg_offload.iceberg.sink import Sink, open_catalog
 from iceberg_offload.ops.status import TableStatus, cold_status, derive, hot_status
 from iceberg_offload.orchestration import prefect_api
 from iceberg_offload.orchestration.artifacts import LateRows, late_rows, reconcile_metrics
-from iceberg_offload.orchestration.run_totals import RunTotals, cycle_status, table_error
+from iceberg_offload.orchestration.run_totals import CYCLES, ERRORS, Outcome, RunTotals, cycle_outcomes, with_rows
 
 NS = 1_000_000_000
 FINAL = ["COMPLETED", "FAILED", "CRASHED"]
-FAILED = ["FAILED", "CRASHED"]
 
 
 @dataclass
@@ -84,12 +83,13 @@ class Exporter(Collector):
         self._sink: Sink | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._cycle_totals: dict[str, RunTotals[str]] = {}  # by deployment id: a recreated deployment counts on
-        self._error_totals: RunTotals[tuple[str, str]] = RunTotals(
-            self._pager("task_runs"), prefect_api.table_task_filter, FAILED, table_error)
+        self._cycle_totals: dict[str, RunTotals[Outcome]] = {}  # by deployment id: a recreated one counts on
 
     def _pager(self, kind: str) -> Any:
         return lambda where, end_time, offset: prefect_api.runs_page(self.settings, kind, where, end_time, offset)
+
+    def _cycle_rows(self, flow_run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        return prefect_api.run_artifacts(self.settings, names.CYCLE_ARTIFACT, flow_run_ids)
 
     def _counter(self, kind: str) -> Any:
         return lambda where, end_time: prefect_api.runs_count(self.settings, kind, where, end_time)
@@ -167,11 +167,15 @@ class Exporter(Collector):
                 snap.late_runs[full] = prefect_api.count_runs(s, dep["id"], ["Late"]) if dep else 0
                 if name == names.MAIN_DEPLOYMENT and dep:
                     self._cycles(snap, dep["id"])
-            errors = self._error_totals.refresh(time.time())
+            totals: dict[Outcome, int] = {}
+            for t in self._cycle_totals.values():
+                for k, n in t.totals.items():
+                    totals[k] = totals.get(k, 0) + n
+            snap.cycles = {k: totals.get((CYCLES, k), 0) for k in ("success", "partial", "failed")}
             snap.runs = self._table_runs(prefect_api.table_task_runs(s))
-            for (table, kind), count in errors.items():
-                if table in snap.runs:
-                    snap.runs[table].errors[kind] = count
+            for key, count in totals.items():  # (ERRORS, table, error type)
+                if key[0] == ERRORS and key[1] in snap.runs:
+                    snap.runs[key[1]].errors[key[2]] = count
             reconciled_at, snap.reconcile = prefect_api.latest_artifact(s, names.RECONCILE_ARTIFACT)
             snap.late = late_rows(snap.late, prefect_api.latest_artifact(s, names.CYCLE_ARTIFACT),
                                    (reconciled_at, snap.reconcile))
@@ -181,14 +185,14 @@ class Exporter(Collector):
             snap.prefect_up = 0
 
     def _cycles(self, snap: Snapshot, deployment_id: str) -> None:
-        """Cycles by outcome over the deployment's whole history (run_totals), and the last one's duration."""
+        """The deployment's cycles by outcome and their failed tables by error type, over its whole history
+        (run_totals, from each cycle's state type and `offload-cycle` artifact), and the last one's duration."""
         totals = self._cycle_totals.get(deployment_id) or RunTotals(
-            self._pager("flow_runs"), lambda types: prefect_api.deployment_run_filter(deployment_id, types), FINAL,
-            cycle_status, self._counter("flow_runs"), {"success": "COMPLETED"})
+            with_rows(self._pager("flow_runs"), self._cycle_rows),
+            lambda types: prefect_api.deployment_run_filter(deployment_id, types), FINAL, cycle_outcomes,
+            self._counter("flow_runs"), {(CYCLES, "success"): "COMPLETED"})
         totals.refresh(time.time())
         self._cycle_totals[deployment_id] = totals
-        snap.cycles = {k: sum(t.totals.get(k, 0) for t in self._cycle_totals.values())
-                       for k in ("success", "partial", "failed")}
         last = prefect_api.flow_runs(self.settings, deployment_id, FINAL, limit=1)
         if last:
             snap.cycle_duration = float(last[0].get("total_run_time") or 0.0)

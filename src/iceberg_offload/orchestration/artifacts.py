@@ -1,5 +1,6 @@
-"""What the exporter reads from Prefect's table artifacts: the daily reconcile's figures and, per table, the
-late rows the newest sweep (each cycle's `offload-cycle` artifact) or reconcile left missing."""
+"""Prefect's table artifacts, as data: the rows each cycle writes (`offload-cycle`, one per table) and what the
+exporter reads back: each cycle's status and failed tables (the run counters), the daily reconcile's figures
+and, per table, the late rows the newest sweep or reconcile left missing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,36 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 
+from iceberg_offload import names
+from iceberg_offload.engine.offload import cycle_status as outcomes_status
+
 HOUR_NS = 3600 * 1_000_000_000
+UNKNOWN_TYPE = "unknown"
+"""The error type of a failed row without one (written before rows carried `error_type`)."""
+
+
+def cycle_row(outcome: dict[str, Any]) -> dict[str, Any]:
+    """A table's outcome (`TableResult.as_dict()`) as its row of the cycle's `offload-cycle` artifact."""
+    error, view_error = outcome.get("error") or {}, outcome.get("view_error") or {}
+    return ({k: outcome[k] for k in names.CYCLE_COPIED} | {k: outcome.get(k) for k in names.LATE_FIGURES} |
+            {names.CYCLE_ERROR: error.get("message", ""), names.CYCLE_ERROR_TYPE: error.get("type"),
+             names.CYCLE_VIEW_ERROR: view_error.get("message", "")})
+
+
+def run_status(state_type: str | None, rows: list[dict[str, Any]] | None) -> str:
+    """A finished cycle's status from its final state type and its artifact's rows (None: it wrote none):
+    success when Completed; else partial when some but not all tables failed or a view was left behind
+    (`engine.offload.cycle_status` over the rows), failed otherwise (every table failed, no artifact: crashed)."""
+    if state_type == "COMPLETED":
+        return "success"
+    status = outcomes_status(r for r in rows or [] if "status" in r)
+    return "failed" if status == "success" else status
+
+
+def table_errors(rows: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
+    """(table, error type) of each failed table of a cycle's artifact rows (none without an artifact)."""
+    return [(str(r.get("table")), str(r.get(names.CYCLE_ERROR_TYPE) or UNKNOWN_TYPE))
+            for r in rows or [] if "status" in r and r["status"] != "ok"]
 
 
 @dataclass(frozen=True)

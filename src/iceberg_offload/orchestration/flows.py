@@ -23,6 +23,7 @@ from iceberg_offload.config import LAYERS, Settings, load
 from iceberg_offload.engine.offload import TableResult, cycle_status, new_run_id, offload_table
 from iceberg_offload.errors import OffloadError, OffloadInFlight, OrchestrationError, TableBusy, TableFailed
 from iceberg_offload.iceberg.sink import Sink, open_catalog
+from iceberg_offload.orchestration.artifacts import cycle_row
 
 
 def _transient_only(task: Any, task_run: Any, state: State) -> bool:
@@ -163,11 +164,8 @@ def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
     result = {"run_id": run_id, "status": cycle_status(outcomes), "rows": sum(o["rows"] for o in outcomes),
               "tables": outcomes}
     create_table_artifact(key=names.CYCLE_ARTIFACT, description=f"cycle {run_id}: {result['status']}",
-                          table=[{k: o[k] for k in ("table", "layer", "status", "rows", "commits")} |
-                                 {k: o.get(k) for k in LATE_FIGURES} |
-                                 {"error": (o.get("error") or {}).get("message", ""),
-                                  "view_error": (o.get("view_error") or {}).get("message", "")} for o in outcomes])
-    if failed or stale:  # "N of M tables failed" is what the exporter counts (partial when N < M)
+                          table=[cycle_row(o) for o in outcomes])  # the exporter counts cycles and errors from it
+    if failed or stale:  # the message is for people: nothing parses it
         return Failed(message=f"{len(failed)} of {len(outcomes)} tables failed" + (": " if failed else "")
                               + "; ".join(f"{o['table']}: {(o.get('error') or {}).get('message', '')}"[:300]
                                           for o in failed) + _stale_text(stale), data=result)
@@ -177,9 +175,6 @@ def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
 RECONCILE_FIGURES = ("rows_missing", "buckets_missing", "buckets_duplicates", "buckets_repaired",
                      "buckets_skipped_ttl", "buckets_skipped_cold_ahead", "rows_added", "duplicate_rows_removed",
                      "rows_left_missing", "oldest_left_ns", "left_buckets")
-LATE_FIGURES = ("late_checked", "late_rows", "late_rows_added", "late_rows_left", "late_oldest_ns",
-                "late_since_ns")
-"""The cycle's late-row sweep, per table (the exporter's offload_late_rows and TTL headroom read them)."""
 
 
 @task(name="maintain-table", retries=20, retry_delay_seconds=30, retry_condition_fn=_transient_only,

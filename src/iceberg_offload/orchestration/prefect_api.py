@@ -104,16 +104,14 @@ def flow_runs(settings: Settings, deployment_id: str, state_types: list[str], li
 
 
 def table_task_runs(settings: Settings, limit: int = 200) -> list[dict[str, Any]]:
-    """Final runs of the `offload-table` task, newest first (one per table per cycle)."""
-    return runs_page(settings, "task_runs", table_task_filter(["COMPLETED", "FAILED", "CRASHED"]), {}, limit=limit)
+    """Final runs of the `offload-table` task (named `offload <table>`), newest first (one per table per cycle):
+    the exporter's last success, consecutive failures and last duration per table."""
+    where = {"name": {"like_": "offload %"}, "state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}
+    return runs_page(settings, "task_runs", where, {}, limit=limit)
 
 
 def deployment_run_filter(deployment_id: str, state_types: list[str]) -> dict[str, Any]:
     return {"deployment_id": {"any_": [deployment_id]}, "state": {"type": {"any_": state_types}}}
-
-
-def table_task_filter(state_types: list[str]) -> dict[str, Any]:
-    return {"name": {"like_": "offload %"}, "state": {"type": {"any_": state_types}}}
 
 
 def runs_page(settings: Settings, kind: str, where: dict[str, Any], end_time: dict[str, str], offset: int = 0,
@@ -178,8 +176,37 @@ def latest_artifact(settings: Settings, key: str) -> tuple[float | None, list[di
     """(when it was made, its rows) of the newest table artifact with this key ((None, []) when none)."""
     found = request(settings, "POST", "/artifacts/latest/filter",
                     {"artifacts": {"key": {"any_": [key]}}, "limit": 1}) or []
-    data = found[0].get("data") if found else None
-    rows = json.loads(data) if isinstance(data, str) else data
     made = found[0].get("updated") or found[0].get("created") if found else None
     when = datetime.fromisoformat(made.replace("Z", "+00:00")).timestamp() if isinstance(made, str) else None
-    return when, [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    return when, table_rows(found[0]) if found else []
+
+
+def run_artifacts(settings: Settings, key: str, flow_run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The rows of the table artifact with this key that each of these flow runs made (the newest, should one
+    have made several; a run that made none is absent): one call per 200 artifacts (`/artifacts/filter`)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    offset = 0
+    while flow_run_ids:
+        found = request(settings, "POST", "/artifacts/filter", {
+            "artifacts": {"key": {"any_": [key]}, "flow_run_id": {"any_": flow_run_ids}},
+            "sort": "CREATED_DESC", "limit": PAGE, "offset": offset}, timeout=ARTIFACTS_TIMEOUT) or []
+        for artifact in found:
+            out.setdefault(str(artifact.get("flow_run_id")), table_rows(artifact))
+        if len(found) < PAGE:
+            break
+        offset += PAGE
+    return out
+
+
+ARTIFACTS_TIMEOUT = 15.0
+"""A page of 200 cycle artifacts of many tables is larger than any other answer read here."""
+
+
+def table_rows(artifact: dict[str, Any]) -> list[dict[str, Any]]:
+    """A table artifact's rows: `data` is the table as a JSON text (or already decoded)."""
+    data = artifact.get("data")
+    try:
+        rows = json.loads(data) if isinstance(data, str) else data
+    except ValueError:  # not ours: as if it had no rows
+        return []
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []

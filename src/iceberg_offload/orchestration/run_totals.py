@@ -5,41 +5,52 @@ The first refresh counts the whole retained history; later ones read only the ru
 one and add them. Prefect's `end_time` is the final state's timestamp, taken by the process that set it, so a
 run can land a little after the instant it says it ended: every refresh reads back LOOKBACK_SECONDS and skips
 the ids it already counted in that span. A refresh that fails part way changes nothing.
+
+What a cycle adds is read as data, never from a message or a run's name: its final state type, and the rows of
+the `offload-cycle` artifact it wrote before ending (`with_rows`: one artifact call per page of runs).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+from iceberg_offload.orchestration.artifacts import run_status, table_errors
 from iceberg_offload.orchestration.prefect_api import PAGE
 
 LOOKBACK_SECONDS = 600.0
-_ERROR_TYPE = re.compile(r"\[([a-z_]+)\]")
-_PARTIAL = re.compile(r"(\d+) of (\d+) tables failed")
+ROWS = "cycle_rows"
+"""Where `with_rows` puts a run's artifact rows (None: it made no artifact, or it Completed and none was read)."""
 
 Run = dict[str, Any]
 Pager = Callable[[dict[str, Any], dict[str, str], int], list[Run]]  # (where, end_time, offset) -> newest first
 Counter = Callable[[dict[str, Any], dict[str, str]], int]  # (where, end_time) -> how many
+Artifacts = Callable[[list[str]], dict[str, list[dict[str, Any]]]]  # flow-run ids -> each one's artifact rows
 K = TypeVar("K", bound=Hashable)
+Outcome = tuple[str, ...]
+"""A count one cycle adds: ("cycles", status) or ("errors", table, error type)."""
+CYCLES, ERRORS = "cycles", "errors"
 
 
-def cycle_status(run: Run) -> str:
-    """success, partial (some tables failed: the flow's message says how many) or failed."""
-    state = run.get("state") or {}
-    if state.get("type") == "COMPLETED":
-        return "success"
-    m = _PARTIAL.search(state.get("message") or "")
-    return "partial" if m and int(m.group(1)) < int(m.group(2)) else "failed"
+def with_rows(page: Pager, artifacts: Artifacts) -> Pager:
+    """`page`, each run with its artifact's rows under ROWS, read in one call per page. A Completed cycle's
+    are not read: it is a success and every table went through (a failed table fails the flow run)."""
+    def paged(where: dict[str, Any], end_time: dict[str, str], offset: int) -> list[Run]:
+        runs = page(where, end_time, offset)
+        ids = [r["id"] for r in runs if (r.get("state") or {}).get("type") != "COMPLETED"]
+        found = artifacts(ids) if ids else {}
+        return [{**r, ROWS: found.get(r["id"])} for r in runs]
+
+    return paged
 
 
-def table_error(run: Run) -> tuple[str, str]:
-    """(table, error type) of a failed `offload <table>` task run: the `[type]` its message starts with."""
-    state = run.get("state") or {}
-    kind = _ERROR_TYPE.search(state.get("message") or "")
-    return run["name"].removeprefix("offload "), kind.group(1) if kind else str(state.get("type", "failed")).lower()
+def cycle_outcomes(run: Run) -> list[Outcome]:
+    """One ("cycles", status), and one ("errors", table, type) per failed table of its artifact (none without
+    one: a crashed run is a failed cycle with no table errors)."""
+    rows = run.get(ROWS)
+    status = run_status((run.get("state") or {}).get("type"), rows)
+    return [(CYCLES, status)] + [(ERRORS, table, kind) for table, kind in table_errors(rows)]
 
 
 def _iso(t: datetime) -> str:
@@ -79,17 +90,18 @@ def ended(page: Pager, where: dict[str, Any], after: datetime | None = None,
 
 
 class RunTotals(Generic[K]):
-    """Runs counted by `key(run)` (None: not counted), over `where` (the state types that count).
+    """Runs counted by `keys(run)` (one count per key it gives; none: not counted), over `where` (the state
+    types that count).
 
-    `counted` names keys whose runs need no reading (no message): before the first floor they are counted
-    with /count over their state types (`offload_cycles_total{status="success"}` over a year of cycles is one
-    call instead of 175 pages).
+    `counted` names keys whose runs need no reading: before the first floor they are counted with /count over
+    their state types, and those runs add no other key (`offload_cycles_total{status="success"}` over a year
+    of cycles is one call instead of 175 pages).
     """
 
     def __init__(self, page: Pager, where: Callable[[list[str]], dict[str, Any]], types: list[str],
-                 key: Callable[[Run], K | None], count: Counter | None = None,
+                 keys: Callable[[Run], Iterable[K]], count: Counter | None = None,
                  counted: dict[K, str] | None = None):
-        self.page, self.where, self.types, self.key = page, where, types, key
+        self.page, self.where, self.types, self.keys = page, where, types, keys
         self.count, self.counted = count, counted or {}
         self.totals: dict[K, int] = {}
         self.floor: datetime | None = None  # every run that ended before it is counted
@@ -118,6 +130,5 @@ class RunTotals(Generic[K]):
         return totals
 
     def _add(self, totals: dict[K, int], run: Run) -> None:
-        k = self.key(run)
-        if k is not None:
+        for k in self.keys(run):
             totals[k] = totals.get(k, 0) + 1
