@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import seed  # noqa: E402
+from throughput import seed
 
 CONFIG = """[source]
 dsn = "chdb://{dir}/ch"

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlparse
 
 from iceberg_offload.errors import ConfigError, add_secret
 
@@ -37,9 +39,6 @@ def read_secret_files(node: Any, base: Path, file: str) -> None:
 
 def register_secrets(data: dict[str, Any]) -> None:
     """Tell `redact` the configured credentials, so no error, log line or output shows them."""
-    import base64
-    from urllib.parse import quote, unquote, urlparse
-
     def section(name: str) -> dict[str, Any]:
         value = data.get(name)
         return value if isinstance(value, dict) else {}

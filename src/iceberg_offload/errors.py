@@ -11,7 +11,9 @@ exception. Decisions test the class (`isinstance`, `exit_code`, `transient`, `re
 
 from __future__ import annotations
 
+import logging
 import re
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -201,8 +203,6 @@ class InternalError(TerminalError):
 
     @classmethod
     def wrap(cls, exc: BaseException, what: str) -> InternalError:
-        import traceback
-
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f" at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else ""
         return cls(f"{what}: unexpected {type(exc).__name__}{where}: {str(exc)[:300]}; nothing of it was committed",
@@ -247,8 +247,6 @@ def as_error(exc: Exception, what: str) -> OffloadError:
     """Our error as it is; any other exception (a bug) as InternalError, logged with its traceback."""
     if isinstance(exc, OffloadError):
         return exc
-    import logging
-
     logging.getLogger("iceberg_offload").error("%s: unexpected error", what, exc_info=exc)
     return InternalError.wrap(exc, what)
 
@@ -281,8 +279,6 @@ def add_secret(value: str | None) -> None:
 def _redact_log_records() -> None:
     """Wrap the log record factory once: a record's message and traceback are redacted when it is made,
     before any handler (a file, the console, Prefect's API log handler) sees it."""
-    import logging
-
     previous = logging.getLogRecordFactory()
     if getattr(previous, "_offload_redacts", False):
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -10,6 +11,4 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     pyiceberg's writer pool otherwise fragment into one arena each; measured on a 30 M-row backlog this
     cut peak RSS by about 15% (docs/benchmarks.md). Call before threads start; harmless elsewhere."""
     with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX

@@ -21,14 +21,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: conftest, stackutil
 
-from conftest import TRADES_DDL, insert_trades  # noqa: E402
-from iceberg_offload import names  # noqa: E402
-from iceberg_offload.clickhouse.client import open_source  # noqa: E402
-from iceberg_offload.config import Settings  # noqa: E402
-from iceberg_offload.iceberg.sink import Sink, open_catalog  # noqa: E402
-from iceberg_offload.orchestration import prefect_api  # noqa: E402
-from iceberg_offload.orchestration.stack import pid_alive, read_state  # noqa: E402
-from stackutil import PgCluster, cli, cli_json, free_port, prefect_cli, start_process, stop, write_config  # noqa: E402,E501
+from conftest import TRADES_DDL, insert_trades
+from iceberg_offload import names
+from iceberg_offload.clickhouse.client import open_source
+from iceberg_offload.config import Settings
+from iceberg_offload.iceberg.sink import Sink, open_catalog
+from iceberg_offload.orchestration import prefect_api
+from iceberg_offload.orchestration.stack import pid_alive, read_state
+from stackutil import PgCluster, cli, cli_json, free_port, prefect_cli, start_process, stop, write_config
 
 TABLES = ["ch_trades", "ch_quotes", "ch_candles"]
 STEP_MS = 10

@@ -234,7 +234,7 @@ class Source:
             return self.client.query_arrow(sql, use_strings=True)
         with self._engine_mutex:
             if self._engine is None:
-                import chdb
+                import chdb  # noqa: PLC0415 - the embedded engine only when a chdb:// source opens
 
                 self._engine = chdb.connect(self.embedded)
                 self._engine.query("SET output_format_arrow_compression_method = 'none'")
@@ -303,8 +303,8 @@ class Source:
 
     @contextlib.contextmanager
     def _translate(self, sql: str) -> Iterator[None]:
-        from chdb._exceptions import ChdbError
-        from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+        from chdb._exceptions import ChdbError  # noqa: PLC0415 - see _client
+        from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError  # noqa: PLC0415
 
         try:
             try:
@@ -341,8 +341,8 @@ def _database_error(exc: Exception, sql: str) -> Exception:
 
 
 def _client(settings: SourceSettings) -> Any:
-    import clickhouse_connect
-    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+    import clickhouse_connect  # noqa: PLC0415 - ~0.3 s: only for commands that read ClickHouse
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError  # noqa: PLC0415
 
     try:
         return clickhouse_connect.get_client(dsn=settings.dsn)
@@ -351,7 +351,7 @@ def _client(settings: SourceSettings) -> Any:
             raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
                                     "check that ClickHouse is running and [source] dsn is right") from exc
         raise _database_error(exc, "") from exc
-    except Exception as exc:  # noqa: BLE001 - every other connect failure means the same to the operator
+    except Exception as exc:
         raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
                                 "check that ClickHouse is running and [source] dsn is right") from exc
 

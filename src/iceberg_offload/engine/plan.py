@@ -3,6 +3,7 @@ config, and the terms the stored watermark was written in (refused when the conf
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import time
 from dataclasses import dataclass
@@ -261,8 +262,6 @@ CAUTIOUS_GAP = 366 * 86400
 def cron_max_gap(expr: str) -> int:
     """The longest gap between the fire times of a cron (five fields, `*`, `*/n`, `a-b/n`, lists, names,
     `@daily`-style aliases), over 400 days from a fixed Monday; CAUTIOUS_GAP when it cannot be read."""
-    import datetime as dt
-
     text = _ALIASES.get(expr.strip().lower(), expr)
     for name, number in _NAMES.items():
         text = text.upper().replace(name, number)

@@ -247,7 +247,7 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
                              f"was discarded, nothing changed",
                              f"none needed: run the reconcile again (`iceberg-offload verify --table "
                              f"{plan.cfg.target}` shows what is left)") from exc
-    except Exception as exc:  # noqa: BLE001 - the request may or may not have landed
+    except Exception as exc:
         if sink.find_commit(plan.cfg.target, props[COMMIT_ID]) is not None:
             return sink.load(plan.cfg.target) or table, written
         raise CommitOutcomeUnknown(f"{name}: repair commit {props[COMMIT_ID]} outcome unknown: "

@@ -159,7 +159,7 @@ def catalog_errors(what: str, warehouse: str = "") -> Iterator[None]:
         raise
     except (NoSuchTableError, CommitFailedException):
         raise
-    except Exception as exc:  # noqa: BLE001 - anything from SQLAlchemy/HTTP/FileIO means the same here
+    except Exception as exc:
         if (path := missing_file(exc)) is not None:
             raise warehouse_missing(what, path, warehouse) from exc
         if warehouse and _storage_error(exc):
@@ -176,7 +176,7 @@ def open_catalog(settings: CatalogSettings) -> Catalog:
         for attempt in range(5):
             try:
                 return load_catalog(settings.name, **props)
-            except Exception as exc:  # noqa: BLE001 - two processes initialising a new SQL catalog at once
+            except Exception as exc:
                 if "already exists" not in str(exc) or attempt == 4:
                     raise
                 time.sleep(0.05 * (attempt + 1))
@@ -356,7 +356,7 @@ class Sink:
             raise CommitConflict(f"{'.'.join(table.name())}: another writer committed after the watermark was "
                                  f"read ({exc}); this commit was discarded, nothing appended",
                                  "none needed: the next run continues from the new watermark") from exc
-        except Exception as exc:  # noqa: BLE001 - the request may or may not have landed
+        except Exception as exc:
             raise CommitOutcomeUnknown(
                 f"{'.'.join(table.name())}: commit {props.get(COMMIT_ID)} outcome unknown: "
                 f"{redact(str(exc)).splitlines()[0][:300]}",

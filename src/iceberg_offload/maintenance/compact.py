@@ -201,7 +201,7 @@ def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str,
         discard_files(table, written)
         raise CommitConflict(f"{name}: another writer committed while compaction ran ({exc}); the compaction "
                              f"was discarded, nothing changed", "run the compaction again later") from exc
-    except Exception as exc:  # noqa: BLE001 - the request may or may not have landed
+    except Exception as exc:
         raise CommitOutcomeUnknown(f"{name}: compaction commit outcome unknown: "
                                    f"{redact(str(exc)).splitlines()[0][:300]}",
                                    "run the compaction again (it re-plans from the table as it is); files of a "

@@ -27,6 +27,7 @@ from iceberg_offload.ops.doctor import (
     diagnose,
 )
 from iceberg_offload.orchestration import prefect_api
+from iceberg_offload.orchestration.control import set_paused, trigger
 from iceberg_offload.orchestration.stack import down, pid_alive, read_state, restart_child, up
 
 COMPOSE_ORDER = ["k2-prefect-db", "k2-prefect-server", "k2-prefect-worker"]
@@ -104,8 +105,6 @@ def recover(settings: Settings, yes: bool, resume_schedule: bool = False, timeou
 
 
 def _do(settings: Settings, step: Step, timeout: float) -> str:
-    from iceberg_offload.orchestration.control import set_paused, trigger
-
     if step.name == "start the database":
         return _start_local_postgres(settings)
     if step.name == "start the stack":
@@ -113,7 +112,7 @@ def _do(settings: Settings, step: Step, timeout: float) -> str:
     if step.name == "restart the stack":
         return _heal_stack(settings, timeout)
     if step.name == "deploy":
-        from iceberg_offload.orchestration.deployments import deploy
+        from iceberg_offload.orchestration.deployments import deploy  # noqa: PLC0415 - Prefect: ~3 s, only to deploy
 
         return ", ".join(f"{k}: {v}" for k, v in deploy(settings).deployments.items())
     if step.name == "resume the schedule":

@@ -5,7 +5,9 @@ Shared by the CLI (`status`, `watermark show`, `verify`) and, later, the metrics
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -206,8 +208,6 @@ def _data_extent(history: list[Commit]) -> Watermark | None:
 
 def parse_time(text: str) -> int:
     """ISO 8601 (naive = UTC) or epoch seconds -> epoch nanoseconds."""
-    import datetime as dt
-
     try:
         return int(float(text) * NS)
     except ValueError:
@@ -227,8 +227,6 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
     Moving forward skips rows (they are never offloaded); moving back offloads again the rows Iceberg
     already has (below the newest commit that wrote rows), which needs `reoffload`. A watermark after
     now - settle_seconds skips rows that have not even arrived yet, which needs `future`."""
-
-    from iceberg_offload.clickhouse.window import Watermark
 
     cfg = settings.table(name)
     sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
@@ -321,8 +319,6 @@ def adopt(settings: Settings, name: str, apply: bool) -> dict[str, Any]:
 
 def _watermark_commit(sink: Sink, table: Any, plan: TablePlan, wm: Watermark, last: Commit | None, by: str) -> None:
     """An empty commit carrying `wm` in the plan's terms (key, source) and the source identity; totals carried."""
-    import uuid
-
     totals = last.totals if last is not None else (0, 0)
     tag = by.replace(" ", "-")
     props = {**wm.to_props(), **plan.lineage(), names.RUN_ID: f"{tag}-{uuid.uuid4().hex[:8]}",

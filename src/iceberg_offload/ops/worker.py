@@ -3,6 +3,7 @@ beside it. It composes orchestration (the pool) and ops (the exporter), so it si
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -15,12 +16,10 @@ def run(settings: Settings, name: str | None = None, limit: int | None = None) -
     """A Prefect process worker on the pool, in this process, plus the metrics endpoint. SIGTERM or SIGINT
     stop it cleanly, also when started as a background job of a non-interactive shell (which inherits
     SIGINT ignored): we install our own handlers."""
-    import asyncio
+    apply_prefect_env(settings)  # before Prefect is imported: it reads its settings at import
+    from prefect.workers.process import ProcessWorker  # noqa: PLC0415
 
-    apply_prefect_env(settings)
-    from prefect.workers.process import ProcessWorker
-
-    from iceberg_offload.ops.metrics import serve
+    from iceberg_offload.ops.metrics import serve  # noqa: PLC0415 - after the env, like Prefect
 
     server = serve(settings, keep_trying=True)
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from prefect import get_client
 from prefect.client.schemas.actions import (
     DeploymentScheduleCreate,
@@ -22,7 +23,7 @@ from prefect.client.schemas.actions import (
 )
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.utilities.callables import parameter_schema
 from prefect.workers.process import ProcessWorker
 
@@ -45,9 +46,6 @@ from iceberg_offload.orchestration.flows import maintenance, offload_main, offlo
 @contextlib.contextmanager
 def _client() -> Iterator[Any]:
     """A sync Prefect client whose transport failures become errors with a fix, not tracebacks."""
-    import httpx
-    from prefect.exceptions import PrefectHTTPStatusError
-
     url = "the Prefect API at " + os.environ.get("PREFECT_API_URL", "PREFECT_API_URL")
     try:
         with get_client(sync_client=True) as client:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from urllib.parse import urlparse
 
 from iceberg_offload.config import Settings, apply_prefect_env, prefect_env
 from iceberg_offload.errors import ConfigError, TransientError
-from iceberg_offload.orchestration.prefect_api import API_ERRORS, crash_stuck_runs, online_workers
+from iceberg_offload.orchestration.prefect_api import API_ERRORS, crash_stuck_runs, online_workers, request
 from iceberg_offload.orchestration.prefect_api import ready as api_ready
 
 RESTART_BACKOFF = (1, 2, 5, 10, 30)
@@ -228,10 +229,6 @@ def up(settings: Settings, timeout: float = 180.0) -> dict[str, Any]:
 
 def _check_credentials(settings: Settings) -> None:
     """/api/ready answers without credentials: ask something that needs them, and fail fast on a 401."""
-    import urllib.error
-
-    from iceberg_offload.orchestration.prefect_api import request
-
     try:
         request(settings, "GET", "/admin/version")
     except urllib.error.HTTPError as exc:
