@@ -215,14 +215,15 @@ command(root, "_supervise", "cmd_supervise", "the native stack's supervisor (sta
         "iceberg-offload _supervise", hidden=True)
 command(root, "trigger", "cmd_trigger", "start a run of a deployment now (default: the offload)",
         "iceberg-offload trigger --wait",
-        click.Option(["--deployment"], default=names.MAIN, metavar="FLOW/DEPLOYMENT", show_default=True),
+        click.Option(["--deployment"], default=names.MAIN, metavar="FLOW/DEPLOYMENT",
+                     help="the deployment (default: the offload's, as `prefect deployment ls` names it)"),
         flag("--wait", "wait until the run is final; exit 1 unless COMPLETED"),
         seconds(600.0, "seconds to wait with --wait"))
 
 
 def deployments() -> click.Option:
     return click.Option(["--deployment"], multiple=True, metavar="FLOW/DEPLOYMENT",
-                        help=f"repeatable; default: {names.MAIN} and {names.MAINT}")
+                        help="repeatable (default: the offload's and the maintenance's)")
 
 
 sc = subgroup(root, "schedule", "show, pause or resume the deployments' schedules", "iceberg-offload schedule show",

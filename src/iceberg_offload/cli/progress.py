@@ -47,6 +47,7 @@ class ProgressBar:
 def _start(stream: IO[str]) -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+    from rich.table import Column
     from rich.text import Text
 
     class Rows(ProgressColumn):
@@ -58,7 +59,10 @@ def _start(stream: IO[str]) -> Any:
             speed = task.finished_speed or task.speed
             return Text("" if speed is None else f"{speed:,.0f} rows/s")
 
-    bars = Progress(TextColumn("{task.description}", markup=False), BarColumn(), Rows(), Speed(), TimeRemainingColumn(),
-                    console=Console(file=stream, highlight=False), transient=False)
+    whole = lambda: Column(no_wrap=True)  # noqa: E731 - the bar gives way, the figures do not wrap
+    label = Column(no_wrap=True, overflow="ellipsis", max_width=40)
+    bars = Progress(TextColumn("{task.description}", markup=False, table_column=label), BarColumn(bar_width=None),
+                    Rows(table_column=whole()), Speed(table_column=whole()), TimeRemainingColumn(table_column=whole()),
+                    console=Console(file=stream, highlight=False), transient=False, expand=True)
     bars.start()
     return bars
