@@ -43,7 +43,8 @@ class Ordered(click.Group):
 
 def global_options() -> list[click.Parameter]:
     return [click.Option(["-c", "--config"], metavar="PATH",
-                         help=f"config file (default ./{DEFAULT_CONFIG}; none = the embedded default)"),
+                         help=f"config file (default $OFFLOAD_CONFIG, else ./{DEFAULT_CONFIG}; none: the embedded "
+                              "default)"),
             click.Option(["-o", "--output"], type=click.Choice(["text", "json"]), help="text (default) or json"),
             click.Option(["--json"], is_flag=True, default=False, help="print JSON (= -o json)")]
 

@@ -119,7 +119,7 @@ def _table(g: Grid, width: int) -> Any:
     if least <= width or len(g.headers) < 3:
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
         for h, wrap in zip(g.headers, wraps, strict=True):
-            table.add_column(h, no_wrap=not wrap, overflow="fold")
+            table.add_column(RichText(h), no_wrap=not wrap, overflow="fold")
         for row in cells:
             table.add_row(*(RichText(c) for c in row))
         return table
@@ -129,7 +129,7 @@ def _table(g: Grid, width: int) -> Any:
         pairs.add_column(no_wrap=True, style="bold")
         pairs.add_column(overflow="fold")
         for h, c in zip(g.headers[1:], row[1:], strict=True):
-            pairs.add_row(h, RichText(c))
+            pairs.add_row(RichText(h), RichText(c))
         blocks += [RichText(row[0], style="bold"), Padding(pairs, (0, 0, 1, 2))]
     return Group(*blocks)
 
