@@ -1,1 +1,2 @@
-"""The operator commands: the argument parser and each command's text or --json output."""
+"""The operator commands: the command line (app, on click), running a command (main), each command's text
+or JSON output (commands, maintain, ops; output), the progress bar (progress)."""

@@ -3,56 +3,39 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-from iceberg_offload.cli.output import EXIT_FAILED, EXIT_OK, emit, grid, load_settings
+from iceberg_offload.cli.output import EXIT_FAILED, EXIT_OK, Args, Grid, Part, emit, load_settings
+from iceberg_offload.cli.progress import ProgressBar
 
 PREVIEW_NOTE = "preview: nothing changed; add --yes to apply"
 
 
-def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("maintain", parents=[common], help="reconcile (repair), compact, expire snapshots, remove "
-                                                          "orphan files; a preview unless --yes")
-    p.add_argument("step", choices=["reconcile", "compact", "expire", "orphans", "all"],
-                   help="all = reconcile, compact, expire, orphans in that order (the daily maintenance)")
-    p.add_argument("--table", action="append", metavar="NAME", help="only this table (repeatable)")
-    p.add_argument("--yes", action="store_true", help="apply (default: only show what would change)")
-    p.add_argument("--values", action=argparse.BooleanOptionalAction, default=None,
-                   help="reconcile compares every column of every row, not only keys (default: on for final "
-                        "tables, whose rows may change after offload)")
-    p.set_defaults(func=cmd_maintain)
-
-    p = sub.add_parser("view", parents=[common], help="create a ClickHouse view reading recent rows from the "
-                                                      "MergeTree table and older ones from Iceberg")
-    p.add_argument("--table", action="append", metavar="NAME", help="only this table (repeatable)")
-    p.add_argument("--print", dest="print_only", action="store_true", help="print the SQL, create nothing")
-    p.set_defaults(func=cmd_view)
-
-
-def cmd_maintain(args: argparse.Namespace) -> int:
+def cmd_maintain(args: Args) -> int:
     from iceberg_offload.maintenance.daily import STEPS, maintain
 
     steps = STEPS if args.step == "all" else (args.step,)
-    results = maintain(load_settings(args), args.table, steps, apply=args.yes, values=args.values)
+    settings = load_settings(args)
+    with ProgressBar(not args.json) as progress:
+        results = maintain(settings, args.table, steps, apply=args.yes, values=args.values, progress=progress)
     ok = all(r["ok"] for r in results)
     emit(args, {"applied": args.yes, "ok": ok, "tables": results}, lambda: _text(results, args.yes))
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def _text(results: list[dict[str, Any]], applied: bool) -> str:
+def _text(results: list[dict[str, Any]], applied: bool) -> list[Part]:
     rows = []
     for r in results:
         if r.get("error"):
             rows.append([r["table"], "-", "error", r["error"]["message"]])
         for step, res in r["steps"].items():
             rows.append([r["table"], step, "error" if res.get("error") else res.get("status", "ok"), _say(step, res)])
-    lines = [grid(["table", "step", "status", "what"], rows)]
+    lines: list[Part] = [Grid(["table", "step", "status", "what"], rows)]
     lines += [f"{r['table']} {s}: {res['error']['message']}\n  fix: {res['error']['fix']}"
               for r in results for s, res in r["steps"].items() if res.get("error")]
     if not applied:
         lines.append(PREVIEW_NOTE)
-    return "\n".join(lines)
+    return lines
 
 
 def _say(step: str, r: dict[str, Any]) -> str:
@@ -72,7 +55,7 @@ def _say(step: str, r: dict[str, Any]) -> str:
             f"{r['too_young']} younger kept")
 
 
-def cmd_view(args: argparse.Namespace) -> int:
+def cmd_view(args: Args) -> int:
     from iceberg_offload.clickhouse.client import open_source
     from iceberg_offload.iceberg.sink import Sink, open_catalog
     from iceberg_offload.maintenance.view import create_view, view_sql

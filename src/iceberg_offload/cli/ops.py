@@ -3,65 +3,22 @@ trigger, schedule, doctor, recover. Each loads the config and sets the Prefect e
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from iceberg_offload import names
-from iceberg_offload.cli.output import EXIT_FAILED, EXIT_OK, emit, grid, load_prefect_settings, load_settings
+from iceberg_offload.cli.output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Args,
+    Grid,
+    Part,
+    emit,
+    load_prefect_settings,
+    load_settings,
+)
 
 
-def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("doctor", parents=[common], help="diagnose like the runbook: processes, server, workers, "
-                                                        "schedule, runs, metrics, tables; exit 1 on any fail")
-    p.add_argument("--engine-only", action="store_true", help="only ClickHouse, catalog, warehouse and tables "
-                                                              "(no Prefect stack checks)")
-    p.set_defaults(func=cmd_doctor)
-
-    p = sub.add_parser("recover", parents=[common], help="what the runbook would do, in its order; --yes does it, "
-                                                         "runs the offload and checks again")
-    p.add_argument("--yes", action="store_true", help="do it (default: only show the plan)")
-    p.add_argument("--resume-schedule", action="store_true", help="also resume a paused schedule")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the stack and the run")
-    p.set_defaults(func=cmd_recover)
-
-    p = sub.add_parser("deploy", parents=[common],
-                       help="create or update the work pool, deployments and per-table limits (idempotent)")
-    p.set_defaults(func=cmd_deploy)
-
-    p = sub.add_parser("worker", parents=[common], help="a Prefect process worker on pool iceberg-offload "
-                                                        "plus the metrics endpoint (port 8000)")
-    p.add_argument("--name", help="worker name (default HOST-PID)")
-    p.add_argument("--limit", type=int, help="flow runs at once (default [prefect] worker_limit; 0 = no limit)")
-    p.set_defaults(func=cmd_worker)
-
-    p = sub.add_parser("metrics", parents=[common], help="serve the Prometheus endpoint alone ([metrics] host:port)")
-    p.set_defaults(func=cmd_metrics)
-
-    p = sub.add_parser("up", parents=[common], help="start Prefect server, worker and deployments natively; "
-                                                    "returns when the API is ready and a worker is ONLINE")
-    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)")
-    p.set_defaults(func=cmd_up)
-    p = sub.add_parser("down", parents=[common], help="stop the native stack that `up` started")
-    p.set_defaults(func=cmd_down)
-    p = sub.add_parser("ps", parents=[common], help="the native stack's processes, their logs and the URLs")
-    p.set_defaults(func=cmd_ps)
-    p = sub.add_parser("_supervise", parents=[common])
-    p.set_defaults(func=cmd_supervise)
-
-    p = sub.add_parser("trigger", parents=[common], help="start a run of a deployment now (default: the offload)")
-    p.add_argument("--deployment", default=names.MAIN, metavar="FLOW/DEPLOYMENT")
-    p.add_argument("--wait", action="store_true", help="wait until the run is final; exit 1 unless COMPLETED")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait (default 600)")
-    p.set_defaults(func=cmd_trigger)
-
-    p = sub.add_parser("schedule", parents=[common], help="show, pause or resume the deployments' schedules")
-    p.add_argument("action", choices=["show", "pause", "resume"])
-    p.add_argument("--deployment", action="append", metavar="FLOW/DEPLOYMENT",
-                   help=f"default: {names.MAIN} and {names.MAINT}")
-    p.set_defaults(func=cmd_schedule)
-
-
-def cmd_deploy(args: argparse.Namespace) -> int:
+def cmd_deploy(args: Args) -> int:
     settings = load_prefect_settings(args)
     from iceberg_offload.orchestration.deployments import deploy
 
@@ -87,29 +44,29 @@ RUNBOOKS = {"worker down": "scheduler-down.md (scenario 1)", "server down": "sch
             "lag": "lag.md", "watermark": "watermark-recovery.md", "ttl risk": "ttl-risk.md"}
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
+def cmd_doctor(args: Args) -> int:
     from iceberg_offload.ops.doctor import diagnose
 
     report = diagnose(load_prefect_settings(args), args.engine_only)
     data = report.as_dict()
     data["runbook"] = f"docs/runbooks/{RUNBOOKS[report.scenario]}" if report.scenario else None
 
-    def text() -> str:
+    def text() -> list[Part]:
         marks = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
         rows = [[marks[c.status], c.name, c.saw] for c in report.checks]
-        out = [grid(["", "check", "saw"], rows)]
+        out: list[Part] = [Grid(["", "check", "saw"], rows)]
         fixes = [f"  {c.name}: {c.fix}" for c in report.checks if c.status != "ok" and c.fix]
         if fixes:
             out += ["", "fix:", *fixes]
         out.append("")
         out.append(f"scenario: {report.scenario} -> {data['runbook']}" if report.scenario else "all checks passed")
-        return "\n".join(out)
+        return out
 
     emit(args, data, text)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def cmd_recover(args: argparse.Namespace) -> int:
+def cmd_recover(args: Args) -> int:
     from iceberg_offload.ops.recover import recover
 
     result = recover(load_prefect_settings(args), args.yes, args.resume_schedule, args.timeout)
@@ -129,13 +86,13 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return EXIT_OK if not args.yes or data["ok"] else EXIT_FAILED
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def cmd_worker(args: Args) -> int:
     from iceberg_offload.ops import worker
 
     return worker.run(load_prefect_settings(args), args.name, args.limit)
 
 
-def cmd_metrics(args: argparse.Namespace) -> int:
+def cmd_metrics(args: Args) -> int:
     import signal
     import threading
 
@@ -152,30 +109,30 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_supervise(args: argparse.Namespace) -> int:
+def cmd_supervise(args: Args) -> int:
     from iceberg_offload.orchestration.stack import supervise
 
     return supervise(load_prefect_settings(args))
 
 
-def _ps_text(data: dict[str, Any]) -> str:
+def _ps_text(data: dict[str, Any]) -> list[Part]:
     rows = [[p["name"], p["pid"], "running" if p["running"] else "stopped", p["restarts"], p["log"]]
             for p in data["processes"]]
-    out = [grid(["process", "pid", "state", "restarts", "log"], rows)]
+    out: list[Part] = [Grid(["process", "pid", "state", "restarts", "log"], rows)]
     out.append(f"\nAPI ready: {'yes' if data['api_ready'] else 'NO'}   workers online: {data['workers_online']}")
     out += [f"{k:8} {v}" for k, v in data["urls"].items()]
-    return "\n".join(out)
+    return out
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def cmd_up(args: Args) -> int:
     from iceberg_offload.orchestration.stack import up
 
     data = up(load_prefect_settings(args), args.timeout)
-    emit(args, data, lambda: ("started the stack\n" if data["started"] else "already running\n") + _ps_text(data))
+    emit(args, data, lambda: ["started the stack" if data["started"] else "already running", *_ps_text(data)])
     return EXIT_OK
 
 
-def cmd_down(args: argparse.Namespace) -> int:
+def cmd_down(args: Args) -> int:
     from iceberg_offload.orchestration.stack import down
 
     data = down(load_prefect_settings(args))
@@ -183,7 +140,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_ps(args: argparse.Namespace) -> int:
+def cmd_ps(args: Args) -> int:
     from iceberg_offload.orchestration.stack import ps
 
     data = ps(load_prefect_settings(args))
@@ -191,7 +148,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     return EXIT_OK if data["running"] else EXIT_FAILED
 
 
-def cmd_schedule(args: argparse.Namespace) -> int:
+def cmd_schedule(args: Args) -> int:
     from iceberg_offload.orchestration.control import schedule_state, set_paused
 
     settings = load_settings(args)
@@ -200,16 +157,16 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     else:
         data = set_paused(settings, args.deployment, args.action == "pause")
 
-    def text() -> str:
+    def text() -> list[Part]:
         rows = [[d["deployment"], "missing" if not d["exists"] else "paused" if not d["active"] else "active",
                  ", ".join(s["schedule"] for s in d["schedules"])] for d in data]
-        return grid(["deployment", "schedule", "when"], rows)
+        return [Grid(["deployment", "schedule", "when"], rows)]
 
     emit(args, {"deployments": data}, text)
     return EXIT_OK
 
 
-def cmd_trigger(args: argparse.Namespace) -> int:
+def cmd_trigger(args: Args) -> int:
     from iceberg_offload.orchestration.control import trigger
 
     data = trigger(load_settings(args), args.deployment, wait=args.wait, timeout=args.timeout)

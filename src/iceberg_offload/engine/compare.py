@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,8 @@ from iceberg_offload.engine.wire import conform, small_type
 from iceberg_offload.errors import SourceError, as_error
 from iceberg_offload.iceberg.sink import Sink, open_catalog, warehouse_reads
 
+Progress = Callable[[str, int, int], None]
+"""progress(label, done, total): long work reports how far it is (the CLI's progress bar); cheap to call."""
 HOUR = 3600
 TTL_MARGIN_SECONDS = 900
 """A bucket whose first row expires within this long is treated as expiring already."""
@@ -87,7 +89,8 @@ class Bucket:
                 "duplicates": self.duplicates, "changed": self.changed, "extra": self.extra}
 
 
-def verify_table(cfg: TableSettings, source: Source, sink: Sink, values: bool | None = None) -> VerifyResult:
+def verify_table(cfg: TableSettings, source: Source, sink: Sink, values: bool | None = None,
+                 progress: Progress | None = None) -> VerifyResult:
     """Hot vs cold per hour bucket over the range both tiers hold (up to the watermark); with `values`
     (default: the table's `final`), every column of every row, not only the keys."""
     res = VerifyResult(cfg.target, values=cfg.final if values is None else values)
@@ -99,7 +102,7 @@ def verify_table(cfg: TableSettings, source: Source, sink: Sink, values: bool | 
             return res
         plan.check_source(table)
         plan.check_lineage(last)
-        for b in compare(plan, source, table, wm, values=res.values):
+        for b in compare(plan, source, table, wm, values=res.values, progress=progress):
             res.buckets_checked += 1
             res.hot_rows += b.hot
             res.cold_rows += b.cold
@@ -124,10 +127,11 @@ def oldest_hour(plan: TablePlan, source: Source) -> int | None:
 
 
 def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark, page_rows: int = PAGE_ROWS,
-            values: bool = False, since_ns: int | None = None) -> Iterator[Bucket]:
+            values: bool = False, since_ns: int | None = None, progress: Progress | None = None) -> Iterator[Bucket]:
     """Every hour bucket either tier holds, from the hot tier's oldest hour (or the hour of `since_ns`, if
     later) up to the watermark, oldest first. With `values`, each bucket's rows are compared whole (the
-    columns both tiers have had all along)."""
+    columns both tiers have had all along). `progress` hears the hot rows compared, a page at a time, out
+    of the per-hour counts the pages are cut on (no query of its own)."""
     oldest = oldest_hour(plan, source)
     if oldest is None:
         return
@@ -141,11 +145,16 @@ def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark, page_r
     ice = table.schema().as_arrow()
     target = pa.schema([ice.field(n).with_type(small_type(ice.field(n).type)) for n in names])
     last_hour = wm.ts_ns // NS // HOUR * HOUR
+    total = sum(n for h, n in counts.items() if lo_hour <= h <= last_hour)
+    done = 0
     for lo, hi in pages(counts, lo_hour, last_hour, page_rows // 8 if values else page_rows):
         cold_tbl = cold_keys(table, ts, names, lo * NS, min((hi + HOUR) * NS - 1, wm.ts_ns)).select(names)
         cold_tbl = cold_tbl.cast(target)
         hot_tbl = hot_range(plan, source, wm, lo, hi + HOUR, cols, target)
         buckets = list(_compare_page(hot_tbl, cold_tbl, keys, ts))
+        done += hot_tbl.num_rows
+        if progress:
+            progress(plan.cfg.target, done, max(total, done))
         # rows cold holds and hot lacks are expected where the TTL may have begun deleting (same rule as repair)
         aging = expiring_hours(plan, source, [b.start for b in buckets if b.extra], TTL_MARGIN_SECONDS)
         hot_by, cold_by = (_by_hour(hot_tbl, ts), _by_hour(cold_tbl, ts)) if values else ({}, {})
@@ -155,6 +164,14 @@ def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark, page_r
                 empty = hot_tbl.slice(0, 0)
                 _diff_values(b, hot_by.get(b.start, empty), cold_by.get(b.start, empty))
             yield b
+
+
+def labelled(progress: Progress | None, label: str) -> Progress | None:
+    """`progress` under another label ("trades reconcile"); None stays None."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda _name, done, total: report(label, done, total)
 
 
 def expiring_hours(plan: TablePlan, source: Source, starts: list[int], margin: int) -> set[int]:
@@ -377,7 +394,8 @@ def _hashable(v: Any) -> Any:
     return v
 
 
-def verify(settings: Settings, names: list[str] | None = None, values: bool | None = None) -> list[VerifyResult]:
+def verify(settings: Settings, names: list[str] | None = None, values: bool | None = None,
+           progress: Progress | None = None) -> list[VerifyResult]:
     sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
     with open_source(settings.source) as source:
-        return [verify_table(cfg, source, sink, values) for cfg in settings.select(names)]
+        return [verify_table(cfg, source, sink, values, progress) for cfg in settings.select(names)]

@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from iceberg_offload.clickhouse.window import (
     plan_query,
 )
 from iceberg_offload.config import LAYERS, Settings, TableSettings
+from iceberg_offload.engine.compare import Progress as Progress
 from iceberg_offload.engine.plan import TablePlan
 from iceberg_offload.engine.repair import reconcile as repair_buckets
 from iceberg_offload.engine.wire import conform
@@ -42,7 +43,6 @@ from iceberg_offload.errors import (
 )
 from iceberg_offload.iceberg.sink import COMMIT_ID, Sink, open_catalog
 
-Progress = Callable[[str, int, int], None]
 MAX_CONFLICTS = 3
 
 

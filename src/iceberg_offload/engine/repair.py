@@ -31,9 +31,11 @@ from iceberg_offload.engine.compare import (
     PAGE_ROWS,
     TTL_MARGIN_SECONDS,
     Bucket,
+    Progress,
     compare,
     expiring_hours,
     hot_rows,
+    labelled,
     ts_range,
 )
 from iceberg_offload.engine.plan import TablePlan
@@ -96,14 +98,16 @@ class ReconcileResult:
 
 def reconcile(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, apply: bool,
               page_rows: int = PAGE_ROWS, ttl_margin_seconds: int = TTL_MARGIN_SECONDS,
-              values: bool | None = None, since_ns: int | None = None) -> ReconcileResult:
+              values: bool | None = None, since_ns: int | None = None,
+              progress: Progress | None = None) -> ReconcileResult:
     """Compare one table's tiers per hour bucket and (with apply) replace the bad buckets it may replace.
     With `values` (default: the table's `final`, whose rows may change after their window was offloaded)
     every column of every row is compared, not only the keys. Without apply nothing changes; the result
-    says what would be done. Errors are returned, not raised."""
+    says what would be done. Errors are returned, not raised. `progress` hears the rows compared
+    ("<table> reconcile") and the rows written by the repair ("<table> repair")."""
     res = ReconcileResult(cfg.target, values=cfg.final if values is None else values)
     try:
-        _reconcile(cfg, source, sink, apply, page_rows, ttl_margin_seconds, res, since_ns)
+        _reconcile(cfg, source, sink, apply, page_rows, ttl_margin_seconds, res, since_ns, progress)
     except Exception as exc:  # noqa: BLE001 - one table's failure never ends the others' reconcile
         res.error = as_error(exc, cfg.target).as_dict()
         source.discard()
@@ -122,7 +126,7 @@ def reconcile_all(settings: Settings, names: list[str] | None = None, apply: boo
 
 
 def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page_rows: int, margin: int,
-               res: ReconcileResult, since_ns: int | None = None) -> None:
+               res: ReconcileResult, since_ns: int | None = None, progress: Progress | None = None) -> None:
     table = sink.load(cfg.target)
     wm, last = sink.watermark(table) if table is not None else (None, None)
     if table is None or wm is None or last is None:
@@ -131,7 +135,8 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
     plan = TablePlan.build(source, cfg)
     plan.check_source(table)
     plan.check_lineage(last)
-    buckets = list(compare(plan, source, table, wm, page_rows, values=res.values, since_ns=since_ns))
+    buckets = list(compare(plan, source, table, wm, page_rows, values=res.values, since_ns=since_ns,
+                           progress=labelled(progress, f"{cfg.target} reconcile")))
     res.buckets_compared = len(buckets)
     bad = [b for b in buckets if b.bad]
     if not bad:
@@ -162,7 +167,8 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
     if not apply or not chosen:
         return
     _check_schema(plan, table)
-    new_table, written = _replace(sink, source, table, plan, wm, last, chosen)
+    new_table, written = _replace(sink, source, table, plan, wm, last, chosen,
+                                  labelled(progress, f"{cfg.target} repair"))
     res.rows_written = written
     res.duplicate_rows_removed = res.rows_deleted + res.rows_added - written
     res.applied = True
@@ -211,7 +217,7 @@ def _ranges(table: Table, ts: str, chosen: list[Bucket]) -> BooleanExpression:
 
 
 def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Watermark, last: Commit,
-             chosen: list[Bucket]) -> tuple[Table, int]:
+             chosen: list[Bucket], progress: Progress | None = None) -> tuple[Table, int]:
     """Delete the chosen buckets from Iceberg and append the hot tier's rows for them: one commit,
     compare-and-swap on `table`'s snapshot. Returns the new table state and the rows written."""
     props = _props(plan, last, chosen)
@@ -235,6 +241,8 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
                                              f"nothing was written", "none needed: the next reconcile compares again")
                     written += rows.num_rows
                     files.submit(rows)
+                    if progress:
+                        progress(name, written, max(written, sum(c.hot for c in chosen)))
                 files.finish(append)
     except BaseException:
         discard_files(table, added)

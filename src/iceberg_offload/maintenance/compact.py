@@ -24,6 +24,7 @@ from pyiceberg.typedef import EMPTY_DICT
 
 from iceberg_offload import names
 from iceberg_offload.config import Settings, TableSettings
+from iceberg_offload.engine.compare import Progress
 from iceberg_offload.engine.identity import SourceIdentity
 from iceberg_offload.engine.identity import check as check_identity
 from iceberg_offload.errors import CommitConflict, CommitOutcomeUnknown, CompactionMismatch, redact
@@ -120,9 +121,11 @@ def plan(table: Table, target_file_bytes: int, min_files: int) -> tuple[int, lis
 
 
 def compact(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool,
-            target_file_bytes: int = DEFAULT_TARGET, min_files: int = 5) -> CompactResult:
+            target_file_bytes: int = DEFAULT_TARGET, min_files: int = 5,
+            progress: Progress | None = None) -> CompactResult:
     """Preview (or, with apply, commit) the compaction of one table. Raises CommitConflict (transient)
-    when another writer committed meanwhile: nothing changed, run it again."""
+    when another writer committed meanwhile: nothing changed, run it again. With apply, `progress` hears
+    the rows rewritten, a bin (one new file) at a time."""
     started = time.monotonic()
     result = CompactResult(cfg.target, applied=False)
     table = sink.load(cfg.target)
@@ -153,7 +156,7 @@ def compact(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool,
         props.update({names.OPERATION: "compact", names.COMPACT_FILES_REMOVED: str(result.files_rewritten),
                       names.COMPACT_FILES_ADDED: str(len(bins)),
                       names.COMPACT_ROWS: str(result.rows_rewritten)})
-        new_table, written = _rewrite(table, cfg, bins, props)
+        new_table, written = _rewrite(table, cfg, bins, props, progress)
         result.applied, result.files_written = True, written
         result.snapshot_id = new_table.metadata.current_snapshot_id
         result.data_files_after = total - result.files_rewritten + written
@@ -161,7 +164,8 @@ def compact(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool,
     return result
 
 
-def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str, str]) -> tuple[Table, int]:
+def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str, str],
+             progress: Progress | None = None) -> tuple[Table, int]:
     """Write one file per bin and commit them with the deletes of the bins' files: one CAS snapshot."""
     name = ".".join(table.name())
     txn = CasTransaction(table)
@@ -170,6 +174,7 @@ def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str,
     schema = table.schema()
     order = [(c, "ascending") for c in (cfg.timestamp_column, cfg.sequence_column)
              if c and c in schema.column_names]
+    total, done = sum(b.rows for b in bins), 0
     try:
         with DataFileWriter(txn.table_metadata, table.io, replace.commit_uuid, written) as files:
             for b in bins:
@@ -184,6 +189,9 @@ def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str,
                 files.submit(data, max_file_bytes=2 * data.nbytes + 1)
                 for task in b.tasks:
                     replace.delete_data_file(task.file)
+                done += b.rows
+                if progress:
+                    progress(cfg.target, done, total)
             files.finish(replace)
             replace.commit()  # writes the manifests and stages the snapshot in the transaction
     except OSError as exc:

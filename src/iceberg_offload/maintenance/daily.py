@@ -12,6 +12,7 @@ from typing import Any
 
 from iceberg_offload.clickhouse.client import open_source
 from iceberg_offload.config import Settings, TableSettings
+from iceberg_offload.engine.compare import Progress, labelled
 from iceberg_offload.engine.repair import reconcile
 from iceberg_offload.errors import as_error
 from iceberg_offload.iceberg.sink import Sink, open_catalog
@@ -24,9 +25,11 @@ DAY = 86400
 
 
 def maintain_table(settings: Settings, cfg: TableSettings, steps: tuple[str, ...] = STEPS,
-                   apply: bool = True, values: bool | None = None) -> dict[str, Any]:
+                   apply: bool = True, values: bool | None = None,
+                   progress: Progress | None = None) -> dict[str, Any]:
     """Run the steps on one table; a preview unless `apply`. Returns {table, ok, steps: {name: result}}.
-    `values`: reconcile compares every column (default: for `final` tables only)."""
+    `values`: reconcile compares every column (default: for `final` tables only). `progress` hears
+    reconcile's rows compared and repaired and the rows compaction rewrites."""
     m = settings.maintenance
     sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
     out: dict[str, Any] = {"table": cfg.target, "applied": apply, "ok": True, "steps": {}}
@@ -37,12 +40,13 @@ def maintain_table(settings: Settings, cfg: TableSettings, steps: tuple[str, ...
         try:
             if step == "reconcile":
                 with open_source(settings.source) as source:
-                    rec = reconcile(settings, cfg, source, sink, apply, values=values)
+                    rec = reconcile(settings, cfg, source, sink, apply, values=values, progress=progress)
                 result = rec.as_dict()
                 if not rec.ok:
                     out["ok"] = False
             elif step == "compact":
-                result = compact(settings, cfg, sink, apply, target_file_bytes=m.target_file_mb << 20).as_dict()
+                result = compact(settings, cfg, sink, apply, target_file_bytes=m.target_file_mb << 20,
+                                 progress=labelled(progress, f"{cfg.target} compact")).as_dict()
             elif step == "expire":
                 result = expire(settings, cfg, sink, apply, older_than_seconds=m.snapshot_retention_days * DAY,
                                 keep_last=m.keep_last_snapshots).as_dict()
@@ -57,12 +61,13 @@ def maintain_table(settings: Settings, cfg: TableSettings, steps: tuple[str, ...
 
 
 def maintain(settings: Settings, names: list[str] | None = None, steps: tuple[str, ...] = STEPS,
-             apply: bool = True, values: bool | None = None) -> list[dict[str, Any]]:
+             apply: bool = True, values: bool | None = None,
+             progress: Progress | None = None) -> list[dict[str, Any]]:
     """Every selected table; one failing table does not stop the others."""
     results = []
     for cfg in settings.select(names):
         try:
-            results.append(maintain_table(settings, cfg, steps, apply, values))
+            results.append(maintain_table(settings, cfg, steps, apply, values, progress))
         except Exception as exc:  # noqa: BLE001 - the catalog or the table itself is unusable
             results.append({"table": cfg.target, "applied": apply, "ok": False, "steps": {},
                             "error": as_error(exc, cfg.target).as_dict()})

@@ -1,0 +1,208 @@
+"""The engine's commands: run, status, watermark show|set, adopt, verify, demo. Each loads the config, calls
+one function and prints its text (parts: lines and tables, cli/output.py) or JSON; it returns the exit code.
+cli/main.py dispatches to them by name (tests replace one there: `cli.main.cmd_status = ...`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from iceberg_offload.cli.output import EXIT_FAILED, EXIT_OK, Args, Grid, Part, emit, load_settings
+from iceberg_offload.cli.progress import ProgressBar
+from iceberg_offload.names import DEFAULT_CONFIG
+
+
+def cmd_run(args: Args) -> int:
+    from iceberg_offload.engine.offload import run_cycle
+
+    settings = load_settings(args)
+    with ProgressBar(not args.json) as progress:
+        result = run_cycle(settings, args.table, progress=progress)
+    moved = [t.table for t in result.tables if t.status == "ok" and (t.rows or t.late_rows_added)]
+    if moved:  # a view that cannot follow stays where it was (exact until the TTL passes it): reported
+        from iceberg_offload.maintenance.view import refresh_views
+
+        result.note_views(refresh_views(settings, moved))
+    emit(args, result.as_dict(), lambda: _run_text(result.as_dict()))
+    return EXIT_OK if result.status == "success" else EXIT_FAILED
+
+
+def _run_text(data: dict[str, Any]) -> list[Part]:
+    rows = []
+    for t in data["tables"]:
+        wm = (t["watermark_after"] or {}).get("ts")
+        rows.append([t["table"], t["layer"], t["status"], f"{t['rows']:,}", t["commits"], wm, t["duration_seconds"]])
+    out: list[Part] = [Grid(["table", "layer", "status", "rows", "commits", "watermark", "seconds"], rows)]
+    for t in data["tables"]:
+        if t["error"]:
+            out.append(f"\n{t['table']}: {t['error']['message']}\n  fix: {t['error']['fix']}")
+        if t["late_rows"]:
+            left = t["late_rows_left"]
+            out.append(f"\n{t['table']}: {t['late_rows']} late rows behind the watermark, {t['late_rows_added']} "
+                       f"repaired" + (f"; {left} not (TTL near, or cold holds rows hot lacks): iceberg-offload "
+                                      f"verify --table {t['table']}" if left else ""))
+        if t["late_error"] and t["late_error"] != t["error"]:
+            out.append(f"\n{t['table']}: late-row sweep: {t['late_error']['message']}")
+        if t["view_error"]:
+            out.append(f"\n{t['table']}: view {t['view'] or ''} not re-pointed (serves the old watermark): "
+                       f"{t['view_error']['message']}\n  fix: {t['view_error']['fix']}")
+    out.append(f"\ncycle {data['run_id']}: {data['status']}, {data['rows']:,} rows in {data['duration_seconds']}s")
+    return out
+
+
+def cmd_status(args: Args) -> int:
+    from iceberg_offload.ops.status import status
+
+    result = [s.as_dict() for s in status(load_settings(args), args.table)]
+    emit(args, {"tables": result}, lambda: _status_text(result))
+    return EXIT_FAILED if any(s["error"] for s in result) else EXIT_OK
+
+
+def _status_text(tables: list[dict[str, Any]]) -> list[Part]:
+    rows = []
+    for s in tables:
+        wm = (s["watermark"] or {}).get("ts")
+        head = s["ttl_headroom_seconds"]
+        rows.append([s["table"], wm, _dur(s["lag_seconds"]), f"{s['cold_rows']:,}", s["last_commit_at"],
+                     None if s["hot_rows"] is None else f"{s['hot_rows']:,}", s["oldest_hot"],
+                     s["pending_rows"], s["ttl"], _dur(head)])
+    out: list[Part] = [Grid(["table", "watermark", "lag", "cold rows", "last commit", "hot rows", "oldest hot",
+                             "pending", "ttl", "ttl headroom"], rows)]
+    for s in tables:
+        if s["error"]:
+            out.append(f"\n{s['table']}: {s['error']['message']}\n  fix: {s['error']['fix']}")
+    return out
+
+
+def _dur(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    sign, s = ("-" if seconds < 0 else ""), abs(seconds)
+    if s < 120:
+        return f"{sign}{s:.0f}s"
+    if s < 7200:
+        return f"{sign}{s / 60:.0f}m"
+    if s < 172800:
+        return f"{sign}{s / 3600:.1f}h"
+    return f"{sign}{s / 86400:.1f}d"
+
+
+def cmd_watermark_show(args: Args) -> int:
+    from iceberg_offload.ops.status import watermark_history
+
+    hist = watermark_history(load_settings(args), args.table)
+
+    def text() -> list[Part]:
+        parts: list[Part] = []
+        for table, commits in hist.items():
+            rows = [[c["snapshot_id"], (c["watermark"] or {}).get("ts"), (c["watermark"] or {}).get("seq"),
+                     c["rows"], c["run_id"]] for c in commits]
+            parts += ([""] if parts else []) + [table]
+            parts.append(Grid(["snapshot", "watermark", "seq", "rows", "run"], rows) if rows else
+                         "  no watermark yet: nothing offloaded")
+        return parts
+
+    emit(args, {"tables": hist}, text)
+    return EXIT_OK
+
+
+def cmd_watermark_set(args: Args) -> int:
+    from iceberg_offload.ops.status import parse_time, set_watermark
+
+    data = set_watermark(load_settings(args), args.table, parse_time(args.to), args.seq, args.yes, args.reoffload,
+                         args.future)
+
+    def text() -> str:
+        cur = (data["current"] or {}).get("ts", "none")
+        head = f"{data['table']}: watermark {cur} -> {data['new']['ts']} ({data['direction']}): {data['effect']}"
+        if data["applied"]:
+            return head + "\ncommitted; `iceberg-offload watermark show` lists it"
+        if data["rows_offloaded_again"]:
+            return head + "\nnot applied: add --yes --reoffload only if those rows were removed from Iceberg"
+        return head + "\nnot applied: add --yes to commit it"
+
+    emit(args, data, text)
+    return EXIT_OK
+
+
+def cmd_adopt(args: Args) -> int:
+    from iceberg_offload.ops.status import adopt
+
+    data = adopt(load_settings(args), args.table, args.yes)
+
+    def text() -> str:
+        def show(i: dict[str, Any] | None) -> str:
+            return "-" if i is None else f"{i['database']}.{i['table']} at {i['server']} (uuid {i['uuid'] or '-'})"
+
+        out = [f"{data['table']}: recorded source {show(data['recorded'])}"
+               + (f", watermark read from {data['watermark_source']}" if data["watermark_source"] else ""),
+               f"configured source {show(data['configured'])}",
+               f"cold rows {data['cold_rows']:,}, watermark {(data['watermark'] or {}).get('ts', 'none')}",
+               data["effect"]]
+        if data["changes"]:
+            out.append("adopted; run it: iceberg-offload run --table " + data["table"] if data["applied"] else
+                       "not applied: add --yes only if this is a deliberate move (else point target at a new table)")
+        return "\n".join(out)
+
+    emit(args, data, text)
+    return EXIT_OK
+
+
+def cmd_verify(args: Args) -> int:
+    from iceberg_offload.engine.compare import verify
+
+    settings = load_settings(args)
+    with ProgressBar(not args.json) as progress:
+        results = verify(settings, args.table, args.values, progress)
+    ok = all(r.ok for r in results)
+    data = {"ok": ok, "tables": [r.as_dict() for r in results]}
+
+    def text() -> list[Part]:
+        rows = [[r.table, "ok" if r.ok else "BAD", f"{r.hot_rows:,}", f"{r.cold_rows:,}", r.missing, r.duplicates,
+                 r.changed if r.values else "-", r.buckets_checked,
+                 ", ".join(r.buckets_bad[:3]) + (" ..." if len(r.buckets_bad) > 3 else "")] for r in results]
+        out: list[Part] = [Grid(["table", "result", "hot rows", "cold rows", "missing", "duplicates", "changed",
+                                 "buckets", "bad buckets"], rows)]
+        out += [f"\n{r.table}: {r.error['message']}\n  fix: {r.error['fix']}" for r in results if r.error]
+        if not ok:
+            out.append("\nrows missing from cold are late arrivals behind the watermark or a lost commit; changed "
+                       "rows changed in ClickHouse after offload. Repair: iceberg-offload maintain reconcile --yes "
+                       "(see docs/runbooks/watermark-recovery.md)")
+        return out
+
+    emit(args, data, text)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_demo(args: Args) -> int:
+    from iceberg_offload.cli.demo import seed
+    from iceberg_offload.config import load
+    from iceberg_offload.engine.offload import run_cycle
+    from iceberg_offload.ops.status import status
+
+    path = Path(args.config or DEFAULT_CONFIG)
+    settings = load(args.config) if path.exists() else load(None, env={})
+    written, inserted = seed(settings, path)
+    settings = load(str(path))
+    with ProgressBar(not args.json) as progress:
+        cycle = run_cycle(settings, progress=progress).as_dict()
+    states = {s.table: s for s in status(settings)}
+    tables = [{"table": t["table"], "rows_this_run": t["rows"], "cold_rows": states[t["table"]].cold_rows,
+               "watermark": (t["watermark_after"] or {}).get("ts"),
+               "pending_rows": states[t["table"]].pending_rows, "status": t["status"]} for t in cycle["tables"]]
+    data = {"config_written": written, "config": str(path.resolve()), "inserted": inserted, "cycle": cycle,
+            "tables": tables}
+
+    def text() -> list[Part]:
+        head = (f"wrote {path} (the embedded default with ten demo tables)\n" if written else "")
+        head += f"inserted {sum(inserted.values()):,} new hot rows into chdb at {settings.source.dsn}\n"
+        rows = [[t["table"], t["status"], f"{t['rows_this_run']:,}", f"{t['cold_rows']:,}", t["watermark"],
+                 t["pending_rows"]] for t in tables]
+        body = Grid(["table", "status", "offloaded now", "in iceberg", "watermark", "waiting (settle/open)"], rows)
+        tail = (f"\ncycle {cycle['status']}: {cycle['rows']:,} rows in {cycle['duration_seconds']}s. "
+                f"Run `iceberg-offload demo` again to add and offload a new slice; "
+                f"`iceberg-offload verify` compares hot and cold.")
+        return [head, body, tail]
+
+    emit(args, data, text)
+    return EXIT_OK if cycle["status"] == "success" else EXIT_FAILED
