@@ -13,7 +13,20 @@ from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    TaskRunFilter,
+    TaskRunFilterName,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
@@ -23,6 +36,8 @@ from iceberg_offload.config import LAYERS, Settings, load
 from iceberg_offload.engine.offload import TableResult, cycle_status, new_run_id, offload_table
 from iceberg_offload.errors import OffloadError, OffloadInFlight, OrchestrationError, TableBusy, TableFailed
 from iceberg_offload.iceberg.sink import Sink, open_catalog
+from iceberg_offload.maintenance import view
+from iceberg_offload.maintenance.daily import maintain_table
 from iceberg_offload.orchestration.artifacts import cycle_row
 
 
@@ -69,15 +84,6 @@ MAINTENANCE_WAIT_SECONDS = 15 * 60
 
 def _maintaining(table: str) -> bool:
     """Is the maintenance task of this table Running (anywhere)?"""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        TaskRunFilter,
-        TaskRunFilterName,
-        TaskRunFilterState,
-        TaskRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
     with get_client(sync_client=True) as client:
         return bool(client.read_task_runs(task_run_filter=TaskRunFilter(
             name=TaskRunFilterName(any_=[f"maintain {table}"]),
@@ -123,8 +129,6 @@ def _layer_with_tasks(settings: Settings, tables: list[str], run_id: str) -> lis
 
 
 def _layer_with_deployments(settings: Settings, tables: list[str], run_id: str) -> list[Any]:
-    from prefect.deployments import run_deployment
-
     def one(name: str) -> Any:
         run = cast(FlowRun, run_deployment(names.TABLE, timeout=None, as_subflow=True,
                                            parameters={"config": settings.path, "table": name, "run_id": run_id}))
@@ -182,18 +186,6 @@ RECONCILE_FIGURES = ("rows_missing", "buckets_missing", "buckets_duplicates", "b
 def maintain_table_task(config: str, table: str) -> dict[str, Any]:
     """Holds the table's `offload-table:<table>` slot (tagged by the flow). A running offload cycle may be at
     this table without a slot (tasks fan-out): then give the slot back and retry in 30 s."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterName,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
-    from iceberg_offload.maintenance.daily import maintain_table
-
     settings = load(config or None)
     with get_client(sync_client=True) as client:
         cycles = client.read_flow_runs(
@@ -241,9 +233,7 @@ def maintenance(config: str = "") -> Any:
 def _refresh_views(settings: Settings, tables: list[str], outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Views created by `iceberg-offload view` follow the watermark. Each table's outcome gets `view` and
     `view_error`; returns the views left behind (the run then ends Failed, naming them)."""
-    from iceberg_offload.maintenance.view import refresh_views
-
-    views = refresh_views(settings, tables) if tables else []
+    views = view.refresh_views(settings, tables) if tables else []
     by_table = {o["table"]: o for o in outcomes}
     for v in views:
         if (o := by_table.get(v["table"])) is not None:
