@@ -25,15 +25,25 @@ COMMANDS = (["--help"], ["run", "--help"], ["maintain", "reconcile", "--help"])
 def once(code: Path, argv: list[str]) -> float:
     env = {**os.environ, "PYTHONPATH": str(code)}
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "iceberg_offload.cli", *argv], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "iceberg_offload.cli", *argv],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--code", action="append", type=Path, default=[],
-                        help="another checkout's src folder (repeatable); this checkout's always runs")
+    parser.add_argument(
+        "--code",
+        action="append",
+        type=Path,
+        default=[],
+        help="another checkout's src folder (repeatable); this checkout's always runs",
+    )
     parser.add_argument("--runs", type=int, default=10)
     opts = parser.parse_args()
     codes = [HERE, *opts.code]

@@ -24,8 +24,14 @@ from _util import free_port
 
 
 def cli(work: Path, *args: str, env: dict[str, str]) -> str:
-    out = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", *args], cwd=work, env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "iceberg_offload.cli", *args],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if out.returncode != 0:
         raise SystemExit(f"{args} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     return out.stdout
@@ -68,12 +74,15 @@ def main() -> None:
             cycles.append((run.end_time - run.start_time).total_seconds())
     finally:
         cli(work, "down", env=env)
-    summary = {"tables": 10, "runs": args.runs,
-               "idle_cycle_seconds_median": round(statistics.median(cycles), 2),
-               "idle_cycle_seconds_max": round(max(cycles), 2),
-               "trigger_to_completed_seconds_median": round(statistics.median(latencies), 2),
-               "cli_run_seconds_median": round(statistics.median(plain), 2),
-               "worker_query_seconds": 2}
+    summary = {
+        "tables": 10,
+        "runs": args.runs,
+        "idle_cycle_seconds_median": round(statistics.median(cycles), 2),
+        "idle_cycle_seconds_max": round(max(cycles), 2),
+        "trigger_to_completed_seconds_median": round(statistics.median(latencies), 2),
+        "cli_run_seconds_median": round(statistics.median(plain), 2),
+        "worker_query_seconds": 2,
+    }
     print(json.dumps(summary, indent=2))
 
 

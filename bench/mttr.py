@@ -31,9 +31,13 @@ def main() -> int:
         out = Path(tmp) / "mttr.jsonl"
         for i in range(args.rounds):
             tests = str(ROOT / "tests" / "test_scenarios.py")
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", tests, "-k", "not runbook"], cwd=ROOT,
-                                  env={**_env(), "OFFLOAD_MTTR_OUT": str(out)},
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-x", tests, "-k", "not runbook"],
+                cwd=ROOT,
+                env={**_env(), "OFFLOAD_MTTR_OUT": str(out)},
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
                 print(proc.stdout[-3000:], file=sys.stderr)
                 return 1

@@ -28,9 +28,19 @@ def main() -> None:
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    lines = ["[source]", f'dsn = "chdb://{work}/ch"', "[catalog]", f'uri = "sqlite:///{work}/catalog.db"',
-             f'warehouse = "file://{work}/warehouse"', "[offload]", "settle_seconds = 0", "[prefect]",
-             f'api_url = "http://127.0.0.1:{free_port()}/api"', "[metrics]", f"port = {free_port()}"]
+    lines = [
+        "[source]",
+        f'dsn = "chdb://{work}/ch"',
+        "[catalog]",
+        f'uri = "sqlite:///{work}/catalog.db"',
+        f'warehouse = "file://{work}/warehouse"',
+        "[offload]",
+        "settle_seconds = 0",
+        "[prefect]",
+        f'api_url = "http://127.0.0.1:{free_port()}/api"',
+        "[metrics]",
+        f"port = {free_port()}",
+    ]
     names = [f"t{i:02d}" for i in range(args.tables)]
     for n in names:
         lines += ["[[tables]]", f'source = "{n}"', 'timestamp_column = "ts"', 'sequence_column = "seq"']
@@ -46,10 +56,14 @@ def main() -> None:
     with open_source(settings.source) as ch:
         ch.command("CREATE DATABASE IF NOT EXISTS k2")
         for n in names:
-            ch.command(f"CREATE TABLE k2.{n} (ts DateTime64(3), seq UInt64, v Float64) ENGINE = MergeTree "
-                       f"ORDER BY (ts, seq) TTL toDateTime(ts) + INTERVAL 7 DAY")
-            ch.command(f"INSERT INTO k2.{n} SELECT fromUnixTimestamp64Milli(toInt64({start} + number * 100)), "
-                       f"number, rand() FROM numbers(10000)")
+            ch.command(
+                f"CREATE TABLE k2.{n} (ts DateTime64(3), seq UInt64, v Float64) ENGINE = MergeTree "
+                f"ORDER BY (ts, seq) TTL toDateTime(ts) + INTERVAL 7 DAY"
+            )
+            ch.command(
+                f"INSERT INTO k2.{n} SELECT fromUnixTimestamp64Milli(toInt64({start} + number * 100)), "
+                f"number, rand() FROM numbers(10000)"
+            )
     for _ in range(3):  # a few commits per table
         run_cycle(settings)
     exporter = Exporter(settings)
@@ -68,10 +82,18 @@ def main() -> None:
             scrapes.append(time.perf_counter() - t0)
     finally:
         handle.shutdown()
-    print(json.dumps({"tables": args.tables, "series_bytes": len(body),
-                      "scrape_ms_median": round(statistics.median(scrapes) * 1000, 1),
-                      "scrape_ms_max": round(max(scrapes) * 1000, 1),
-                      "refresh_s_median": round(statistics.median(refresh), 2)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "tables": args.tables,
+                "series_bytes": len(body),
+                "scrape_ms_median": round(statistics.median(scrapes) * 1000, 1),
+                "scrape_ms_max": round(max(scrapes) * 1000, 1),
+                "refresh_s_median": round(statistics.median(refresh), 2),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

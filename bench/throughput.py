@@ -54,8 +54,10 @@ def child_export(ch: Path, out: Path) -> dict[str, float]:
     conn = chdb.connect(str(ch))
     out.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    conn.query(f"INSERT INTO FUNCTION file('{out}', 'Parquet') SELECT * FROM k2.bronze_trades "
-               f"SETTINGS output_format_parquet_compression_method = 'zstd'")
+    conn.query(
+        f"INSERT INTO FUNCTION file('{out}', 'Parquet') SELECT * FROM k2.bronze_trades "
+        f"SETTINGS output_format_parquet_compression_method = 'zstd'"
+    )
     seconds = time.perf_counter() - t0
     conn.close()
     return {"seconds": seconds, "bytes": out.stat().st_size}
@@ -98,9 +100,12 @@ def warm_up() -> None:
 
 
 def measure(kind: str, ch: Path, work: Path, batch_rows: int) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, __file__, "_child", kind, str(ch), str(work), str(batch_rows)],
-                          capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "_child", kind, str(ch), str(work), str(batch_rows)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -130,12 +135,17 @@ def main() -> None:
     summary = {}
     for kind, runs in results.items():
         secs = statistics.median(x["seconds"] for x in runs)
-        summary[kind] = {"rows_per_s": round(args.rows / secs), "median_seconds": round(secs, 2),
-                         "peak_rss_mb": round(max(x["peak_rss_mb"] for x in runs)),
-                         "parquet_mb": round(runs[0]["bytes"] / 2**20, 1), "runs": len(runs)}
+        summary[kind] = {
+            "rows_per_s": round(args.rows / secs),
+            "median_seconds": round(secs, 2),
+            "peak_rss_mb": round(max(x["peak_rss_mb"] for x in runs)),
+            "parquet_mb": round(runs[0]["bytes"] / 2**20, 1),
+            "runs": len(runs),
+        }
     if len(kinds) == 2:
-        summary["ratio_offload_over_export"] = round(summary["offload"]["rows_per_s"] /
-                                                     summary["export"]["rows_per_s"], 2)
+        summary["ratio_offload_over_export"] = round(
+            summary["offload"]["rows_per_s"] / summary["export"]["rows_per_s"], 2
+        )
     summary["rows"] = args.rows
     summary["batch_rows"] = args.batch_rows
     (work / f"results-{args.rows}.json").write_text(json.dumps(summary, indent=2))
@@ -145,8 +155,11 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
         kind, ch_path, work_path, batch = sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5])
-        out = child_export(ch_path, work_path / "export.parquet") if kind == "export" else \
-            child_offload(ch_path, work_path, batch)
+        out = (
+            child_export(ch_path, work_path / "export.parquet")
+            if kind == "export"
+            else child_offload(ch_path, work_path, batch)
+        )
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(out))
     else:

@@ -58,8 +58,9 @@ print(json.dumps({"seconds": time.perf_counter() - start, "rows": rows}))
 
 def child(cfg: Path, what: str, code: str | None) -> dict[str, float]:
     env = {**os.environ, **({"PYTHONPATH": code} if code else {})}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(cfg), what], check=True, capture_output=True, text=True,
-                         env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(cfg), what], check=True, capture_output=True, text=True, env=env
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

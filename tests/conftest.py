@@ -39,8 +39,10 @@ def catalog_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     try:
         admin = _pg_admin()
     except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"Postgres at 127.0.0.1:5432 is not answering ({exc}); start it: "
-                    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
+        pytest.fail(
+            f"Postgres at 127.0.0.1:5432 is not answering ({exc}); start it: "
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+        )
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -65,9 +67,19 @@ def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Make:
 
     def make(tables: list[dict[str, Any]], catalog_uri: str | None = None, **offload: Any) -> Settings:
         uri = catalog_uri or f"sqlite:///{tmp_path}/catalog.db"
-        lines = ["[source]", f'dsn = "chdb://{tmp_path}/ch"', 'database = "k2"', "lock_timeout_seconds = 20", "",
-                 "[catalog]", f'uri = "{uri}"', f'warehouse = "file://{tmp_path}/warehouse"', "",
-                 "[offload]", f"settle_seconds = {offload.pop('settle_seconds', 0)}"]
+        lines = [
+            "[source]",
+            f'dsn = "chdb://{tmp_path}/ch"',
+            'database = "k2"',
+            "lock_timeout_seconds = 20",
+            "",
+            "[catalog]",
+            f'uri = "{uri}"',
+            f'warehouse = "file://{tmp_path}/warehouse"',
+            "",
+            "[offload]",
+            f"settle_seconds = {offload.pop('settle_seconds', 0)}",
+        ]
         lines += [f"{k} = {_toml(v)}" for k, v in offload.items()]
         for t in tables:
             lines += ["", "[[tables]]"] + [f"{k} = {_toml(v)}" for k, v in t.items()]

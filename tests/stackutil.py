@@ -28,18 +28,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(root: Path, tables: list[str], *, prefect: dict[str, Any] | None = None,
-                 schedule: dict[str, Any] | None = None, extra_tables: list[dict[str, Any]] | None = None,
-                 source: dict[str, Any] | None = None, offload: dict[str, Any] | None = None) -> Settings:
+def write_config(
+    root: Path,
+    tables: list[str],
+    *,
+    prefect: dict[str, Any] | None = None,
+    schedule: dict[str, Any] | None = None,
+    extra_tables: list[dict[str, Any]] | None = None,
+    source: dict[str, Any] | None = None,
+    offload: dict[str, Any] | None = None,
+) -> Settings:
     root.mkdir(parents=True, exist_ok=True)
     api_port, metrics_port = free_port(), free_port()
     source = {"dsn": f"chdb://{root}/ch", "lock_timeout_seconds": 60, **(source or {})}
     offload = {"settle_seconds": 0, **(offload or {})}
-    lines = ["[source]", *(f"{k} = {_toml(v)}" for k, v in source.items()), "",
-             "[catalog]", f'uri = "sqlite:///{root}/catalog.db"', f'warehouse = "file://{root}/warehouse"', "",
-             "[offload]", *(f"{k} = {_toml(v)}" for k, v in offload.items()), "",
-             "[prefect]", f'api_url = "http://127.0.0.1:{api_port}/api"', f'home = "{root}/prefect"',
-             "worker_query_seconds = 2"]
+    lines = [
+        "[source]",
+        *(f"{k} = {_toml(v)}" for k, v in source.items()),
+        "",
+        "[catalog]",
+        f'uri = "sqlite:///{root}/catalog.db"',
+        f'warehouse = "file://{root}/warehouse"',
+        "",
+        "[offload]",
+        *(f"{k} = {_toml(v)}" for k, v in offload.items()),
+        "",
+        "[prefect]",
+        f'api_url = "http://127.0.0.1:{api_port}/api"',
+        f'home = "{root}/prefect"',
+        "worker_query_seconds = 2",
+    ]
     lines += [f"{k} = {_toml(v)}" for k, v in (prefect or {}).items()]
     lines += ["", "[metrics]", f"port = {metrics_port}", "", "[schedule]"]
     # by default, schedules that never fire during a test: a cron run would take the deployment's one slot
@@ -48,8 +66,14 @@ def write_config(root: Path, tables: list[str], *, prefect: dict[str, Any] | Non
     lines += [f"{k} = {_toml(v)}" for k, v in schedule.items()]
     for i, name in enumerate(tables):
         layer = "bronze" if i % 3 == 0 else "silver" if i % 3 == 1 else "gold"
-        lines += ["", "[[tables]]", f'source = "{name}"', f'layer = "{layer}"', 'timestamp_column = "ts"',
-                  'sequence_column = "seq"']
+        lines += [
+            "",
+            "[[tables]]",
+            f'source = "{name}"',
+            f'layer = "{layer}"',
+            'timestamp_column = "ts"',
+            'sequence_column = "seq"',
+        ]
     for t in extra_tables or []:
         lines += ["", "[[tables]]"] + [f"{k} = {_toml(v)}" for k, v in t.items()]
     path = root / "offload.toml"
@@ -68,11 +92,17 @@ def seed(settings: Settings, tables: list[str], rows: int, start_ms: int | None 
 
 
 def cli(settings: Settings, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", *args, "--config", settings.path],
-                          env=ENV_BASE, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "iceberg_offload.cli", *args, "--config", settings.path],
+        env=ENV_BASE,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"iceberg-offload {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"iceberg-offload {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -85,16 +115,26 @@ def prefect_env(settings: Settings) -> dict[str, str]:
 
 
 def prefect_cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "prefect", *args], env=prefect_env(settings),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        env=prefect_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def start_process(settings: Settings, args: list[str], log: Path, env: dict[str, str] | None = None
-                  ) -> subprocess.Popen[bytes]:
+def start_process(
+    settings: Settings, args: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-m", "iceberg_offload.cli", *args, "--config", settings.path],
-                            env={**ENV_BASE, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "iceberg_offload.cli", *args, "--config", settings.path],
+        env={**ENV_BASE, **(env or {})},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def start_server(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
@@ -133,8 +173,9 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 
         if value:
             return value
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" +
-                         (f" (last error: {last_error})" if last_error else ""))
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_error})" if last_error else "")
+    )
 
 
 def client(settings: Settings) -> Any:
@@ -149,8 +190,9 @@ def flow_runs(settings: Settings, deployment: str) -> list[Any]:
 
     with client(settings) as c:
         dep = c.read_deployment_by_name(deployment)
-        return list(c.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
-                                     limit=200))
+        return list(
+            c.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])), limit=200)
+        )
 
 
 def wait_run_final(settings: Settings, run_id: Any, timeout: float = 180) -> Any:
@@ -174,13 +216,20 @@ class PgCluster:
         self.version = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.split()[0]
         self.port = free_port()
         self.name = f"{prefix}_{self.port}"
-        subprocess.run(["pg_createcluster", self.version, self.name, "-p", str(self.port), "--start", "--",
-                        "--auth=trust"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            ["pg_createcluster", self.version, self.name, "-p", str(self.port), "--start", "--", "--auth=trust"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def ctl(self, action: str) -> None:
         extra = ["-m", "fast"] if action == "stop" else []
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, action, *extra],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, action, *extra],
+            capture_output=True,
+            timeout=60,
+        )
 
     def url(self, driver: str, db: str = "postgres") -> str:
         return f"postgresql+{driver}://postgres@127.0.0.1:{self.port}/{db}"

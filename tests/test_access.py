@@ -34,17 +34,27 @@ OUTPUTS: list[str] = []
 """Every stdout and stderr of every command this module ran: searched for the secrets at the end."""
 
 
-def run_cli(env: dict[str, str], config_path: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", *args, "--config", config_path],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+def run_cli(
+    env: dict[str, str], config_path: str, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "iceberg_offload.cli", *args, "--config", config_path],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     OUTPUTS.append(f"$ iceberg-offload {' '.join(args)}\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def run_json(env: dict[str, str], config_path: str, *args: str, ok: tuple[int, ...] = (0,),
-             timeout: float = 300) -> Any:
+def run_json(
+    env: dict[str, str], config_path: str, *args: str, ok: tuple[int, ...] = (0,), timeout: float = 300
+) -> Any:
     proc = run_cli(env, config_path, *args, "--json", timeout=timeout)
-    assert proc.returncode in ok, f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode in ok, (
+        f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return json.loads(proc.stdout)
 
 
@@ -58,8 +68,10 @@ def test_secret_files_from_the_toml_and_the_environment(tmp_path: Path) -> None:
     (tmp_path / "auth").write_text("  admin:S3CR3T-file-auth \n")
     (tmp_path / "props.json").write_text(json.dumps({"s3.secret-access-key": "S3CR3T-file-s3"}))
     cfg = tmp_path / "offload.toml"
-    cfg.write_text('[source]\ndsn_file = "dsn"\n\n[prefect]\nauth_string_file = "auth"\n\n'
-                   '[[tables]]\nsource = "t"\ntimestamp_column = "ts"\ncolumn_types = { price_file = "string" }\n')
+    cfg.write_text(
+        '[source]\ndsn_file = "dsn"\n\n[prefect]\nauth_string_file = "auth"\n\n'
+        '[[tables]]\nsource = "t"\ntimestamp_column = "ts"\ncolumn_types = { price_file = "string" }\n'
+    )
     s = config.load(cfg, env={})
     assert s.source.dsn == "http://offload:S3CR3T-file-dsn@ch.internal:8123/"  # relative to the config file
     assert s.prefect.auth_string == "admin:S3CR3T-file-auth"  # surrounding whitespace stripped
@@ -67,9 +79,14 @@ def test_secret_files_from_the_toml_and_the_environment(tmp_path: Path) -> None:
     assert config.prefect_env(s)["PREFECT_API_AUTH_STRING"] == "admin:S3CR3T-file-auth"
 
     # the environment overrides the TOML, in either form
-    s = config.load(cfg, env={"OFFLOAD__PREFECT__AUTH_STRING": "admin:S3CR3T-env",
-                              "OFFLOAD__CATALOG__PROPERTIES_FILE": str(tmp_path / "props.json"),
-                              "OFFLOAD__SOURCE__DSN_FILE": str(tmp_path / "auth")})
+    s = config.load(
+        cfg,
+        env={
+            "OFFLOAD__PREFECT__AUTH_STRING": "admin:S3CR3T-env",
+            "OFFLOAD__CATALOG__PROPERTIES_FILE": str(tmp_path / "props.json"),
+            "OFFLOAD__SOURCE__DSN_FILE": str(tmp_path / "auth"),
+        },
+    )
     assert s.prefect.auth_string == "admin:S3CR3T-env"
     assert s.catalog.properties == {"s3.secret-access-key": "S3CR3T-file-s3"}  # JSON in a file, like in env
     assert s.source.dsn == "admin:S3CR3T-file-auth"
@@ -86,17 +103,26 @@ def test_secret_files_from_the_toml_and_the_environment(tmp_path: Path) -> None:
 def test_configured_secrets_are_redacted_everywhere_in_process(tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:10]
     cfg = tmp_path / "offload.toml"
-    cfg.write_text("[catalog]\nuri = \"postgresql+psycopg2://u:S3CR3T-pg-" + tag + "@db/x\"\n"
-                   "properties = { \"s3.access-key-id\" = \"S3CR3T-ak-" + tag + "\", "
-                   "\"s3.secret-access-key\" = \"S3CR3T-sk-" + tag + "\", \"s3.region\" = \"us-east-1\" }\n")
-    s = config.load(cfg, env={"OFFLOAD__PREFECT__AUTH_STRING": f"admin:S3CR3T-auth-{tag}",
-                              "OFFLOAD__SOURCE__DSN": f"http://offload:S3CR3T-ch-{tag}@ch:8123/"})
+    cfg.write_text(
+        '[catalog]\nuri = "postgresql+psycopg2://u:S3CR3T-pg-' + tag + '@db/x"\n'
+        'properties = { "s3.access-key-id" = "S3CR3T-ak-' + tag + '", '
+        '"s3.secret-access-key" = "S3CR3T-sk-' + tag + '", "s3.region" = "us-east-1" }\n'
+    )
+    s = config.load(
+        cfg,
+        env={
+            "OFFLOAD__PREFECT__AUTH_STRING": f"admin:S3CR3T-auth-{tag}",
+            "OFFLOAD__SOURCE__DSN": f"http://offload:S3CR3T-ch-{tag}@ch:8123/",
+        },
+    )
     secrets = [f"S3CR3T-{k}-{tag}" for k in ("pg", "ak", "sk", "auth", "ch")]
     text = repr(s) + str(s) + repr(s.catalog) + repr(s.prefect) + repr(s.source)
     assert not [x for x in secrets if x in text], "a secret is in the settings' repr"
     # by value, wherever it appears: not only in URL or key=value shape
-    err = SourceUnavailable(f"boom {' / '.join(secrets)} {base64.b64encode(f'admin:S3CR3T-auth-{tag}'.encode())!r}",
-                            f"the key is S3CR3T-sk-{tag}")
+    err = SourceUnavailable(
+        f"boom {' / '.join(secrets)} {base64.b64encode(f'admin:S3CR3T-auth-{tag}'.encode())!r}",
+        f"the key is S3CR3T-sk-{tag}",
+    )
     assert not [x for x in secrets if x in str(err) + json.dumps(err.as_dict())], str(err)
     assert "us-east-1" in redact(json.dumps(s.catalog.properties))  # only secrets are removed
     assert redact("region S3CR3T-ak-" + tag) == "region ***"
@@ -166,18 +192,29 @@ def test_compose_turns_api_auth_on_for_the_server_and_everything_that_calls_it()
     deploy = Path(__file__).parent.parent / "deploy"
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose is not installed (apt-get install --no-install-recommends docker-compose)"
-    out = subprocess.run([exe, "--env-file", str(deploy / ".env.example"), "-f", str(deploy / "docker-compose.yml"),
-                          "config"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [exe, "--env-file", str(deploy / ".env.example"), "-f", str(deploy / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     services = yaml.safe_load(out.stdout)["services"]
-    example = dict(line.split("=", 1) for line in (deploy / ".env.example").read_text().splitlines()
-                   if line and not line.startswith("#"))
+    example = dict(
+        line.split("=", 1)
+        for line in (deploy / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     auth = example["PREFECT_API_AUTH_STRING"]
     assert auth and ":" in auth
     envs = {name: svc.get("environment") or {} for name, svc in services.items()}
     assert envs["k2-prefect-server"]["PREFECT_SERVER_API_AUTH_STRING"] == auth
-    callers = [n for n, e in envs.items() if n != "k2-prefect-server" and
-               ({"PREFECT_API_URL", "OFFLOAD__PREFECT__API_URL"} & set(e) or "k2-prefect-server:4200" in str(e))]
+    callers = [
+        n
+        for n, e in envs.items()
+        if n != "k2-prefect-server"
+        and ({"PREFECT_API_URL", "OFFLOAD__PREFECT__API_URL"} & set(e) or "k2-prefect-server:4200" in str(e))
+    ]
     assert "k2-prefect-worker" in callers
     for name in callers:
         assert envs[name].get("PREFECT_API_AUTH_STRING") == auth, f"{name} calls the API without the auth string"
@@ -203,9 +240,12 @@ class Stack:
     def api_call(self, method: str, path: str, body: Any = None, auth: str | None = "") -> tuple[int, Any]:
         """(status, body) of one API call: auth "" = ours, None = no Authorization header, else that string."""
         auth = self.secrets["auth"] if auth == "" else auth
-        req = urllib.request.Request(self.api + path, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.api + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json"},
+        )
         if auth is not None:
             req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
         try:
@@ -215,11 +255,14 @@ class Stack:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")
 
-    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         return run_cli({**self.env, **(env or {})}, self.settings.path, *args, timeout=timeout)
 
-    def json(self, *args: str, ok: tuple[int, ...] = (0,), env: dict[str, str] | None = None,
-             timeout: float = 300) -> Any:
+    def json(
+        self, *args: str, ok: tuple[int, ...] = (0,), env: dict[str, str] | None = None, timeout: float = 300
+    ) -> Any:
         return run_json({**self.env, **(env or {})}, self.settings.path, *args, ok=ok, timeout=timeout)
 
 
@@ -227,31 +270,46 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("access")
     tag = uuid.uuid4().hex[:12]
-    secrets = {"auth": f"admin:S3CR3T-auth-{tag}", "pg": f"S3CR3T-pg-{tag}", "s3_key": f"S3CR3T-ak-{tag}",
-               "s3_secret": f"S3CR3T-sk-{tag}", "ch": f"S3CR3T-ch-{tag}"}
+    secrets = {
+        "auth": f"admin:S3CR3T-auth-{tag}",
+        "pg": f"S3CR3T-pg-{tag}",
+        "s3_key": f"S3CR3T-ak-{tag}",
+        "s3_secret": f"S3CR3T-sk-{tag}",
+        "ch": f"S3CR3T-ch-{tag}",
+    }
     sdir = root / "secrets"
     sdir.mkdir()
     (sdir / "auth").write_text(secrets["auth"] + "\n")
     chdb_dsn = f"chdb://{root}/ch"
     (sdir / "dsn").write_text(chdb_dsn + "\n")
-    (sdir / "catalog.json").write_text(json.dumps({"s3.access-key-id": secrets["s3_key"],
-                                                   "s3.secret-access-key": secrets["s3_secret"],
-                                                   "s3.region": "us-east-1"}))
+    (sdir / "catalog.json").write_text(
+        json.dumps(
+            {
+                "s3.access-key-id": secrets["s3_key"],
+                "s3.secret-access-key": secrets["s3_secret"],
+                "s3.region": "us-east-1",
+            }
+        )
+    )
     for f in sdir.iterdir():
         f.chmod(0o600)
     db = f"offload_access_{tag}"
     admin = _pg_admin()
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{db}"')
-    tables = [{"source": f"b{i}", "layer": "bronze", "timestamp_column": "ts", "sequence_column": "seq"}
-              for i in range(2)]
-    write_config(root, [], extra_tables=tables,
-                 prefect={"auth_string_file": "secrets/auth", "retry_delays_seconds": [1.0]})
+    tables = [
+        {"source": f"b{i}", "layer": "bronze", "timestamp_column": "ts", "sequence_column": "seq"} for i in range(2)
+    ]
+    write_config(
+        root, [], extra_tables=tables, prefect={"auth_string_file": "secrets/auth", "retry_delays_seconds": [1.0]}
+    )
     path = root / "offload.toml"
     path.write_text(path.read_text().replace(f'dsn = "{chdb_dsn}"', 'dsn_file = "secrets/dsn"'))
-    env = {**ENV_BASE,
-           "OFFLOAD__CATALOG__URI": f"postgresql+psycopg2://postgres:{secrets['pg']}@127.0.0.1:5432/{db}",
-           "OFFLOAD__CATALOG__PROPERTIES_FILE": str(sdir / "catalog.json")}
+    env = {
+        **ENV_BASE,
+        "OFFLOAD__CATALOG__URI": f"postgresql+psycopg2://postgres:{secrets['pg']}@127.0.0.1:5432/{db}",
+        "OFFLOAD__CATALOG__PROPERTIES_FILE": str(sdir / "catalog.json"),
+    }
     settings = config.load(path, env=env)
     assert settings.prefect.auth_string == secrets["auth"] and settings.source.dsn == chdb_dsn
     seed(settings, ["b0", "b1"], 2000)
@@ -270,9 +328,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_api_refuses_calls_without_the_auth_string(stack: Stack) -> None:
-    protected = [("POST", "/deployments/filter", {}), ("POST", "/flow_runs/filter", {}),
-                 ("POST", "/logs/filter", {}), ("GET", "/admin/version", None),
-                 ("GET", "/work_pools/iceberg-offload", None), ("POST", "/flow_runs/", {"flow_id": str(uuid.uuid4())})]
+    protected = [
+        ("POST", "/deployments/filter", {}),
+        ("POST", "/flow_runs/filter", {}),
+        ("POST", "/logs/filter", {}),
+        ("GET", "/admin/version", None),
+        ("GET", "/work_pools/iceberg-offload", None),
+        ("POST", "/flow_runs/", {"flow_id": str(uuid.uuid4())}),
+    ]
     for method, path, body in protected:
         assert stack.api_call(method, path, body, auth=None)[0] == 401, f"{method} {path} without credentials"
         assert stack.api_call(method, path, body, auth="admin:wrong")[0] == 401, f"{method} {path}, wrong auth"
@@ -302,20 +365,31 @@ def test_operator_commands_and_the_prefect_cli_work_with_auth(stack: Stack) -> N
     for name in ("prefect server", "workers", "deployment", "metrics endpoint", "clickhouse", "catalog"):
         assert by[name]["status"] == "ok", by[name]
     status = stack.json("status")
-    assert {t["table"] for t in status["tables"]} == {"b0", "b1"} and all(t["cold_rows"] == 2000
-                                                                          for t in status["tables"])
+    assert {t["table"] for t in status["tables"]} == {"b0", "b1"} and all(
+        t["cold_rows"] == 2000 for t in status["tables"]
+    )
     show = stack.json("schedule", "show")
     assert all(d["exists"] for d in show["deployments"]), show
     ps = stack.json("ps")
     assert ps["running"] and ps["api_ready"] and ps["workers_online"] >= 1
     prefect_env = {**ENV_BASE, **config.prefect_env(stack.settings)}
-    out = subprocess.run([sys.executable, "-m", "prefect", "deployment", "inspect", MAIN], env=prefect_env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "prefect", "deployment", "inspect", MAIN],
+        env=prefect_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     OUTPUTS.append(f"$ prefect deployment inspect\n{out.stdout}\n{out.stderr}")
     assert out.returncode == 0 and "'iceberg-offload-15min'" in out.stdout, out.stdout + out.stderr
     no_auth = {k: v for k, v in prefect_env.items() if k != "PREFECT_API_AUTH_STRING"}
-    out = subprocess.run([sys.executable, "-m", "prefect", "deployment", "inspect", MAIN], env=no_auth,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "prefect", "deployment", "inspect", MAIN],
+        env=no_auth,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     OUTPUTS.append(f"$ prefect deployment inspect (no auth)\n{out.stdout}\n{out.stderr}")
     assert out.returncode != 0 and "'iceberg-offload-15min'" not in out.stdout, out.stdout + out.stderr
 
@@ -323,8 +397,9 @@ def test_operator_commands_and_the_prefect_cli_work_with_auth(stack: Stack) -> N
 @pytest.mark.integration
 @pytest.mark.slow
 def test_doctor_with_a_wrong_auth_string_says_401_and_names_the_fix(stack: Stack) -> None:
-    doctor = stack.json("doctor", ok=(1,), timeout=120,
-                        env={"OFFLOAD__PREFECT__AUTH_STRING": f"admin:wrong-{uuid.uuid4().hex[:8]}"})
+    doctor = stack.json(
+        "doctor", ok=(1,), timeout=120, env={"OFFLOAD__PREFECT__AUTH_STRING": f"admin:wrong-{uuid.uuid4().hex[:8]}"}
+    )
     server = checks(doctor)["prefect server"]
     assert server["status"] == "fail" and "401" in server["saw"], server
     assert "auth_string" in server["fix"] and "OFFLOAD__PREFECT__AUTH_STRING" in server["fix"], server
@@ -390,7 +465,7 @@ def _socket_inodes(pid: int) -> set[str]:
             except OSError:
                 continue
             if target.startswith("socket:["):
-                out.add(target[len("socket:["):-1])
+                out.add(target[len("socket:[") : -1])
     except OSError:
         pass
     return out
@@ -402,9 +477,12 @@ def _addr(hex_addr: str) -> tuple[str, int]:
     if len(raw) == 4:
         ip = ".".join(str(b) for b in raw[::-1])
     else:  # four little-endian 32-bit words
-        words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
-        ip = "::ffff:" + ".".join(str(b) for b in words[12:]) if words[:12] == b"\0" * 10 + b"\xff\xff" else \
-            ":".join(words[i:i + 2].hex() for i in range(0, 16, 2))
+        words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+        ip = (
+            "::ffff:" + ".".join(str(b) for b in words[12:])
+            if words[:12] == b"\0" * 10 + b"\xff\xff"
+            else ":".join(words[i : i + 2].hex() for i in range(0, 16, 2))
+        )
     return ip, int(port, 16)
 
 
@@ -431,8 +509,10 @@ def test_every_listening_socket_of_the_stack_is_on_loopback(stack: Stack) -> Non
     assert {api_port, metrics_port} <= ports, f"the API and metrics listeners were not found among {ours}"
     print(f"listening: {sorted(ours)}")
     wide = sorted(s for s in ours if s[1] not in ("127.0.0.1", "::ffff:127.0.0.1"))
-    cmd = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120].decode(errors="replace")
-           for pid, _ip, _port in wide}
+    cmd = {
+        pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120].decode(errors="replace")
+        for pid, _ip, _port in wide
+    }
     assert not wide, f"listening beyond 127.0.0.1: {[(pid, ip, port, cmd[pid]) for pid, ip, port in wide]}"
 
 
@@ -460,14 +540,18 @@ def test_no_secret_in_prefect_logs_or_outputs(stack: Stack) -> None:
     assert len(deployments) == 3 and all(d["parameters"] == {"config": path} for d in deployments)
     logs = _all_pages(stack, "/logs/filter", {})
     assert len(logs) > 20 and any("***" in log["message"] for log in logs), "the failing cycle logged no error"
-    held = {"flow runs": runs, "deployments": deployments, "logs": logs,
-            "task runs": _all_pages(stack, "/task_runs/filter", {}),
-            "artifacts": _all_pages(stack, "/artifacts/filter", {}),
-            "work pools": _all_pages(stack, "/work_pools/filter", {}),
-            "workers": _all_pages(stack, "/work_pools/iceberg-offload/workers/filter", {}),
-            "variables": _all_pages(stack, "/variables/filter", {}),
-            "blocks": _all_pages(stack, "/block_documents/filter", {"include_secrets": True}),
-            "events": stack.api_call("POST", "/events/filter", {"limit": 50})}
+    held = {
+        "flow runs": runs,
+        "deployments": deployments,
+        "logs": logs,
+        "task runs": _all_pages(stack, "/task_runs/filter", {}),
+        "artifacts": _all_pages(stack, "/artifacts/filter", {}),
+        "work pools": _all_pages(stack, "/work_pools/filter", {}),
+        "workers": _all_pages(stack, "/work_pools/iceberg-offload/workers/filter", {}),
+        "variables": _all_pages(stack, "/variables/filter", {}),
+        "blocks": _all_pages(stack, "/block_documents/filter", {"include_secrets": True}),
+        "events": stack.api_call("POST", "/events/filter", {"limit": 50}),
+    }
     assert held["events"][0] == 200 and held["events"][1]["events"], held["events"]
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.settings.metrics.port}/metrics", timeout=10) as resp:
         held["metrics"] = resp.read().decode()
@@ -478,18 +562,32 @@ def test_no_secret_in_prefect_logs_or_outputs(stack: Stack) -> None:
     wait_for(lambda: not stack.json("ps", ok=(1,))["running"], 30, "the stack to stop")
 
     auth = stack.secrets["auth"]
-    needles = {**stack.secrets, "auth password": auth.partition(":")[2],
-               "auth token": base64.b64encode(auth.encode()).decode()}
-    found = [f"Prefect {what}: {name}" for what, value in held.items() for name, secret in needles.items()
-             if secret in json.dumps(value)]
-    files = [f for f in stack.root.rglob("*") if f.is_file() and stack.root / "secrets" not in f.parents
-             and f.name != "offload.toml"]
+    needles = {
+        **stack.secrets,
+        "auth password": auth.partition(":")[2],
+        "auth token": base64.b64encode(auth.encode()).decode(),
+    }
+    found = [
+        f"Prefect {what}: {name}"
+        for what, value in held.items()
+        for name, secret in needles.items()
+        if secret in json.dumps(value)
+    ]
+    files = [
+        f
+        for f in stack.root.rglob("*")
+        if f.is_file() and stack.root / "secrets" not in f.parents and f.name != "offload.toml"
+    ]
     stack_files = {f.name for f in (stack.root / "prefect").parent.joinpath("stack").iterdir()}
     assert {"server.log", "worker.log", "deploy.log", "supervisor.log"} <= stack_files, stack_files
     assert any(f.name == "prefect.db" for f in files)
     for f in files:
         data = f.read_bytes()
         found += [f"{f.relative_to(stack.root)}: {name}" for name, secret in needles.items() if secret.encode() in data]
-    found += [f"output of {out.split(chr(10))[0]}: {name}" for out in OUTPUTS for name, secret in needles.items()
-              if secret in out]
+    found += [
+        f"output of {out.split(chr(10))[0]}: {name}"
+        for out in OUTPUTS
+        for name, secret in needles.items()
+        if secret in out
+    ]
     assert not found, "secrets leaked: " + "; ".join(found)

@@ -70,17 +70,25 @@ def snapshots(s, target: str = "trades") -> int:
 
 
 # -- config -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("bad,want,fix", [
-    ({"settle_second": 0}, "unknown key tables[0].settle_second", "remove or rename settle_second in the [[tables]]"),
-    ({"timestamp_column": None}, "tables[0].timestamp_column is missing", "add timestamp_column = ..."),
-    ({"final": "maybe"}, "tables[0].final = 'maybe'", "set tables[0].final to a valid value"),
-])
+@pytest.mark.parametrize(
+    "bad,want,fix",
+    [
+        (
+            {"settle_second": 0},
+            "unknown key tables[0].settle_second",
+            "remove or rename settle_second in the [[tables]]",
+        ),
+        ({"timestamp_column": None}, "tables[0].timestamp_column is missing", "add timestamp_column = ..."),
+        ({"final": "maybe"}, "tables[0].final = 'maybe'", "set tables[0].final to a valid value"),
+    ],
+)
 def test_config_mistake_exits_2_names_the_key_then_the_fixed_config_lands_once(make_settings, capsys, bad, want, fix):
     s = trades(make_settings)
     good = Path(s.path).read_text()
     table = {k: v for k, v in {**trades_table(), **bad}.items() if v is not None}
-    broken = good.split("[[tables]]")[0] + "[[tables]]\n" + "".join(
-        f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+    broken = (
+        good.split("[[tables]]")[0] + "[[tables]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+    )
     Path(s.path).write_text(broken)
     code, out, _ = run_cli(capsys, "run", "--config", s.path)
     assert code == 2 and out["ok"] is False
@@ -119,8 +127,9 @@ def test_timestamp_column_that_is_not_a_time_names_the_time_columns(make_setting
     s = trades(make_settings)
     bad = make_settings([trades_table(timestamp_column="symbol")])
     res = run_cycle(bad).tables[0]
-    assert res.error["type"] == "config" and "timestamp_column 'symbol' is LowCardinality(String)" in \
-        res.error["message"]
+    assert (
+        res.error["type"] == "config" and "timestamp_column 'symbol' is LowCardinality(String)" in res.error["message"]
+    )
     assert res.error["fix"] == "set timestamp_column to a DateTime or DateTime64 column: ts"
     assert sink_for(s).load("trades") is None
     assert run_cycle(s).tables[0].rows == 30
@@ -131,8 +140,10 @@ class _DenyingClickHouse(http.server.BaseHTTPRequestHandler):
     """Answers every request the way ClickHouse answers a wrong password."""
 
     def _deny(self) -> None:
-        body = (b"Code: 516. DB::Exception: admin: Authentication failed: password is incorrect, or there is no "
-                b"user with such name. (AUTHENTICATION_FAILED) (version 24.8.4.13 (official build))\n")
+        body = (
+            b"Code: 516. DB::Exception: admin: Authentication failed: password is incorrect, or there is no "
+            b"user with such name. (AUTHENTICATION_FAILED) (version 24.8.4.13 (official build))\n"
+        )
         self.send_response(401)
         self.send_header("X-ClickHouse-Exception-Code", "516")
         self.send_header("Content-Type", "text/plain; charset=UTF-8")
@@ -160,8 +171,11 @@ def test_wrong_password_is_terminal_names_the_dsn_and_never_shows_the_password(m
         assert not caught.value.transient and "ClickHouse refused the credentials" in caught.value.message
         assert caught.value.fix == "fix the user or password in [source] dsn (or OFFLOAD__SOURCE__DSN)"
         outputs = [str(caught.value), repr(caught.value.args)]
-        for argv in (["run", "--config", s.path], ["run", "--config", s.path, "--json"],
-                     ["status", "--config", s.path, "--json"]):
+        for argv in (
+            ["run", "--config", s.path],
+            ["run", "--config", s.path, "--json"],
+            ["status", "--config", s.path, "--json"],
+        ):
             code = cli.main(argv)
             out = capsys.readouterr()
             outputs += [out.out, out.err]
@@ -184,12 +198,16 @@ def test_uint64_above_long_stops_at_the_watermark_and_the_opt_in_lands_everythin
     s = make_settings([table])
     with clickhouse(s) as ch:
         ch.command("CREATE TABLE k2.big (ts DateTime64(3), seq UInt64, v UInt64) ENGINE = MergeTree ORDER BY (ts, seq)")
-        ch.command(f"INSERT INTO k2.big SELECT fromUnixTimestamp64Milli(toInt64({START_MS} + number * 1000)), number, "
-                   f"number FROM numbers(10)")
+        ch.command(
+            f"INSERT INTO k2.big SELECT fromUnixTimestamp64Milli(toInt64({START_MS} + number * 1000)), number, "
+            f"number FROM numbers(10)"
+        )
     assert run_cycle(s).tables[0].rows == 10
     with clickhouse(s) as ch:
-        ch.command(f"INSERT INTO k2.big VALUES (fromUnixTimestamp64Milli(toInt64({START_MS + 20_000})), 10, 7), "
-                   f"(fromUnixTimestamp64Milli(toInt64({START_MS + 21_000})), 11, 9223372036854775808)")
+        ch.command(
+            f"INSERT INTO k2.big VALUES (fromUnixTimestamp64Milli(toInt64({START_MS + 20_000})), 10, 7), "
+            f"(fromUnixTimestamp64Milli(toInt64({START_MS + 21_000})), 11, 9223372036854775808)"
+        )
     res = run_cycle(s).tables[0]
     assert res.error["type"] == "value_out_of_range" and "9223372036854775808" in res.error["message"]
     assert 'column_types = { v = "decimal(20,0)" }' in res.error["fix"] and "new target" in res.error["fix"]
@@ -203,18 +221,24 @@ def test_uint64_above_long_stops_at_the_watermark_and_the_opt_in_lands_everythin
 def test_null_timestamp_stops_the_table_instead_of_leaving_rows_behind(make_settings):
     s = make_settings([{"source": "n", "timestamp_column": "ts", "sequence_column": "seq"}])
     with clickhouse(s) as ch:
-        ch.command("CREATE TABLE k2.n (ts Nullable(DateTime64(3)), seq UInt64) ENGINE = MergeTree ORDER BY seq "
-                   "SETTINGS allow_nullable_key = 1")
-        ch.command(f"INSERT INTO k2.n SELECT if(number % 4 = 0, NULL, fromUnixTimestamp64Milli(toInt64({START_MS} + "
-                   f"number * 1000))), number FROM numbers(20)")
+        ch.command(
+            "CREATE TABLE k2.n (ts Nullable(DateTime64(3)), seq UInt64) ENGINE = MergeTree ORDER BY seq "
+            "SETTINGS allow_nullable_key = 1"
+        )
+        ch.command(
+            f"INSERT INTO k2.n SELECT if(number % 4 = 0, NULL, fromUnixTimestamp64Milli(toInt64({START_MS} + "
+            f"number * 1000))), number FROM numbers(20)"
+        )
     res = run_cycle(s).tables[0]
     assert res.status == "failed" and res.error["type"] == "value_out_of_range" and not res.error["transient"]
     assert "5 rows have NULL in ts" in res.error["message"] and "nothing was written" in res.error["message"]
     assert "UPDATE `ts` = ... WHERE `ts` IS NULL" in res.error["fix"]
     assert snapshots(s, "n") == 0
     with clickhouse(s) as ch:  # the fix the error names
-        ch.command(f"ALTER TABLE k2.n UPDATE ts = fromUnixTimestamp64Milli(toInt64({START_MS} + seq * 1000)) "
-                   f"WHERE ts IS NULL SETTINGS mutations_sync = 2")
+        ch.command(
+            f"ALTER TABLE k2.n UPDATE ts = fromUnixTimestamp64Milli(toInt64({START_MS} + seq * 1000)) "
+            f"WHERE ts IS NULL SETTINGS mutations_sync = 2"
+        )
     assert run_cycle(s).tables[0].rows == 20
     assert_exactly_once(s, "n")
     assert None not in cold(s, "n").column("ts").to_pylist()
@@ -240,8 +264,10 @@ def test_dropped_then_retyped_column_stop_and_each_named_fix_lands_every_row_onc
     assert run_cycle(s).tables[0].rows == 10
     with clickhouse(s) as ch:
         ch.command("ALTER TABLE k2.trades DROP COLUMN symbol")
-        ch.command(f"INSERT INTO k2.trades (ts, seq, price) SELECT fromUnixTimestamp64Milli(toInt64({START_MS} + "
-                   f"(10 + number) * 1000)), 10 + number, 1 FROM numbers(5)")
+        ch.command(
+            f"INSERT INTO k2.trades (ts, seq, price) SELECT fromUnixTimestamp64Milli(toInt64({START_MS} + "
+            f"(10 + number) * 1000)), 10 + number, 1 FROM numbers(5)"
+        )
     res = run_cycle(s).tables[0]
     assert res.error["type"] == "schema_drift" and "'symbol'" in res.error["message"]
     assert cold(s, "trades").num_rows == 10
@@ -254,11 +280,16 @@ def test_dropped_then_retyped_column_stop_and_each_named_fix_lands_every_row_onc
     assert [sym for seq, sym in symbols if seq >= 10] == [None] * 5 and None not in [sym for seq, sym in symbols[:10]]
     with clickhouse(s) as ch:
         ch.command("ALTER TABLE k2.trades MODIFY COLUMN price Float64")
-        ch.command(f"INSERT INTO k2.trades (ts, seq, price) SELECT fromUnixTimestamp64Milli(toInt64({START_MS} + "
-                   f"(20 + number) * 1000)), 20 + number, 0.5 FROM numbers(5)")
+        ch.command(
+            f"INSERT INTO k2.trades (ts, seq, price) SELECT fromUnixTimestamp64Milli(toInt64({START_MS} + "
+            f"(20 + number) * 1000)), 20 + number, 0.5 FROM numbers(5)"
+        )
     res = run_cycle(kept).tables[0]
-    assert res.error["type"] == "schema_drift" and "'price' is double in ClickHouse but decimal(18, 8)" in \
-        res.error["message"] and "target" in res.error["fix"]
+    assert (
+        res.error["type"] == "schema_drift"
+        and "'price' is double in ClickHouse but decimal(18, 8)" in res.error["message"]
+        and "target" in res.error["fix"]
+    )
     moved = make_settings([trades_table(target="trades_v2", columns=["ts", "seq", "price"])])
     assert run_cycle(moved).tables[0].rows == 20
     assert_exactly_once(moved, "trades", "trades_v2")
@@ -269,22 +300,31 @@ def test_decimal76_and_datetime64_9_key_refused_then_opted_in_exactly_once(make_
     table = {"source": "wide", "timestamp_column": "ts", "partition_by": "hour"}
     s = make_settings([table], max_rows_per_commit=7, read_rows=3, batch_rows=3)
     with clickhouse(s) as ch:  # no sequence column: nanosecond-distinct timestamps are the key
-        ch.command("CREATE TABLE k2.wide (ts DateTime64(9, 'UTC'), id UInt32, d Decimal(76, 10)) "
-                   "ENGINE = MergeTree ORDER BY ts")
-        ch.command(f"INSERT INTO k2.wide SELECT fromUnixTimestamp64Nano(toInt64({START_MS * 1_000_000} + "
-                   f"intDiv(number, 4) * 1000 + number % 4)), number, "
-                   f"toDecimal256('1234567890123456789012345678901234567890123456789012345678901234.5', 10) + number "
-                   f"FROM numbers(40)")
+        ch.command(
+            "CREATE TABLE k2.wide (ts DateTime64(9, 'UTC'), id UInt32, d Decimal(76, 10)) "
+            "ENGINE = MergeTree ORDER BY ts"
+        )
+        ch.command(
+            f"INSERT INTO k2.wide SELECT fromUnixTimestamp64Nano(toInt64({START_MS * 1_000_000} + "
+            f"intDiv(number, 4) * 1000 + number % 4)), number, "
+            f"toDecimal256('1234567890123456789012345678901234567890123456789012345678901234.5', 10) + number "
+            f"FROM numbers(40)"
+        )
     res = run_cycle(s).tables[0]
     assert res.error["type"] == "type_refused" and "wide.ts: DateTime64(9, 'UTC')" in res.error["message"]
     assert 'column_types = { ts = "timestamp" }' in res.error["fix"]
-    s = make_settings([{**table, "column_types": {"ts": "timestamp"}}], max_rows_per_commit=7, read_rows=3,
-                      batch_rows=3)
+    s = make_settings(
+        [{**table, "column_types": {"ts": "timestamp"}}], max_rows_per_commit=7, read_rows=3, batch_rows=3
+    )
     res = run_cycle(s).tables[0]
     assert res.error["type"] == "type_refused" and "wide.d: Decimal(76, 10)" in res.error["message"]
     assert 'column_types = { d = "string" }' in res.error["fix"]
-    s = make_settings([{**table, "column_types": {"ts": "timestamp", "d": "string"}}], max_rows_per_commit=7,
-                      read_rows=3, batch_rows=3)
+    s = make_settings(
+        [{**table, "column_types": {"ts": "timestamp", "d": "string"}}],
+        max_rows_per_commit=7,
+        read_rows=3,
+        batch_rows=3,
+    )
     res = run_cycle(s).tables[0]
     assert (res.rows, res.commits) == (40, 6)  # chunks of 7 keys, never splitting a key
     assert res.watermark_after["ts_ns"] == START_MS * 1_000_000 + 9000 + 3  # exact to the nanosecond
@@ -293,30 +333,39 @@ def test_decimal76_and_datetime64_9_key_refused_then_opted_in_exactly_once(make_
     assert cold_keys(s, "wide", "id", "d") == hot
 
 
-NASTY_TABLE = 'we"ird `tab\'le` ü 表'
+NASTY_TABLE = "we\"ird `tab'le` ü 表"
 NASTY_COLS = {"ts": 't s"`ü', "seq": "se`q; --", "v": 'x"; DROP TABLE k2.other; --'}
 
 
 def test_names_with_quotes_backticks_spaces_unicode_and_injection_touch_nothing_else(make_settings):
-    table = {"source": NASTY_TABLE, "timestamp_column": NASTY_COLS["ts"], "sequence_column": NASTY_COLS["seq"],
-             "key_columns": [NASTY_COLS["ts"], NASTY_COLS["seq"]]}
+    table = {
+        "source": NASTY_TABLE,
+        "timestamp_column": NASTY_COLS["ts"],
+        "sequence_column": NASTY_COLS["seq"],
+        "key_columns": [NASTY_COLS["ts"], NASTY_COLS["seq"]],
+    }
     s = make_settings([table, trades_table("other")], max_rows_per_commit=8)
     t, c = quote(NASTY_TABLE), {k: quote(v) for k, v in NASTY_COLS.items()}
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="other"))
         insert_trades(ch, "other", START_MS, 5)
-        ch.command(f"CREATE TABLE k2.{t} ({c['ts']} DateTime64(3), {c['seq']} UInt64, {c['v']} String, "
-                   f"`a b` Tuple(`x y` Int32, `q\"` String)) ENGINE = MergeTree ORDER BY ({c['ts']}, {c['seq']})")
-        ch.command(f"INSERT INTO k2.{t} SELECT fromUnixTimestamp64Milli(toInt64({START_MS} + number * 1000)), number, "
-                   f"'v\\'\"`' || toString(number), (toInt32(number), 'ü') FROM numbers(20)")
+        ch.command(
+            f"CREATE TABLE k2.{t} ({c['ts']} DateTime64(3), {c['seq']} UInt64, {c['v']} String, "
+            f'`a b` Tuple(`x y` Int32, `q"` String)) ENGINE = MergeTree ORDER BY ({c["ts"]}, {c["seq"]})'
+        )
+        ch.command(
+            f"INSERT INTO k2.{t} SELECT fromUnixTimestamp64Milli(toInt64({START_MS} + number * 1000)), number, "
+            f"'v\\'\"`' || toString(number), (toInt32(number), 'ü') FROM numbers(20)"
+        )
     cycle = run_cycle(s)
     assert [(r.status, r.rows) for r in cycle.tables] == [("ok", 20), ("ok", 5)], [r.error for r in cycle.tables]
     assert_exactly_once(s, NASTY_TABLE, key=(NASTY_COLS["seq"], NASTY_COLS["v"]))
     assert cold(s, NASTY_TABLE).column("a b").to_pylist()[0].keys() == {"x y", 'q"'}
     with clickhouse(s) as ch:
         assert ch.rows("SELECT count() FROM k2.other") == [(5,)]
-        assert sorted(r[0] for r in ch.rows("SELECT name FROM system.tables WHERE database = 'k2'")) == \
-            sorted(["other", NASTY_TABLE])
+        assert sorted(r[0] for r in ch.rows("SELECT name FROM system.tables WHERE database = 'k2'")) == sorted(
+            ["other", NASTY_TABLE]
+        )
     assert_exactly_once(s, "other")
     assert sorted(sink_for(s).catalog.list_tables("cold")) == sorted([("cold", "other"), ("cold", NASTY_TABLE)])
     # a second cycle finds the watermark through the quoted names and adds nothing
@@ -326,7 +375,8 @@ def test_names_with_quotes_backticks_spaces_unicode_and_injection_touch_nothing_
 # -- faults -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("failure", ["driver", "socket"])
 def test_clickhouse_gone_mid_chunk_is_transient_commits_nothing_and_the_rerun_lands_once(
-        make_settings, monkeypatch, failure):
+    make_settings, monkeypatch, failure
+):
     from clickhouse_connect.driver.exceptions import OperationalError
 
     s = trades(make_settings, rows=100, max_rows_per_commit=40, read_rows=10, batch_rows=10)
@@ -336,8 +386,11 @@ def test_clickhouse_gone_mid_chunk_is_transient_commits_nothing_and_the_rerun_la
     def dying(self, *args, **kwargs):
         reads.append(1)
         if len(reads) == 6:  # the second chunk: its first batch is in hand, the next read dies
-            raise (OperationalError("HTTPDriver for http://ch:8123 received ClickHouse error: connection reset")
-                   if failure == "driver" else ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"))
+            raise (
+                OperationalError("HTTPDriver for http://ch:8123 received ClickHouse error: connection reset")
+                if failure == "driver"
+                else ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+            )
         return real(self, *args, **kwargs)
 
     real = Source._fetch_arrow  # where rows cross from ClickHouse, embedded or over HTTP
@@ -459,8 +512,11 @@ def test_disk_full_at_any_write_commits_nothing_leaves_nothing_and_lands_later(m
     def create(self, overwrite: bool = False):
         stream = real_create(self, overwrite)
         name = self.location.rsplit("/", 1)[1]
-        hit = {"data": name.endswith(".parquet"), "manifest": name.endswith("-m0.avro"),
-               "metadata": name.endswith(".metadata.json")}[kind]
+        hit = {
+            "data": name.endswith(".parquet"),
+            "manifest": name.endswith("-m0.avro"),
+            "metadata": name.endswith(".metadata.json"),
+        }[kind]
         if hit and not failed:
             failed.append(self.location)
             return Full(stream)
@@ -488,28 +544,37 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_prefect_api_unreachable_trigger_and_doctor_exit_1_with_the_fix(make_settings, tmp_path, capsys,
-                                                                        monkeypatch):
+def test_prefect_api_unreachable_trigger_and_doctor_exit_1_with_the_fix(make_settings, tmp_path, capsys, monkeypatch):
     s = trades(make_settings, rows=5)
     port = _closed_port()
-    Path(s.path).write_text(Path(s.path).read_text() + f'\n[prefect]\napi_url = "http://127.0.0.1:{port}/api"\n'
-                            f'home = "{tmp_path}/prefect"\n[metrics]\nport = {_closed_port()}\n')
+    Path(s.path).write_text(
+        Path(s.path).read_text() + f'\n[prefect]\napi_url = "http://127.0.0.1:{port}/api"\n'
+        f'home = "{tmp_path}/prefect"\n[metrics]\nport = {_closed_port()}\n'
+    )
     for key in config.prefect_env(config.load(s.path, env={})):  # the commands set them: restore them after
         monkeypatch.setenv(key, os.environ.get(key, ""))
     t0 = time.monotonic()
     # in a process of its own: Prefect reads its settings once per process, at import
-    proc = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", "trigger", "--json", "--config", s.path],
-                          capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if not k.startswith(("PREFECT", "OFFLOAD"))})
+    proc = subprocess.run(
+        [sys.executable, "-m", "iceberg_offload.cli", "trigger", "--json", "--config", s.path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("PREFECT", "OFFLOAD"))},
+    )
     code, out = proc.returncode, json.loads(proc.stdout)
     assert code == 1 and time.monotonic() - t0 < 30
     err = out["error"]
     assert (err["type"], err["transient"]) == ("prefect_unavailable", True)
     assert f"the Prefect API at http://127.0.0.1:{port}/api does not answer" in err["message"]
     assert "iceberg-offload up" in err["fix"] and "[prefect] api_url" in err["fix"]
-    proc = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", "trigger", "--config", s.path],
-                          capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if not k.startswith(("PREFECT", "OFFLOAD"))})
+    proc = subprocess.run(
+        [sys.executable, "-m", "iceberg_offload.cli", "trigger", "--config", s.path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("PREFECT", "OFFLOAD"))},
+    )
     assert proc.returncode == 1
     text = proc.stderr
     assert text.startswith("error: the Prefect API at") and "\n  fix: start the stack" in text

@@ -95,26 +95,54 @@ def test_failures_exit_non_zero_and_name_the_fix(make_settings, sqlite_uri, caps
 def test_demo_twice_offloads_only_new_rows(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     env = {k: v for k, v in env.items() if not k.startswith("OFFLOAD")}
-    first = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", "demo", "--json"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
+    first = subprocess.run(
+        [sys.executable, "-m", "iceberg_offload.cli", "demo", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert first.returncode == 0, first.stderr
     one = json.loads(first.stdout)
     assert one["config_written"] and (tmp_path / "offload.toml").exists()
     names = {t["table"] for t in one["tables"]}
-    assert names == {"bronze_trades_binance", "bronze_trades_kraken", "bronze_trades_coinbase", "silver_trades",
-                     "ohlcv_1m", "ohlcv_5m", "ohlcv_15m", "ohlcv_30m", "ohlcv_1h", "ohlcv_1d"}
+    assert names == {
+        "bronze_trades_binance",
+        "bronze_trades_kraken",
+        "bronze_trades_coinbase",
+        "silver_trades",
+        "ohlcv_1m",
+        "ohlcv_5m",
+        "ohlcv_15m",
+        "ohlcv_30m",
+        "ohlcv_1h",
+        "ohlcv_1d",
+    }
     bronze1 = {t["table"]: t for t in one["tables"]}["bronze_trades_binance"]
     assert bronze1["rows_this_run"] > 10_000 and bronze1["cold_rows"] == bronze1["rows_this_run"]
     time.sleep(1.5)
-    second = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", "demo", "--json"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    second = subprocess.run(
+        [sys.executable, "-m", "iceberg_offload.cli", "demo", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert second.returncode == 0, second.stderr
     two = {t["table"]: t for t in json.loads(second.stdout)["tables"]}
     assert not json.loads(second.stdout)["config_written"]
     b2 = two["bronze_trades_binance"]
     assert 0 < b2["rows_this_run"] < 100 and b2["cold_rows"] == bronze1["cold_rows"] + b2["rows_this_run"]
-    verify = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", "verify", "--json"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    verify = subprocess.run(
+        [sys.executable, "-m", "iceberg_offload.cli", "verify", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"], verify.stdout
 
 
@@ -158,12 +186,25 @@ def test_watermark_set_previews_skips_forward_and_refuses_going_back(trades, cap
     with clickhouse(trades) as ch:  # 100 new rows, then we decide to skip the first 60 of them
         insert_trades(ch, "trades", START_MS + 2500 * 1000, 100, seq0=2500)
     skip_to = (START_MS + 2559 * 1000) // 1000
-    code, preview = run_json(capsys, "watermark", "set", "--config", trades.path, "--table", "trades",
-                             "--to", str(skip_to), "--seq", "2559")
+    code, preview = run_json(
+        capsys, "watermark", "set", "--config", trades.path, "--table", "trades", "--to", str(skip_to), "--seq", "2559"
+    )
     assert code == 0 and not preview["applied"] and preview["direction"] == "forward"
     assert preview["rows_affected"] == 60 and preview["current"]["seq"] == 2499
-    code, done = run_json(capsys, "watermark", "set", "--config", trades.path, "--table", "trades",
-                          "--to", str(skip_to), "--seq", "2559", "--yes")
+    code, done = run_json(
+        capsys,
+        "watermark",
+        "set",
+        "--config",
+        trades.path,
+        "--table",
+        "trades",
+        "--to",
+        str(skip_to),
+        "--seq",
+        "2559",
+        "--yes",
+    )
     assert code == 0 and done["applied"]
     code, run = run_json(capsys, "run", "--config", trades.path, "--table", "trades")
     assert run["tables"][0]["rows"] == 40  # only the rows after the new watermark
@@ -171,6 +212,18 @@ def test_watermark_set_previews_skips_forward_and_refuses_going_back(trades, cap
     assert seqs == list(range(2500)) + list(range(2560, 2600))
     code, hist = run_json(capsys, "watermark", "show", "--config", trades.path, "--table", "trades")
     assert any(c["run_id"].startswith("watermark-set-") for c in hist["tables"]["trades"])
-    code, err = run_json(capsys, "watermark", "set", "--config", trades.path, "--table", "trades",
-                         "--to", str(START_MS // 1000), "--seq", "0", "--yes")
+    code, err = run_json(
+        capsys,
+        "watermark",
+        "set",
+        "--config",
+        trades.path,
+        "--table",
+        "trades",
+        "--to",
+        str(START_MS // 1000),
+        "--seq",
+        "0",
+        "--yes",
+    )
     assert code == 2 and "offload 2599 rows again" in err["error"]["message"] and "--reoffload" in err["error"]["fix"]

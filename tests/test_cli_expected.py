@@ -33,8 +33,14 @@ from iceberg_offload.cli import main as cli
 
 EXPECTED = Path(__file__).parent / "expected" / "cli"
 START_MS = 1735689600000  # 2025-01-01T00:00:00Z
-VOLATILE = {"seconds": "<s>", "lag": "<lag>", "last commit": "<time>", "ttl headroom": "<headroom>",
-            "snapshot": "<snapshot>", "run": "<run>"}
+VOLATILE = {
+    "seconds": "<s>",
+    "lag": "<lag>",
+    "last commit": "<time>",
+    "ttl headroom": "<headroom>",
+    "snapshot": "<snapshot>",
+    "run": "<run>",
+}
 """Grid columns whose values are times of the run or random ids: each cell becomes the placeholder."""
 PATTERNS = [
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>"),
@@ -59,8 +65,11 @@ def normalise(text: str, tmp: Path) -> str:
             spans = [(m.start(), m.end()) for m in re.finditer(r"-+", lines[i + 1])]
             rows = [lines[i]]
             j = i + 2
-            while j < len(lines) and lines[j] and all(lines[j][e:s].strip() == "" for (_, e), (s, _) in
-                                                      zip(spans, spans[1:], strict=False)):
+            while (
+                j < len(lines)
+                and lines[j]
+                and all(lines[j][e:s].strip() == "" for (_, e), (s, _) in zip(spans, spans[1:], strict=False))
+            ):
                 rows.append(lines[j])
                 j += 1
             out += _realign(rows, spans)
@@ -75,8 +84,10 @@ def normalise(text: str, tmp: Path) -> str:
 
 
 def _realign(rows: list[str], spans: list[tuple[int, int]]) -> list[str]:
-    cut = [[row[s:(spans[k + 1][0] if k + 1 < len(spans) else None)].strip() for k, (s, _) in enumerate(spans)]
-           for row in rows]
+    cut = [
+        [row[s : (spans[k + 1][0] if k + 1 < len(spans) else None)].strip() for k, (s, _) in enumerate(spans)]
+        for row in rows
+    ]
     headers, cells = cut[0], cut[1:]
     cells = [[VOLATILE.get(h, c) if c != "-" else c for h, c in zip(headers, r, strict=True)] for r in cells]
     widths = [max(len(h), *(len(r[k]) for r in cells)) if cells else len(h) for k, h in enumerate(headers)]
@@ -120,13 +131,17 @@ def fixture(make_settings, tmp_path: Path) -> None:
         ch.command(TRADES_DDL.format(name="quiet"))
         ch.command(TRADES_DDL.format(name="trades_v2"))
         for name in ("trades", "trades_v2"):
-            ch.command(f"INSERT INTO k2.{name} SELECT fromUnixTimestamp64Milli(toInt64({START_MS} + number * 1000)), "
-                       f"number, ['BTC', 'ETH'][1 + number % 2], toDecimal64(number / 100, 8) FROM numbers(2500)")
+            ch.command(
+                f"INSERT INTO k2.{name} SELECT fromUnixTimestamp64Milli(toInt64({START_MS} + number * 1000)), "
+                f"number, ['BTC', 'ETH'][1 + number % 2], toDecimal64(number / 100, 8) FROM numbers(2500)"
+            )
     text = Path(s.path).read_text()
-    (tmp_path / "moved.toml").write_text(text.replace('source = "trades"\n', 'source = "trades_v2"\n'
-                                                                              'target = "trades"\n', 1))
-    (tmp_path / "absent.toml").write_text(text.split("[[tables]]")[0] + '[[tables]]\nsource = "absent"\n'
-                                                                          'timestamp_column = "ts"\n')
+    (tmp_path / "moved.toml").write_text(
+        text.replace('source = "trades"\n', 'source = "trades_v2"\ntarget = "trades"\n', 1)
+    )
+    (tmp_path / "absent.toml").write_text(
+        text.split("[[tables]]")[0] + '[[tables]]\nsource = "absent"\ntimestamp_column = "ts"\n'
+    )
     (tmp_path / "bad.toml").write_text(text.replace("[offload]\n", "[offload]\nsettle_secs = 5\n"))
 
 
@@ -145,8 +160,9 @@ def test_text_output_matches_the_expected_files(make_settings, tmp_path, capsys,
         monkeypatch.delenv(key)
     fixture(make_settings, tmp_path)
     monkeypatch.chdir(tmp_path)
-    got = {("help-" + "-".join(p)).rstrip("-"): run_case([*p, "--help"], capsys, tmp_path)
-           for p in help_paths(app.root)}
+    got = {
+        ("help-" + "-".join(p)).rstrip("-"): run_case([*p, "--help"], capsys, tmp_path) for p in help_paths(app.root)
+    }
     for name, argv in CASES:
         got[name] = run_case(argv, capsys, tmp_path)
     if os.environ.get("OFFLOAD_UPDATE_EXPECTED") == "1":
@@ -169,9 +185,13 @@ def test_text_output_matches_the_expected_files(make_settings, tmp_path, capsys,
 
 def test_normalise_keeps_grids_aligned():
     tmp = Path("/tmp/x")
-    text = ("table  run                   seconds\n-----  --------------------  -------\n"
-            "a      cli-0123456789abcdef  12.5\nb      cli-fedcba9876543210  0.1\n"
-            "preview: nothing changed; add --yes to apply\n\ncycle cli-0123456789abcdef: success, 5 rows in 3.2s /tmp/x")
-    assert normalise(text, tmp) == ("table  run    seconds\n-----  -----  -------\na      <run>  <s>\nb      <run>  <s>\n"
-                                    "preview: nothing changed; add --yes to apply\n\n"
-                                    "cycle cli-<run>: success, 5 rows in <s>s <tmp>")
+    text = (
+        "table  run                   seconds\n-----  --------------------  -------\n"
+        "a      cli-0123456789abcdef  12.5\nb      cli-fedcba9876543210  0.1\n"
+        "preview: nothing changed; add --yes to apply\n\ncycle cli-0123456789abcdef: success, 5 rows in 3.2s /tmp/x"
+    )
+    assert normalise(text, tmp) == (
+        "table  run    seconds\n-----  -----  -------\na      <run>  <s>\nb      <run>  <s>\n"
+        "preview: nothing changed; add --yes to apply\n\n"
+        "cycle cli-<run>: success, 5 rows in <s>s <tmp>"
+    )

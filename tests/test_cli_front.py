@@ -34,9 +34,18 @@ finally:
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["watermark", "set", "--help"],
-                                  ["maintain", "reconcile", "--help"], ["schedule", "pause", "--help"],
-                                  ["doctor", "-h"], ["--version"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["run", "--help"],
+        ["watermark", "set", "--help"],
+        ["maintain", "reconcile", "--help"],
+        ["schedule", "pause", "--help"],
+        ["doctor", "-h"],
+        ["--version"],
+    ],
+)
 def test_help_loads_none_of_the_engine(argv):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, timeout=60)
@@ -76,8 +85,9 @@ def test_sub_actions_and_their_options_keep_their_meaning():
     assert has(parsed("maintain", "compact")[1], {"table": None, "yes": False})
     assert has(parsed("schedule", "--deployment", "f/d", "pause")[1], {"action": "pause", "deployment": ["f/d"]})
     assert parsed("schedule", "show")[0] == "cmd_schedule" and parsed("schedule", "show")[1]["deployment"] is None
-    func, args = parsed("watermark", "set", "--table", "x", "--to", "5", "--seq", "7", "--yes", "--reoffload",
-                        "--future")
+    func, args = parsed(
+        "watermark", "set", "--table", "x", "--to", "5", "--seq", "7", "--yes", "--reoffload", "--future"
+    )
     assert has(args, {"seq": 7, "yes": True, "reoffload": True, "future": True, "action": "set"})
     assert parsed("verify", "--values")[1]["values"] is True and parsed("verify")[1]["values"] is None
     assert has(parsed("trigger")[1], {"deployment": names.MAIN, "wait": False, "timeout": 600.0})
@@ -111,7 +121,7 @@ def test_every_command_has_one_example_that_parses(capsys):
         examples = [ln.strip() for ln in text.split("Example:\n", 1)[1].splitlines() if ln.strip()]
         assert text.count("Example:") == 1 and len(examples) == 1, (path, text)
         words = examples[0].split()
-        assert words[0] == "iceberg-offload" and tuple(words[1:1 + len(path)]) == path, examples
+        assert words[0] == "iceberg-offload" and tuple(words[1 : 1 + len(path)]) == path, examples
         assert cli.parse(words[1:]) is not None, examples
         seen += 1
     assert seen >= 25
@@ -133,10 +143,19 @@ def test_json_after_a_sub_action_prints_json(make_settings, capsys):
 
 
 def test_tables_fit_the_terminal_or_become_one_block_per_row():
-    g = Grid(["table", "watermark", "lag", "last commit", "what"],
-             [["trades", "2025-01-01T00:41:39Z", "3s", "2026-12-02T05:16:12.897Z",
-               "1 hours compared; missing rows in 0, duplicates in 0; repaired 0 (+0 rows, -0 duplicates)"],
-              ["quiet", None, None, None, "[[tables]] is text, not markup"]])
+    g = Grid(
+        ["table", "watermark", "lag", "last commit", "what"],
+        [
+            [
+                "trades",
+                "2025-01-01T00:41:39Z",
+                "3s",
+                "2026-12-02T05:16:12.897Z",
+                "1 hours compared; missing rows in 0, duplicates in 0; repaired 0 (+0 rows, -0 duplicates)",
+            ],
+            ["quiet", None, None, None, "[[tables]] is text, not markup"],
+        ],
+    )
     for width in (40, 80, 100, 200):
         out = io.StringIO()
         render([g, "a line after the table"], terminal(out, width=width))

@@ -16,10 +16,16 @@ DEPLOY = Path(__file__).parent.parent / "deploy"
 def compose() -> dict:
     exe = shutil.which("docker-compose")
     if exe is None:
-        pytest.fail("docker-compose is not installed: apt-get install --no-install-recommends docker-compose "
-                    "(./dev test does this when run as root)")
-    out = subprocess.run([exe, "--env-file", str(DEPLOY / ".env.example"), "-f", str(DEPLOY / "docker-compose.yml"),
-                          "config"], capture_output=True, text=True, timeout=120)
+        pytest.fail(
+            "docker-compose is not installed: apt-get install --no-install-recommends docker-compose "
+            "(./dev test does this when run as root)"
+        )
+    out = subprocess.run(
+        [exe, "--env-file", str(DEPLOY / ".env.example"), "-f", str(DEPLOY / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return yaml.safe_load(out.stdout)
 
@@ -38,8 +44,10 @@ def test_healthchecks_match_the_runbook(compose):
     assert "pg_isready" in " ".join(s["k2-prefect-db"]["healthcheck"]["test"])
     assert "/api/ready" in " ".join(s["k2-prefect-server"]["healthcheck"]["test"])  # not /api/health
     assert ":8000/metrics" in " ".join(s["k2-prefect-worker"]["healthcheck"]["test"])
-    ports = [str(p.get("published")) + ":" + str(p.get("target")) if isinstance(p, dict) else p
-             for p in s["k2-prefect-worker"]["ports"]]
+    ports = [
+        str(p.get("published")) + ":" + str(p.get("target")) if isinstance(p, dict) else p
+        for p in s["k2-prefect-worker"]["ports"]
+    ]
     assert any(p.startswith("8000") for p in ports)
     assert any("4200" in str(p) for p in s["k2-prefect-server"]["ports"])
     assert s["k2-prefect-db"]["image"].startswith("postgres:15")
@@ -47,8 +55,11 @@ def test_healthchecks_match_the_runbook(compose):
 
 def test_secrets_come_from_env_not_the_file():
     text = (DEPLOY / "docker-compose.yml").read_text()
-    example = dict(line.split("=", 1) for line in (DEPLOY / ".env.example").read_text().splitlines()
-                   if line and not line.startswith("#"))
+    example = dict(
+        line.split("=", 1)
+        for line in (DEPLOY / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     for key, value in example.items():
         assert "${" + key + "}" in text, f"{key} from .env is not used"
         if any(word in key for word in ("PASSWORD", "SECRET", "AUTH_STRING")):

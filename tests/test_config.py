@@ -39,8 +39,14 @@ def test_relative_paths_from_the_environment_resolve_against_the_config_folder(t
     cfg.write_text("")
     (tmp_path / "etc" / "secrets" / "dsn").write_text("chdb://data/ch\n")
     monkeypatch.chdir("/")
-    s = config.load(cfg, env={"OFFLOAD__SOURCE__DSN_FILE": "secrets/dsn", "OFFLOAD__CATALOG__URI": "sqlite:///cat.db",
-                              "OFFLOAD__PREFECT__DATABASE_URL": "sqlite+aiosqlite:///prefect.db"})
+    s = config.load(
+        cfg,
+        env={
+            "OFFLOAD__SOURCE__DSN_FILE": "secrets/dsn",
+            "OFFLOAD__CATALOG__URI": "sqlite:///cat.db",
+            "OFFLOAD__PREFECT__DATABASE_URL": "sqlite+aiosqlite:///prefect.db",
+        },
+    )
     assert s.source.dsn == f"chdb://{tmp_path}/etc/data/ch"
     assert s.catalog.uri == f"sqlite:///{tmp_path}/etc/cat.db"
     assert s.prefect.database_url == f"sqlite+aiosqlite:///{tmp_path}/etc/prefect.db"
@@ -56,13 +62,16 @@ def test_without_a_config_file_relative_paths_resolve_against_the_working_direct
 def test_environment_overrides_follow_the_key_path(tmp_path):
     cfg = tmp_path / "offload.toml"
     cfg.write_text('[[tables]]\nsource = "a"\ntimestamp_column = "ts"\n')
-    s = config.load(cfg, env={
-        "OFFLOAD__SOURCE__DSN": "http://u:p@ch:8123/",
-        "OFFLOAD__OFFLOAD__SETTLE_SECONDS": "30",
-        "OFFLOAD__TABLES__0__FINAL": "true",
-        "OFFLOAD__TABLES__0__KEY_COLUMNS": '["ts", "id"]',
-        "OFFLOAD__CATALOG__PROPERTIES": '{"s3.endpoint": "http://minio:9000"}',
-    })
+    s = config.load(
+        cfg,
+        env={
+            "OFFLOAD__SOURCE__DSN": "http://u:p@ch:8123/",
+            "OFFLOAD__OFFLOAD__SETTLE_SECONDS": "30",
+            "OFFLOAD__TABLES__0__FINAL": "true",
+            "OFFLOAD__TABLES__0__KEY_COLUMNS": '["ts", "id"]',
+            "OFFLOAD__CATALOG__PROPERTIES": '{"s3.endpoint": "http://minio:9000"}',
+        },
+    )
     assert s.source.dsn == "http://u:p@ch:8123/" and s.offload.settle_seconds == 30
     assert s.tables[0].final is True and s.tables[0].key_columns == ["ts", "id"]
     assert s.catalog.properties == {"s3.endpoint": "http://minio:9000"}
@@ -102,8 +111,11 @@ def test_bad_toml_and_missing_file(tmp_path):
 
 
 def test_duplicate_targets_and_columns_without_the_key(tmp_path):
-    e = _err(tmp_path, '[[tables]]\nsource = "a"\ntimestamp_column = "ts"\n[[tables]]\nsource = "b"\n'
-                       'target = "a"\ntimestamp_column = "ts"\n')
+    e = _err(
+        tmp_path,
+        '[[tables]]\nsource = "a"\ntimestamp_column = "ts"\n[[tables]]\nsource = "b"\n'
+        'target = "a"\ntimestamp_column = "ts"\n',
+    )
     assert "two [[tables]] entries write to target 'a'" in e.message
     e = _err(tmp_path, '[[tables]]\nsource = "a"\ntimestamp_column = "ts"\nsequence_column = "s"\ncolumns = ["ts"]\n')
     assert "columns must include s" in e.message
@@ -122,8 +134,15 @@ def test_example_config_loads_and_documents_every_key():
     s = config.load(example, env={})
     assert [t.source for t in s.tables] == ["bronze_trades_binance", "ohlcv_1m"]
     text = example.read_text()
-    for section in (config.SourceSettings, config.CatalogSettings, config.OffloadSettings, config.TableSettings,
-                    config.PrefectSettings, config.MetricsSettings, config.ScheduleSettings,
-                    config.MaintenanceSettings):
+    for section in (
+        config.SourceSettings,
+        config.CatalogSettings,
+        config.OffloadSettings,
+        config.TableSettings,
+        config.PrefectSettings,
+        config.MetricsSettings,
+        config.ScheduleSettings,
+        config.MaintenanceSettings,
+    ):
         for key in section.model_fields:
             assert f"{key} =" in text or f"[catalog.{key}]" in text, f"offload.example.toml does not mention {key}"

@@ -14,8 +14,11 @@ from iceberg_offload import config, names
 from iceberg_offload.errors import PrefectUnavailable
 from iceberg_offload.orchestration import control, prefect_api
 
-DEPLOYMENT = {"id": "d1", "paused": False, "schedules": [{"id": "s1", "active": True,
-                                                           "schedule": {"cron": "*/15 * * * *", "timezone": "UTC"}}]}
+DEPLOYMENT = {
+    "id": "d1",
+    "paused": False,
+    "schedules": [{"id": "s1", "active": True, "schedule": {"cron": "*/15 * * * *", "timezone": "UTC"}}],
+}
 
 
 @pytest.fixture
@@ -67,8 +70,15 @@ def busy_server(tmp_path, monkeypatch):
 def test_an_action_is_sent_again_while_the_server_answers_503(busy_server):
     settings, seen, _ = busy_server
     shown = control.schedule_state(settings, [names.MAIN])
-    assert shown == [{"deployment": names.MAIN, "exists": True, "paused": False, "active": True,
-                      "schedules": [{"id": "s1", "schedule": "cron */15 * * * * UTC", "active": True}]}]
+    assert shown == [
+        {
+            "deployment": names.MAIN,
+            "exists": True,
+            "paused": False,
+            "active": True,
+            "schedules": [{"id": "s1", "schedule": "cron */15 * * * * UTC", "active": True}],
+        }
+    ]
     assert [p for _, p, _ in seen] == [f"/api/deployments/name/{names.MAIN}"] * 3  # 503, 503, then the answer
 
 
@@ -76,8 +86,10 @@ def test_pause_after_503s_pauses_the_deployment_and_its_schedule(busy_server):
     settings, seen, _ = busy_server
     control.set_paused(settings, [names.MAIN], paused=True)
     writes = [(m, p, b) for m, p, b in seen if m == "PATCH"]
-    assert writes == [("PATCH", "/api/deployments/d1", {"paused": True}),
-                      ("PATCH", "/api/deployments/d1/schedules/s1", {"active": False})]
+    assert writes == [
+        ("PATCH", "/api/deployments/d1", {"paused": True}),
+        ("PATCH", "/api/deployments/d1/schedules/s1", {"active": False}),
+    ]
 
 
 def test_a_server_busy_past_the_retries_is_prefect_unavailable_with_the_fix(busy_server):

@@ -26,8 +26,11 @@ HOUR_US = 3600 * 10**6
 def _hourly(settings, name: str):
     catalog = open_catalog(settings.catalog)
     catalog.create_namespace_if_not_exists("t")
-    schema = Schema(NestedField(1, "ts", TimestamptzType(), required=True), NestedField(2, "id", LongType(), required=True),
-                    NestedField(3, "s", StringType(), required=False))
+    schema = Schema(
+        NestedField(1, "ts", TimestamptzType(), required=True),
+        NestedField(2, "id", LongType(), required=True),
+        NestedField(3, "s", StringType(), required=False),
+    )
     from pyiceberg.partitioning import PartitionField, PartitionSpec
     from pyiceberg.transforms import HourTransform
 
@@ -37,10 +40,20 @@ def _hourly(settings, name: str):
 
 def _rows(hours: list[int]) -> pa.Table:
     ts = pa.array([h * HOUR_US + i for i, h in enumerate(hours)], pa.timestamp("us", tz="UTC"))
-    return pa.table({"ts": ts, "id": pa.array(range(len(hours)), pa.int64()),
-                     "s": pa.array([None if i % 3 == 0 else f"v{i % 2}" for i in range(len(hours))], pa.string())},
-                    schema=pa.schema([pa.field("ts", ts.type, nullable=False), pa.field("id", pa.int64(), nullable=False),
-                                      pa.field("s", pa.string())]))
+    return pa.table(
+        {
+            "ts": ts,
+            "id": pa.array(range(len(hours)), pa.int64()),
+            "s": pa.array([None if i % 3 == 0 else f"v{i % 2}" for i in range(len(hours))], pa.string()),
+        },
+        schema=pa.schema(
+            [
+                pa.field("ts", ts.type, nullable=False),
+                pa.field("id", pa.int64(), nullable=False),
+                pa.field("s", pa.string()),
+            ]
+        ),
+    )
 
 
 def test_interleaved_partitions_are_split_by_value_without_copying(make_settings, sqlite_uri):
@@ -70,11 +83,15 @@ def test_written_files_have_field_ids_stats_and_dictionary_only_where_values_rep
     for task in tasks:
         path = task.file.file_path.removeprefix("file://")
         meta = pq.ParquetFile(path).metadata
-        ids = {meta.schema.column(i).name: meta.schema.to_arrow_schema().field(i).metadata[b"PARQUET:field_id"]
-               for i in range(meta.num_columns)}
+        ids = {
+            meta.schema.column(i).name: meta.schema.to_arrow_schema().field(i).metadata[b"PARQUET:field_id"]
+            for i in range(meta.num_columns)
+        }
         assert ids == {"ts": b"1", "seq": b"2", "symbol": b"3", "price": b"4"}
-        encodings = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).encodings
-                     for i in range(meta.num_columns)}
+        encodings = {
+            meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).encodings
+            for i in range(meta.num_columns)
+        }
         assert "RLE_DICTIONARY" in encodings["symbol"]  # two values: a dictionary pays
         assert "RLE_DICTIONARY" not in encodings["seq"]  # unique keys: plain
         assert task.file.record_count == meta.num_rows and task.file.file_size_in_bytes == os.path.getsize(path)
@@ -86,8 +103,13 @@ def test_written_files_have_field_ids_stats_and_dictionary_only_where_values_rep
 
 
 def test_dictionary_choice_samples_each_column():
-    t = pa.table({"unique": pa.array([f"id-{i}" for i in range(20_000)]), "few": pa.array(["a", "b"] * 10_000),
-                  "nested": pa.array([[1]] * 20_000)})
+    t = pa.table(
+        {
+            "unique": pa.array([f"id-{i}" for i in range(20_000)]),
+            "few": pa.array(["a", "b"] * 10_000),
+            "nested": pa.array([[1]] * 20_000),
+        }
+    )
     assert dictionary_columns(t) is True  # nested columns keep Parquet's default
     assert dictionary_columns(t.drop_columns(["nested"])) == ["few"]
 
@@ -105,8 +127,10 @@ def test_a_failed_write_raises_and_every_path_is_known(make_settings, sqlite_uri
 
     monkeypatch.setattr(pq.ParquetWriter, "write", flaky)
     paths: list[str] = []
-    with pytest.raises(OSError, match="No space"), \
-            DataFileWriter(table.metadata, table.io, uuid.uuid4(), paths, workers=2) as files:
+    with (
+        pytest.raises(OSError, match="No space"),
+        DataFileWriter(table.metadata, table.io, uuid.uuid4(), paths, workers=2) as files,
+    ):
         for h in range(4):
             files.submit(_rows([h] * 1000))
         files.finish(snapshot=None)  # fails before any file is added

@@ -37,10 +37,14 @@ def _two_int128_tables(ch, bad_in_a: bool = True) -> None:
     for t in "ab":
         ch.command(f"CREATE TABLE k2.{t} (ts DateTime64(3), v Int128) ENGINE = MergeTree ORDER BY ts")
     bad = f"toInt128('{INT128_MAX}')" if bad_in_a else "toInt128(number)"
-    ch.command(f"INSERT INTO k2.a SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number)), "
-               f"if(number = 200000, {bad}, toInt128(number)) FROM numbers(300000)")
-    ch.command(f"INSERT INTO k2.b SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number)), "
-               f"toInt128(1000000000 + number) FROM numbers(300000)")
+    ch.command(
+        f"INSERT INTO k2.a SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number)), "
+        f"if(number = 200000, {bad}, toInt128(number)) FROM numbers(300000)"
+    )
+    ch.command(
+        f"INSERT INTO k2.b SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number)), "
+        f"toInt128(1000000000 + number) FROM numbers(300000)"
+    )
 
 
 def test_a_table_whose_read_fails_leaves_the_next_table_its_own_rows(make_settings):
@@ -81,8 +85,11 @@ def test_a_result_short_of_rows_or_of_another_query_commits_nothing(make_setting
     with clickhouse(s) as ch:
         _two_int128_tables(ch)
     real = Source._fetch_arrow
-    for broken, kind in ((lambda t: t.slice(1), "result_mismatch"),
-                         (lambda t: t.rename_columns([f"x{i}" for i in range(t.num_columns)]), "result_mismatch")):
+    for broken, kind in (
+        (lambda t: t.slice(1), "result_mismatch"),
+        (lambda t: t.rename_columns([f"x{i}" for i in range(t.num_columns)]), "result_mismatch"),
+    ):
+
         def fetch(self, sql, broken=broken):
             tbl = real(self, sql)
             return broken(tbl) if "fromUnixTimestamp64Nano" in sql and "_o" in sql else tbl
@@ -101,19 +108,25 @@ def test_columns_named_like_generated_aliases_keep_their_values(make_settings):
     s = make_settings([_table("odd", ts="c0", sequence_column="c2")])
     with clickhouse(s) as ch:
         ch.command(f"CREATE TABLE k2.odd ({cols}) ENGINE = MergeTree ORDER BY (c0, c2)")
-        ch.command(f"INSERT INTO k2.odd SELECT number * 7, fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)),"
-                   f" number, toString(number * 3), -number, number * 11, number % 200, 'o' || toString(number), "
-                   f"toInt8(number % 100) FROM numbers(500)")
+        ch.command(
+            f"INSERT INTO k2.odd SELECT number * 7, fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)),"
+            f" number, toString(number * 3), -number, number * 11, number % 200, 'o' || toString(number), "
+            f"toInt8(number % 100) FROM numbers(500)"
+        )
     res = run_cycle(s).tables[0]
     assert res.status == "ok" and res.rows == 500, res.error
     hot = _hot(s, "SELECT c1, toUnixTimestamp64Milli(c0), c2, k, rn, b, n, _o0, x FROM k2.odd ORDER BY c2")
     tbl = cold(s, "odd").sort_by("c2")
-    got = [(r["c1"], int(r["c0"].timestamp() * 1000), r["c2"], r["k"], r["rn"], r["b"], r["n"], r["_o0"], r["x"])
-           for r in tbl.to_pylist()]
+    got = [
+        (r["c1"], int(r["c0"].timestamp() * 1000), r["c2"], r["k"], r["rn"], r["b"], r["n"], r["_o0"], r["x"])
+        for r in tbl.to_pylist()
+    ]
     assert got == [tuple(r) for r in hot]
     with clickhouse(s) as ch:  # a late row behind the watermark: verify and reconcile read the same names
-        ch.command(f"INSERT INTO k2.odd VALUES (1, fromUnixTimestamp64Milli(toInt64({NOW_MS} + 1500)), 100000, "
-                   f"'late', 1, 2, 3, 'o', 4)")
+        ch.command(
+            f"INSERT INTO k2.odd VALUES (1, fromUnixTimestamp64Milli(toInt64({NOW_MS} + 1500)), 100000, "
+            f"'late', 1, 2, 3, 'o', 4)"
+        )
     v = verify(s)[0]
     assert v.error is None and v.missing == 1, v.as_dict()
     rec = reconcile_all(s, apply=True)[0]
@@ -128,8 +141,10 @@ def test_a_timestamp_column_named_like_an_alias_plans_and_reads(make_settings):
         s = make_settings([_table(f"t_{name}", ts=name)])
         with clickhouse(s) as ch:
             ch.command(f"CREATE TABLE k2.t_{name} ({name} DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY {name}")
-            ch.command(f"INSERT INTO k2.t_{name} SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)), "
-                       f"number FROM numbers(100)")
+            ch.command(
+                f"INSERT INTO k2.t_{name} SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)), "
+                f"number FROM numbers(100)"
+            )
         res = run_cycle(s).tables[0]
         assert res.status == "ok" and res.rows == 100, (name, res.error)
         assert sorted(cold(s, f"t_{name}").column("v").to_pylist()) == list(range(100))
@@ -139,9 +154,13 @@ def test_a_timestamp_column_named_like_an_alias_plans_and_reads(make_settings):
 
 # -- 3: bytes that are not UTF-8 -----------------------------------------------------------------------
 def _bytes_tables(ch) -> None:
-    ch.command("CREATE TABLE k2.raw (ts DateTime64(3), s String, lc LowCardinality(String)) ENGINE = MergeTree ORDER BY ts")
-    ch.command(f"INSERT INTO k2.raw SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number)), "
-               f"if(number = 3, unhex('C328FF'), toString(number)), if(number = 4, unhex('FE'), 'lc') FROM numbers(10)")
+    ch.command(
+        "CREATE TABLE k2.raw (ts DateTime64(3), s String, lc LowCardinality(String)) ENGINE = MergeTree ORDER BY ts"
+    )
+    ch.command(
+        f"INSERT INTO k2.raw SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number)), "
+        f"if(number = 3, unhex('C328FF'), toString(number)), if(number = 4, unhex('FE'), 'lc') FROM numbers(10)"
+    )
     ch.command("CREATE TABLE k2.nxt (ts DateTime64(3), v UInt8) ENGINE = MergeTree ORDER BY ts")
     ch.command(f"INSERT INTO k2.nxt SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number)), 1 FROM numbers(10)")
 
@@ -187,8 +206,10 @@ def _ts_only(make_settings, start_ms: int, **extra):
     s = make_settings([_table("ev", **extra)])
     with clickhouse(s) as ch:
         ch.command("CREATE TABLE k2.ev (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts")
-        ch.command(f"INSERT INTO k2.ev SELECT fromUnixTimestamp64Milli(toInt64({start_ms} + number * 10000)), number "
-                   f"FROM numbers(100)")
+        ch.command(
+            f"INSERT INTO k2.ev SELECT fromUnixTimestamp64Milli(toInt64({start_ms} + number * 10000)), number "
+            f"FROM numbers(100)"
+        )
     assert run_cycle(s).tables[0].rows == 100
     return s
 
@@ -197,8 +218,10 @@ def _ts_only(make_settings, start_ms: int, **extra):
 def test_late_rows_at_present_timestamps_are_found_and_repaired(make_settings, start_ms):
     s = _ts_only(make_settings, start_ms)
     with clickhouse(s) as ch:  # three late rows at timestamps cold already holds
-        ch.command(f"INSERT INTO k2.ev SELECT fromUnixTimestamp64Milli(toInt64({start_ms} + number * 10000)), 1000 + number "
-                   f"FROM numbers(3)")
+        ch.command(
+            f"INSERT INTO k2.ev SELECT fromUnixTimestamp64Milli(toInt64({start_ms} + number * 10000)), 1000 + number "
+            f"FROM numbers(3)"
+        )
     v = verify(s)[0]
     assert v.error is None and (v.hot_rows, v.cold_rows, v.missing) == (103, 100, 3), v.as_dict()
     rec = reconcile_all(s, apply=True)[0]
@@ -222,20 +245,29 @@ def test_late_rows_before_1970_at_new_timestamps_are_repaired(make_settings):
 def _seq_table(make_settings, **extra):
     s = make_settings([_table("tr", sequence_column="seq", **extra)])
     with clickhouse(s) as ch:
-        ch.command("CREATE TABLE k2.tr (ts DateTime64(3), t2 DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq)")
-        ch.command(f"INSERT INTO k2.tr SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + intDiv(number, 5) * 1000)), "
-                   f"fromUnixTimestamp64Milli(toInt64({NOW_MS})), number FROM numbers(100)")
+        ch.command(
+            "CREATE TABLE k2.tr (ts DateTime64(3), t2 DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq)"
+        )
+        ch.command(
+            f"INSERT INTO k2.tr SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + intDiv(number, 5) * 1000)), "
+            f"fromUnixTimestamp64Milli(toInt64({NOW_MS})), number FROM numbers(100)"
+        )
     assert run_cycle(s).tables[0].rows == 100
     with clickhouse(s) as ch:  # rows after the watermark at its own timestamp, higher sequence
-        ch.command(f"INSERT INTO k2.tr SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + 19000)), "
-                   f"fromUnixTimestamp64Milli(toInt64({NOW_MS})), 100 + number FROM numbers(5)")
+        ch.command(
+            f"INSERT INTO k2.tr SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + 19000)), "
+            f"fromUnixTimestamp64Milli(toInt64({NOW_MS})), 100 + number FROM numbers(5)"
+        )
     return s
 
 
-@pytest.mark.parametrize("change,word", [
-    ({"sequence_column": None}, "sequence_column"),
-    ({"timestamp_column": "t2"}, "timestamp_column"),
-])
+@pytest.mark.parametrize(
+    "change,word",
+    [
+        ({"sequence_column": None}, "sequence_column"),
+        ({"timestamp_column": "t2"}, "timestamp_column"),
+    ],
+)
 def test_a_key_change_after_commits_is_refused_and_nothing_is_skipped(make_settings, change, word):
     s = _seq_table(make_settings)
     table = {k: v for k, v in {**_table("tr", sequence_column="seq"), **change}.items() if v is not None}
@@ -289,9 +321,13 @@ def test_adding_a_sequence_column_after_commits_skips_nothing(make_settings):
 def test_a_grown_sum_in_a_final_table_is_found_by_value_and_repaired(make_settings):
     s = make_settings([_table("agg", final=True, key_columns=["ts", "k"])])
     with clickhouse(s) as ch:
-        ch.command("CREATE TABLE k2.agg (ts DateTime, k String, total UInt64) ENGINE = SummingMergeTree ORDER BY (ts, k)")
-        ch.command(f"INSERT INTO k2.agg SELECT toDateTime(intDiv({NOW_MS}, 1000) + number * 60), 'x', number + 1 "
-                   f"FROM numbers(50)")  # (a SummingMergeTree drops rows whose sums are all zero)
+        ch.command(
+            "CREATE TABLE k2.agg (ts DateTime, k String, total UInt64) ENGINE = SummingMergeTree ORDER BY (ts, k)"
+        )
+        ch.command(
+            f"INSERT INTO k2.agg SELECT toDateTime(intDiv({NOW_MS}, 1000) + number * 60), 'x', number + 1 "
+            f"FROM numbers(50)"
+        )  # (a SummingMergeTree drops rows whose sums are all zero)
     assert run_cycle(s).tables[0].rows == 50
     with clickhouse(s) as ch:  # the sum of an offloaded key grows
         ch.command(f"INSERT INTO k2.agg VALUES (toDateTime(intDiv({NOW_MS}, 1000) + 600), 'x', 1000)")
@@ -309,7 +345,9 @@ def _one_column(make_settings, ddl: str, values: list[str], override: str | None
     extra = {"column_types": {"x": override}} if override else {}
     s = make_settings([_table(name, sequence_column="seq", **extra)])
     with clickhouse(s) as ch:
-        ch.command(f"CREATE TABLE k2.{name} (ts DateTime64(3), seq UInt64, x {ddl}) ENGINE = MergeTree ORDER BY (ts, seq)")
+        ch.command(
+            f"CREATE TABLE k2.{name} (ts DateTime64(3), seq UInt64, x {ddl}) ENGINE = MergeTree ORDER BY (ts, seq)"
+        )
         rows = ", ".join(f"(fromUnixTimestamp64Milli(toInt64({NOW_MS})), {i}, {v})" for i, v in enumerate(values))
         ch.command(f"INSERT INTO k2.{name} VALUES {rows}")
     return s, run_cycle(s).tables[0]
@@ -325,11 +363,14 @@ def test_decimal_opt_in_refuses_lost_scale_and_keeps_exact_values(make_settings)
     assert sorted(cold(s, "oc2").column("x").to_pylist()) == [Decimal("-99.50"), Decimal("1.25")]
 
 
-@pytest.mark.parametrize("ddl,value", [
-    ("Int128", f"toInt128('{INT128_MAX}')"),
-    ("UInt128", "toUInt128('340282366920938463463374607431768211455')"),
-    ("Int256", "toInt256('-100000000000000000000000000000000000000')"),
-])
+@pytest.mark.parametrize(
+    "ddl,value",
+    [
+        ("Int128", f"toInt128('{INT128_MAX}')"),
+        ("UInt128", "toUInt128('340282366920938463463374607431768211455')"),
+        ("Int256", "toInt256('-100000000000000000000000000000000000000')"),
+    ],
+)
 def test_big_integers_beyond_38_digits_name_the_column_the_value_and_the_opt_in(make_settings, ddl, value):
     _, res = _one_column(make_settings, ddl, ["1", value], None)
     assert res.status == "failed" and res.error["type"] == "value_out_of_range", res.error
@@ -346,13 +387,18 @@ def test_big_integers_within_38_digits_are_exact(make_settings):
 
 
 def test_timestamp_opt_in_floors_before_1970(make_settings):
-    s, res = _one_column(make_settings, "DateTime64(9, 'UTC')",
-                         ["'1969-12-31 23:59:59.999999999'", "'1900-01-01 00:00:00.000000001'",
-                          "'2026-01-01 00:00:00.123456789'"], "timestamp")
+    s, res = _one_column(
+        make_settings,
+        "DateTime64(9, 'UTC')",
+        ["'1969-12-31 23:59:59.999999999'", "'1900-01-01 00:00:00.000000001'", "'2026-01-01 00:00:00.123456789'"],
+        "timestamp",
+    )
     assert res.status == "ok", res.error
     assert sorted(cold(s, "oc").column("x").to_pylist()) == [
-        dt.datetime(1900, 1, 1, tzinfo=UTC), dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
-        dt.datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)]
+        dt.datetime(1900, 1, 1, tzinfo=UTC),
+        dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        dt.datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC),
+    ]
 
 
 def test_long_opt_in_on_small_integers_is_a_long(make_settings):
@@ -377,15 +423,19 @@ def test_verify_is_not_fooled_by_buckets_whose_sums_agree(make_settings):
     s = make_settings([_table("t")])
     with clickhouse(s) as ch:
         ch.command("CREATE TABLE k2.t (ts DateTime64(3), v Int64) ENGINE = MergeTree ORDER BY ts")
-        ch.command(f"INSERT INTO k2.t SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)), number "
-                   f"FROM numbers(5)")
+        ch.command(
+            f"INSERT INTO k2.t SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)), number "
+            f"FROM numbers(5)"
+        )
     run_cycle(s)
     table = sink_for(s).load("t")
     rows = cold(s, "t")
     table.append(rows.filter(pc.is_in(rows.column("v"), pa.array([1, 3]))).cast(table.schema().as_arrow()))
     with clickhouse(s) as ch:
-        ch.command(f"INSERT INTO k2.t VALUES (fromUnixTimestamp64Milli(toInt64({NOW_MS} + 2000)), 20), "
-                   f"(fromUnixTimestamp64Milli(toInt64({NOW_MS} + 2000)), 21)")
+        ch.command(
+            f"INSERT INTO k2.t VALUES (fromUnixTimestamp64Milli(toInt64({NOW_MS} + 2000)), 20), "
+            f"(fromUnixTimestamp64Milli(toInt64({NOW_MS} + 2000)), 21)"
+        )
     v = verify(s)[0]
     assert (v.missing, v.duplicates, v.ok) == (2, 2, False), v.as_dict()
     rec = reconcile_all(s, apply=True)[0]
@@ -397,8 +447,10 @@ def test_verify_compares_every_key_column(make_settings):
     s = make_settings([_table("q", key_columns=["ts", "k"])])
     with clickhouse(s) as ch:
         ch.command("CREATE TABLE k2.q (ts DateTime64(3), k String, v UInt32) ENGINE = MergeTree ORDER BY (ts, k)")
-        ch.command(f"INSERT INTO k2.q VALUES (fromUnixTimestamp64Milli(toInt64({NOW_MS})), 'BTC', 1), "
-                   f"(fromUnixTimestamp64Milli(toInt64({NOW_MS})), 'ETH', 2)")
+        ch.command(
+            f"INSERT INTO k2.q VALUES (fromUnixTimestamp64Milli(toInt64({NOW_MS})), 'BTC', 1), "
+            f"(fromUnixTimestamp64Milli(toInt64({NOW_MS})), 'ETH', 2)"
+        )
     run_cycle(s)
     table = sink_for(s).load("q")
     rows = cold(s, "q")
@@ -415,8 +467,9 @@ def test_cold_rows_the_hot_tier_never_had_are_reported(make_settings):
     s = _ts_only(make_settings, NOW_MS)
     table = sink_for(s).load("ev")
     foreign = cold(s, "ev").slice(0, 10)
-    shifted = pa.table({"ts": pa.compute.add(foreign.column("ts"), pa.scalar(1, pa.duration("us"))),
-                        "v": foreign.column("v")}).cast(table.schema().as_arrow())
+    shifted = pa.table(
+        {"ts": pa.compute.add(foreign.column("ts"), pa.scalar(1, pa.duration("us"))), "v": foreign.column("v")}
+    ).cast(table.schema().as_arrow())
     table.append(shifted)
     v = verify(s)[0]
     assert not v.ok and v.extra == 10 and v.missing == 0, v.as_dict()
@@ -433,18 +486,25 @@ def test_string_opt_in_on_fixedstring_checks_utf8(make_settings):
 def test_a_refused_source_change_leaves_the_iceberg_table_as_it_was(make_settings):
     s = _seq_table(make_settings)
     with clickhouse(s) as ch:
-        ch.command("CREATE TABLE k2.other (ts DateTime64(3), t2 DateTime64(3), seq UInt64, secret String) "
-                   "ENGINE = MergeTree ORDER BY (ts, seq)")
+        ch.command(
+            "CREATE TABLE k2.other (ts DateTime64(3), t2 DateTime64(3), seq UInt64, secret String) "
+            "ENGINE = MergeTree ORDER BY (ts, seq)"
+        )
     res = run_cycle(make_settings([_table("other", target="tr", sequence_column="seq")])).tables[0]
     assert res.status == "failed" and res.error["type"] == "source_mismatch"
     assert "secret" not in {f.name for f in sink_for(s).load("tr").schema().fields}
     assert run_cycle(make_settings([_table("tr", sequence_column="seq")])).tables[0].status == "ok"
 
 
-@pytest.mark.parametrize("ddl,override,values", [
-    ("Int64", "decimal(18,0)", ["1", "-5"]), ("UInt32", "decimal(10,0)", ["4294967295", "0"]),
-    ("Int16", "decimal(7,2)", ["-32768", "3"]), ("Nullable(Int32)", "decimal(12,3)", ["NULL", "7"]),
-])
+@pytest.mark.parametrize(
+    "ddl,override,values",
+    [
+        ("Int64", "decimal(18,0)", ["1", "-5"]),
+        ("UInt32", "decimal(10,0)", ["4294967295", "0"]),
+        ("Int16", "decimal(7,2)", ["-32768", "3"]),
+        ("Nullable(Int32)", "decimal(12,3)", ["NULL", "7"]),
+    ],
+)
 def test_decimal_opt_in_on_integers_keeps_values_that_fit(make_settings, ddl, override, values):
     s, res = _one_column(make_settings, ddl, values, override)
     assert res.status == "ok", res.error
@@ -461,12 +521,16 @@ def test_low_cardinality_big_integers_land_exactly(make_settings):
     edge = "99999999999999999999999999999999999999"
     s = make_settings([_table("lc", sequence_column="seq")])
     with clickhouse(s) as ch:
-        ch.command("CREATE TABLE k2.lc (ts DateTime64(3), seq UInt64, x LowCardinality(Int128), "
-                   "y LowCardinality(Nullable(UInt128))) ENGINE = MergeTree ORDER BY (ts, seq) "
-                   "SETTINGS allow_suspicious_low_cardinality_types = 1")
-        ch.command(f"INSERT INTO k2.lc SETTINGS allow_suspicious_low_cardinality_types = 1 VALUES "
-                   f"(fromUnixTimestamp64Milli(toInt64({NOW_MS})), 1, -{edge}, NULL), "
-                   f"(fromUnixTimestamp64Milli(toInt64({NOW_MS})), 2, 5, {edge})")
+        ch.command(
+            "CREATE TABLE k2.lc (ts DateTime64(3), seq UInt64, x LowCardinality(Int128), "
+            "y LowCardinality(Nullable(UInt128))) ENGINE = MergeTree ORDER BY (ts, seq) "
+            "SETTINGS allow_suspicious_low_cardinality_types = 1"
+        )
+        ch.command(
+            f"INSERT INTO k2.lc SETTINGS allow_suspicious_low_cardinality_types = 1 VALUES "
+            f"(fromUnixTimestamp64Milli(toInt64({NOW_MS})), 1, -{edge}, NULL), "
+            f"(fromUnixTimestamp64Milli(toInt64({NOW_MS})), 2, 5, {edge})"
+        )
     res = run_cycle(s).tables[0]
     assert res.status == "ok", res.error
     rows = sorted(cold(s, "lc").to_pylist(), key=lambda r: r["seq"])
@@ -477,8 +541,10 @@ def test_values_comparison_after_a_column_is_added(make_settings):
     s = make_settings([_table("ac", final=True)])
     with clickhouse(s) as ch:
         ch.command("CREATE TABLE k2.ac (ts DateTime64(3), v UInt32) ENGINE = ReplacingMergeTree ORDER BY ts")
-        ch.command(f"INSERT INTO k2.ac SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)), number "
-                   f"FROM numbers(50)")
+        ch.command(
+            f"INSERT INTO k2.ac SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)), number "
+            f"FROM numbers(50)"
+        )
     run_cycle(s)
     with clickhouse(s) as ch:
         ch.command("ALTER TABLE k2.ac ADD COLUMN note String")
@@ -496,9 +562,13 @@ def test_null_in_a_key_column_matches_null(make_settings):
     s = make_settings([_table("nk", key_columns=["ts", "sym"])])
     h0 = NOW_MS // 3_600_000 * 3_600_000 - 5 * 3_600_000
     with clickhouse(s) as ch:
-        ch.command("CREATE TABLE k2.nk (ts DateTime64(3), sym Nullable(String), v Int64) ENGINE = MergeTree ORDER BY ts")
-        ch.command(f"INSERT INTO k2.nk SELECT fromUnixTimestamp64Milli(toInt64({h0} + number * 360000)), "
-                   f"if(number % 10 = 3, NULL, toString(number)), number FROM numbers(20)")
+        ch.command(
+            "CREATE TABLE k2.nk (ts DateTime64(3), sym Nullable(String), v Int64) ENGINE = MergeTree ORDER BY ts"
+        )
+        ch.command(
+            f"INSERT INTO k2.nk SELECT fromUnixTimestamp64Milli(toInt64({h0} + number * 360000)), "
+            f"if(number % 10 = 3, NULL, toString(number)), number FROM numbers(20)"
+        )
     run_cycle(s)
     with clickhouse(s) as ch:
         ch.command(f"INSERT INTO k2.nk VALUES (fromUnixTimestamp64Milli(toInt64({h0 + 3_601_000})), 'late', 99)")
@@ -514,15 +584,26 @@ def test_hours_a_ttl_emptied_out_of_order_are_not_reported(make_settings):
     s = make_settings([_table("to", partition_by="hour")])
     h0 = (int(time.time()) // 3600 * 3600 - 28 * 3600) * 1000
     with clickhouse(s) as ch:
-        ch.command("CREATE TABLE k2.to (ts DateTime64(3), v Int64) ENGINE = MergeTree PARTITION BY toStartOfHour(ts) "
-                   "ORDER BY ts TTL toDateTime(ts) + INTERVAL 10 DAY")
-        ch.command(f"INSERT INTO k2.to SELECT fromUnixTimestamp64Milli(toInt64({h0} + number * 60000)), number "
-                   f"FROM numbers(480)")
+        ch.command(
+            "CREATE TABLE k2.to (ts DateTime64(3), v Int64) ENGINE = MergeTree PARTITION BY toStartOfHour(ts) "
+            "ORDER BY ts TTL toDateTime(ts) + INTERVAL 10 DAY"
+        )
+        ch.command(
+            f"INSERT INTO k2.to SELECT fromUnixTimestamp64Milli(toInt64({h0} + number * 60000)), number "
+            f"FROM numbers(480)"
+        )
     run_cycle(s)
     with clickhouse(s) as ch:
-        ch.command("ALTER TABLE k2.to MODIFY TTL toDateTime(ts) + INTERVAL 1 DAY SETTINGS materialize_ttl_after_modify = 0")
-        parts = [r[0] for r in ch.rows("SELECT DISTINCT partition_id FROM system.parts WHERE database = 'k2' AND "
-                                       "table = 'to' AND active ORDER BY partition_id")]
+        ch.command(
+            "ALTER TABLE k2.to MODIFY TTL toDateTime(ts) + INTERVAL 1 DAY SETTINGS materialize_ttl_after_modify = 0"
+        )
+        parts = [
+            r[0]
+            for r in ch.rows(
+                "SELECT DISTINCT partition_id FROM system.parts WHERE database = 'k2' AND "
+                "table = 'to' AND active ORDER BY partition_id"
+            )
+        ]
         for pid in parts[1:3]:
             ch.command(f"ALTER TABLE k2.to MATERIALIZE TTL IN PARTITION ID '{pid}' SETTINGS mutations_sync = 2")
     v = verify(s)[0]
@@ -533,8 +614,10 @@ def test_a_far_future_row_does_not_stop_verify(make_settings):
     s = make_settings([_table("ff")])
     with clickhouse(s) as ch:
         ch.command("CREATE TABLE k2.ff (ts DateTime64(3), v Int64) ENGINE = MergeTree ORDER BY ts")
-        ch.command(f"INSERT INTO k2.ff SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)), number "
-                   f"FROM numbers(100)")
+        ch.command(
+            f"INSERT INTO k2.ff SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)), number "
+            f"FROM numbers(100)"
+        )
         ch.command("INSERT INTO k2.ff VALUES ('2290-01-01 00:00:00', -1)")
     assert run_cycle(s).tables[0].rows == 100
     v = verify(s)[0]

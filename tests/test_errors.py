@@ -25,8 +25,7 @@ HEADER = "| type | exit code | transient (retried) | what it means |"
 
 
 def all_modules() -> list[str]:
-    names = [m.name for m in pkgutil.walk_packages(iceberg_offload.__path__, "iceberg_offload.")
-             if m.name not in SKIP]
+    names = [m.name for m in pkgutil.walk_packages(iceberg_offload.__path__, "iceberg_offload.") if m.name not in SKIP]
     for name in names:
         importlib.import_module(name)
     return names
@@ -38,8 +37,7 @@ def meaning(cls: type) -> str:
 
 def table() -> str:
     """The Markdown table of the tree, parents before children."""
-    rows = [f"| `{c.kind}` | {c.exit_code} | {'yes' if c.transient else 'no'} | {meaning(c)} |"
-            for c in errors.tree()]
+    rows = [f"| `{c.kind}` | {c.exit_code} | {'yes' if c.transient else 'no'} | {meaning(c)} |" for c in errors.tree()]
     return "\n".join([HEADER, "|---|---|---|---|", *rows])
 
 
@@ -106,9 +104,18 @@ def test_reported_as_tests_the_class_and_those_below_it():
     assert not errors.reported_as(None, errors.WarehouseMissing)
 
 
-@pytest.mark.parametrize("cls", [errors.ConfigError, errors.SourceMismatch, errors.SourceError,
-                                 errors.SourceUnavailable, errors.PrefectUnavailable, errors.TypeRefused,
-                                 errors.InternalError])
+@pytest.mark.parametrize(
+    "cls",
+    [
+        errors.ConfigError,
+        errors.SourceMismatch,
+        errors.SourceError,
+        errors.SourceUnavailable,
+        errors.PrefectUnavailable,
+        errors.TypeRefused,
+        errors.InternalError,
+    ],
+)
 def test_a_command_stopped_by_an_error_exits_with_its_exit_code(cls, monkeypatch, capsys):
     """Any command: main() reads the code from the error. Real configs: test_bad_input (a config mistake
     exits 2, an unreachable Prefect API exits 1) and test_cli (an unknown --table exits 2)."""

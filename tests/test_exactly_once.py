@@ -173,24 +173,37 @@ CRASHER = textwrap.dedent("""
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["during_read", "before_commit", "after_commit"])
 def test_sigkill_at_each_step_then_rerun_lands_every_row_once(make_settings, catalog_uri, tmp_path, point):
-    s = make_settings([trades_table()], catalog_uri=catalog_uri, max_rows_per_commit=20_000, batch_rows=5_000, read_rows=5_000)
+    s = make_settings(
+        [trades_table()], catalog_uri=catalog_uri, max_rows_per_commit=20_000, batch_rows=5_000, read_rows=5_000
+    )
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="trades") + " SETTINGS index_granularity = 1024")
         insert_trades(ch, "trades", START_MS, 50_000, step_ms=100)
     script = tmp_path / "crasher.py"
     script.write_text(CRASHER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    crashed = subprocess.run([sys.executable, str(script), point, s.path], env=env, capture_output=True,
-                             text=True, timeout=300)
+    crashed = subprocess.run(
+        [sys.executable, str(script), point, s.path], env=env, capture_output=True, text=True, timeout=300
+    )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     before = sink_for(s).load("trades")
     landed = before.scan().to_arrow().num_rows if before is not None else 0
     assert landed == (20_000 if point == "after_commit" else 0)
-    rerun = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", "run", "--config", s.path, "--json"],
-                           env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "iceberg_offload.cli", "run", "--config", s.path, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     _assert_exactly_once(s, 50_000)
-    verify = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", "verify", "--config", s.path, "--json"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    verify = subprocess.run(
+        [sys.executable, "-m", "iceberg_offload.cli", "verify", "--config", s.path, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert verify.returncode == 0 and '"ok": true' in verify.stdout, verify.stdout
     assert sorted(keys_of(cold(s, "trades"), "seq"))[-1] == (49_999,)

@@ -31,8 +31,10 @@ def run_json(capsys, *args: str) -> tuple[int, dict]:
 def test_a_ttl_shorter_than_the_wait_is_refused_and_shown(make_settings):
     s = make_settings([_table("short")], settle_seconds=120)
     with clickhouse(s) as ch:
-        ch.command("CREATE TABLE k2.short (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts "
-                   "TTL toDateTime(ts) + INTERVAL 60 SECOND")
+        ch.command(
+            "CREATE TABLE k2.short (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts "
+            "TTL toDateTime(ts) + INTERVAL 60 SECOND"
+        )
         ch.command("INSERT INTO k2.short SELECT now64(3) - INTERVAL 10 SECOND, number FROM numbers(10)")
     res = run_cycle(s).tables[0]
     assert res.status == "failed" and res.error["type"] == "ttl_too_short", res.error
@@ -49,8 +51,10 @@ def test_a_ttl_shorter_than_the_wait_is_refused_and_shown(make_settings):
 def test_a_ttl_longer_than_the_wait_is_accepted(make_settings):
     s = make_settings([_table("long")], settle_seconds=120)
     with clickhouse(s) as ch:
-        ch.command("CREATE TABLE k2.long (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts "
-                   "TTL toDateTime(ts) + INTERVAL 1 HOUR")
+        ch.command(
+            "CREATE TABLE k2.long (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts "
+            "TTL toDateTime(ts) + INTERVAL 1 HOUR"
+        )
         ch.command("INSERT INTO k2.long SELECT now64(3) - INTERVAL 10 MINUTE, number FROM numbers(10)")
     res = run_cycle(s).tables[0]
     assert res.status == "ok" and res.rows == 10, res.error
@@ -61,10 +65,14 @@ def test_a_late_row_in_the_oldest_hour_is_repaired_when_the_ttl_is_far(make_sett
     s = make_settings([_table("young", sequence_column="seq")])
     start = (NOW_S // H - 5) * H
     with clickhouse(s) as ch:
-        ch.command("CREATE TABLE k2.young (ts DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq) "
-                   "TTL toDateTime(ts) + INTERVAL 30 DAY")
-        ch.command(f"INSERT INTO k2.young SELECT fromUnixTimestamp64Milli(toInt64(({start} + number * 60) * 1000)), "
-                   f"number FROM numbers(200)")
+        ch.command(
+            "CREATE TABLE k2.young (ts DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq) "
+            "TTL toDateTime(ts) + INTERVAL 30 DAY"
+        )
+        ch.command(
+            f"INSERT INTO k2.young SELECT fromUnixTimestamp64Milli(toInt64(({start} + number * 60) * 1000)), "
+            f"number FROM numbers(200)"
+        )
     assert run_cycle(s).tables[0].rows == 200
     with clickhouse(s) as ch:  # late, in the hot tier's oldest hour; its TTL is 30 days away
         ch.command(f"INSERT INTO k2.young VALUES (fromUnixTimestamp64Milli(toInt64(({start} + 30) * 1000)), 9999)")
@@ -91,8 +99,10 @@ def _offloaded(make_settings):
     s = make_settings([_table("wm", sequence_column="seq")])
     with clickhouse(s) as ch:
         ch.command("CREATE TABLE k2.wm (ts DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq)")
-        ch.command(f"INSERT INTO k2.wm SELECT fromUnixTimestamp64Milli(toInt64(({NOW_S - 2 * H} + number) * 1000)), "
-                   f"number FROM numbers(100)")
+        ch.command(
+            f"INSERT INTO k2.wm SELECT fromUnixTimestamp64Milli(toInt64(({NOW_S - 2 * H} + number) * 1000)), "
+            f"number FROM numbers(100)"
+        )
     assert run_cycle(s).tables[0].rows == 100
     return s
 
@@ -100,27 +110,59 @@ def _offloaded(make_settings):
 def test_a_watermark_in_the_future_is_refused_without_the_flag(make_settings, capsys):
     s = _offloaded(make_settings)
     future = str(NOW_S + 30 * 86400)
-    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", future, "--seq", "0",
-                         "--yes", "--json")
+    code, out = run_json(
+        capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", future, "--seq", "0", "--yes", "--json"
+    )
     assert code == 2 and out["error"]["type"] == "config" and "--future" in out["error"]["fix"], out
     assert "future" in out["error"]["message"]
     with clickhouse(s) as ch:  # rows the future watermark would skip
-        ch.command(f"INSERT INTO k2.wm SELECT fromUnixTimestamp64Milli(toInt64(({NOW_S - H} + number) * 1000)), "
-                   f"1000 + number FROM numbers(7)")
-    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", future,
-                         "--seq", "0", "--future", "--json")
+        ch.command(
+            f"INSERT INTO k2.wm SELECT fromUnixTimestamp64Milli(toInt64(({NOW_S - H} + number) * 1000)), "
+            f"1000 + number FROM numbers(7)"
+        )
+    code, out = run_json(
+        capsys,
+        "watermark",
+        "set",
+        "--config",
+        s.path,
+        "--table",
+        "wm",
+        "--to",
+        future,
+        "--seq",
+        "0",
+        "--future",
+        "--json",
+    )
     assert code == 0 and not out["applied"] and out["rows_affected"] == 7, out
-    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", future,
-                         "--seq", "0", "--future", "--yes", "--json")
+    code, out = run_json(
+        capsys,
+        "watermark",
+        "set",
+        "--config",
+        s.path,
+        "--table",
+        "wm",
+        "--to",
+        future,
+        "--seq",
+        "0",
+        "--future",
+        "--yes",
+        "--json",
+    )
     assert code == 0 and out["applied"]
     # moving back to where the data ends offloads nothing twice: the preview says so
     back = str(NOW_S - 2 * H + 99)
-    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", back,
-                         "--seq", "99", "--json")
+    code, out = run_json(
+        capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", back, "--seq", "99", "--json"
+    )
     assert code == 0 and out["direction"] == "back" and out["rows_offloaded_again"] == 0, out
     assert out["rows_affected"] == 7 and "never offloaded" in out["effect"], out
-    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", back,
-                         "--seq", "99", "--yes", "--json")
+    code, out = run_json(
+        capsys, "watermark", "set", "--config", s.path, "--table", "wm", "--to", back, "--seq", "99", "--yes", "--json"
+    )
     assert code == 0 and out["applied"], out  # nothing would be offloaded twice: no --reoffload needed
     assert run_cycle(s).tables[0].rows == 7 and cold(s, "wm").num_rows == 107
 
@@ -146,8 +188,10 @@ def test_config_errors_name_their_source_and_a_real_fix(tmp_path):
     from iceberg_offload.errors import ConfigError
 
     path = tmp_path / "offload.toml"
-    path.write_text('[[tables]]\nsource = "a"\ntimestamp_column = "ts"\n[[tables]]\nsource = "b"\ntarget = "a"\n'
-                    'timestamp_column = "ts"\n')
+    path.write_text(
+        '[[tables]]\nsource = "a"\ntimestamp_column = "ts"\n[[tables]]\nsource = "b"\ntarget = "a"\n'
+        'timestamp_column = "ts"\n'
+    )
     with pytest.raises(ConfigError) as err:
         config.load(path, env={})
     assert "'a'" in err.value.message and "{'tables'" not in err.value.message
@@ -155,8 +199,10 @@ def test_config_errors_name_their_source_and_a_real_fix(tmp_path):
     path.write_text('[[tables]]\nsource = "a"\ntimestamp_column = "ts"\n')
     with pytest.raises(ConfigError) as err:
         config.load(path, env={"OFFLOAD__OFFLOAD__SETTLE_SECONDS": "soon"})
-    assert err.value.message.startswith("environment OFFLOAD__OFFLOAD__SETTLE_SECONDS") and str(path) not in \
-        err.value.message
+    assert (
+        err.value.message.startswith("environment OFFLOAD__OFFLOAD__SETTLE_SECONDS")
+        and str(path) not in err.value.message
+    )
     assert "OFFLOAD__OFFLOAD__SETTLE_SECONDS" in err.value.fix
 
 
@@ -176,11 +222,20 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     import subprocess
     import sys
 
-    script = ("from iceberg_offload.cli import main as cli\n"
-              "def loud(args):\n    [print('x' * 100) for _ in range(200000)]\n    return 0\n"
-              "cli.cmd_status = loud\nraise SystemExit(cli.main(['status']))\n")
-    out = subprocess.run(f"{sys.executable} -c \"$SCRIPT\" | head -c 10", shell=True, capture_output=True,
-                         text=True, env={"SCRIPT": script, "PATH": "/usr/bin:/bin"}, cwd=tmp_path, timeout=120)
+    script = (
+        "from iceberg_offload.cli import main as cli\n"
+        "def loud(args):\n    [print('x' * 100) for _ in range(200000)]\n    return 0\n"
+        "cli.cmd_status = loud\nraise SystemExit(cli.main(['status']))\n"
+    )
+    out = subprocess.run(
+        f'{sys.executable} -c "$SCRIPT" | head -c 10',
+        shell=True,
+        capture_output=True,
+        text=True,
+        env={"SCRIPT": script, "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert out.stdout == "x" * 10 and "Traceback" not in out.stderr, out.stderr
 
 
@@ -195,9 +250,11 @@ def test_a_wait_for_the_engine_is_said(make_settings, capsys):
     from iceberg_offload.errors import EngineBusy
 
     s = make_settings([_table("opt")])
-    holder_code = ("import sys, time\nfrom iceberg_offload import config\nfrom iceberg_offload.clickhouse.client import open_source\n"
-                   "with open_source(config.load(sys.argv[1], env={}).source):\n    print('held', flush=True)\n"
-                   "    time.sleep(120)\n")
+    holder_code = (
+        "import sys, time\nfrom iceberg_offload import config\nfrom iceberg_offload.clickhouse.client import open_source\n"
+        "with open_source(config.load(sys.argv[1], env={}).source):\n    print('held', flush=True)\n"
+        "    time.sleep(120)\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     holder = subprocess.Popen([sys.executable, "-c", holder_code, s.path], stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -218,15 +275,21 @@ def test_a_late_row_behind_the_watermark_lands_in_the_next_cycle(make_settings):
     s = make_settings([_table("late", sequence_column="seq")])
     start = (NOW_S // H - 2) * H
     with clickhouse(s) as ch:
-        ch.command("CREATE TABLE k2.late (ts DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq) "
-                   "TTL toDateTime(ts) + INTERVAL 7 DAY")
-        ch.command(f"INSERT INTO k2.late SELECT fromUnixTimestamp64Milli(toInt64(({start} + number * 30) * 1000)), "
-                   f"number FROM numbers(200)")
+        ch.command(
+            "CREATE TABLE k2.late (ts DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq) "
+            "TTL toDateTime(ts) + INTERVAL 7 DAY"
+        )
+        ch.command(
+            f"INSERT INTO k2.late SELECT fromUnixTimestamp64Milli(toInt64(({start} + number * 30) * 1000)), "
+            f"number FROM numbers(200)"
+        )
     first = run_cycle(s).tables[0]
     assert first.rows == 200 and first.late_rows == 0
     with clickhouse(s) as ch:  # arrives after its hour was offloaded: behind the watermark, in no window
-        ch.command(f"INSERT INTO k2.late VALUES (fromUnixTimestamp64Milli(toInt64(({start} + 45) * 1000)), 5000), "
-                   f"(fromUnixTimestamp64Milli(toInt64(({start} + 3000) * 1000)), 5001)")
+        ch.command(
+            f"INSERT INTO k2.late VALUES (fromUnixTimestamp64Milli(toInt64(({start} + 45) * 1000)), 5000), "
+            f"(fromUnixTimestamp64Milli(toInt64(({start} + 3000) * 1000)), 5001)"
+        )
     res = run_cycle(s).tables[0]
     assert res.status == "ok" and res.rows == 0 and (res.late_rows, res.late_rows_added) == (2, 2), res.as_dict()
     seqs = sorted(cold(s, "late").column("seq").to_pylist())
@@ -241,8 +304,10 @@ def test_the_sweep_looks_back_only_as_far_as_configured(make_settings):
     start = (NOW_S // H - 5) * H
     with clickhouse(s) as ch:
         ch.command("CREATE TABLE k2.late (ts DateTime64(3), seq UInt64) ENGINE = MergeTree ORDER BY (ts, seq)")
-        ch.command(f"INSERT INTO k2.late SELECT fromUnixTimestamp64Milli(toInt64(({start} + number * 60) * 1000)), "
-                   f"number FROM numbers(240)")
+        ch.command(
+            f"INSERT INTO k2.late SELECT fromUnixTimestamp64Milli(toInt64(({start} + number * 60) * 1000)), "
+            f"number FROM numbers(240)"
+        )
     run_cycle(s)
     with clickhouse(s) as ch:  # four hours behind the watermark: for the daily reconcile
         ch.command(f"INSERT INTO k2.late VALUES (fromUnixTimestamp64Milli(toInt64(({start} + 10) * 1000)), 7000)")
@@ -260,23 +325,37 @@ def test_every_deleting_ttl_rule_counts():
         return _ttl_expressions(engine_full)[0]
 
     head = "MergeTree ORDER BY ts TTL "
-    assert _ttl_expressions(head + "toDateTime(ts) + toIntervalDay(7) DELETE WHERE v = 1 AND k != 'x'")[1] == \
-        f"if(v = 1 AND k != 'x', toDateTime(toDateTime(ts) + toIntervalDay(7)), {NEVER})"
-    assert _ttl_expressions(head + "toDateTime(ts) + toIntervalDay(7) WHERE v = 1 GROUP BY k SET v = sum(v)")[1] == \
-        f"if(v = 1, toDateTime(toDateTime(ts) + toIntervalDay(7)), {NEVER})"
-    assert ttl(head + "toStartOfInterval(ts, toIntervalHour(1)) + toIntervalMinute(5) SETTINGS x = 1") == \
-        "toStartOfInterval(ts, toIntervalHour(1)) + toIntervalMinute(5)"
-    assert ttl(head + "toDateTime(ts) + toIntervalDay(30), toDateTime(ts) + toIntervalMinute(5) DELETE WHERE v = 1") \
+    assert (
+        _ttl_expressions(head + "toDateTime(ts) + toIntervalDay(7) DELETE WHERE v = 1 AND k != 'x'")[1]
+        == f"if(v = 1 AND k != 'x', toDateTime(toDateTime(ts) + toIntervalDay(7)), {NEVER})"
+    )
+    assert (
+        _ttl_expressions(head + "toDateTime(ts) + toIntervalDay(7) WHERE v = 1 GROUP BY k SET v = sum(v)")[1]
+        == f"if(v = 1, toDateTime(toDateTime(ts) + toIntervalDay(7)), {NEVER})"
+    )
+    assert (
+        ttl(head + "toStartOfInterval(ts, toIntervalHour(1)) + toIntervalMinute(5) SETTINGS x = 1")
+        == "toStartOfInterval(ts, toIntervalHour(1)) + toIntervalMinute(5)"
+    )
+    assert (
+        ttl(head + "toDateTime(ts) + toIntervalDay(30), toDateTime(ts) + toIntervalMinute(5) DELETE WHERE v = 1")
         == "least(toDateTime(toDateTime(ts) + toIntervalDay(30)), toDateTime(toDateTime(ts) + toIntervalMinute(5)))"
-    assert ttl(head + "toDateTime(ts) + toIntervalDay(1) TO DISK 'cold', toDateTime(ts) + toIntervalDay(7)") == \
-        "toDateTime(ts) + toIntervalDay(7)"
+    )
+    assert (
+        ttl(head + "toDateTime(ts) + toIntervalDay(1) TO DISK 'cold', toDateTime(ts) + toIntervalDay(7)")
+        == "toDateTime(ts) + toIntervalDay(7)"
+    )
     assert ttl(head + "toDateTime(ts) + toIntervalDay(1) RECOMPRESS CODEC(ZSTD(3))") is None
-    assert ttl(head + "toDateTime(ts) + toIntervalDay(7) GROUP BY k SET v = sum(v)") == "toDateTime(ts) + toIntervalDay(7)"
+    assert (
+        ttl(head + "toDateTime(ts) + toIntervalDay(7) GROUP BY k SET v = sum(v)") == "toDateTime(ts) + toIntervalDay(7)"
+    )
 
 
 def test_a_second_short_ttl_rule_or_a_rounded_ttl_is_refused(make_settings):
-    rules = {"second": "toDateTime(ts) + INTERVAL 30 DAY, toDateTime(ts) + INTERVAL 5 MINUTE DELETE WHERE v = 1",
-             "rounded": "toStartOfHour(toDateTime(ts)) + INTERVAL 1 HOUR"}
+    rules = {
+        "second": "toDateTime(ts) + INTERVAL 30 DAY, toDateTime(ts) + INTERVAL 5 MINUTE DELETE WHERE v = 1",
+        "rounded": "toStartOfHour(toDateTime(ts)) + INTERVAL 1 HOUR",
+    }
     s = make_settings([_table(name) for name in rules], settle_seconds=0)
     with clickhouse(s) as ch:
         for name, rule in rules.items():
@@ -305,8 +384,10 @@ def test_moving_back_under_an_expired_history_needs_reoffload(make_settings):
     start_ms = (NOW_S - 3 * H) * 1000
     with clickhouse(s) as ch:
         ch.command("CREATE TABLE k2.ex (ts DateTime64(3), v Int64) ENGINE = MergeTree ORDER BY ts")
-        ch.command(f"INSERT INTO k2.ex SELECT fromUnixTimestamp64Milli(toInt64({start_ms} + number * 1000)), number "
-                   f"FROM numbers(100)")
+        ch.command(
+            f"INSERT INTO k2.ex SELECT fromUnixTimestamp64Milli(toInt64({start_ms} + number * 1000)), number "
+            f"FROM numbers(100)"
+        )
     run_cycle(s)
     with clickhouse(s) as ch:  # a late row, repaired: the newest commit is a repair
         ch.command(f"INSERT INTO k2.ex VALUES (fromUnixTimestamp64Milli(toInt64({start_ms} + 500)), -1)")
@@ -329,8 +410,11 @@ def test_watermark_set_without_seq_counts_every_row_at_that_time(make_settings, 
         ch.command(f"INSERT INTO k2.sq SELECT fromUnixTimestamp64Milli(toInt64({t_ms})), number FROM numbers(3)")
     run_cycle(s)
     with clickhouse(s) as ch:  # two more rows at the watermark's own timestamp, after it
-        ch.command(f"INSERT INTO k2.sq VALUES (fromUnixTimestamp64Milli(toInt64({t_ms})), 3), "
-                   f"(fromUnixTimestamp64Milli(toInt64({t_ms})), 4)")
-    code, out = run_json(capsys, "watermark", "set", "--config", s.path, "--table", "sq", "--to", str(t_ms // 1000),
-                         "--json")
+        ch.command(
+            f"INSERT INTO k2.sq VALUES (fromUnixTimestamp64Milli(toInt64({t_ms})), 3), "
+            f"(fromUnixTimestamp64Milli(toInt64({t_ms})), 4)"
+        )
+    code, out = run_json(
+        capsys, "watermark", "set", "--config", s.path, "--table", "sq", "--to", str(t_ms // 1000), "--json"
+    )
     assert code == 0 and out["direction"] == "forward" and out["rows_affected"] == 2, out

@@ -101,8 +101,18 @@ def test_a_second_server_with_the_same_table_name_is_refused_everywhere(tmp_path
     assert status(b)[0].error["type"] == "source_mismatch"
     code, out = _cli(capsys, "run", "--config", b.path)
     assert code == 1 and out["tables"][0]["error"]["type"] == "source_mismatch", out
-    code, out = _cli(capsys, "watermark", "set", "--config", b.path, "--table", "trades", "--to",
-                     str(START_MS // 1000 + 500), "--yes")
+    code, out = _cli(
+        capsys,
+        "watermark",
+        "set",
+        "--config",
+        b.path,
+        "--table",
+        "trades",
+        "--to",
+        str(START_MS // 1000 + 500),
+        "--yes",
+    )
     assert code == 2 and out["error"]["type"] == "source_mismatch", out
     assert _head(a) == before
     assert run_cycle(a).tables[0].status == "ok"  # the recorded source still runs
@@ -193,8 +203,10 @@ def test_watermark_set_never_takes_another_source_into_an_older_table(make_setti
     with clickhouse(eu) as ch:
         for t in ("trades_eu", "trades_us"):
             ch.command(f"CREATE TABLE k2.{t} (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts")
-            ch.command(f"INSERT INTO k2.{t} SELECT fromUnixTimestamp64Milli(toInt64(({now - 7200} + number) * 1000)),"
-                       f" number FROM numbers(3600)")
+            ch.command(
+                f"INSERT INTO k2.{t} SELECT fromUnixTimestamp64Milli(toInt64(({now - 7200} + number) * 1000)),"
+                f" number FROM numbers(3600)"
+            )
     assert run_cycle(eu).tables[0].rows == 3600
     sink = sink_for(eu)
     sink.load("trades").transaction().remove_properties(*KEYS).commit_transaction()  # as an older release left it
@@ -212,15 +224,26 @@ def test_dsn_spellings_of_one_server_are_one_server_as_clickhouse_connect_reads_
 
     from iceberg_offload.engine.identity import server_of
 
-    same = [("clickhouse://ch1", "http://ch1:8123"), ("clickhouse+https://ch1:8443", "https://ch1:8443"),
-            ("clickhouse+http://u:p@CH1/k2", "http://ch1"), ("https://ch1", "http://ch1:8123"),
-            ("clickhouse+https://ch1", "http://ch1:8123"), ("http://ch1:443", "https://ch1:443")]
+    same = [
+        ("clickhouse://ch1", "http://ch1:8123"),
+        ("clickhouse+https://ch1:8443", "https://ch1:8443"),
+        ("clickhouse+http://u:p@CH1/k2", "http://ch1"),
+        ("https://ch1", "http://ch1:8123"),
+        ("clickhouse+https://ch1", "http://ch1:8123"),
+        ("http://ch1:443", "https://ch1:443"),
+    ]
     for a, b in same:
         assert server_of(a) == server_of(b), (a, b)
     assert server_of("http://ch1:8123") != server_of("http://ch2:8123")
     assert server_of("https://ch1:8443") != server_of("http://ch1:8123")
-    for dsn in ("clickhouse://ch1", "https://ch1", "clickhouse+https://ch1:8443", "http://ch1:443", "ch1:9000",
-                "http://ch1:9000"):
+    for dsn in (
+        "clickhouse://ch1",
+        "https://ch1",
+        "clickhouse+https://ch1:8443",
+        "http://ch1:443",
+        "ch1:9000",
+        "http://ch1:9000",
+    ):
         host, _, _, port, _, interface = _parse_connection_params(None, None, "", None, None, None, False, dsn, {})
         assert server_of(dsn) == f"{interface}://{host}:{port}", dsn  # what clickhouse-connect connects to
 

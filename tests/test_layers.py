@@ -25,8 +25,9 @@ def imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("iceberg_offload"):
             # `from iceberg_offload import x` imports the module x (a layer of its own when x is a package)
-            found |= {f"{node.module}.{a.name}" for a in node.names} if node.module == "iceberg_offload" else {
-                node.module}
+            found |= (
+                {f"{node.module}.{a.name}" for a in node.names} if node.module == "iceberg_offload" else {node.module}
+            )
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("iceberg_offload")}
     return found
@@ -44,8 +45,11 @@ def test_imports_go_one_way_from_the_top_of_the_tree_down():
 
 
 def test_every_module_belongs_to_a_layer():
-    stray = [p.relative_to(PKG) for p in PKG.rglob("*.py") if len(p.relative_to(PKG).parts) > 1
-             and p.relative_to(PKG).parts[0] not in LAYERS]
+    stray = [
+        p.relative_to(PKG)
+        for p in PKG.rglob("*.py")
+        if len(p.relative_to(PKG).parts) > 1 and p.relative_to(PKG).parts[0] not in LAYERS
+    ]
     assert not stray, stray
 
 
@@ -57,8 +61,11 @@ def test_the_algorithm_is_free_of_prefect():
         if layer_of(module) not in below:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             found += [f"{module} imports {n}" for n in names if n.split(".")[0] == "prefect"]
     assert not found, found
 
@@ -67,8 +74,11 @@ def test_the_names_the_outside_world_sees_are_written_once():
     """Prefect objects, artifact keys and summary keys come from names.py; a copy elsewhere drifts."""
     from iceberg_offload import names
 
-    values = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str) and k != "PREFIX"
-              and any(c in v for c in "-./:")}  # distinctive; "reconcile" is also a step's name
+    values = {
+        v
+        for k, v in vars(names).items()
+        if k.isupper() and isinstance(v, str) and k != "PREFIX" and any(c in v for c in "-./:")
+    }  # distinctive; "reconcile" is also a step's name
     values |= {names.table_limit("")}
     copies = []
     for path in sorted(PKG.rglob("*.py")):

@@ -126,8 +126,9 @@ def test_offload_committing_during_compaction_wins_and_nothing_is_lost(make_sett
     assert sink.history(table)[0].operation == "append"  # the offload's commit is the head
     _exactly_once(s, 500)
     # the compacted file was deleted: what is on disk is the old files plus the offload's, all referenced
-    assert _files_on_disk(sink, ".parquet") == parquet_before | {f.file_path.removeprefix("file://")
-                                                                  for f in _data_files(sink)}
+    assert _files_on_disk(sink, ".parquet") == parquet_before | {
+        f.file_path.removeprefix("file://") for f in _data_files(sink)
+    }
     leftovers = orphans(s, cfg, sink, apply=False, older_than_seconds=0)
     assert leftovers.orphans == [], leftovers.orphans
     wm = sink.watermark(table)[0]
@@ -222,8 +223,11 @@ def test_orphan_removal_deletes_only_old_unreferenced_files(make_settings):
     rows = sorted(keys_of(table.scan().to_arrow(), "ts", "seq"))
     # a killed offload: Parquet written into the data folder like the sink does, never committed
     sample = table.scan().to_arrow().slice(0, 5).cast(table.schema().as_arrow())
-    uncommitted = [f.file_path.removeprefix("file://")
-                   for _ in range(2) for f in _dataframe_to_data_files(table.metadata, sample, table.io)]
+    uncommitted = [
+        f.file_path.removeprefix("file://")
+        for _ in range(2)
+        for f in _dataframe_to_data_files(table.metadata, sample, table.io)
+    ]
     old_orphan, young_orphan = uncommitted
     _age(_files_on_disk(sink) - {young_orphan}, 10 * DAY)  # everything old but the young orphan
     on_disk = _files_on_disk(sink)

@@ -112,8 +112,7 @@ def test_maintain_reports_a_failing_table_and_goes_on(make_settings, sqlite_uri,
     assert set(by["gone"]["steps"]) == {"reconcile", "compact", "expire", "orphans"}  # the other steps still ran
 
 
-def test_view_is_the_union_of_both_tiers_and_follows_offloads(make_settings, sqlite_uri, capsys, tmp_path,
-                                                              monkeypatch):
+def test_view_is_the_union_of_both_tiers_and_follows_offloads(make_settings, sqlite_uri, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the embedded engine's file functions read below the working directory
     s = make_settings([trades_table()], catalog_uri=sqlite_uri)
     with clickhouse(s) as ch:

@@ -37,9 +37,14 @@ def offloaded(make_settings, sqlite_uri):
 
     now = int(time.time())
     s = make_settings([trades_table(), trades_table("quiet")], catalog_uri=sqlite_uri)
-    s = s.model_copy(update={"metrics": s.metrics.model_copy(update={"port": free_port(), "refresh_seconds": 0.5,
-                                                                       "hot_refresh_seconds": 0.5}),
-                             "prefect": s.prefect.model_copy(update={"api_url": f"http://127.0.0.1:{free_port()}/api"})})
+    s = s.model_copy(
+        update={
+            "metrics": s.metrics.model_copy(
+                update={"port": free_port(), "refresh_seconds": 0.5, "hot_refresh_seconds": 0.5}
+            ),
+            "prefect": s.prefect.model_copy(update={"api_url": f"http://127.0.0.1:{free_port()}/api"}),
+        }
+    )
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="trades") + " TTL toDateTime(ts) + INTERVAL 7 DAY")
         ch.command(TRADES_DDL.format(name="quiet"))
@@ -69,7 +74,7 @@ def test_exporter_serves_durable_state_and_survives_restart(offloaded):
     assert first["offload_tables_configured"] == 2 and first["offload_catalog_up"] == 1
     assert first["offload_source_up"] == 1 and first["offload_prefect_api_up"] == 0  # no server here
     assert 'offload_info{schedule="*/15 * * * *",tables="2",version="0.1.0"}' in first
-    assert "watermark_timestamp_seconds{table=\"quiet\"}" not in first  # nothing offloaded yet
+    assert 'watermark_timestamp_seconds{table="quiet"}' not in first  # nothing offloaded yet
 
     time.sleep(1.5)
     handle = serve(s)  # a new process would see exactly this: nothing lives in memory
@@ -77,8 +82,13 @@ def test_exporter_serves_durable_state_and_survives_restart(offloaded):
         second = scrape(port)
     finally:
         handle.shutdown()
-    for key in (f"watermark_timestamp_seconds{t}", 'offload_rows_total{layer="bronze",table="trades"}',
-                f"offload_commits_total{t}", f"offload_cold_rows{t}", f"offload_hot_rows{t}"):
+    for key in (
+        f"watermark_timestamp_seconds{t}",
+        'offload_rows_total{layer="bronze",table="trades"}',
+        f"offload_commits_total{t}",
+        f"offload_cold_rows{t}",
+        f"offload_hot_rows{t}",
+    ):
         assert second[key] == first[key], key
     assert second[f"offload_lag_seconds{t}"] >= first[f"offload_lag_seconds{t}"] + 1  # lag keeps growing
 
@@ -127,8 +137,12 @@ def test_alert_rules_pass_promtool_and_only_use_exported_series(offloaded):
 
     check = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    test = subprocess.run(["promtool", "test", "rules", "tests/iceberg-offload.test.yml"], capture_output=True,
-                          text=True, cwd=ROOT / "deploy" / "prometheus")
+    test = subprocess.run(
+        ["promtool", "test", "rules", "tests/iceberg-offload.test.yml"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "deploy" / "prometheus",
+    )
     assert test.returncode == 0, test.stdout + test.stderr
 
     handle = serve(offloaded)
@@ -138,10 +152,20 @@ def test_alert_rules_pass_promtool_and_only_use_exported_series(offloaded):
         handle.shutdown()
     rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
     tested = (ROOT / "deploy" / "prometheus" / "tests" / "iceberg-offload.test.yml").read_text()
-    required = {"IcebergOffloadSchedulerDown", "IcebergOffloadConsecutiveFailures", "IcebergOffloadLagElevated",
-                "IcebergOffloadLagCritical", "IcebergOffloadWatermarkStale", "IcebergOffloadCycleSlow",
-                "IcebergOffloadTTLRisk", "IcebergOffloadWorkerOffline", "IcebergOffloadSchedulePaused",
-                "IcebergOffloadNoRecentRuns", "IcebergOffloadSourceDown", "IcebergOffloadCatalogDown"}
+    required = {
+        "IcebergOffloadSchedulerDown",
+        "IcebergOffloadConsecutiveFailures",
+        "IcebergOffloadLagElevated",
+        "IcebergOffloadLagCritical",
+        "IcebergOffloadWatermarkStale",
+        "IcebergOffloadCycleSlow",
+        "IcebergOffloadTTLRisk",
+        "IcebergOffloadWorkerOffline",
+        "IcebergOffloadSchedulePaused",
+        "IcebergOffloadNoRecentRuns",
+        "IcebergOffloadSourceDown",
+        "IcebergOffloadCatalogDown",
+    }
     assert required <= {r["alert"] for r in rules}
     seed = next(r for r in rules if r["alert"] == "IcebergOffloadSchedulerDown")
     assert seed["expr"].strip() == 'up{job="iceberg-scheduler"} == 0'
@@ -153,7 +177,8 @@ def test_alert_rules_pass_promtool_and_only_use_exported_series(offloaded):
         assert metrics and metrics <= names, f"{rule['alert']} queries {metrics - names}, never exported"
         for window in re.findall(r"\[(\d+)m\]", rule["expr"]):
             assert int(window) >= 30, f"{rule['alert']}: a [{window}m] window is shorter than two cycles"
-        if "table" in rule["expr"] or any(m in rule["expr"] for m in ("offload_lag", "offload_ttl",
-                                                                       "offload_consecutive", "offload_last")):
+        if "table" in rule["expr"] or any(
+            m in rule["expr"] for m in ("offload_lag", "offload_ttl", "offload_consecutive", "offload_last")
+        ):
             assert "$labels.table" in rule["annotations"]["summary"], f"{rule['alert']} summary lacks the table"
         assert f"alertname: {rule['alert']}" in tested, f"{rule['alert']} has no promtool test"

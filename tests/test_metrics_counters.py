@@ -39,6 +39,7 @@ def prefect(tmp_path):
 
 def _post(s, path: str, body: dict) -> dict:
     """POST, again while SQLite is busy (the server answers 503; Prefect's own client retries them too)."""
+
     def attempt() -> dict | None:
         try:
             return prefect_api.request(s, "POST", path, body)
@@ -52,46 +53,75 @@ def _post(s, path: str, body: dict) -> dict:
 
 def _table(table: str, error: OffloadError | None = None, view_error: str = "") -> dict[str, Any]:
     """A table's outcome as the engine reports it."""
-    return TableResult(table, "bronze", status="failed" if error else "ok", rows=0 if error else 7,
-                       error=error.as_dict() if error else None,
-                       view_error={"type": "source_error", "message": view_error} if view_error else None).as_dict()
+    return TableResult(
+        table,
+        "bronze",
+        status="failed" if error else "ok",
+        rows=0 if error else 7,
+        error=error.as_dict() if error else None,
+        view_error={"type": "source_error", "message": view_error} if view_error else None,
+    ).as_dict()
 
 
 def _cycle(i: int) -> tuple[str, str, list[dict[str, Any]] | None, str]:
     """The i-th cycle's (state type, message, table outcomes (None: no artifact), status): mostly successes,
     some partial, failed and crashed. No message says "N of M tables failed" the way the flow once did."""
     if i % 7 == 0:
-        return "FAILED", "t_a failed (1/2): ClickHouse unreachable", [
-            _table("t_a", SourceUnavailable("ClickHouse unreachable", "start it")), _table("t_b")], "partial"
+        return (
+            "FAILED",
+            "t_a failed (1/2): ClickHouse unreachable",
+            [_table("t_a", SourceUnavailable("ClickHouse unreachable", "start it")), _table("t_b")],
+            "partial",
+        )
     if i % 11 == 0:
-        return "FAILED", "1 of 2 tables failed, and then the other", [
-            _table("t_a", ValueOutOfRange("t_a.x: 1e300 out of range", "widen it")),
-            _table("t_b", SourceError("no such table", "fix the config"))], "failed"
+        return (
+            "FAILED",
+            "1 of 2 tables failed, and then the other",
+            [
+                _table("t_a", ValueOutOfRange("t_a.x: 1e300 out of range", "widen it")),
+                _table("t_b", SourceError("no such table", "fix the config")),
+            ],
+            "failed",
+        )
     if i % 13 == 0:
         return "CRASHED", "1 of 2 tables failed [source_error]", None, "failed"  # the process died: no artifact
     if i % 17 == 0:
-        return "FAILED", "view k2.t_a_all not re-pointed", [_table("t_a", view_error="NOT_ENOUGH_SPACE"),
-                                                             _table("t_b")], "partial"
+        return (
+            "FAILED",
+            "view k2.t_a_all not re-pointed",
+            [_table("t_a", view_error="NOT_ENOUGH_SPACE"), _table("t_b")],
+            "partial",
+        )
     return "COMPLETED", "2 of 2 tables failed? no: 14 rows offloaded", [_table("t_a"), _table("t_b")], "success"
 
 
 def add_cycles(s, dep_id: str, n: int, truth: Counter) -> None:
     """n finished runs of the offload deployment, each with the artifact its flow would have written."""
+
     def one(i: int) -> None:
         state_type, message, outcomes, _status = _cycle(i)
         run = _post(s, f"/deployments/{dep_id}/create_flow_run", {"state": {"type": state_type, "message": message}})
         assert run["state"]["type"] == state_type and run["end_time"], run
         if outcomes is not None:
-            _post(s, "/artifacts/", {"key": names.CYCLE_ARTIFACT, "type": "table", "flow_run_id": run["id"],
-                                     "data": json.dumps([cycle_row(o) for o in outcomes])})
+            _post(
+                s,
+                "/artifacts/",
+                {
+                    "key": names.CYCLE_ARTIFACT,
+                    "type": "table",
+                    "flow_run_id": run["id"],
+                    "data": json.dumps([cycle_row(o) for o in outcomes]),
+                },
+            )
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(one, range(n)))
     for i in range(n):
         _state, _message, outcomes, status = _cycle(i)
         truth[("offload_cycles_total", status)] += 1
-        truth.update(("offload_errors_total", o["table"], o["error"]["type"]) for o in outcomes or []
-                     if o["status"] != "ok")
+        truth.update(
+            ("offload_errors_total", o["table"], o["error"]["type"]) for o in outcomes or [] if o["status"] != "ok"
+        )
 
 
 def counters(exporter: Exporter) -> dict[tuple[str, ...], float]:

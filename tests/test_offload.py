@@ -89,14 +89,23 @@ def test_table_with_no_rows(make_settings, catalog_uri):
 
 def test_settle_delay_and_closed_windows(make_settings, sqlite_uri):
     now_s = int(time.time())
-    candles = {"source": "candles", "timestamp_column": "w", "key_columns": ["w", "sym"], "final": True,
-               "closed_after_seconds": 3600, "layer": "gold", "partition_by": "month"}
+    candles = {
+        "source": "candles",
+        "timestamp_column": "w",
+        "key_columns": ["w", "sym"],
+        "final": True,
+        "closed_after_seconds": 3600,
+        "layer": "gold",
+        "partition_by": "month",
+    }
     s = make_settings([trades_table(), candles], catalog_uri=sqlite_uri, settle_seconds=600)
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="trades"))
         insert_trades(ch, "trades", (now_s - 1200) * 1000, 1200)  # one row per second up to now
-        ch.command("CREATE TABLE k2.candles (w DateTime, sym String, vol UInt64) "
-                   "ENGINE = SummingMergeTree(vol) ORDER BY (w, sym)")
+        ch.command(
+            "CREATE TABLE k2.candles (w DateTime, sym String, vol UInt64) "
+            "ENGINE = SummingMergeTree(vol) ORDER BY (w, sym)"
+        )
         hour = now_s // 3600 * 3600
         for h in (hour - 3 * 3600, hour - 2 * 3600, hour - 3600, hour):
             ch.command(f"INSERT INTO k2.candles VALUES ({h}, 'BTC', 1), ({h}, 'BTC', 2), ({h}, 'ETH', 5)")
@@ -137,8 +146,14 @@ def test_window_query_uses_the_sort_key(make_settings, sqlite_uri):
         plan = TablePlan.build(ch, s.tables[0])
         lower = Watermark((NOW_MS - 5000 * 1000) * 1_000_000, 995_000)
         win = Window(lower, NOW_MS * 1_000_000)
-        sql, _ = chunk_query(plan.info.qualified, False, plan.key, [c.select for c in plan.columns], win,
-                             Watermark(lower.ts_ns + 100 * NS, 995_100))
+        sql, _ = chunk_query(
+            plan.info.qualified,
+            False,
+            plan.key,
+            [c.select for c in plan.columns],
+            win,
+            Watermark(lower.ts_ns + 100 * NS, 995_100),
+        )
         plan_sql = plan_query(plan.info.qualified, False, plan.key, win, 100, 10)
         explains = ["\n".join(r[0] for r in ch.rows("EXPLAIN indexes = 1 " + q)) for q in (sql, plan_sql)]
     for explain in explains:

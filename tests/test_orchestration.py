@@ -39,11 +39,16 @@ TABLES = ["t_a", "t_b", "t_c", "t_d", "t_e", "t_f"]
 def stack(tmp_path_factory):
     """One native stack (`up`) on SQLite for the tests that share it; `down` at the end."""
     root = tmp_path_factory.mktemp("stack")
-    bronze = [{"source": f"b{i}", "layer": "bronze", "timestamp_column": "ts", "sequence_column": "seq"}
-              for i in range(3)]
+    bronze = [
+        {"source": f"b{i}", "layer": "bronze", "timestamp_column": "ts", "sequence_column": "seq"} for i in range(3)
+    ]
     broken = {"source": "missing_table", "layer": "silver", "timestamp_column": "ts"}
-    settings = write_config(root, [], extra_tables=[*bronze, broken],
-                            schedule={"offload_cron": "*/15 * * * *", "maintenance_cron": "0 2 * * *"})
+    settings = write_config(
+        root,
+        [],
+        extra_tables=[*bronze, broken],
+        schedule={"offload_cron": "*/15 * * * *", "maintenance_cron": "0 2 * * *"},
+    )
     seed(settings, ["b0", "b1", "b2"], 3000)
     up = cli_json(settings, "up", timeout=240)
     assert up["api_ready"] and up["workers_online"] >= 1
@@ -60,8 +65,11 @@ def _run_main(settings, via_prefect_cli: bool = True):
         run_id = cli_json(settings, "trigger")["flow_run_id"]
     run = wait_run_final(settings, uuid.UUID(run_id))
     if run.state.type.value == "CANCELLED":  # a scheduled run (*/15) held the deployment's slot: wait for it
-        holders = [r for r in flow_runs(settings, MAIN) if r.state and r.state.type.value in
-                   ("RUNNING", "PENDING", "COMPLETED", "FAILED") and r.id != run.id]
+        holders = [
+            r
+            for r in flow_runs(settings, MAIN)
+            if r.state and r.state.type.value in ("RUNNING", "PENDING", "COMPLETED", "FAILED") and r.id != run.id
+        ]
         holders.sort(key=lambda r: r.expected_start_time, reverse=True)
         assert holders, "our run was cancelled and no other run held the slot"
         run = wait_run_final(settings, holders[0].id)
@@ -83,7 +91,9 @@ def test_deploy_creates_exactly_the_runbook_names_and_is_idempotent(stack):
         before = {"ids": (main.id, maint.id), "schedules": [s.id for s in main.schedules + maint.schedules]}
     runs_before = {r.id: r.expected_start_time for r in flow_runs(stack, MAIN)}
     again = cli_json(stack, "deploy")
-    assert set(again["deployments"].values()) == {"unchanged"} and again["work_pool"] == {"iceberg-offload": "unchanged"}
+    assert set(again["deployments"].values()) == {"unchanged"} and again["work_pool"] == {
+        "iceberg-offload": "unchanged"
+    }
     with client(stack) as c:
         main, maint = c.read_deployment_by_name(MAIN), c.read_deployment_by_name(MAINT)
         assert (main.id, maint.id) == before["ids"]
@@ -118,8 +128,11 @@ def test_prefect_deployment_run_lands_the_data_with_concurrent_bronze_tasks(stac
     run = _run_main(stack)
     assert cli_json(stack, "deploy")["deployments"][MAIN].startswith("updated"), "deploy left the old entrypoint"
     with client(stack) as c:
-        assert c.read_deployment_by_name(MAIN).entrypoint == new_entrypoint == (
-            "iceberg_offload.orchestration.flows.offload_main")
+        assert (
+            c.read_deployment_by_name(MAIN).entrypoint
+            == new_entrypoint
+            == ("iceberg_offload.orchestration.flows.offload_main")
+        )
     # the broken table fails the run; the others completed
     assert run.state.type.value == "FAILED", run.state
     assert "missing_table" in run.state.message
@@ -160,11 +173,19 @@ def test_supervisor_restarts_a_killed_worker(stack):
     old_pid = state["children"]["worker"]["pid"]
     old_names = {w["name"] for w in workers(stack)}
     os.kill(old_pid, signal.SIGKILL)
-    new_pid = wait_for(lambda: (s := read_state(stack)) and s["children"]["worker"]["pid"] != old_pid
-                       and s["children"]["worker"]["pid"], 60, "the supervisor to restart the worker")
+    new_pid = wait_for(
+        lambda: (
+            (s := read_state(stack)) and s["children"]["worker"]["pid"] != old_pid and s["children"]["worker"]["pid"]
+        ),
+        60,
+        "the supervisor to restart the worker",
+    )
     assert read_state(stack)["children"]["worker"]["restarts"] >= 1
-    wait_for(lambda: any(w["status"] == "ONLINE" and w["name"] not in old_names for w in workers(stack)), 60,
-             "the new worker ONLINE")
+    wait_for(
+        lambda: any(w["status"] == "ONLINE" and w["name"] not in old_names for w in workers(stack)),
+        60,
+        "the new worker ONLINE",
+    )
     seed(stack, ["b0"], 10)
     run = _run_main(stack, via_prefect_cli=False)
     assert cold(stack, "b0").num_rows == 3010
@@ -188,8 +209,11 @@ def test_missed_schedule_becomes_one_catch_up_run(tmp_path):
         assert len(due) >= 2, [r.state.type for r in due]
         worker = start_process(settings, ["worker"], tmp_path / "worker.log")
         sink = sink_for(settings)
-        wait_for(lambda: (t := sink.load("m1")) is not None and t.scan().to_arrow().num_rows >= 1000, 120,
-                 "the backlog to land")
+        wait_for(
+            lambda: (t := sink.load("m1")) is not None and t.scan().to_arrow().num_rows >= 1000,
+            120,
+            "the backlog to land",
+        )
         writers = {c.props["offload.run-id"] for c in sink.history(sink.load("m1"))}
         assert len(writers) == 1, writers  # one catch-up run wrote the whole backlog
         winner = uuid.UUID(writers.pop())
@@ -202,8 +226,9 @@ def test_missed_schedule_becomes_one_catch_up_run(tmp_path):
 
         first, late = wait_for(settled, 120, "the late runs to be settled")
         assert first.state.type.value == "COMPLETED"
-        assert len(late) >= 1 and {r.state.type.value for r in late} == {"CANCELLED"}, \
-            [(r.name, r.state.type.value) for r in late]
+        assert len(late) >= 1 and {r.state.type.value for r in late} == {"CANCELLED"}, [
+            (r.name, r.state.type.value) for r in late
+        ]
         assert cold(settings, "m1").num_rows == 1000
         verify = cli_json(settings, "verify")
         assert verify["ok"] and verify["tables"][0]["duplicates"] == 0
@@ -215,16 +240,21 @@ def test_missed_schedule_becomes_one_catch_up_run(tmp_path):
 
 def test_two_workers_share_table_runs_and_no_table_runs_twice_at_once(tmp_path):
     tables = [{"source": t, "layer": "bronze", "timestamp_column": "ts", "sequence_column": "seq"} for t in TABLES]
-    settings = write_config(tmp_path, [], prefect={"fan_out": "deployments", "worker_limit": 3},
-                            extra_tables=tables)
+    settings = write_config(tmp_path, [], prefect={"fan_out": "deployments", "worker_limit": 3}, extra_tables=tables)
     seed(settings, TABLES, 200)
     server = start_server(settings, tmp_path / "server.log")
     procs = []
     try:
         cli(settings, "deploy")
         for name in ("w1", "w2"):
-            procs.append(start_process(settings, ["worker", "--name", name], tmp_path / f"{name}.log",
-                                       env={"OFFLOAD__METRICS__PORT": str(_free())}))
+            procs.append(
+                start_process(
+                    settings,
+                    ["worker", "--name", name],
+                    tmp_path / f"{name}.log",
+                    env={"OFFLOAD__METRICS__PORT": str(_free())},
+                )
+            )
         wait_for(lambda: online_workers(settings) == 2, 60, "two workers ONLINE")
         main = cli_json(settings, "trigger")["flow_run_id"]
         # a manual run of one table's deployment races the cycle's run of the same table
@@ -236,18 +266,25 @@ def test_two_workers_share_table_runs_and_no_table_runs_twice_at_once(tmp_path):
         for t in TABLES:
             assert cold(settings, t).num_rows == 200
         logs = {n: (tmp_path / f"{n}.log").read_text() for n in ("w1", "w2")}
-        table_runs = [r for r in flow_runs(settings, "iceberg-offload-table/iceberg-offload-table")
-                      if r.state and r.state.type.value == "COMPLETED"]
+        table_runs = [
+            r
+            for r in flow_runs(settings, "iceberg-offload-table/iceberg-offload-table")
+            if r.state and r.state.type.value == "COMPLETED"
+        ]
         assert len(table_runs) == len(TABLES) + 1
         took = {n: sum(str(r.id) in log for r in table_runs) for n, log in logs.items()}
         assert took["w1"] > 0 and took["w2"] > 0, took
         with client(settings) as c:
             tasks = c.read_task_runs(limit=200)
         for t in TABLES:
-            spans = sorted((x.start_time, x.end_time) for x in tasks
-                           if f"offload-table:{t}" in x.tags and x.start_time and x.end_time)
-            assert spans and all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), \
+            spans = sorted(
+                (x.start_time, x.end_time)
+                for x in tasks
+                if f"offload-table:{t}" in x.tags and x.start_time and x.end_time
+            )
+            assert spans and all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), (
                 f"{t} ran twice at once: {spans}"
+            )
     finally:
         for p in procs:
             stop(p)
@@ -265,8 +302,9 @@ def test_postgres_backed_server_runs_the_deployment(tmp_path):
     admin = _pg_admin()
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
-    settings = write_config(tmp_path, ["p1"],
-                            prefect={"database_url": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"})
+    settings = write_config(
+        tmp_path, ["p1"], prefect={"database_url": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"}
+    )
     seed(settings, ["p1"], 1000)
     try:
         up = cli_json(settings, "up", timeout=240)
@@ -293,10 +331,13 @@ def test_worker_stops_on_sigterm_when_started_in_the_background(tmp_path):
     server = start_server(settings, tmp_path / "server.log")
     shell = None
     try:
-        script = (f"{os.sys.executable} -m iceberg_offload.cli worker --config {settings.path} "
-                  f"> {tmp_path}/w.log 2>&1 & echo $!; wait")
-        shell = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, text=True, env=ENV_BASE,
-                                 start_new_session=True)
+        script = (
+            f"{os.sys.executable} -m iceberg_offload.cli worker --config {settings.path} "
+            f"> {tmp_path}/w.log 2>&1 & echo $!; wait"
+        )
+        shell = subprocess.Popen(
+            ["bash", "-c", script], stdout=subprocess.PIPE, text=True, env=ENV_BASE, start_new_session=True
+        )
         pid = int(shell.stdout.readline())
         wait_for(lambda: online_workers(settings) == 1, 60, "the background worker ONLINE")
         t0 = time.monotonic()
@@ -452,8 +493,13 @@ def test_a_cycle_waits_while_maintenance_holds_the_table(stack, monkeypatch):
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(flows, "MAINTENANCE_WAIT_SECONDS", 1)
     with client(stack) as c:  # a maintenance task of b0, Running
-        run = c.create_task_run(flows.maintain_table_task, flow_run_id=None, dynamic_key=uuid.uuid4().hex,
-                                name="maintain b0", state=Running())
+        run = c.create_task_run(
+            flows.maintain_table_task,
+            flow_run_id=None,
+            dynamic_key=uuid.uuid4().hex,
+            name="maintain b0",
+            state=Running(),
+        )
     try:
         with pytest.raises(TableBusy, match="maintenance of b0"):
             flows._wait_while_maintained("b0")
@@ -479,10 +525,19 @@ def test_the_exporter_serves_late_rows_from_the_newest_cycle_artifact(stack):
     assert at is not None and {r["table"] for r in rows if r.get("late_checked")} >= {"b0", "b1", "b2"}, rows
     # a cycle whose sweep left 3 rows of b1 (in an hour the TTL is deleting), posted as the flow posts it
     hour_ns = (int(time.time()) - 3600) // 3600 * 3600 * 1_000_000_000
-    left = [{"table": "b1", "late_checked": True, "late_rows": 3, "late_rows_added": 0, "late_rows_left": 3,
-             "late_oldest_ns": hour_ns}]
-    prefect_api.request(stack, "POST", "/artifacts/", {"key": names.CYCLE_ARTIFACT, "type": "table",
-                                                       "data": json.dumps(left)})
+    left = [
+        {
+            "table": "b1",
+            "late_checked": True,
+            "late_rows": 3,
+            "late_rows_added": 0,
+            "late_rows_left": 3,
+            "late_oldest_ns": hour_ns,
+        }
+    ]
+    prefect_api.request(
+        stack, "POST", "/artifacts/", {"key": names.CYCLE_ARTIFACT, "type": "table", "data": json.dumps(left)}
+    )
     exporter = Exporter(stack)
     exporter.refresh(hot=False)
     served = {(m.name, tuple(smp.labels.values())): smp.value for m in exporter.collect() for smp in m.samples}

@@ -41,8 +41,14 @@ sequence_column = "seq"
 def _cli(cwd: Path, *args: str) -> tuple[int, dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD")}
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    done = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", *args, "--json"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "iceberg_offload.cli", *args, "--json"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.stdout.startswith("{"), done.stderr[-2000:]
     return done.returncode, json.loads(done.stdout)
 
@@ -62,8 +68,10 @@ def etc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _figures(status: dict) -> list[tuple]:
-    return [(t["table"], t["watermark"], t["cold_rows"], t["hot_rows"], t["commits"], t["pending_rows"])
-            for t in status["tables"]]
+    return [
+        (t["table"], t["watermark"], t["cold_rows"], t["hot_rows"], t["commits"], t["pending_rows"])
+        for t in status["tables"]
+    ]
 
 
 def test_a_config_with_relative_paths_reads_the_same_data_from_any_folder(etc, tmp_path):
@@ -124,8 +132,10 @@ def test_a_view_that_cannot_be_re_pointed_is_a_reported_failure(etc, tmp_path, m
 
     def refuse_views(self: Source, sql: str) -> None:  # the engine refuses the DDL (disk full, read-only)
         if sql.startswith("CREATE OR REPLACE VIEW"):
-            raise SourceError("ClickHouse rejected a query: Code: 243. Cannot reserve 1.00 MiB (NOT_ENOUGH_SPACE)",
-                              "free space on the engine's disk")
+            raise SourceError(
+                "ClickHouse rejected a query: Code: 243. Cannot reserve 1.00 MiB (NOT_ENOUGH_SPACE)",
+                "free space on the engine's disk",
+            )
         command(self, sql)
 
     monkeypatch.setattr(Source, "command", refuse_views)

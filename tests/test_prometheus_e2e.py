@@ -43,9 +43,14 @@ def firing(port: int) -> dict[str, set[str]]:
 
 def test_alerts_fire_and_resolve_and_dashboard_queries_return_data(tmp_path):
     now = int(time.time())
-    settings = write_config(tmp_path, [], extra_tables=[
-        {"source": "trades", "layer": "bronze", "timestamp_column": "ts", "sequence_column": "seq"},
-        {"source": "aging", "layer": "bronze", "timestamp_column": "ts", "sequence_column": "seq"}])
+    settings = write_config(
+        tmp_path,
+        [],
+        extra_tables=[
+            {"source": "trades", "layer": "bronze", "timestamp_column": "ts", "sequence_column": "seq"},
+            {"source": "aging", "layer": "bronze", "timestamp_column": "ts", "sequence_column": "seq"},
+        ],
+    )
     metrics_port = settings.metrics.port
     env = {"OFFLOAD__METRICS__REFRESH_SECONDS": "1", "OFFLOAD__METRICS__HOT_REFRESH_SECONDS": "1"}
     with open_source(settings.source) as ch:
@@ -56,19 +61,26 @@ def test_alerts_fire_and_resolve_and_dashboard_queries_return_data(tmp_path):
         insert_trades(ch, "trades", (now - 3600) * 1000, 500)
     run_cycle(settings)  # trades offloaded; aging empty (no watermark yet)
     with open_source(settings.source) as ch:  # a row 400 days - 2.4 h old, not offloaded: the TTL deletes it soon
-        ch.command(f"INSERT INTO k2.aging VALUES (fromUnixTimestamp64Milli(toInt64({(now - 34551360) * 1000})), 99, "
-                   f"'BTC', 1)")
+        ch.command(
+            f"INSERT INTO k2.aging VALUES (fromUnixTimestamp64Milli(toInt64({(now - 34551360) * 1000})), 99, 'BTC', 1)"
+        )
 
     rules = yaml.safe_load((ROOT / "deploy/prometheus/rules/iceberg-offload.yml").read_text())
     for rule in rules["groups"][0]["rules"]:
         rule["for"] = "1s"
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
     prom_port = free_port()
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(tmp_path / "rules.yml")],
-        "scrape_configs": [{"job_name": "iceberg-scheduler",
-                            "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}]}))
+    (tmp_path / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(tmp_path / "rules.yml")],
+                "scrape_configs": [
+                    {"job_name": "iceberg-scheduler", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
+                ],
+            }
+        )
+    )
 
     server = start_server(settings, tmp_path / "server.log")
     procs = []
@@ -77,10 +89,17 @@ def test_alerts_fire_and_resolve_and_dashboard_queries_return_data(tmp_path):
         worker = start_process(settings, ["worker"], tmp_path / "worker.log", env=env)
         procs.append(worker)
         log = open(tmp_path / "prometheus.log", "ab")  # noqa: SIM115
-        prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                 f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        prom = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs.append(prom)
         wait_for(lambda: prom_query(prom_port, 'up{job="iceberg-scheduler"} == 1'), 60, "the worker scraped")
 

@@ -37,8 +37,32 @@ from iceberg_offload.iceberg import sink as sink_mod
 
 SEEDS = int(os.environ.get("OFFLOAD_PROPERTY_SEEDS", "2"))
 TABLES = 6
-NAMES = ["c0", "c1", "c2", "c3", "k", "rn", "b", "n", "_o0", "_o_0", "_o__1", "x", "select", "from", "where",
-         "key", "value", "seq", "a b", "ünï", "CamelCase", "_", "offload", "c0_abc123"]
+NAMES = [
+    "c0",
+    "c1",
+    "c2",
+    "c3",
+    "k",
+    "rn",
+    "b",
+    "n",
+    "_o0",
+    "_o_0",
+    "_o__1",
+    "x",
+    "select",
+    "from",
+    "where",
+    "key",
+    "value",
+    "seq",
+    "a b",
+    "ünï",
+    "CamelCase",
+    "_",
+    "offload",
+    "c0_abc123",
+]
 E38 = "1" + "0" * 38
 
 
@@ -55,24 +79,55 @@ class Kind:
 
 
 KINDS = [
-    Kind("Int8"), Kind("Int16"), Kind("Int32"), Kind("Int64"), Kind("UInt8"), Kind("UInt16"), Kind("UInt32"),
-    Kind("Int8", override="long"), Kind("UInt16", override="long"),
-    Kind("UInt64", make="{r} % 9223372036854775807"), Kind("UInt64", refused="{c} > 9223372036854775807"),
+    Kind("Int8"),
+    Kind("Int16"),
+    Kind("Int32"),
+    Kind("Int64"),
+    Kind("UInt8"),
+    Kind("UInt16"),
+    Kind("UInt32"),
+    Kind("Int8", override="long"),
+    Kind("UInt16", override="long"),
+    Kind("UInt64", make="{r} % 9223372036854775807"),
+    Kind("UInt64", refused="{c} > 9223372036854775807"),
     Kind("UInt64", override="decimal(20,0)"),
-    Kind("Int128", make=f"{{r}} % toInt128('{E38}')"), Kind("UInt128", make=f"{{r}} % toUInt128('{E38}')"),
-    Kind("Int256", make=f"{{r}} % toInt256('{E38}')"), Kind("UInt256", make=f"{{r}} % toUInt256('{E38}')"),
+    Kind("Int128", make=f"{{r}} % toInt128('{E38}')"),
+    Kind("UInt128", make=f"{{r}} % toUInt128('{E38}')"),
+    Kind("Int256", make=f"{{r}} % toInt256('{E38}')"),
+    Kind("UInt256", make=f"{{r}} % toUInt256('{E38}')"),
     Kind("Int128", refused=f"abs({{c}}) >= toInt128('{E38}')"),
     Kind("UInt256", refused=f"{{c}} >= toUInt256('{E38}')"),
-    Kind("Float32"), Kind("Float64"), Kind("Decimal(9, 2)"), Kind("Decimal(18, 8)"), Kind("Decimal(38, 10)"),
-    Kind("Decimal(76, 10)", override="string"), Kind("Bool"), Kind("UUID"), Kind("IPv4"), Kind("IPv6"),
-    Kind("String"), Kind("String", make="concat({r}, 'é✓')"),
+    Kind("Float32"),
+    Kind("Float64"),
+    Kind("Decimal(9, 2)"),
+    Kind("Decimal(18, 8)"),
+    Kind("Decimal(38, 10)"),
+    Kind("Decimal(76, 10)", override="string"),
+    Kind("Bool"),
+    Kind("UUID"),
+    Kind("IPv4"),
+    Kind("IPv6"),
+    Kind("String"),
+    Kind("String", make="concat({r}, 'é✓')"),
     Kind("String", make="if(length({r}) % 3 = 0, concat({r}, unhex('C328FF')), {r})", override="binary"),
     Kind("String", make="if(length({r}) % 3 = 0, concat({r}, unhex('FF')), {r})", refused="NOT isValidUTF8({c})"),
-    Kind("FixedString(3)"), Kind("LowCardinality(String)"), Kind("Nullable(String)"), Kind("Nullable(Int32)"),
-    Kind("Nullable(Float64)"), Kind("Date"), Kind("Date32"), Kind("DateTime"), Kind("DateTime64(3)"),
-    Kind("DateTime64(6)"), Kind("DateTime64(9)", override="long"), Kind("DateTime64(9)", override="timestamp"),
-    Kind("Enum8('a' = -1, 'b' = 5)"), Kind("Array(Int32)"), Kind("Array(Nullable(String))"),
-    Kind("Map(String, UInt32)"), Kind("Tuple(a Int16, b String)"),
+    Kind("FixedString(3)"),
+    Kind("LowCardinality(String)"),
+    Kind("Nullable(String)"),
+    Kind("Nullable(Int32)"),
+    Kind("Nullable(Float64)"),
+    Kind("Date"),
+    Kind("Date32"),
+    Kind("DateTime"),
+    Kind("DateTime64(3)"),
+    Kind("DateTime64(6)"),
+    Kind("DateTime64(9)", override="long"),
+    Kind("DateTime64(9)", override="timestamp"),
+    Kind("Enum8('a' = -1, 'b' = 5)"),
+    Kind("Array(Int32)"),
+    Kind("Array(Nullable(String))"),
+    Kind("Map(String, UInt32)"),
+    Kind("Tuple(a Int16, b String)"),
 ]
 
 
@@ -87,9 +142,11 @@ class Spec:
 
     def table(self, rng: random.Random) -> dict[str, Any]:
         overrides = {c: k.override for c, k in self.cols if k.override}
-        out: dict[str, Any] = {"source": self.name, "timestamp_column": self.ts,
-                               "partition_by": rng.choice(["day", "hour", "none"]) if "DateTime" in self.ts_type
-                               else "none"}
+        out: dict[str, Any] = {
+            "source": self.name,
+            "timestamp_column": self.ts,
+            "partition_by": rng.choice(["day", "hour", "none"]) if "DateTime" in self.ts_type else "none",
+        }
         if self.seq:
             out["sequence_column"] = self.seq
         if overrides:
@@ -100,7 +157,7 @@ class Spec:
 def _spec(rng: random.Random, i: int) -> Spec:
     names = rng.sample(NAMES, rng.randint(3, 8))
     ts, seq = names[0], names[1] if rng.random() < 0.5 else None
-    cols = [(n, rng.choice(KINDS)) for n in names[2 if seq else 1:]]
+    cols = [(n, rng.choice(KINDS)) for n in names[2 if seq else 1 :]]
     ts_type = rng.choice(["DateTime64(3)", "DateTime64(6)", "DateTime64(0)", "DateTime"])
     return Spec(f"p{i}", ts, ts_type, seq, cols, rng.randint(1, 1500))
 
@@ -121,8 +178,10 @@ def _create(ch: Source, spec: Spec, rng: random.Random, seed: int) -> None:
     exprs = [ts] + ([f"rseq % {rng.choice([2, 1000, 2**63 - 1])}"] if spec.seq else [])
     exprs += [k.make.format(r=f"r{i}") for i, (_, k) in enumerate(spec.cols)]
     names = [spec.ts] + ([spec.seq] if spec.seq else []) + [c for c, _ in spec.cols]
-    ch.command(f"INSERT INTO k2.{spec.name} ({', '.join(map(quote, names))}) SELECT {', '.join(exprs)} "
-               f"FROM generateRandom('{structure}', {seed}, 8, 3) LIMIT {spec.rows}")
+    ch.command(
+        f"INSERT INTO k2.{spec.name} ({', '.join(map(quote, names))}) SELECT {', '.join(exprs)} "
+        f"FROM generateRandom('{structure}', {seed}, 8, 3) LIMIT {spec.rows}"
+    )
 
 
 # -- canonical values: the same Python value from ClickHouse's side and from Iceberg's ------------------
@@ -150,8 +209,9 @@ def _ch(expr: str, t: CHType, override: str | None) -> str:
         k, v = _ch("k", t.children[0], None), _ch("v", t.children[1], None)
         return f"arraySort(arrayMap((k, v) -> ({k}, {v}), mapKeys({expr}), mapValues({expr})))"
     if name == "Tuple":
-        return "tuple(" + ", ".join(_ch(f"tupleElement({expr}, {i + 1})", c, None)
-                                    for i, c in enumerate(t.children)) + ")"
+        return (
+            "tuple(" + ", ".join(_ch(f"tupleElement({expr}, {i + 1})", c, None) for i, c in enumerate(t.children)) + ")"
+        )
     return f"toString({expr})"
 
 
@@ -171,8 +231,11 @@ def _py(v: Any, t: CHType, override: str | None) -> Any:
         return str((v.replace(tzinfo=None) - _EPOCH) // _US)
     if name == "Bool":
         return "true" if v else "false"
-    if name.startswith("Decimal") or name in ("Int128", "UInt128", "Int256", "UInt256") or \
-            (name == "UInt64" and override):
+    if (
+        name.startswith("Decimal")
+        or name in ("Int128", "UInt128", "Int256", "UInt256")
+        or (name == "UInt64" and override)
+    ):
         exact = decimal.Context(prec=200)  # normalize() rounds to the context's precision (28 by default)
         return format(decimal.Decimal(v).normalize(exact), "f")
     if name == "Array":
@@ -248,8 +311,11 @@ def _fault(rng: random.Random, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_random_tables_land_exactly_or_stop_naming_the_value(make_settings, seed):
     rng = random.Random(seed)
     specs = [_spec(rng, i) for i in range(TABLES)]
-    sizes = {"max_rows_per_commit": rng.choice([7, 100, 5000]), "read_rows": rng.choice([3, 50, 1000]),
-             "batch_rows": rng.choice([5, 200, 250000])}
+    sizes = {
+        "max_rows_per_commit": rng.choice([7, 100, 5000]),
+        "read_rows": rng.choice([3, 50, 1000]),
+        "batch_rows": rng.choice([5, 200, 250000]),
+    }
     s = make_settings([sp.table(rng) for sp in specs], **sizes)
     with clickhouse(s) as ch:
         for i, sp in enumerate(specs):
@@ -267,8 +333,12 @@ def test_random_tables_land_exactly_or_stop_naming_the_value(make_settings, seed
             table = sink_for(s).load(sp.name)
             key = TablePlan.build(ch, s.table(sp.name)).key
             due = key.not_after(now_ns)
-            refusing = [c for c, k in sp.cols if k.refused and ch.rows(
-                f"SELECT count() FROM k2.{sp.name} WHERE {due} AND {k.refused.format(c=quote(c))}")[0][0]]
+            refusing = [
+                c
+                for c, k in sp.cols
+                if k.refused
+                and ch.rows(f"SELECT count() FROM k2.{sp.name} WHERE {due} AND {k.refused.format(c=quote(c))}")[0][0]
+            ]
             wm = sink_for(s).watermark(table)[0] if table is not None else None
             if refusing:
                 assert res.status == "failed" and res.error["type"] == "value_out_of_range", ctx

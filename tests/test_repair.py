@@ -101,7 +101,12 @@ def test_duplicates_in_cold_are_replaced_by_one_copy(make_settings):
     wm = _state(s)[1]
     done = _reconcile(s, apply=True)
     assert done.ok and done.applied, done.error
-    assert (done.buckets_duplicates, done.buckets_repaired, done.duplicate_rows_removed, done.rows_added) == (2, 2, 7, 0)
+    assert (done.buckets_duplicates, done.buckets_repaired, done.duplicate_rows_removed, done.rows_added) == (
+        2,
+        2,
+        7,
+        0,
+    )
     assert _state(s)[1] == wm and verify(s)[0].ok
     assert sorted(keys_of(cold(s, "trades"), "seq")) == [(i,) for i in range(5000)]
 
@@ -113,8 +118,10 @@ def test_buckets_the_hot_tier_no_longer_holds_completely_are_never_replaced(make
     table.append(rows.slice(1600, 2))  # duplicates in h1, of keys hot still holds
     with clickhouse(s) as ch:
         # the hot tier lost h0 and half of h1: h1 is its oldest, partly expired hour
-        ch.command(f"ALTER TABLE k2.trades DELETE WHERE ts < fromUnixTimestamp64Milli({HOUR0_MS + H + H // 2}) "
-                   f"SETTINGS mutations_sync = 2")
+        ch.command(
+            f"ALTER TABLE k2.trades DELETE WHERE ts < fromUnixTimestamp64Milli({HOUR0_MS + H + H // 2}) "
+            f"SETTINGS mutations_sync = 2"
+        )
         ch.command("ALTER TABLE k2.trades DELETE WHERE seq IN (3100, 3101, 3102) SETTINGS mutations_sync = 2")
         _late(ch, 2, 4, 100_000)  # h2: late rows, but its TTL runs out within the margin below
         _late(ch, 3, 3, 200_000)  # h3: late rows, but hot lost three keys cold holds
@@ -126,8 +133,7 @@ def test_buckets_the_hot_tier_no_longer_holds_completely_are_never_replaced(make
     assert done.ok, done.error
     actions = {b["bucket"][11:13]: b["action"] for b in done.buckets}
     hour = [time.strftime("%H", time.gmtime((HOUR0_MS + i * H) / 1000)) for i in range(5)]
-    assert actions == {hour[1]: "skipped_ttl", hour[2]: "skipped_ttl", hour[3]: "skipped_cold_ahead",
-                       hour[4]: "repair"}
+    assert actions == {hour[1]: "skipped_ttl", hour[2]: "skipped_ttl", hour[3]: "skipped_cold_ahead", hour[4]: "repair"}
     assert (done.buckets_skipped_ttl, done.buckets_skipped_cold_ahead, done.buckets_repaired) == (2, 1, 1)
     after = _per_hour(s)
     assert after == {**hours_before, 4: hours_before[4] + 2}  # only h4 changed: cold never shrank
@@ -177,7 +183,8 @@ def test_an_offload_racing_the_repair_commit_wins_and_the_repair_writes_nothing(
     assert again.applied and again.rows_added == 5, again.error
     assert _state(s)[1] == wm and verify(s)[0].ok
     assert sorted(keys_of(cold(s, "trades"), "seq")) == sorted(
-        [(i,) for i in range(3500)] + [(100_000 + i,) for i in range(5)])
+        [(i,) for i in range(3500)] + [(100_000 + i,) for i in range(5)]
+    )
 
 
 def test_a_bucket_shrinking_in_hot_while_repairing_stops_the_repair_and_leaves_no_files(make_settings, monkeypatch):

@@ -20,22 +20,33 @@ VIEW_ERROR = {"type": "source_error", "message": "NOT_ENOUGH_SPACE"}
 
 def row(table: str, error: OffloadError | None = None, view_error: dict[str, Any] | None = None) -> dict[str, Any]:
     """A table's row as the flow writes it: its outcome (TableResult) through `cycle_row`."""
-    outcome = TableResult(table, "bronze", status="failed" if error else "ok", rows=0 if error else 10,
-                          error=error.as_dict() if error else None, view_error=view_error)
+    outcome = TableResult(
+        table,
+        "bronze",
+        status="failed" if error else "ok",
+        rows=0 if error else 10,
+        error=error.as_dict() if error else None,
+        view_error=view_error,
+    )
     return cycle_row(outcome.as_dict())
 
 
 OK = [row("a"), row("b")]
 PARTIAL = [row("a", SourceUnavailable("ClickHouse unreachable", "start it")), row("b")]
-ALL_FAILED = [row("a", SourceError("no such table", "fix the config")),
-              row("b", OrchestrationError("the task run crashed", "see its logs"))]
+ALL_FAILED = [
+    row("a", SourceError("no such table", "fix the config")),
+    row("b", OrchestrationError("the task run crashed", "see its logs")),
+]
 VIEW_LEFT = [row("a", view_error=VIEW_ERROR), row("b")]
 
 
 def run(i: int, state: str, message: str = "", end: datetime | None = None) -> dict[str, Any]:
     when = end or T0 + timedelta(seconds=i)
-    return {"id": f"run-{i}", "end_time": when.isoformat().replace("+00:00", "Z"),
-            "state": {"type": state, "message": message}}
+    return {
+        "id": f"run-{i}",
+        "end_time": when.isoformat().replace("+00:00", "Z"),
+        "state": {"type": state, "message": message},
+    }
 
 
 def test_a_cycles_status_and_errors_are_its_state_type_and_artifact_rows_never_its_message():
@@ -47,8 +58,13 @@ def test_a_cycles_status_and_errors_are_its_state_type_and_artifact_rows_never_i
         ("CRASHED", "1 of 2 tables failed [source_error]", None, "failed", []),  # no artifact: no table errors
         ("FAILED", "the flow raised before any table", None, "failed", []),
         ("FAILED", "", OK, "failed", []),  # a failed run whose rows say nothing failed is still not a success
-        ("FAILED", "", [{"table": "a", "status": "failed", "error": "old row"}, row("b")], "partial",
-         [("a", "unknown")]),  # a row written before rows carried error_type
+        (
+            "FAILED",
+            "",
+            [{"table": "a", "status": "failed", "error": "old row"}, row("b")],
+            "partial",
+            [("a", "unknown")],
+        ),  # a row written before rows carried error_type
     ]
     for state, message, rows, status, errors in cases:
         got = cycle_outcomes({**run(0, state, message), ROWS: rows})
@@ -85,14 +101,16 @@ class FakePrefect:
 
     def _match(self, where: dict[str, Any], end_time: dict[str, str]) -> list[dict[str, Any]]:
         types = where["state"]["type"]["any_"]
-        after, before = (datetime.fromisoformat(end_time[k].replace("Z", "+00:00")) if k in end_time else None
-                         for k in ("after_", "before_"))
+        after, before = (
+            datetime.fromisoformat(end_time[k].replace("Z", "+00:00")) if k in end_time else None
+            for k in ("after_", "before_")
+        )
         out = [r for r in self.runs if r["state"]["type"] in types]
         out = [r for r in out if (after is None or _end(r) >= after) and (before is None or _end(r) <= before)]
         return sorted(out, key=_end, reverse=True)
 
     def page(self, where: dict[str, Any], end_time: dict[str, str], offset: int) -> list[dict[str, Any]]:
-        return self._match(where, end_time)[offset:offset + PAGE]
+        return self._match(where, end_time)[offset : offset + PAGE]
 
     def count(self, where: dict[str, Any], end_time: dict[str, str]) -> int:
         return len(self._match(where, end_time))
@@ -107,8 +125,13 @@ def _end(r: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(r["end_time"].replace("Z", "+00:00"))
 
 
-KINDS = [("COMPLETED", OK, "success"), ("FAILED", PARTIAL, "partial"), ("FAILED", ALL_FAILED, "failed"),
-         ("CRASHED", None, "failed"), ("FAILED", VIEW_LEFT, "partial")]
+KINDS = [
+    ("COMPLETED", OK, "success"),
+    ("FAILED", PARTIAL, "partial"),
+    ("FAILED", ALL_FAILED, "failed"),
+    ("CRASHED", None, "failed"),
+    ("FAILED", VIEW_LEFT, "partial"),
+]
 
 
 def _add(fake: FakePrefect, truth: Counter, start: int, n: int, same_instant: datetime | None = None) -> None:
@@ -126,9 +149,14 @@ def test_totals_from_artifacts_count_each_run_once_over_pages_and_only_rise():
     truth: Counter = Counter()
     _add(fake, truth, 0, 450)  # more than two pages
     _add(fake, truth, 450, 400, same_instant=T0 + timedelta(seconds=460))  # over a page ending at one instant
-    totals = RunTotals(with_rows(fake.page, fake.artifacts), lambda types: {"state": {"type": {"any_": types}}},
-                       ["COMPLETED", "FAILED", "CRASHED"], cycle_outcomes, fake.count,
-                       {("cycles", "success"): "COMPLETED"})
+    totals = RunTotals(
+        with_rows(fake.page, fake.artifacts),
+        lambda types: {"state": {"type": {"any_": types}}},
+        ["COMPLETED", "FAILED", "CRASHED"],
+        cycle_outcomes,
+        fake.count,
+        {("cycles", "success"): "COMPLETED"},
+    )
     now = (T0 + timedelta(seconds=2000)).timestamp()
     first = totals.refresh(now)
     assert fake.artifact_calls >= 4  # the history: pages of failed and crashed runs, one artifact call each

@@ -54,8 +54,14 @@ def container_names() -> set[str]:
 
 def test_every_runbook_starts_with_its_alert_and_doctor():
     paths = sorted(RUNBOOKS.glob("*.md"))
-    assert {p.name for p in paths} == {"scheduler-down.md", "offload-failure.md", "lag.md", "watermark-recovery.md",
-                                       "ttl-risk.md", "warehouse-lost.md"}
+    assert {p.name for p in paths} == {
+        "scheduler-down.md",
+        "offload-failure.md",
+        "lag.md",
+        "watermark-recovery.md",
+        "ttl-risk.md",
+        "warehouse-lost.md",
+    }
     for path in paths:
         head = path.read_text().split("```")[0]
         assert re.search(r"\*\*Alerts?:\*\* `IcebergOffload\w+`", head), path.name
@@ -100,8 +106,15 @@ def test_a_misspelt_command_line_fails_the_check():
     import pytest
 
     parses(["maintain", "reconcile", "--table", "t", "--yes"])
-    for bad in (["run", "--tabel", "t"], ["maintian", "all"], ["maintain", "recon"], ["watermark", "set", "--table",
-                "t"], ["trigger", "--timeout", "soon"], ["schedule", "stop"], ["status", "-o", "yaml"]):
+    for bad in (
+        ["run", "--tabel", "t"],
+        ["maintian", "all"],
+        ["maintain", "recon"],
+        ["watermark", "set", "--table", "t"],
+        ["trigger", "--timeout", "soon"],
+        ["schedule", "stop"],
+        ["status", "-o", "yaml"],
+    ):
         with pytest.raises(click.UsageError):
             parses(bad)
 

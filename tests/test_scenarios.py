@@ -49,10 +49,12 @@ def pg_cluster():
 def stack(tmp_path_factory, pg_cluster):
     root = tmp_path_factory.mktemp("scenarios")
     settings = write_config(
-        root, TABLES,
-        prefect={"database_url": pg_cluster.url("asyncpg"),
-                 "retry_delays_seconds": []},
-        source={"lock_timeout_seconds": 5}, offload={"max_rows_per_commit": 3000})
+        root,
+        TABLES,
+        prefect={"database_url": pg_cluster.url("asyncpg"), "retry_delays_seconds": []},
+        source={"lock_timeout_seconds": 5},
+        offload={"max_rows_per_commit": 3000},
+    )
     seed(settings, TABLES, 1000, start_ms=(int(time.time()) - HOURS * 3600) * 1000)
     try:
         up = cli_json(settings, "up", timeout=240)
@@ -97,8 +99,12 @@ def recover_and_verify(settings, scenario: str, *flags: str) -> dict[str, Any]:
     assert verify["ok"], verify
     if out := os.environ.get("OFFLOAD_MTTR_OUT"):
         with open(out, "a") as f:
-            f.write(json.dumps({"scenario": scenario, "seconds": done["seconds"],
-                                "steps": [s["name"] for s in done["steps"]]}) + "\n")
+            f.write(
+                json.dumps(
+                    {"scenario": scenario, "seconds": done["seconds"], "steps": [s["name"] for s in done["steps"]]}
+                )
+                + "\n"
+            )
     return done
 
 
@@ -186,8 +192,11 @@ def test_metrics_port_unreachable(healthy):
     try:
         holder.listen(1)  # accepts connections, never answers
         log = Path(read_state(healthy)["children"]["worker"]["log"])
-        wait_for(lambda: child_pid(healthy, "worker") != old and "already in use" in log.read_text(), 60,
-                 "the restarted worker to find its port taken")
+        wait_for(
+            lambda: child_pid(healthy, "worker") != old and "already in use" in log.read_text(),
+            60,
+            "the restarted worker to find its port taken",
+        )
         report = doctor(healthy)
         assert report["scenario"] == "metrics unreachable", checks(report)["metrics endpoint"]
         metrics = checks(report)["metrics endpoint"]
@@ -289,13 +298,21 @@ def test_runbook_commands_run_on_the_native_stack(healthy):
     stack_dir = Path(healthy.prefect.home).parent / "stack"
     api_port = urlparse(healthy.prefect.api_url).port
     wm_s = add_rows(healthy, 0) - 3600  # an hour back: the preview shows rows that would be offloaded again
-    env = {**os.environ, **prefect_env(healthy), "OFFLOAD_CONFIG": healthy.path,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        **prefect_env(healthy),
+        "OFFLOAD_CONFIG": healthy.path,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     env = {k: v for k, v in env.items() if not k.startswith("OFFLOAD__")}
     ran = []
     for runbook, kind, cmd in native_commands():
-        cmd = (cmd.replace(":8000", f":{healthy.metrics.port}").replace(":4200", f":{api_port}")
-               .replace(".offload/stack/", f"{stack_dir}/").replace("TIME", str(int(wm_s))))
+        cmd = (
+            cmd.replace(":8000", f":{healthy.metrics.port}")
+            .replace(":4200", f":{api_port}")
+            .replace(".offload/stack/", f"{stack_dir}/")
+            .replace("TIME", str(int(wm_s)))
+        )
         cmd = re.sub(r"(?<=k2\.)TABLE|(?<=--table )TABLE", table, cmd)
         if cmd in ran:
             continue
@@ -303,10 +320,18 @@ def test_runbook_commands_run_on_the_native_stack(healthy):
             with open_source(healthy.source) as ch:
                 ch.command(cmd)
         else:
-            proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=Path(healthy.path).parent, env=env,
-                                  capture_output=True, text=True, timeout=400)
-            assert proc.returncode == 0, f"{runbook}: `{cmd}` exited {proc.returncode}:\n" \
-                                         f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\nruns: {_runs(healthy)}"
+            proc = subprocess.run(
+                ["bash", "-o", "pipefail", "-c", cmd],
+                cwd=Path(healthy.path).parent,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=400,
+            )
+            assert proc.returncode == 0, (
+                f"{runbook}: `{cmd}` exited {proc.returncode}:\n"
+                f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\nruns: {_runs(healthy)}"
+            )
         ran.append(cmd)
         print(time.strftime("%H:%M:%S"), cmd, flush=True)
     assert len(ran) >= 25 and any("recover --yes" in c for c in ran) and any("prefect flow-run ls" in c for c in ran)
@@ -323,6 +348,15 @@ def _hot_counts(settings) -> dict[str, int]:
 def _runs(settings) -> list[tuple[str, str, str]]:
     from stackutil import flow_runs
 
-    return [(r.name, r.state.type.value, (r.state.message or "")[:80], str(r.created), str(r.state.timestamp),
-             str(r.created_by)) for r in flow_runs(settings, MAIN)
-            if r.state and r.state.type.value != "SCHEDULED"]
+    return [
+        (
+            r.name,
+            r.state.type.value,
+            (r.state.message or "")[:80],
+            str(r.created),
+            str(r.state.timestamp),
+            str(r.created_by),
+        )
+        for r in flow_runs(settings, MAIN)
+        if r.state and r.state.type.value != "SCHEDULED"
+    ]

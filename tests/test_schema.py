@@ -29,15 +29,19 @@ def test_added_column_is_added_to_iceberg(make_settings, catalog_uri):
     field = sink_for(s).load("trades").schema().find_field("venue")
     assert str(field.field_type) == "string" and not field.required
     rows = cold(s, "trades").to_pylist()
-    assert sorted((r["seq"], r["venue"]) for r in rows) == [(i, None) for i in range(10)] + [(i, "x") for i in range(10, 15)]
+    assert sorted((r["seq"], r["venue"]) for r in rows) == [(i, None) for i in range(10)] + [
+        (i, "x") for i in range(10, 15)
+    ]
 
 
 def test_dropped_column_stops_the_table_and_writes_nothing(make_settings, sqlite_uri):
     s = _setup(make_settings, sqlite_uri)
     with clickhouse(s) as ch:
         ch.command("ALTER TABLE k2.trades DROP COLUMN symbol")
-        insert_trades_no_symbol = ("INSERT INTO k2.trades (ts, seq, price) SELECT fromUnixTimestamp64Milli(toInt64("
-                                   f"{START_MS + 20_000} + number)), 100 + number, 1 FROM numbers(3)")
+        insert_trades_no_symbol = (
+            "INSERT INTO k2.trades (ts, seq, price) SELECT fromUnixTimestamp64Milli(toInt64("
+            f"{START_MS + 20_000} + number)), 100 + number, 1 FROM numbers(3)"
+        )
         ch.command(insert_trades_no_symbol)
     res = run_cycle(s).tables[0]
     assert res.status == "failed" and res.error["type"] == "schema_drift"

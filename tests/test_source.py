@@ -16,8 +16,13 @@ def test_arrow_results_outlive_later_queries_and_the_closed_source(make_settings
         insert_trades(ch, "trades", 1_767_225_600_000, 50_000)
     with open_source(s.source) as src:
         assert src.embedded  # the in-place path, not clickhouse-connect's copy
-        held = [src.arrow(f"SELECT seq, symbol, toString(seq) AS t FROM k2.trades WHERE seq >= {lo} "
-                          f"AND seq < {lo + 10_000} ORDER BY seq") for lo in range(0, 50_000, 10_000)]
+        held = [
+            src.arrow(
+                f"SELECT seq, symbol, toString(seq) AS t FROM k2.trades WHERE seq >= {lo} "
+                f"AND seq < {lo + 10_000} ORDER BY seq"
+            )
+            for lo in range(0, 50_000, 10_000)
+        ]
         for _ in range(10):  # the engine reuses memory for new results
             src.arrow("SELECT seq * 7 AS x, repeat('x', 50) AS y FROM k2.trades")
     gc.collect()

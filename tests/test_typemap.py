@@ -45,29 +45,91 @@ ROW2 = f"""(2, '{T0}', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, false,
  [], [], [], {{}}, {{}}, (0, ''), (0, 'z'), '0.0.0.0', '::', '{{}}', 0)"""
 
 EXPECTED = {
-    1: dict(ts=dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC), i8=-128, i16=-32768, i32=-2147483648,
-            i64=-9223372036854775808, u8=255, u16=65535, u32=4294967295, u64=9223372036854775807,
-            i128=Decimal("-99999999999999999999999999999999999999"),
-            u128=Decimal("99999999999999999999999999999999999999"), i256=Decimal(-5), u256=Decimal(5),
-            f32=1.5, f64=2.25, d9=Decimal("1234567.89"), d18=Decimal("123456789012.123456"),
-            d38=Decimal("1234567890123456789012345678.0123456789"), b=True, s="héllo", fs=b"abcd",
-            u=uuid.UUID("61f0c404-5cb3-11e7-907b-a6006ad3dba0"), dt=dt.date(2026, 1, 2), d32=dt.date(1960, 5, 6),
-            dtm=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), dtm_tz=dt.datetime(2026, 1, 2, 3, 0, tzinfo=UTC),
-            dt64_0=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
-            dt64_6=dt.datetime(2026, 1, 2, 8, 4, 5, 123456, tzinfo=UTC), e8="b", e16="x", lc="lc", lcn=None,
-            n=None, nu=None, arr=[1, 2], arrn=["a", None], arr2=[[1], [2, 3]], m=[("k", 18446744073709551)],
-            mn=[("z", None), ("y", 1.5)], t={"f1": 1, "f2": "one"}, tn={"a": 2, "b": None}, ip4="1.2.3.4",
-            ip6="2001:db8::1", j='{"a":{"b":1}}', saf=42),
-    2: dict(i64=0, u64=0, b=False, s="", fs=b"\0\0\0\0", u=uuid.UUID(int=0), dt=dt.date(1970, 1, 1),
-            d32=dt.date(2100, 12, 31), dtm=dt.datetime(1970, 1, 1, tzinfo=UTC), dtm_tz=dt.datetime(1970, 1, 1, tzinfo=UTC),
-            e8="a", lc="", lcn="n", n=7, nu=0, arr=[], arrn=[], arr2=[], m=[], mn=[], t={"f1": 0, "f2": ""},
-            tn={"a": 0, "b": "z"}, ip4="0.0.0.0", ip6="::", j="{}"),
+    1: dict(
+        ts=dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+        i8=-128,
+        i16=-32768,
+        i32=-2147483648,
+        i64=-9223372036854775808,
+        u8=255,
+        u16=65535,
+        u32=4294967295,
+        u64=9223372036854775807,
+        i128=Decimal("-99999999999999999999999999999999999999"),
+        u128=Decimal("99999999999999999999999999999999999999"),
+        i256=Decimal(-5),
+        u256=Decimal(5),
+        f32=1.5,
+        f64=2.25,
+        d9=Decimal("1234567.89"),
+        d18=Decimal("123456789012.123456"),
+        d38=Decimal("1234567890123456789012345678.0123456789"),
+        b=True,
+        s="héllo",
+        fs=b"abcd",
+        u=uuid.UUID("61f0c404-5cb3-11e7-907b-a6006ad3dba0"),
+        dt=dt.date(2026, 1, 2),
+        d32=dt.date(1960, 5, 6),
+        dtm=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        dtm_tz=dt.datetime(2026, 1, 2, 3, 0, tzinfo=UTC),
+        dt64_0=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        dt64_6=dt.datetime(2026, 1, 2, 8, 4, 5, 123456, tzinfo=UTC),
+        e8="b",
+        e16="x",
+        lc="lc",
+        lcn=None,
+        n=None,
+        nu=None,
+        arr=[1, 2],
+        arrn=["a", None],
+        arr2=[[1], [2, 3]],
+        m=[("k", 18446744073709551)],
+        mn=[("z", None), ("y", 1.5)],
+        t={"f1": 1, "f2": "one"},
+        tn={"a": 2, "b": None},
+        ip4="1.2.3.4",
+        ip6="2001:db8::1",
+        j='{"a":{"b":1}}',
+        saf=42,
+    ),
+    2: dict(
+        i64=0,
+        u64=0,
+        b=False,
+        s="",
+        fs=b"\0\0\0\0",
+        u=uuid.UUID(int=0),
+        dt=dt.date(1970, 1, 1),
+        d32=dt.date(2100, 12, 31),
+        dtm=dt.datetime(1970, 1, 1, tzinfo=UTC),
+        dtm_tz=dt.datetime(1970, 1, 1, tzinfo=UTC),
+        e8="a",
+        lc="",
+        lcn="n",
+        n=7,
+        nu=0,
+        arr=[],
+        arrn=[],
+        arr2=[],
+        m=[],
+        mn=[],
+        t={"f1": 0, "f2": ""},
+        tn={"a": 0, "b": "z"},
+        ip4="0.0.0.0",
+        ip6="::",
+        j="{}",
+    ),
 }
 
 
 def _types_table(extra: dict | None = None) -> dict:
-    return {"source": "types", "timestamp_column": "ts", "sequence_column": "id", "partition_by": "day",
-            **(extra or {})}
+    return {
+        "source": "types",
+        "timestamp_column": "ts",
+        "sequence_column": "id",
+        "partition_by": "day",
+        **(extra or {}),
+    }
 
 
 def test_every_type_round_trips(make_settings, catalog_uri):
@@ -95,7 +157,9 @@ def test_uint64_above_long_is_refused_naming_table_column_value_and_fix(make_set
     s = make_settings([{"source": "big", "timestamp_column": "ts", "sequence_column": "seq"}], catalog_uri=sqlite_uri)
     with clickhouse(s) as ch:
         ch.command("CREATE TABLE k2.big (ts DateTime64(3), seq UInt64, v UInt64) ENGINE = MergeTree ORDER BY (ts, seq)")
-        ch.command("INSERT INTO k2.big VALUES ('2026-01-01 00:00:00', 1, 5), ('2026-01-01 00:00:01', 2, 18446744073709551615)")
+        ch.command(
+            "INSERT INTO k2.big VALUES ('2026-01-01 00:00:00', 1, 5), ('2026-01-01 00:00:01', 2, 18446744073709551615)"
+        )
     res = run_cycle(s).tables[0]
     assert res.status == "failed" and res.error["type"] == "value_out_of_range"
     msg = res.error["message"] + res.error["fix"]
@@ -106,8 +170,12 @@ def test_uint64_above_long_is_refused_naming_table_column_value_and_fix(make_set
 
 
 def test_uint64_opt_in_decimal(make_settings, sqlite_uri):
-    table = {"source": "big", "timestamp_column": "ts", "sequence_column": "seq",
-             "column_types": {"v": "decimal(20,0)", "seq": "decimal(20,0)"}}
+    table = {
+        "source": "big",
+        "timestamp_column": "ts",
+        "sequence_column": "seq",
+        "column_types": {"v": "decimal(20,0)", "seq": "decimal(20,0)"},
+    }
     s = make_settings([table], catalog_uri=sqlite_uri)
     with clickhouse(s) as ch:
         ch.command("CREATE TABLE k2.big (ts DateTime64(3), seq UInt64, v UInt64) ENGINE = MergeTree ORDER BY (ts, seq)")
@@ -119,19 +187,27 @@ def test_uint64_opt_in_decimal(make_settings, sqlite_uri):
     assert wm is not None and wm.seq == 18446744073709551614
 
 
-@pytest.mark.parametrize("ddl,col,override,expected", [
-    ("Decimal(76, 10)", "x", "string", "123456789012345678901234567890123456789012345.0123456789"),
-    ("Decimal(76, 10)", "x", "double", pytest.approx(1.2345678901234568e44, rel=1e-12)),
-    ("DateTime64(9, 'UTC')", "x", "long", 1767236400123456789),
-    ("DateTime64(9, 'UTC')", "x", "timestamp", dt.datetime(2026, 1, 1, 3, 0, 0, 123456, tzinfo=UTC)),
-])
+@pytest.mark.parametrize(
+    "ddl,col,override,expected",
+    [
+        ("Decimal(76, 10)", "x", "string", "123456789012345678901234567890123456789012345.0123456789"),
+        ("Decimal(76, 10)", "x", "double", pytest.approx(1.2345678901234568e44, rel=1e-12)),
+        ("DateTime64(9, 'UTC')", "x", "long", 1767236400123456789),
+        ("DateTime64(9, 'UTC')", "x", "timestamp", dt.datetime(2026, 1, 1, 3, 0, 0, 123456, tzinfo=UTC)),
+    ],
+)
 def test_lossy_types_refused_by_default_and_mapped_on_opt_in(make_settings, sqlite_uri, ddl, col, override, expected):
-    value = ("123456789012345678901234567890123456789012345.0123456789" if ddl.startswith("Decimal")
-             else "2026-01-01 03:00:00.123456789")
+    value = (
+        "123456789012345678901234567890123456789012345.0123456789"
+        if ddl.startswith("Decimal")
+        else "2026-01-01 03:00:00.123456789"
+    )
     base = {"source": "lossy", "timestamp_column": "ts", "sequence_column": "seq"}
     s = make_settings([base], catalog_uri=sqlite_uri)
     with clickhouse(s) as ch:
-        ch.command(f"CREATE TABLE k2.lossy (ts DateTime64(3), seq UInt64, x {ddl}) ENGINE = MergeTree ORDER BY (ts, seq)")
+        ch.command(
+            f"CREATE TABLE k2.lossy (ts DateTime64(3), seq UInt64, x {ddl}) ENGINE = MergeTree ORDER BY (ts, seq)"
+        )
         ch.command(f"INSERT INTO k2.lossy VALUES ('2026-01-01 00:00:00', 1, '{value}')")
     refused = run_cycle(s).tables[0]
     assert refused.status == "failed" and refused.error["type"] == "type_refused"
@@ -160,19 +236,32 @@ def test_decimals_and_enums_travel_as_integers_and_decode_exactly(make_settings,
     """Decimal(P <= 18) crosses as its unscaled integer and an Enum as its number (cheaper than ClickHouse's
     own Arrow conversion); both must decode to exactly what ClickHouse prints, nulls included."""
     s = make_settings([{"source": "wire", "timestamp_column": "ts", "sequence_column": "id"}], catalog_uri=sqlite_uri)
-    ddl = ("id UInt32, ts DateTime64(3), d4 Decimal(4, 4), d9 Nullable(Decimal(9, 0)), d18 Decimal(18, 18), "
-           "d18n Nullable(Decimal64(2)), e Nullable(Enum8('lo' = -128, 'hi' = 127)), "
-           "q Enum16('it''s' = -1000, 'a\\\\b' = 0, 'c, \\'d\\' = 3' = 30000)")
-    rows = ("(1, '2026-01-01 00:00:00', -0.9999, 999999999, 0.999999999999999999, -99999999999999.99, 'lo', 'it''s'),"
-            "(2, '2026-01-01 00:00:01', 0.0001, NULL, -0.000000000000000001, NULL, NULL, 'a\\\\b'),"
-            "(3, '2026-01-01 00:00:02', 0, -999999999, 0, 0.01, 'hi', 'c, \\'d\\' = 3')")
+    ddl = (
+        "id UInt32, ts DateTime64(3), d4 Decimal(4, 4), d9 Nullable(Decimal(9, 0)), d18 Decimal(18, 18), "
+        "d18n Nullable(Decimal64(2)), e Nullable(Enum8('lo' = -128, 'hi' = 127)), "
+        "q Enum16('it''s' = -1000, 'a\\\\b' = 0, 'c, \\'d\\' = 3' = 30000)"
+    )
+    rows = (
+        "(1, '2026-01-01 00:00:00', -0.9999, 999999999, 0.999999999999999999, -99999999999999.99, 'lo', 'it''s'),"
+        "(2, '2026-01-01 00:00:01', 0.0001, NULL, -0.000000000000000001, NULL, NULL, 'a\\\\b'),"
+        "(3, '2026-01-01 00:00:02', 0, -999999999, 0, 0.01, 'hi', 'c, \\'d\\' = 3')"
+    )
     with clickhouse(s) as ch:
         ch.command(f"CREATE TABLE k2.wire ({ddl}) ENGINE = MergeTree ORDER BY (ts, id)")
         ch.command(f"INSERT INTO k2.wire VALUES {rows}")
-        cols = [(str(n), str(t)) for n, t in ch.rows("SELECT name, type FROM system.columns WHERE database = 'k2' "
-                                                     "AND table = 'wire' ORDER BY position")]
-        printed = {int(r[0]): r[1:] for r in ch.rows("SELECT id, toString(d4), toString(d9), toString(d18), "
-                                                      "toString(d18n), toString(e), toString(q) FROM k2.wire")}
+        cols = [
+            (str(n), str(t))
+            for n, t in ch.rows(
+                "SELECT name, type FROM system.columns WHERE database = 'k2' AND table = 'wire' ORDER BY position"
+            )
+        ]
+        printed = {
+            int(r[0]): r[1:]
+            for r in ch.rows(
+                "SELECT id, toString(d4), toString(d9), toString(d18), "
+                "toString(d18n), toString(e), toString(q) FROM k2.wire"
+            )
+        }
     plans = {p.name: p for p in plan_columns("k2.wire", cols, {})}
     assert all(plans[c].wire is not None for c in ("d4", "d9", "d18", "d18n", "e", "q"))
     assert run_cycle(s).tables[0].status == "ok"
@@ -196,8 +285,13 @@ def test_wire_decoding_of_sliced_chunks_keeps_values_and_nulls():
     raw = pa.array([-(10**17), None, 5, 999_999_999_999_999_999, -1], pa.int64())
     chunked = pa.chunked_array([raw.slice(1, 4), raw.slice(0, 1)])  # offsets and nulls in the chunks
     got = Wire(decimal=(18, 2, 64)).decode(chunked).to_pylist()
-    assert got == [None, Decimal("0.05"), Decimal("9999999999999999.99"), Decimal("-0.01"),
-                   Decimal("-1000000000000000.00")]
+    assert got == [
+        None,
+        Decimal("0.05"),
+        Decimal("9999999999999999.99"),
+        Decimal("-0.01"),
+        Decimal("-1000000000000000.00"),
+    ]
     small = pa.chunked_array([pa.array([None, -7, 123], pa.int32()).slice(1)])
     assert Wire(decimal=(9, 3, 32)).decode(small).to_pylist() == [Decimal("-0.007"), Decimal("0.123")]
     enum = pa.chunked_array([pa.array([2, None, -1], pa.int8()).slice(1)])

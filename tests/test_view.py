@@ -27,8 +27,10 @@ def trades(make_settings, tmp_path, monkeypatch):
         insert_trades(ch, "trades", START_MS, 3000, step_ms=3600)
     assert run_cycle(s).tables[0].rows == 3000
     with clickhouse(s) as ch:  # the hot tier lost its first hour; 500 new rows are not offloaded yet
-        ch.command(f"ALTER TABLE k2.trades DELETE WHERE ts < fromUnixTimestamp64Milli({START_MS + H}) "
-                   f"SETTINGS mutations_sync = 2")
+        ch.command(
+            f"ALTER TABLE k2.trades DELETE WHERE ts < fromUnixTimestamp64Milli({START_MS + H}) "
+            f"SETTINGS mutations_sync = 2"
+        )
         insert_trades(ch, "trades", START_MS + 3 * H, 500, seq0=3000, step_ms=3600)
     return s
 
@@ -52,8 +54,12 @@ def test_view_reads_each_row_of_both_tiers_once_across_an_offload(trades):
         assert "icebergLocal(" in made["sql"] and "iceberg_metadata_file_path" in made["sql"]
         assert made["watermark"]["seq"] == 2999
         described = dict((r[0], r[1]) for r in ch.rows("DESCRIBE k2.trades_all"))
-    assert described == {"ts": "DateTime64(3)", "seq": "UInt64", "symbol": "LowCardinality(String)",
-                         "price": "Decimal(18, 8)"}
+    assert described == {
+        "ts": "DateTime64(3)",
+        "seq": "UInt64",
+        "symbol": "LowCardinality(String)",
+        "price": "Decimal(18, 8)",
+    }
     expected = [(i,) for i in range(3500)]
     assert _union(s) == expected  # hour 0 only in cold, the last 500 rows only in hot
     assert _view(s) == (3500, expected)

@@ -36,8 +36,9 @@ def _closed_port() -> int:
 def offloaded(make_settings, sqlite_uri, monkeypatch):
     """30 rows offloaded in 3 commits; the metrics port is one nothing listens on."""
     s = make_settings([trades_table()], catalog_uri=sqlite_uri, max_rows_per_commit=10)
-    Path(s.path).write_text(Path(s.path).read_text().replace("[offload]", f"[metrics]\nport = {_closed_port()}\n\n"
-                                                                           "[offload]"))
+    Path(s.path).write_text(
+        Path(s.path).read_text().replace("[offload]", f"[metrics]\nport = {_closed_port()}\n\n[offload]")
+    )
     s = config.load(s.path, env={})
     for key in config.prefect_env(s):  # doctor sets them for this process: restore them after
         monkeypatch.setenv(key, os.environ.get(key, ""))
@@ -143,8 +144,9 @@ def test_doctor_without_a_stack_checks_the_engine_and_exits_0(offloaded, capsys)
     stack = Path(offloaded.prefect.home).parent / "stack"
     stack.mkdir(parents=True)
     dead = {"pid": 2**22 + 12345, "restarts": 0, "started_at": 0}
-    (stack / "state.json").write_text(json.dumps({"supervisor_pid": os.getpid(), "stopped": False,
-                                                  "children": {"server": dead, "worker": dead}}))
+    (stack / "state.json").write_text(
+        json.dumps({"supervisor_pid": os.getpid(), "stopped": False, "children": {"server": dead, "worker": dead}})
+    )
     code, report = run_cli(capsys, "doctor", "--config", offloaded.path)
     checks = {c["name"]: c for c in report["checks"]}
     assert code == 1 and "orchestrator" not in checks and "prefect server" in checks

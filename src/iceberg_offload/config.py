@@ -178,9 +178,14 @@ class Settings(_Section):
         for table in self.tables:
             if table.target in seen:
                 raise PydanticCustomError(
-                    "duplicate_target", "two [[tables]] entries write to target '{target}'",
-                    {"target": table.target, "fix": f"give one of them its own target = \"...\"; both write to "
-                                                    f"{table.target!r} and their rows would mix"})
+                    "duplicate_target",
+                    "two [[tables]] entries write to target '{target}'",
+                    {
+                        "target": table.target,
+                        "fix": f'give one of them its own target = "..."; both write to '
+                        f"{table.target!r} and their rows would mix",
+                    },
+                )
             seen.add(table.target)
         return self
 
@@ -193,8 +198,10 @@ class Settings(_Section):
 
     def select(self, names: list[str] | None) -> list[TableSettings]:
         if not self.tables:
-            raise ConfigError(f"no tables configured in {self.path or 'the embedded default (no offload.toml here)'}",
-                              "add [[tables]] entries to offload.toml, pass --config, or run `iceberg-offload demo`")
+            raise ConfigError(
+                f"no tables configured in {self.path or 'the embedded default (no offload.toml here)'}",
+                "add [[tables]] entries to offload.toml, pass --config, or run `iceberg-offload demo`",
+            )
         return [self.table(n) for n in names] if names else list(self.tables)
 
 
@@ -215,8 +222,10 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
                 read_secret_files(section, base, str(file))
         data["path"] = str(file.resolve())
     elif explicit:
-        raise ConfigError(f"config file {file} does not exist",
-                          "pass --config with an existing file, or run `iceberg-offload demo` to write one")
+        raise ConfigError(
+            f"config file {file} does not exist",
+            "pass --config with an existing file, or run `iceberg-offload demo` to write one",
+        )
     else:
         base = Path.cwd()
     from_env = _apply_env(data, env, base)
@@ -235,15 +244,17 @@ def _apply_env(data: dict[str, Any], env: dict[str, str], base: Path) -> dict[st
     for key in sorted(env):
         if not key.startswith(ENV_PREFIX):
             continue
-        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
         if not parts:
             continue
         raw = env[key]
         if parts[0] != "tables" and parts[-1].endswith(FILE_SUFFIX) and len(parts[-1]) > len(FILE_SUFFIX):
-            if key[:-len(FILE_SUFFIX)] in env:
-                raise ConfigError(f"environment: both {key[:-len(FILE_SUFFIX)]} and {key} are set",
-                                  f"unset one of {key[:-len(FILE_SUFFIX)]} and {key}")
-            parts[-1] = parts[-1][:-len(FILE_SUFFIX)]
+            if key[: -len(FILE_SUFFIX)] in env:
+                raise ConfigError(
+                    f"environment: both {key[: -len(FILE_SUFFIX)]} and {key} are set",
+                    f"unset one of {key[: -len(FILE_SUFFIX)]} and {key}",
+                )
+            parts[-1] = parts[-1][: -len(FILE_SUFFIX)]
             raw = secret_file(f"environment {key}", str(base / raw))
         # Lists and tables come as JSON; scalars stay strings (pydantic coerces "120" and "true").
         value: Any = raw
@@ -289,13 +300,17 @@ def _config_error(exc: ValidationError, file: str, from_env: dict[str, str] | No
             fixes.append(f"add {loc.split('.')[-1]} = ... to the {_section(loc)} section")
         elif kind == "extra_forbidden":
             lines.append(f"{where}: unknown key {loc} = {err.get('input')!r}")
-            fixes.append(f"unset {var} (no such key)" if var else
-                         f"remove or rename {loc.split('.')[-1]} in the {_section(loc)} section "
-                         "(offload.example.toml lists every key)")
+            fixes.append(
+                f"unset {var} (no such key)"
+                if var
+                else f"remove or rename {loc.split('.')[-1]} in the {_section(loc)} section "
+                "(offload.example.toml lists every key)"
+            )
         else:
             lines.append(f"{where}: {loc} = {err.get('input')!r}: {err['msg']}")
-            fixes.append(f"set {var} to a valid value ({err['msg']})" if var else
-                         f"set {loc} to a valid value ({err['msg']})")
+            fixes.append(
+                f"set {var} to a valid value ({err['msg']})" if var else f"set {loc} to a valid value ({err['msg']})"
+            )
     return ConfigError("; ".join(lines), "; ".join(dict.fromkeys(fixes)))
 
 
@@ -306,13 +321,20 @@ def _section(loc: str) -> str:
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
     src, cat, pre = settings.source, settings.catalog, settings.prefect
-    return settings.model_copy(update={
-        "source": src.model_copy(update={"dsn": paths.chdb_dsn(src.dsn, base)}),
-        "catalog": cat.model_copy(update={"uri": paths.sqlite_uri(cat.uri, base),
-                                          "warehouse": paths.warehouse(cat.warehouse, base)}),
-        "prefect": pre.model_copy(update={"home": paths.absolute(pre.home, base),
-                                          "database_url": paths.sqlite_uri(pre.database_url, base)}),
-    })
+    return settings.model_copy(
+        update={
+            "source": src.model_copy(update={"dsn": paths.chdb_dsn(src.dsn, base)}),
+            "catalog": cat.model_copy(
+                update={"uri": paths.sqlite_uri(cat.uri, base), "warehouse": paths.warehouse(cat.warehouse, base)}
+            ),
+            "prefect": pre.model_copy(
+                update={
+                    "home": paths.absolute(pre.home, base),
+                    "database_url": paths.sqlite_uri(pre.database_url, base),
+                }
+            ),
+        }
+    )
 
 
 def prefect_env(settings: Settings) -> dict[str, str]:

@@ -17,8 +17,10 @@ def secret_file(what: str, path: str) -> str:
     try:
         return Path(path).read_text().strip()
     except OSError as exc:
-        raise ConfigError(f"{what}: cannot read the secret file {path}: {exc.strerror}",
-                          f"create {path} (readable by this user) or unset {what}") from None
+        raise ConfigError(
+            f"{what}: cannot read the secret file {path}: {exc.strerror}",
+            f"create {path} (readable by this user) or unset {what}",
+        ) from None
 
 
 def read_secret_files(node: Any, base: Path, file: str) -> None:
@@ -28,7 +30,7 @@ def read_secret_files(node: Any, base: Path, file: str) -> None:
     for key in list(node):
         value = node[key]
         if key.endswith(FILE_SUFFIX) and len(key) > len(FILE_SUFFIX) and isinstance(value, str):
-            name = key[:-len(FILE_SUFFIX)]
+            name = key[: -len(FILE_SUFFIX)]
             if name in node:
                 raise ConfigError(f"{file}: both {name} and {key} are set", f"keep one of {name} and {key}")
             del node[key]
@@ -39,6 +41,7 @@ def read_secret_files(node: Any, base: Path, file: str) -> None:
 
 def register_secrets(data: dict[str, Any]) -> None:
     """Tell `redact` the configured credentials, so no error, log line or output shows them."""
+
     def section(name: str) -> dict[str, Any]:
         value = data.get(name)
         return value if isinstance(value, dict) else {}
@@ -54,8 +57,11 @@ def register_secrets(data: dict[str, Any]) -> None:
             continue
     secretish = ("secret", "password", "token", "key", "credential", "sas")
     properties = catalog.get("properties")
-    values += [str(v) for k, v in (properties.items() if isinstance(properties, dict) else ())
-               if any(w in str(k).lower() for w in secretish)]
+    values += [
+        str(v)
+        for k, v in (properties.items() if isinstance(properties, dict) else ())
+        if any(w in str(k).lower() for w in secretish)
+    ]
     auth = prefect.get("auth_string")
     if isinstance(auth, str) and auth:
         values += [auth, auth.partition(":")[2], base64.b64encode(auth.encode()).decode()]

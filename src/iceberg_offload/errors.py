@@ -205,8 +205,10 @@ class InternalError(TerminalError):
     def wrap(cls, exc: BaseException, what: str) -> InternalError:
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f" at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else ""
-        return cls(f"{what}: unexpected {type(exc).__name__}{where}: {str(exc)[:300]}; nothing of it was committed",
-                   "report this with the log; the other tables were not affected")
+        return cls(
+            f"{what}: unexpected {type(exc).__name__}{where}: {str(exc)[:300]}; nothing of it was committed",
+            "report this with the log; the other tables were not affected",
+        )
 
 
 def tree(root: type[OffloadError] = OffloadError) -> list[type[OffloadError]]:
@@ -228,8 +230,10 @@ class TableFailed(Exception):
 
     def __init__(self, result: dict[str, Any]) -> None:
         err = result.get("error") or {}
-        super().__init__(f"[{err.get('type', 'error')}] {result['table']}: {err.get('message', 'failed')} "
-                         f"(fix: {err.get('fix', '-')})")
+        super().__init__(
+            f"[{err.get('type', 'error')}] {result['table']}: {err.get('message', 'failed')} "
+            f"(fix: {err.get('fix', '-')})"
+        )
         self.result = result
         self.transient = bool(err.get("transient"))
 
@@ -256,8 +260,11 @@ _SECRET_PATTERNS = [
     (re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<secret>[^@\s/]+)(?=@)"), r"\g<head>***"),
     # password=... / secret=... / token=... in query strings or key=value text
     (
-        re.compile(r"(?P<head>(?:password|passwd|secret|token|auth_string|access[-_]key[-_]id|secret[-_]access[-_]key)"
-                   r"[\"']?\s*[=:]\s*[\"']?)(?P<secret>[^\s&\"',;]+)", re.IGNORECASE),
+        re.compile(
+            r"(?P<head>(?:password|passwd|secret|token|auth_string|access[-_]key[-_]id|secret[-_]access[-_]key)"
+            r"[\"']?\s*[=:]\s*[\"']?)(?P<secret>[^\s&\"',;]+)",
+            re.IGNORECASE,
+        ),
         r"\g<head>***",
     ),
 ]

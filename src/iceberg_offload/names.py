@@ -22,8 +22,7 @@ DEPLOYMENT_TAG = "iceberg-offload"
 CYCLE_ARTIFACT, RECONCILE_ARTIFACT = "offload-cycle", "reconcile"
 """Table artifacts: each cycle's outcome per table (with its late-row sweep), the daily reconcile's figures."""
 CYCLE_COPIED = ("table", "layer", "status", "rows", "commits")
-LATE_FIGURES = ("late_checked", "late_rows", "late_rows_added", "late_rows_left", "late_oldest_ns",
-                "late_since_ns")
+LATE_FIGURES = ("late_checked", "late_rows", "late_rows_added", "late_rows_left", "late_oldest_ns", "late_since_ns")
 CYCLE_ERROR, CYCLE_ERROR_TYPE, CYCLE_VIEW_ERROR = "error", "error_type", "view_error"
 """The keys of an `offload-cycle` artifact's rows, one row per table (`artifacts.cycle_row` writes them): copied
 from the table's outcome (`status` ok or failed), its late-row sweep (the exporter's offload_late_rows and TTL
@@ -68,5 +67,6 @@ COMPACT_ROWS = PREFIX + "compact.rows"
 
 # -- the Iceberg table's properties ----------------------------------------------------------------------------
 SOURCE_SERVER, SOURCE_DATABASE, SOURCE_TABLE, SOURCE_UUID = (
-    f"{PREFIX}source.{k}" for k in ("server", "database", "table", "uuid"))
+    f"{PREFIX}source.{k}" for k in ("server", "database", "table", "uuid")
+)
 """The source identity (engine/identity.py): where the table's rows come from."""

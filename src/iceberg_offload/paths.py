@@ -21,7 +21,7 @@ def absolute(path: str, base: Path) -> str:
 def chdb_dsn(dsn: str, base: Path) -> str:
     if not dsn.startswith("chdb://"):
         return dsn
-    rest = dsn[len("chdb://"):]
+    rest = dsn[len("chdb://") :]
     return dsn if rest in _MEMORY or rest.startswith("/") else "chdb://" + absolute(rest, base)
 
 
@@ -35,7 +35,7 @@ def sqlite_uri(uri: str, base: Path) -> str:
 
 def warehouse(location: str, base: Path) -> str:
     if location.startswith("file://") and not location.startswith("file:///"):
-        return "file://" + absolute(location[len("file://"):], base)
+        return "file://" + absolute(location[len("file://") :], base)
     if "://" not in location:
         return "file://" + absolute(location, base)
     return location

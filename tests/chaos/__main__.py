@@ -20,8 +20,14 @@ def main() -> int:
     root = args.root or Path(tempfile.mkdtemp(prefix="offload-chaos-"))
     report = run(root, args.cycles, args.seed, log=sys.stderr)
     print(json.dumps(report.as_dict(), indent=2))
-    return 0 if report.rows_lost == 0 and report.rows_duplicated == 0 and report.rows_unexpected == 0 \
-        and report.windows_written_twice == 0 else 1
+    return (
+        0
+        if report.rows_lost == 0
+        and report.rows_duplicated == 0
+        and report.rows_unexpected == 0
+        and report.windows_written_twice == 0
+        else 1
+    )
 
 
 if __name__ == "__main__":

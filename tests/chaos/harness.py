@@ -71,10 +71,17 @@ class Chaos:
         self.report = Report(seed)
         self.pg = PgCluster("offload_chaos")
         self.settings: Settings = write_config(
-            root, TABLES, prefect={"retry_delays_seconds": [1, 3]}, source={"lock_timeout_seconds": 30},
-            offload={"max_rows_per_commit": 700})
-        text = Path(self.settings.path).read_text().replace(
-            f'uri = "sqlite:///{root}/catalog.db"', f'uri = "{self.pg.url("psycopg2")}"')
+            root,
+            TABLES,
+            prefect={"retry_delays_seconds": [1, 3]},
+            source={"lock_timeout_seconds": 30},
+            offload={"max_rows_per_commit": 700},
+        )
+        text = (
+            Path(self.settings.path)
+            .read_text()
+            .replace(f'uri = "sqlite:///{root}/catalog.db"', f'uri = "{self.pg.url("psycopg2")}"')
+        )
         Path(self.settings.path).write_text(text)
         from iceberg_offload import config
 
@@ -92,13 +99,20 @@ class Chaos:
                 ch.command(TRADES_DDL.format(name=t))
         self.insert(2000)
         cli_json(self.settings, "up", timeout=240)
-        self.procs.append(start_process(self.settings, ["worker", "--name", "chaos-second"],
-                                        self.root / "worker2.log", env={"OFFLOAD__METRICS__PORT": str(free_port())}))
+        self.procs.append(
+            start_process(
+                self.settings,
+                ["worker", "--name", "chaos-second"],
+                self.root / "worker2.log",
+                env={"OFFLOAD__METRICS__PORT": str(free_port())},
+            )
+        )
         self.start_exporter()
 
     def start_exporter(self) -> None:
-        self.exporter = start_process(self.settings, ["metrics"], self.root / "exporter.log",
-                                      env={"OFFLOAD__METRICS__PORT": str(free_port())})
+        self.exporter = start_process(
+            self.settings, ["metrics"], self.root / "exporter.log", env={"OFFLOAD__METRICS__PORT": str(free_port())}
+        )
 
     def insert(self, rows: int, late: bool = False) -> None:
         with open_source(self.settings.source) as ch:
@@ -206,17 +220,34 @@ class Chaos:
                 hot = {(int(a), int(b)) for a, b in ch.rows(f"SELECT toUnixTimestamp64Milli(ts), seq FROM k2.{t}")}
                 table = sink.load(t)
                 arrow = table.scan(selected_fields=("ts", "seq")).to_arrow() if table is not None else None
-                cold = [] if arrow is None else list(zip(
-                    [int(v.timestamp() * 1000 + 0.5) for v in arrow.column("ts").to_pylist()],
-                    arrow.column("seq").to_pylist(), strict=True))
+                cold = (
+                    []
+                    if arrow is None
+                    else list(
+                        zip(
+                            [int(v.timestamp() * 1000 + 0.5) for v in arrow.column("ts").to_pylist()],
+                            arrow.column("seq").to_pylist(),
+                            strict=True,
+                        )
+                    )
+                )
                 cold_set = set(cold)
                 if table is not None:
-                    marks = [c.watermark for c in reversed(sink.history(table))
-                             if c.props.get("offload.run-id") and c.watermark is not None]
+                    marks = [
+                        c.watermark
+                        for c in reversed(sink.history(table))
+                        if c.props.get("offload.run-id") and c.watermark is not None
+                    ]
                     self.report.windows_written_twice += sum(
-                        (b.ts_ns, b.seq or 0) <= (a.ts_ns, a.seq or 0) for a, b in zip(marks, marks[1:], strict=False))
-                stats = {"hot": len(hot), "cold": len(cold), "lost": len(hot - cold_set),
-                         "duplicated": len(cold) - len(cold_set), "unexpected": len(cold_set - hot)}
+                        (b.ts_ns, b.seq or 0) <= (a.ts_ns, a.seq or 0) for a, b in zip(marks, marks[1:], strict=False)
+                    )
+                stats = {
+                    "hot": len(hot),
+                    "cold": len(cold),
+                    "lost": len(hot - cold_set),
+                    "duplicated": len(cold) - len(cold_set),
+                    "unexpected": len(cold_set - hot),
+                }
                 self.report.per_table[t] = stats
                 self.report.hot_rows += stats["hot"]
                 self.report.cold_rows += stats["cold"]
@@ -241,8 +272,11 @@ def run(root: Path, cycles: int, seed: int, log: Any = None) -> Report:
         for i in range(cycles):
             chaos.cycle()
             if log is not None:
-                print(f"cycle {i + 1}/{cycles}: kills {chaos.report.kills}, rows {chaos.report.rows_inserted}",
-                      file=log, flush=True)
+                print(
+                    f"cycle {i + 1}/{cycles}: kills {chaos.report.kills}, rows {chaos.report.rows_inserted}",
+                    file=log,
+                    flush=True,
+                )
         report = chaos.finish()
     finally:
         chaos.close()

@@ -38,14 +38,23 @@ def _run_text(data: dict[str, Any]) -> list[Part]:
             out.append(f"\n{t['table']}: {t['error']['message']}\n  fix: {t['error']['fix']}")
         if t["late_rows"]:
             left = t["late_rows_left"]
-            out.append(f"\n{t['table']}: {t['late_rows']} late rows behind the watermark, {t['late_rows_added']} "
-                       f"repaired" + (f"; {left} not (TTL near, or cold holds rows hot lacks): iceberg-offload "
-                                      f"verify --table {t['table']}" if left else ""))
+            out.append(
+                f"\n{t['table']}: {t['late_rows']} late rows behind the watermark, {t['late_rows_added']} "
+                f"repaired"
+                + (
+                    f"; {left} not (TTL near, or cold holds rows hot lacks): iceberg-offload "
+                    f"verify --table {t['table']}"
+                    if left
+                    else ""
+                )
+            )
         if t["late_error"] and t["late_error"] != t["error"]:
             out.append(f"\n{t['table']}: late-row sweep: {t['late_error']['message']}")
         if t["view_error"]:
-            out.append(f"\n{t['table']}: view {t['view'] or ''} not re-pointed (serves the old watermark): "
-                       f"{t['view_error']['message']}\n  fix: {t['view_error']['fix']}")
+            out.append(
+                f"\n{t['table']}: view {t['view'] or ''} not re-pointed (serves the old watermark): "
+                f"{t['view_error']['message']}\n  fix: {t['view_error']['fix']}"
+            )
     out.append(f"\ncycle {data['run_id']}: {data['status']}, {data['rows']:,} rows in {data['duration_seconds']}s")
     return out
 
@@ -63,11 +72,37 @@ def _status_text(tables: list[dict[str, Any]]) -> list[Part]:
     for s in tables:
         wm = (s["watermark"] or {}).get("ts")
         head = s["ttl_headroom_seconds"]
-        rows.append([s["table"], wm, _dur(s["lag_seconds"]), f"{s['cold_rows']:,}", s["last_commit_at"],
-                     None if s["hot_rows"] is None else f"{s['hot_rows']:,}", s["oldest_hot"],
-                     s["pending_rows"], s["ttl"], _dur(head)])
-    out: list[Part] = [Grid(["table", "watermark", "lag", "cold rows", "last commit", "hot rows", "oldest hot",
-                             "pending", "ttl", "ttl headroom"], rows)]
+        rows.append(
+            [
+                s["table"],
+                wm,
+                _dur(s["lag_seconds"]),
+                f"{s['cold_rows']:,}",
+                s["last_commit_at"],
+                None if s["hot_rows"] is None else f"{s['hot_rows']:,}",
+                s["oldest_hot"],
+                s["pending_rows"],
+                s["ttl"],
+                _dur(head),
+            ]
+        )
+    out: list[Part] = [
+        Grid(
+            [
+                "table",
+                "watermark",
+                "lag",
+                "cold rows",
+                "last commit",
+                "hot rows",
+                "oldest hot",
+                "pending",
+                "ttl",
+                "ttl headroom",
+            ],
+            rows,
+        )
+    ]
     for s in tables:
         if s["error"]:
             out.append(f"\n{s['table']}: {s['error']['message']}\n  fix: {s['error']['fix']}")
@@ -95,11 +130,22 @@ def cmd_watermark_show(args: Args) -> int:
     def text() -> list[Part]:
         parts: list[Part] = []
         for table, commits in hist.items():
-            rows = [[c["snapshot_id"], (c["watermark"] or {}).get("ts"), (c["watermark"] or {}).get("seq"),
-                     c["rows"], c["run_id"]] for c in commits]
+            rows = [
+                [
+                    c["snapshot_id"],
+                    (c["watermark"] or {}).get("ts"),
+                    (c["watermark"] or {}).get("seq"),
+                    c["rows"],
+                    c["run_id"],
+                ]
+                for c in commits
+            ]
             parts += ([""] if parts else []) + [table]
-            parts.append(Grid(["snapshot", "watermark", "seq", "rows", "run"], rows) if rows else
-                         "  no watermark yet: nothing offloaded")
+            parts.append(
+                Grid(["snapshot", "watermark", "seq", "rows", "run"], rows)
+                if rows
+                else "  no watermark yet: nothing offloaded"
+            )
         return parts
 
     emit(args, {"tables": hist}, text)
@@ -109,8 +155,9 @@ def cmd_watermark_show(args: Args) -> int:
 def cmd_watermark_set(args: Args) -> int:
     from iceberg_offload.ops.status import parse_time, set_watermark
 
-    data = set_watermark(load_settings(args), args.table, parse_time(args.to), args.seq, args.yes, args.reoffload,
-                         args.future)
+    data = set_watermark(
+        load_settings(args), args.table, parse_time(args.to), args.seq, args.yes, args.reoffload, args.future
+    )
 
     def text() -> str:
         cur = (data["current"] or {}).get("ts", "none")
@@ -134,14 +181,19 @@ def cmd_adopt(args: Args) -> int:
         def show(i: dict[str, Any] | None) -> str:
             return "-" if i is None else f"{i['database']}.{i['table']} at {i['server']} (uuid {i['uuid'] or '-'})"
 
-        out = [f"{data['table']}: recorded source {show(data['recorded'])}"
-               + (f", watermark read from {data['watermark_source']}" if data["watermark_source"] else ""),
-               f"configured source {show(data['configured'])}",
-               f"cold rows {data['cold_rows']:,}, watermark {(data['watermark'] or {}).get('ts', 'none')}",
-               data["effect"]]
+        out = [
+            f"{data['table']}: recorded source {show(data['recorded'])}"
+            + (f", watermark read from {data['watermark_source']}" if data["watermark_source"] else ""),
+            f"configured source {show(data['configured'])}",
+            f"cold rows {data['cold_rows']:,}, watermark {(data['watermark'] or {}).get('ts', 'none')}",
+            data["effect"],
+        ]
         if data["changes"]:
-            out.append("adopted; run it: iceberg-offload run --table " + data["table"] if data["applied"] else
-                       "not applied: add --yes only if this is a deliberate move (else point target at a new table)")
+            out.append(
+                "adopted; run it: iceberg-offload run --table " + data["table"]
+                if data["applied"]
+                else "not applied: add --yes only if this is a deliberate move (else point target at a new table)"
+            )
         return "\n".join(out)
 
     emit(args, data, text)
@@ -158,16 +210,43 @@ def cmd_verify(args: Args) -> int:
     data = {"ok": ok, "tables": [r.as_dict() for r in results]}
 
     def text() -> list[Part]:
-        rows = [[r.table, "ok" if r.ok else "BAD", f"{r.hot_rows:,}", f"{r.cold_rows:,}", r.missing, r.duplicates,
-                 r.changed if r.values else "-", r.buckets_checked,
-                 ", ".join(r.buckets_bad[:3]) + (" ..." if len(r.buckets_bad) > 3 else "")] for r in results]
-        out: list[Part] = [Grid(["table", "result", "hot rows", "cold rows", "missing", "duplicates", "changed",
-                                 "buckets", "bad buckets"], rows)]
+        rows = [
+            [
+                r.table,
+                "ok" if r.ok else "BAD",
+                f"{r.hot_rows:,}",
+                f"{r.cold_rows:,}",
+                r.missing,
+                r.duplicates,
+                r.changed if r.values else "-",
+                r.buckets_checked,
+                ", ".join(r.buckets_bad[:3]) + (" ..." if len(r.buckets_bad) > 3 else ""),
+            ]
+            for r in results
+        ]
+        out: list[Part] = [
+            Grid(
+                [
+                    "table",
+                    "result",
+                    "hot rows",
+                    "cold rows",
+                    "missing",
+                    "duplicates",
+                    "changed",
+                    "buckets",
+                    "bad buckets",
+                ],
+                rows,
+            )
+        ]
         out += [f"\n{r.table}: {r.error['message']}\n  fix: {r.error['fix']}" for r in results if r.error]
         if not ok:
-            out.append("\nrows missing from cold are late arrivals behind the watermark or a lost commit; changed "
-                       "rows changed in ClickHouse after offload. Repair: iceberg-offload maintain reconcile --yes "
-                       "(see docs/runbooks/watermark-recovery.md)")
+            out.append(
+                "\nrows missing from cold are late arrivals behind the watermark or a lost commit; changed "
+                "rows changed in ClickHouse after offload. Repair: iceberg-offload maintain reconcile --yes "
+                "(see docs/runbooks/watermark-recovery.md)"
+            )
         return out
 
     emit(args, data, text)
@@ -187,21 +266,45 @@ def cmd_demo(args: Args) -> int:
     with ProgressBar(not args.json) as progress:
         cycle = run_cycle(settings, progress=progress).as_dict()
     states = {s.table: s for s in status(settings)}
-    tables = [{"table": t["table"], "rows_this_run": t["rows"], "cold_rows": states[t["table"]].cold_rows,
-               "watermark": (t["watermark_after"] or {}).get("ts"),
-               "pending_rows": states[t["table"]].pending_rows, "status": t["status"]} for t in cycle["tables"]]
-    data = {"config_written": written, "config": str(path.resolve()), "inserted": inserted, "cycle": cycle,
-            "tables": tables}
+    tables = [
+        {
+            "table": t["table"],
+            "rows_this_run": t["rows"],
+            "cold_rows": states[t["table"]].cold_rows,
+            "watermark": (t["watermark_after"] or {}).get("ts"),
+            "pending_rows": states[t["table"]].pending_rows,
+            "status": t["status"],
+        }
+        for t in cycle["tables"]
+    ]
+    data = {
+        "config_written": written,
+        "config": str(path.resolve()),
+        "inserted": inserted,
+        "cycle": cycle,
+        "tables": tables,
+    }
 
     def text() -> list[Part]:
-        head = (f"wrote {path} (the embedded default with ten demo tables)\n" if written else "")
+        head = f"wrote {path} (the embedded default with ten demo tables)\n" if written else ""
         head += f"inserted {sum(inserted.values()):,} new hot rows into chdb at {settings.source.dsn}\n"
-        rows = [[t["table"], t["status"], f"{t['rows_this_run']:,}", f"{t['cold_rows']:,}", t["watermark"],
-                 t["pending_rows"]] for t in tables]
+        rows = [
+            [
+                t["table"],
+                t["status"],
+                f"{t['rows_this_run']:,}",
+                f"{t['cold_rows']:,}",
+                t["watermark"],
+                t["pending_rows"],
+            ]
+            for t in tables
+        ]
         body = Grid(["table", "status", "offloaded now", "in iceberg", "watermark", "waiting (settle/open)"], rows)
-        tail = (f"\ncycle {cycle['status']}: {cycle['rows']:,} rows in {cycle['duration_seconds']}s. "
-                f"Run `iceberg-offload demo` again to add and offload a new slice; "
-                f"`iceberg-offload verify` compares hot and cold.")
+        tail = (
+            f"\ncycle {cycle['status']}: {cycle['rows']:,} rows in {cycle['duration_seconds']}s. "
+            f"Run `iceberg-offload demo` again to add and offload a new slice; "
+            f"`iceberg-offload verify` compares hot and cold."
+        )
         return [head, body, tail]
 
     emit(args, data, text)

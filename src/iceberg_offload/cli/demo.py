@@ -75,8 +75,9 @@ def create_tables(source: Source) -> None:
 def insert_slice(source: Source, now: float | None = None) -> dict[str, int]:
     """Insert trades from the newest existing one up to `now`, then silver rows and candles for them."""
     db, now = source.database, now if now is not None else time.time()
-    newest = source.rows(f"SELECT toUnixTimestamp64Milli(max(exchange_timestamp)), count() "
-                         f"FROM {db}.bronze_trades_binance")[0]
+    newest = source.rows(
+        f"SELECT toUnixTimestamp64Milli(max(exchange_timestamp)), count() FROM {db}.bronze_trades_binance"
+    )[0]
     start_ms = int(newest[0]) + 1 if int(newest[1]) else int((now - FIRST_SLICE_SECONDS) * 1000)
     end_ms = int(now * 1000)
     if end_ms <= start_ms:
@@ -135,24 +136,46 @@ def config_text(settings: Settings) -> str:
         "max_rows_per_commit = 2000000",
     ]
     for ex in EXCHANGES:
-        lines += ["", "[[tables]]", f'source = "bronze_trades_{ex}"', 'layer = "bronze"',
-                  'timestamp_column = "exchange_timestamp"', 'sequence_column = "sequence_number"',
-                  'partition_by = "day"']
-    lines += ["", "[[tables]]", 'source = "silver_trades"', 'layer = "silver"',
-              'timestamp_column = "exchange_timestamp"', 'sequence_column = "sequence_number"',
-              'partition_by = "day"']
+        lines += [
+            "",
+            "[[tables]]",
+            f'source = "bronze_trades_{ex}"',
+            'layer = "bronze"',
+            'timestamp_column = "exchange_timestamp"',
+            'sequence_column = "sequence_number"',
+            'partition_by = "day"',
+        ]
+    lines += [
+        "",
+        "[[tables]]",
+        'source = "silver_trades"',
+        'layer = "silver"',
+        'timestamp_column = "exchange_timestamp"',
+        'sequence_column = "sequence_number"',
+        'partition_by = "day"',
+    ]
     for name, seconds in CANDLES.items():
-        lines += ["", "[[tables]]", f'source = "ohlcv_{name}"', 'layer = "gold"', 'timestamp_column = "window_start"',
-                  f'partition_by = "{"month" if seconds >= 3600 else "day"}"', "final = true",
-                  f"closed_after_seconds = {seconds}", 'key_columns = ["window_start", "exchange", "symbol"]']
+        lines += [
+            "",
+            "[[tables]]",
+            f'source = "ohlcv_{name}"',
+            'layer = "gold"',
+            'timestamp_column = "window_start"',
+            f'partition_by = "{"month" if seconds >= 3600 else "day"}"',
+            "final = true",
+            f"closed_after_seconds = {seconds}",
+            'key_columns = ["window_start", "exchange", "symbol"]',
+        ]
     return "\n".join(lines) + "\n"
 
 
 def seed(settings: Settings, config_path: Path) -> tuple[bool, dict[str, int]]:
     """Create the demo tables, insert a slice, write the config if missing. Returns (config_written, rows)."""
     if not settings.source.dsn.startswith("chdb://"):
-        raise ConfigError(f"the demo seeds the embedded engine, but [source] dsn is {settings.source.dsn}",
-                          "run the demo without a config (or in an empty folder) to use the embedded default")
+        raise ConfigError(
+            f"the demo seeds the embedded engine, but [source] dsn is {settings.source.dsn}",
+            "run the demo without a config (or in an empty folder) to use the embedded default",
+        )
     with open_source(settings.source) as source:
         create_tables(source)
         inserted = insert_slice(source)

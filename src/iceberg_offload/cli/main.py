@@ -43,10 +43,31 @@ from iceberg_offload.errors import OffloadError
 from iceberg_offload.process import limit_malloc_arenas
 
 PROG = "iceberg-offload"
-__all__ = ["PROG", "main", "parse", "cmd_adopt", "cmd_demo", "cmd_run", "cmd_status", "cmd_verify",
-           "cmd_watermark_set", "cmd_watermark_show", "cmd_maintain", "cmd_view", "cmd_deploy", "cmd_doctor",
-           "cmd_down", "cmd_metrics", "cmd_ps", "cmd_recover", "cmd_schedule", "cmd_supervise", "cmd_trigger",
-           "cmd_up", "cmd_worker"]
+__all__ = [
+    "PROG",
+    "main",
+    "parse",
+    "cmd_adopt",
+    "cmd_demo",
+    "cmd_run",
+    "cmd_status",
+    "cmd_verify",
+    "cmd_watermark_set",
+    "cmd_watermark_show",
+    "cmd_maintain",
+    "cmd_view",
+    "cmd_deploy",
+    "cmd_doctor",
+    "cmd_down",
+    "cmd_metrics",
+    "cmd_ps",
+    "cmd_recover",
+    "cmd_schedule",
+    "cmd_supervise",
+    "cmd_trigger",
+    "cmd_up",
+    "cmd_worker",
+]
 
 
 def parse(argv: Sequence[str]) -> Invocation | None:
@@ -84,8 +105,11 @@ def _run(invocation: Invocation) -> int:
         _emit_error(args, exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("\ninterrupted: every commit that landed is kept and nothing partial is (iceberg-offload watermark "
-              "show); run the command again to continue from the watermark", file=sys.stderr)
+        print(
+            "\ninterrupted: every commit that landed is kept and nothing partial is (iceberg-offload watermark "
+            "show); run the command again to continue from the watermark",
+            file=sys.stderr,
+        )
         return 130
 
 

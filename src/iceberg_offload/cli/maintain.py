@@ -31,8 +31,12 @@ def _text(results: list[dict[str, Any]], applied: bool) -> list[Part]:
         for step, res in r["steps"].items():
             rows.append([r["table"], step, "error" if res.get("error") else res.get("status", "ok"), _say(step, res)])
     lines: list[Part] = [Grid(["table", "step", "status", "what"], rows)]
-    lines += [f"{r['table']} {s}: {res['error']['message']}\n  fix: {res['error']['fix']}"
-              for r in results for s, res in r["steps"].items() if res.get("error")]
+    lines += [
+        f"{r['table']} {s}: {res['error']['message']}\n  fix: {res['error']['fix']}"
+        for r in results
+        for s, res in r["steps"].items()
+        if res.get("error")
+    ]
     if not applied:
         lines.append(PREVIEW_NOTE)
     return lines
@@ -43,16 +47,22 @@ def _say(step: str, r: dict[str, Any]) -> str:
         return r["error"]["message"][:100]
     if step == "reconcile":
         changed = f", changed rows in {r['buckets_changed']}" if r.get("values") else ""
-        return (f"{r['buckets_compared']} hours compared; missing rows in {r['buckets_missing']}, duplicates in "
-                f"{r['buckets_duplicates']}{changed}; repaired {r['buckets_repaired']} (+{r['rows_added']} rows, "
-                f"-{r['duplicate_rows_removed']} duplicates); skipped (TTL) {r['buckets_skipped_ttl']}")
+        return (
+            f"{r['buckets_compared']} hours compared; missing rows in {r['buckets_missing']}, duplicates in "
+            f"{r['buckets_duplicates']}{changed}; repaired {r['buckets_repaired']} (+{r['rows_added']} rows, "
+            f"-{r['duplicate_rows_removed']} duplicates); skipped (TTL) {r['buckets_skipped_ttl']}"
+        )
     if step == "compact":
-        return (f"{r['files_rewritten']} small files -> {r['files_written']} "
-                f"({r['data_files_before']} -> {r['data_files_after']} data files)")
+        return (
+            f"{r['files_rewritten']} small files -> {r['files_written']} "
+            f"({r['data_files_before']} -> {r['data_files_after']} data files)"
+        )
     if step == "expire":
         return f"{len(r['expired'])} snapshots expired ({r['snapshots_before']} -> {r['snapshots_after']})"
-    return (f"{len(r['orphans'])} orphan files ({r['bytes']} bytes) older than the safety age; "
-            f"{r['too_young']} younger kept")
+    return (
+        f"{len(r['orphans'])} orphan files ({r['bytes']} bytes) older than the safety age; "
+        f"{r['too_young']} younger kept"
+    )
 
 
 def cmd_view(args: Args) -> int:
@@ -69,10 +79,17 @@ def cmd_view(args: Args) -> int:
                 out.append({"table": cfg.target, "sql": view_sql(settings, cfg, sink, source)})
             else:
                 out.append({"table": cfg.target, **create_view(settings, cfg, sink, source)})
-    emit(args, {"views": out}, lambda: "\n\n".join(
-        v["sql"] + ";" if args.print_only else f"{v['view']}: hot above, cold at or below watermark "
-        f"{_wm_ts(v)}\n  recreate after offloads: iceberg-offload view"
-        for v in out))
+    emit(
+        args,
+        {"views": out},
+        lambda: "\n\n".join(
+            v["sql"] + ";"
+            if args.print_only
+            else f"{v['view']}: hot above, cold at or below watermark "
+            f"{_wm_ts(v)}\n  recreate after offloads: iceberg-offload view"
+            for v in out
+        ),
+    )
     return EXIT_OK
 
 

@@ -29,19 +29,28 @@ def cmd_deploy(args: Args) -> int:
         lines += [f"deployment {k}: {v}" for k, v in report["deployments"].items()]
         lines += [f"limit {k} (1 in flight): {v}" for k, v in report["limits"].items()]
         lines += [f"note: {n}" for n in report["notes"]]
-        lines.append(f"trigger a run: iceberg-offload trigger --wait   (or: PREFECT_API_URL={settings.prefect.api_url}"
-                     f" prefect deployment run '{names.MAIN}')")
+        lines.append(
+            f"trigger a run: iceberg-offload trigger --wait   (or: PREFECT_API_URL={settings.prefect.api_url}"
+            f" prefect deployment run '{names.MAIN}')"
+        )
         return "\n".join(lines)
 
     emit(args, report, text)
     return EXIT_OK
 
 
-RUNBOOKS = {"worker down": "scheduler-down.md (scenario 1)", "server down": "scheduler-down.md (scenario 2)",
-            "no runs": "scheduler-down.md (scenario 3)", "metrics unreachable": "scheduler-down.md (scenario 4)",
-            "full restart": "scheduler-down.md (scenario 5)", "offload failing": "offload-failure.md",
-            "warehouse lost": "warehouse-lost.md",
-            "lag": "lag.md", "watermark": "watermark-recovery.md", "ttl risk": "ttl-risk.md"}
+RUNBOOKS = {
+    "worker down": "scheduler-down.md (scenario 1)",
+    "server down": "scheduler-down.md (scenario 2)",
+    "no runs": "scheduler-down.md (scenario 3)",
+    "metrics unreachable": "scheduler-down.md (scenario 4)",
+    "full restart": "scheduler-down.md (scenario 5)",
+    "offload failing": "offload-failure.md",
+    "warehouse lost": "warehouse-lost.md",
+    "lag": "lag.md",
+    "watermark": "watermark-recovery.md",
+    "ttl risk": "ttl-risk.md",
+}
 
 
 def cmd_doctor(args: Args) -> int:
@@ -74,8 +83,9 @@ def cmd_recover(args: Args) -> int:
 
     def text() -> str:
         head = "recovering:" if args.yes else "would do (add --yes to do it):"
-        lines = [head] + [f"  {i + 1}. {s.name}: {s.result if s.done else s.action}"
-                          for i, s in enumerate(result.steps)]
+        lines = [head] + [
+            f"  {i + 1}. {s.name}: {s.result if s.done else s.action}" for i, s in enumerate(result.steps)
+        ]
         if args.yes:
             after = data["after"] or {}
             verdict = "all checks pass" if after.get("ok") else f"still failing: {after.get('scenario')}"
@@ -116,8 +126,10 @@ def cmd_supervise(args: Args) -> int:
 
 
 def _ps_text(data: dict[str, Any]) -> list[Part]:
-    rows = [[p["name"], p["pid"], "running" if p["running"] else "stopped", p["restarts"], p["log"]]
-            for p in data["processes"]]
+    rows = [
+        [p["name"], p["pid"], "running" if p["running"] else "stopped", p["restarts"], p["log"]]
+        for p in data["processes"]
+    ]
     out: list[Part] = [Grid(["process", "pid", "state", "restarts", "log"], rows)]
     out.append(f"\nAPI ready: {'yes' if data['api_ready'] else 'NO'}   workers online: {data['workers_online']}")
     out += [f"{k:8} {v}" for k, v in data["urls"].items()]
@@ -158,8 +170,14 @@ def cmd_schedule(args: Args) -> int:
         data = set_paused(settings, args.deployment, args.action == "pause")
 
     def text() -> list[Part]:
-        rows = [[d["deployment"], "missing" if not d["exists"] else "paused" if not d["active"] else "active",
-                 ", ".join(s["schedule"] for s in d["schedules"])] for d in data]
+        rows = [
+            [
+                d["deployment"],
+                "missing" if not d["exists"] else "paused" if not d["active"] else "active",
+                ", ".join(s["schedule"] for s in d["schedules"]),
+            ]
+            for d in data
+        ]
         return [Grid(["deployment", "schedule", "when"], rows)]
 
     emit(args, {"deployments": data}, text)
@@ -170,6 +188,13 @@ def cmd_trigger(args: Args) -> int:
     from iceberg_offload.orchestration.control import trigger
 
     data = trigger(load_settings(args), args.deployment, wait=args.wait, timeout=args.timeout)
-    emit(args, data, lambda: f"flow run {data['flow_run_id']} ({data['name']}): {data['state']}"
-           + (f" in {data['seconds']}s" if args.wait else "") + (f"\n{data['note']}" if data.get("note") else ""))
+    emit(
+        args,
+        data,
+        lambda: (
+            f"flow run {data['flow_run_id']} ({data['name']}): {data['state']}"
+            + (f" in {data['seconds']}s" if args.wait else "")
+            + (f"\n{data['note']}" if data.get("note") else "")
+        ),
+    )
     return EXIT_OK if not args.wait or data["state"] == "COMPLETED" else EXIT_FAILED

@@ -61,8 +61,15 @@ def _start(stream: IO[str]) -> Any:
 
     whole = lambda: Column(no_wrap=True)  # noqa: E731 - the bar gives way, the figures do not wrap
     label = Column(no_wrap=True, overflow="ellipsis", max_width=40)
-    bars = Progress(TextColumn("{task.description}", markup=False, table_column=label), BarColumn(bar_width=None),
-                    Rows(table_column=whole()), Speed(table_column=whole()), TimeRemainingColumn(table_column=whole()),
-                    console=Console(file=stream, highlight=False), transient=False, expand=True)
+    bars = Progress(
+        TextColumn("{task.description}", markup=False, table_column=label),
+        BarColumn(bar_width=None),
+        Rows(table_column=whole()),
+        Speed(table_column=whole()),
+        TimeRemainingColumn(table_column=whole()),
+        console=Console(file=stream, highlight=False),
+        transient=False,
+        expand=True,
+    )
     bars.start()
     return bars

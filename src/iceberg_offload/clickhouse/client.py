@@ -116,8 +116,11 @@ class _EngineLock:
                 if not said:
                     said = True
                     logging.getLogger("iceberg_offload").warning(
-                        "waiting up to %.0fs for the embedded ClickHouse at %s, held by %s", timeout, self.path,
-                        _read_holder(fd))
+                        "waiting up to %.0fs for the embedded ClickHouse at %s, held by %s",
+                        timeout,
+                        self.path,
+                        _read_holder(fd),
+                    )
                 if time.monotonic() >= deadline:
                     holder = _read_holder(fd)
                     os.close(fd)
@@ -176,7 +179,7 @@ def chdb_path(dsn: str) -> str | None:
     spelling of it; so the Arrow handle, the lock and the identity all use this one."""
     if not dsn.startswith("chdb://"):
         return None
-    rest = dsn[len("chdb://"):]
+    rest = dsn[len("chdb://") :]
     if rest in ("", ":memory:"):
         return ":memory:"
     path, sep, query = rest.partition("?")
@@ -221,9 +224,11 @@ class Source:
         with self._translate(sql):
             tbl = self._fetch_arrow(sql)
             if names is not None and tbl.column_names != names:
-                raise ResultMismatch(f"ClickHouse answered with columns {tbl.column_names[:8]} to a query for "
-                                     f"{names[:8]}; the result was discarded, nothing was written",
-                                     "none needed: the next run reads again on a fresh connection")
+                raise ResultMismatch(
+                    f"ClickHouse answered with columns {tbl.column_names[:8]} to a query for "
+                    f"{names[:8]}; the result was discarded, nothing was written",
+                    "none needed: the next run reads again on a fresh connection",
+                )
             return tbl
 
     def _fetch_arrow(self, sql: str) -> pa.Table:
@@ -248,9 +253,11 @@ class Source:
         # One result, whole: the schema the stream starts with is the footer's (a stale partial output in
         # front of the result would start with its own query's schema).
         if raw.size < 16 or not pa.ipc.read_schema(buf.slice(8)).equals(reader.schema):
-            raise ResultMismatch("the embedded ClickHouse answered with another query's output in front of this "
-                                 "one; the result was discarded, nothing was written",
-                                 "none needed: the next run reads again on a fresh connection")
+            raise ResultMismatch(
+                "the embedded ClickHouse answered with another query's output in front of this "
+                "one; the result was discarded, nothing was written",
+                "none needed: the next run reads again on a fresh connection",
+            )
         return reader.read_all()
 
     def discard(self) -> None:
@@ -284,11 +291,16 @@ class Source:
             where = f"database {self.database!r}" if dbs else f"server (no database {self.database!r})"
             fix = "fix [[tables]] source or [source] database in the config"
             if self.embedded:  # name the folder: a wrong dsn opens a new, empty engine there
-                where = (f"database {self.database!r} of the embedded ClickHouse at {self.embedded}" if dbs else
-                         f"embedded ClickHouse at {self.embedded} (no database {self.database!r}: a new, empty "
-                         f"engine folder?)")
-                fix = ("point [source] dsn at the engine folder that holds it (a relative path is resolved "
-                       "against the config file's folder), or " + fix)
+                where = (
+                    f"database {self.database!r} of the embedded ClickHouse at {self.embedded}"
+                    if dbs
+                    else f"embedded ClickHouse at {self.embedded} (no database {self.database!r}: a new, empty "
+                    f"engine folder?)"
+                )
+                fix = (
+                    "point [source] dsn at the engine folder that holds it (a relative path is resolved "
+                    "against the config file's folder), or " + fix
+                )
             raise SourceError(f"ClickHouse table {self.database}.{table} does not exist in the {where}", fix)
         engine, sorting_key, engine_full, uuid, create_query = found[0]
         cols = self.rows(
@@ -296,10 +308,17 @@ class Source:
             f"ORDER BY position"
         )
         bound, per_row = ttl_expressions(engine_full)
-        return TableInfo(self.database, table, engine, sorting_key, bound,
-                         tuple((str(n), str(t)) for n, t in cols),
-                         "" if uuid == "00000000-0000-0000-0000-000000000000" else str(uuid), per_row,
-                         column_ttls(str(create_query)))
+        return TableInfo(
+            self.database,
+            table,
+            engine,
+            sorting_key,
+            bound,
+            tuple((str(n), str(t)) for n, t in cols),
+            "" if uuid == "00000000-0000-0000-0000-000000000000" else str(uuid),
+            per_row,
+            column_ttls(str(create_query)),
+        )
 
     @contextlib.contextmanager
     def _translate(self, sql: str) -> Iterator[None]:
@@ -315,13 +334,17 @@ class Source:
         except ChdbError as exc:  # our own embedded handle (see _fetch_arrow)
             raise _database_error(exc, sql) from exc
         except OperationalError as exc:
-            raise SourceUnavailable(f"ClickHouse at {self.settings.dsn} is unreachable: {exc}",
-                                    "check that ClickHouse is running and [source] dsn is right") from exc
+            raise SourceUnavailable(
+                f"ClickHouse at {self.settings.dsn} is unreachable: {exc}",
+                "check that ClickHouse is running and [source] dsn is right",
+            ) from exc
         except DatabaseError as exc:
             raise _database_error(exc, sql) from exc
         except OSError as exc:  # a socket that died under the driver (reset, broken pipe, timeout)
-            raise SourceUnavailable(f"ClickHouse at {self.settings.dsn} is unreachable: {exc}",
-                                    "check that ClickHouse is running and [source] dsn is right") from exc
+            raise SourceUnavailable(
+                f"ClickHouse at {self.settings.dsn} is unreachable: {exc}",
+                "check that ClickHouse is running and [source] dsn is right",
+            ) from exc
 
 
 def _database_error(exc: Exception, sql: str) -> Exception:
@@ -330,14 +353,17 @@ def _database_error(exc: Exception, sql: str) -> Exception:
     if code is None and (m := re.match(r"Code: (\d+)\.", text)):
         code = int(m.group(1))
     if code == _AUTH_FAILED or "Authentication failed" in text:  # retrying will not change the password
-        return SourceError(f"ClickHouse refused the credentials: {text}",
-                           "fix the user or password in [source] dsn (or OFFLOAD__SOURCE__DSN)")
+        return SourceError(
+            f"ClickHouse refused the credentials: {text}",
+            "fix the user or password in [source] dsn (or OFFLOAD__SOURCE__DSN)",
+        )
     if code in (_UNKNOWN_TABLE, _UNKNOWN_DATABASE):
         return SourceError(f"ClickHouse: {text}", "fix [[tables]] source or [source] database in the config")
     if "Connection refused" in text or "timed out" in text.lower():
         return SourceUnavailable(f"ClickHouse unreachable: {text}", "check ClickHouse and [source] dsn")
-    return SourceError(f"ClickHouse rejected a query: {text}",
-                       f"query was: {sql[:300]}" if sql else "check [source] dsn and database")
+    return SourceError(
+        f"ClickHouse rejected a query: {text}", f"query was: {sql[:300]}" if sql else "check [source] dsn and database"
+    )
 
 
 def _client(settings: SourceSettings) -> Any:
@@ -348,12 +374,16 @@ def _client(settings: SourceSettings) -> Any:
         return clickhouse_connect.get_client(dsn=settings.dsn)
     except DatabaseError as exc:
         if isinstance(exc, OperationalError):
-            raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
-                                    "check that ClickHouse is running and [source] dsn is right") from exc
+            raise SourceUnavailable(
+                f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
+                "check that ClickHouse is running and [source] dsn is right",
+            ) from exc
         raise _database_error(exc, "") from exc
     except Exception as exc:
-        raise SourceUnavailable(f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
-                                "check that ClickHouse is running and [source] dsn is right") from exc
+        raise SourceUnavailable(
+            f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
+            "check that ClickHouse is running and [source] dsn is right",
+        ) from exc
 
 
 @contextlib.contextmanager

@@ -44,26 +44,28 @@ def ttl_expressions(engine_full: str) -> tuple[str | None, str | None]:
         return None, None
     end = find_keyword(engine_full, "SETTINGS", ttl.end(), masked=masked)
     bounds, per_row = [], []
-    for rule in _ttl_rules(engine_full[ttl.end():end.start() if end else len(engine_full)]):
+    for rule in _ttl_rules(engine_full[ttl.end() : end.start() if end else len(engine_full)]):
         m = top_level(rule)
         if any(find_keyword(rule, kw, masked=m) for kw in ("TO DISK", "TO VOLUME", "RECOMPRESS")):
             continue
         cuts = [k.start() for k in (find_keyword(rule, kw, masked=m) for kw in ("WHERE", "GROUP BY", "DELETE")) if k]
-        expr = rule[:min(cuts)].strip() if cuts else rule.strip()
+        expr = rule[: min(cuts)].strip() if cuts else rule.strip()
         if not expr:
             continue
         bounds.append(expr)
         where = find_keyword(rule, "WHERE", masked=m)
         if where is not None:
             group = find_keyword(rule, "GROUP BY", where.end(), masked=m)
-            cond = rule[where.end():group.start() if group else len(rule)].strip()
+            cond = rule[where.end() : group.start() if group else len(rule)].strip()
             per_row.append(f"if({cond}, toDateTime({expr}), {NEVER})")
         else:
             per_row.append(expr)
     if len(bounds) <= 1:
         return (bounds[0], per_row[0]) if bounds else (None, None)
-    return tuple("least(" + ", ".join(f"toDateTime({d})" for d in exprs) + ")"  # type: ignore[return-value]
-                 for exprs in (bounds, per_row))
+    return tuple(
+        "least(" + ", ".join(f"toDateTime({d})" for d in exprs) + ")"  # type: ignore[return-value]
+        for exprs in (bounds, per_row)
+    )
 
 
 _NOT_A_COLUMN = re.compile(r"(INDEX|PROJECTION|CONSTRAINT|PRIMARY\s+KEY|STATISTICS)\s", re.I)
@@ -79,7 +81,7 @@ def column_ttls(create_table_query: str) -> tuple[tuple[str, str], ...]:
         return ()
     close_at = top_level(create_table_query).find(")", open_at)
     found = []
-    for col in split_top_level(create_table_query[open_at + 1:close_at if close_at > 0 else None]):
+    for col in split_top_level(create_table_query[open_at + 1 : close_at if close_at > 0 else None]):
         name = _COLUMN_NAME.match(col)
         if _NOT_A_COLUMN.match(col) or name is None:
             continue
@@ -87,10 +89,16 @@ def column_ttls(create_table_query: str) -> tuple[tuple[str, str], ...]:
         ttl = find_keyword(col, "TTL", name.end(), masked=m)
         if ttl is None:
             continue
-        ends = [k.start() for k in (find_keyword(col, kw, ttl.end(), masked=m) for kw in
-                                    ("PRIMARY KEY", "SETTINGS", "STATISTICS", "COMMENT", "CODEC")) if k]
+        ends = [
+            k.start()
+            for k in (
+                find_keyword(col, kw, ttl.end(), masked=m)
+                for kw in ("PRIMARY KEY", "SETTINGS", "STATISTICS", "COMMENT", "CODEC")
+            )
+            if k
+        ]
         column = name.group(1)
         if column.startswith("`"):
             column = re.sub(r"\\(.)", r"\1", column[1:-1])
-        found.append((column, col[ttl.end():min(ends, default=len(col))].strip()))
+        found.append((column, col[ttl.end() : min(ends, default=len(col))].strip()))
     return tuple(found)

@@ -17,10 +17,14 @@ class CHType:
 
     def __str__(self) -> str:
         if self.children:
-            inner = ", ".join(f"{quote(n)} {c}" if n else str(c) for n, c in zip(self.names, self.children,
-                                                                                       strict=True))
-            return f"{self.name}({inner})" if self.name != "SimpleAggregateFunction" else \
-                f"{self.name}({self.args[0]}, {inner})"
+            inner = ", ".join(
+                f"{quote(n)} {c}" if n else str(c) for n, c in zip(self.names, self.children, strict=True)
+            )
+            return (
+                f"{self.name}({inner})"
+                if self.name != "SimpleAggregateFunction"
+                else f"{self.name}({self.args[0]}, {inner})"
+            )
         return f"{self.name}({', '.join(self.args)})" if self.args else self.name
 
 

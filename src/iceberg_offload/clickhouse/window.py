@@ -104,21 +104,29 @@ class Key:
     @classmethod
     def for_table(cls, table: str, columns: dict[str, str], ts: str, seq: str | None) -> Key:
         if ts not in columns:
-            raise ConfigError(f"{table}: timestamp_column {ts!r} is not a column of the ClickHouse table",
-                              f"set timestamp_column to one of: {', '.join(columns)}")
+            raise ConfigError(
+                f"{table}: timestamp_column {ts!r} is not a column of the ClickHouse table",
+                f"set timestamp_column to one of: {', '.join(columns)}",
+            )
         ts_type = _unwrap(parse(columns[ts]))
         if ts_type.name not in ("DateTime", "DateTime64"):
             times = [c for c, t in columns.items() if _unwrap(parse(t)).name in ("DateTime", "DateTime64")]
-            raise ConfigError(f"{table}: timestamp_column {ts!r} is {columns[ts]}, not a time type",
-                              "set timestamp_column to a DateTime or DateTime64 column"
-                              + (f": {', '.join(times)}" if times else " (the table has none)"))
+            raise ConfigError(
+                f"{table}: timestamp_column {ts!r} is {columns[ts]}, not a time type",
+                "set timestamp_column to a DateTime or DateTime64 column"
+                + (f": {', '.join(times)}" if times else " (the table has none)"),
+            )
         if seq is not None:
             if seq not in columns:
-                raise ConfigError(f"{table}: sequence_column {seq!r} is not a column of the ClickHouse table",
-                                  f"set sequence_column to one of: {', '.join(columns)}, or remove it")
+                raise ConfigError(
+                    f"{table}: sequence_column {seq!r} is not a column of the ClickHouse table",
+                    f"set sequence_column to one of: {', '.join(columns)}, or remove it",
+                )
             if _unwrap(parse(columns[seq])).name not in _INT_TYPES:
-                raise ConfigError(f"{table}: sequence_column {seq!r} is {columns[seq]}, not an integer",
-                                  "choose an integer column (UInt64, Int64, ...) or remove sequence_column")
+                raise ConfigError(
+                    f"{table}: sequence_column {seq!r} is {columns[seq]}, not an integer",
+                    "choose an integer column (UInt64, Int64, ...) or remove sequence_column",
+                )
         return cls(ts, ts_type, seq, Aliases.avoiding(list(columns)))
 
     # -- SQL pieces --------------------------------------------------------------------------------
@@ -206,19 +214,23 @@ def plan_query(table_sql: str, final: bool, key: Key, window: Window, max_rows: 
     since the chunk is read as a key range."""
     expr = f"({key.ts_ns_expr()}, {quote(key.seq) if key.seq else '0'})"
     k, rn = key.aliases.name("k"), key.aliases.name("rn")
-    return (f"SELECT groupArrayIf({k}, ({rn} + 1) % {batch_rows} = 0), max({k}), count() FROM ("
-            f"SELECT {k}, rowNumberInAllBlocks() AS {rn} FROM ("
-            f"SELECT {expr} AS {k} FROM {table_sql}{' FINAL' if final else ''} WHERE {window.where(key)} "
-            f"ORDER BY {key.order_by()} LIMIT {max_rows}))")
+    return (
+        f"SELECT groupArrayIf({k}, ({rn} + 1) % {batch_rows} = 0), max({k}), count() FROM ("
+        f"SELECT {k}, rowNumberInAllBlocks() AS {rn} FROM ("
+        f"SELECT {expr} AS {k} FROM {table_sql}{' FINAL' if final else ''} WHERE {window.where(key)} "
+        f"ORDER BY {key.order_by()} LIMIT {max_rows}))"
+    )
 
 
-def chunk_query(table_sql: str, final: bool, key: Key, select: list[str], window: Window,
-                cut: Watermark) -> tuple[str, list[str]]:
+def chunk_query(
+    table_sql: str, final: bool, key: Key, select: list[str], window: Window, cut: Watermark
+) -> tuple[str, list[str]]:
     """Every row with lower < key <= cut, inside the window, and the result's column names. No ORDER BY:
     one commit holds them all."""
     cols, names = key.aliases.select(select)
-    return (f"SELECT {cols} FROM {table_sql}{' FINAL' if final else ''} "
-            f"WHERE {window.where(key)} AND {key.at_most(cut)}"), names
+    return (
+        f"SELECT {cols} FROM {table_sql}{' FINAL' if final else ''} WHERE {window.where(key)} AND {key.at_most(cut)}"
+    ), names
 
 
 def count_query(table_sql: str, final: bool, key: Key, window: Window) -> str:

@@ -60,10 +60,19 @@ class VerifyResult:
         return self.error is None and not self.buckets_bad
 
     def as_dict(self) -> dict[str, Any]:
-        return {"table": self.table, "hot_rows": self.hot_rows, "cold_rows": self.cold_rows,
-                "missing": self.missing, "duplicates": self.duplicates, "extra": self.extra,
-                "changed": self.changed, "values": self.values, "buckets_checked": self.buckets_checked,
-                "buckets_bad": self.buckets_bad, "error": self.error}
+        return {
+            "table": self.table,
+            "hot_rows": self.hot_rows,
+            "cold_rows": self.cold_rows,
+            "missing": self.missing,
+            "duplicates": self.duplicates,
+            "extra": self.extra,
+            "changed": self.changed,
+            "values": self.values,
+            "buckets_checked": self.buckets_checked,
+            "buckets_bad": self.buckets_bad,
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -85,12 +94,20 @@ class Bucket:
         return self.missing > 0 or self.duplicates > 0 or self.changed > 0 or (self.extra > 0 and not self.aging)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"bucket": iso(self.start * NS), "hot": self.hot, "cold": self.cold, "missing": self.missing,
-                "duplicates": self.duplicates, "changed": self.changed, "extra": self.extra}
+        return {
+            "bucket": iso(self.start * NS),
+            "hot": self.hot,
+            "cold": self.cold,
+            "missing": self.missing,
+            "duplicates": self.duplicates,
+            "changed": self.changed,
+            "extra": self.extra,
+        }
 
 
-def verify_table(cfg: TableSettings, source: Source, sink: Sink, values: bool | None = None,
-                 progress: Progress | None = None) -> VerifyResult:
+def verify_table(
+    cfg: TableSettings, source: Source, sink: Sink, values: bool | None = None, progress: Progress | None = None
+) -> VerifyResult:
     """Hot vs cold per hour bucket over the range both tiers hold (up to the watermark); with `values`
     (default: the table's `final`), every column of every row, not only the keys."""
     res = VerifyResult(cfg.target, values=cfg.final if values is None else values)
@@ -121,13 +138,23 @@ def verify_table(cfg: TableSettings, source: Source, sink: Sink, values: bool | 
 def oldest_hour(plan: TablePlan, source: Source) -> int | None:
     """Epoch seconds of the hour holding the hot tier's oldest row (None: the hot tier is empty)."""
     fin = " FINAL" if plan.cfg.final else ""
-    n, oldest = source.rows(f"SELECT count(), {plan.key.ts_ns_of(f'min({quote(plan.cfg.timestamp_column)})')} "
-                            f"FROM {plan.info.qualified}{fin}")[0]
+    n, oldest = source.rows(
+        f"SELECT count(), {plan.key.ts_ns_of(f'min({quote(plan.cfg.timestamp_column)})')} "
+        f"FROM {plan.info.qualified}{fin}"
+    )[0]
     return None if not n else int(oldest) // NS // HOUR * HOUR  # floor: before 1970 too
 
 
-def compare(plan: TablePlan, source: Source, table: Table, wm: Watermark, page_rows: int = PAGE_ROWS,
-            values: bool = False, since_ns: int | None = None, progress: Progress | None = None) -> Iterator[Bucket]:
+def compare(
+    plan: TablePlan,
+    source: Source,
+    table: Table,
+    wm: Watermark,
+    page_rows: int = PAGE_ROWS,
+    values: bool = False,
+    since_ns: int | None = None,
+    progress: Progress | None = None,
+) -> Iterator[Bucket]:
     """Every hour bucket either tier holds, from the hot tier's oldest hour (or the hour of `since_ns`, if
     later) up to the watermark, oldest first. With `values`, each bucket's rows are compared whole (the
     columns both tiers have had all along). `progress` hears the hot rows compared, a page at a time, out
@@ -187,9 +214,11 @@ def expiring_hours(plan: TablePlan, source: Source, starts: list[int], margin: i
     b = plan.key.aliases.name("b")
     as_ts = plan.key.ts_literal_of(f"toInt64({b}) * {NS}")
     try:  # the TTL of a row stamped at the bucket's first instant, the first row of it to expire
-        rows = source.rows(f"SELECT {b}, toUnixTimestamp(toDateTime({ttl})) <= toUnixTimestamp(now()) + "
-                           f"{int(margin)} FROM (SELECT arrayJoin([{', '.join(map(str, starts))}]) AS {b}, "
-                           f"{as_ts} AS {ts})")
+        rows = source.rows(
+            f"SELECT {b}, toUnixTimestamp(toDateTime({ttl})) <= toUnixTimestamp(now()) + "
+            f"{int(margin)} FROM (SELECT arrayJoin([{', '.join(map(str, starts))}]) AS {b}, "
+            f"{as_ts} AS {ts})"
+        )
     except SourceError:
         oldest = oldest_hour(plan, source)
         return {s for s in starts if oldest is None or s <= oldest}
@@ -217,13 +246,16 @@ def hot_hours(plan: TablePlan, source: Source, wm: Watermark, lo_hour: int) -> d
     where = f"{quote(cfg.timestamp_column)} >= {key.ts_literal(lo_hour * NS)} AND {key.at_most(wm)}"
     b, ns = key.aliases.name("b"), key.ts_ns_expr()
     floor = f"intDiv({ns} - positiveModulo({ns}, {NS * HOUR}), {NS})"  # floored: hours before 1970 too
-    rows = source.rows(f"SELECT {floor} AS {b}, count() FROM {plan.info.qualified}{' FINAL' if cfg.final else ''} "
-                       f"WHERE {where} GROUP BY {b}")
+    rows = source.rows(
+        f"SELECT {floor} AS {b}, count() FROM {plan.info.qualified}{' FINAL' if cfg.final else ''} "
+        f"WHERE {where} GROUP BY {b}"
+    )
     return {int(h): int(n) for h, n in rows}
 
 
-def hot_range(plan: TablePlan, source: Source, wm: Watermark, lo: int, hi: int, columns: list[ColumnMap],
-              target: pa.Schema) -> pa.Table:
+def hot_range(
+    plan: TablePlan, source: Source, wm: Watermark, lo: int, hi: int, columns: list[ColumnMap], target: pa.Schema
+) -> pa.Table:
     """The hot tier's rows with lo <= ts < hi (epoch seconds) up to the watermark, `columns` only, as Iceberg
     holds them (read and conformed like an offload)."""
     key, ts, fin = plan.key, quote(plan.cfg.timestamp_column), " FINAL" if plan.cfg.final else ""
@@ -233,8 +265,9 @@ def hot_range(plan: TablePlan, source: Source, wm: Watermark, lo: int, hi: int, 
     return conform(tbl, columns, target, plan.cfg.source)
 
 
-def hot_rows(plan: TablePlan, source: Source, wm: Watermark, start: int, columns: list[ColumnMap],
-             target: pa.Schema) -> pa.Table:
+def hot_rows(
+    plan: TablePlan, source: Source, wm: Watermark, start: int, columns: list[ColumnMap], target: pa.Schema
+) -> pa.Table:
     """The hot tier's rows of one hour bucket (up to the watermark)."""
     return hot_range(plan, source, wm, start, start + HOUR, columns, target)
 
@@ -249,8 +282,9 @@ def value_columns(plan: TablePlan, table: Table) -> list[ColumnMap]:
     older rows are NULL in cold by design; such columns are compared by key only)."""
     fields = {f.name: f for f in table.schema().fields}
     keys = set(plan.cfg.key_columns)
-    return [p for p in plan.columns if p.name in fields and
-            (p.name in keys or fields[p.name].required or not p.required)]
+    return [
+        p for p in plan.columns if p.name in fields and (p.name in keys or fields[p.name].required or not p.required)
+    ]
 
 
 def ts_range(table: Table, ts: str, lo_ns: int, hi_ns: int) -> BooleanExpression:
@@ -286,14 +320,21 @@ def _compare_page(hot: pa.Table, cold: pa.Table, keys: list[str], ts: str) -> It
         for start, n in sorted(pairs):
             yield Bucket(int(start), int(n), int(n))
         return
-    tiers = [pa.table([_hour_of(t.column(ts)), *(t.column(k) for k in keys)], names=["__h", *keys])
-             for t in (hot, cold)]
+    tiers = [
+        pa.table([_hour_of(t.column(ts)), *(t.column(k) for k in keys)], names=["__h", *keys]) for t in (hot, cold)
+    ]
     try:
         # a join never matches NULL with NULL: group and join on the value with NULLs filled, and a flag
         by = ["__h", *keys, *(f"__null_{k}" for k in keys)]
-        counts = [pa.table([t.column("__h"), *(c for k in keys for c in _null_free(t.column(k)))],
-                           names=["__h", *(n for k in keys for n in (k, f"__null_{k}"))])
-                  .group_by(by).aggregate([([], "count_all")]) for t in tiers]
+        counts = [
+            pa.table(
+                [t.column("__h"), *(c for k in keys for c in _null_free(t.column(k)))],
+                names=["__h", *(n for k in keys for n in (k, f"__null_{k}"))],
+            )
+            .group_by(by)
+            .aggregate([([], "count_all")])
+            for t in tiers
+        ]
         joined = counts[0].join(counts[1], keys=by, join_type="full outer", right_suffix="_cold")
         h = pc.fill_null(joined.column("count_all"), 0)
         c = pc.fill_null(joined.column("count_all_cold"), 0)
@@ -301,11 +342,16 @@ def _compare_page(hot: pa.Table, cold: pa.Table, keys: list[str], ts: str) -> It
     except (pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowInvalid):  # key types Arrow cannot group
         hours, h, c = _counted_in_python(tiers, keys)
     zero = pa.scalar(0, pa.int64())
-    per_key = pa.table({
-        "__h": hours, "h": h, "c": c,
-        "missing": pc.max_element_wise(pc.subtract(h, c), zero),
-        "dups": pc.if_else(pc.greater(h, 0), pc.max_element_wise(pc.subtract(c, h), zero), zero),
-        "extra": pc.if_else(pc.equal(h, 0), c, zero)})
+    per_key = pa.table(
+        {
+            "__h": hours,
+            "h": h,
+            "c": c,
+            "missing": pc.max_element_wise(pc.subtract(h, c), zero),
+            "dups": pc.if_else(pc.greater(h, 0), pc.max_element_wise(pc.subtract(c, h), zero), zero),
+            "extra": pc.if_else(pc.equal(h, 0), c, zero),
+        }
+    )
     per_hour = per_key.group_by("__h").aggregate([(n, "sum") for n in ("h", "c", "missing", "dups", "extra")])
     cols = [per_hour.column(n).to_pylist() for n in ("__h", "h_sum", "c_sum", "missing_sum", "dups_sum", "extra_sum")]
     for start, nh, nc, miss, dups, extra in sorted(zip(*cols, strict=True)):
@@ -352,8 +398,11 @@ def _null_free(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
 def _counted_in_python(tiers: list[pa.Table], keys: list[str]) -> tuple[pa.Array, pa.Array, pa.Array]:
     hot, cold = (Counter(_tuples(t, ["__h", *keys])) for t in tiers)
     every = list(hot.keys() | cold.keys())
-    return (pa.array([k[0] for k in every], pa.int64()), pa.array([hot[k] for k in every], pa.int64()),
-            pa.array([cold[k] for k in every], pa.int64()))
+    return (
+        pa.array([k[0] for k in every], pa.int64()),
+        pa.array([hot[k] for k in every], pa.int64()),
+        pa.array([cold[k] for k in every], pa.int64()),
+    )
 
 
 def _diff_values(b: Bucket, hot: pa.Table, cold: pa.Table) -> None:
@@ -368,9 +417,11 @@ def _same_rows(hot: pa.Table, cold: pa.Table) -> bool:
     """Quick check: equal after sorting by every sortable column (a False is confirmed row by row)."""
     if hot.num_rows != cold.num_rows:
         return False
-    order = [(f.name, "ascending") for f in hot.schema
-             if not (pa.types.is_nested(f.type) or pa.types.is_dictionary(f.type)
-                     or isinstance(f.type, pa.ExtensionType))]
+    order = [
+        (f.name, "ascending")
+        for f in hot.schema
+        if not (pa.types.is_nested(f.type) or pa.types.is_dictionary(f.type) or isinstance(f.type, pa.ExtensionType))
+    ]
     with contextlib.suppress(pa.ArrowNotImplementedError, pa.ArrowTypeError):  # unsortable: row by row
         return bool(hot.sort_by(order).equals(cold.sort_by(order)))
     return False
@@ -394,8 +445,9 @@ def _hashable(v: Any) -> Any:
     return v
 
 
-def verify(settings: Settings, names: list[str] | None = None, values: bool | None = None,
-           progress: Progress | None = None) -> list[VerifyResult]:
+def verify(
+    settings: Settings, names: list[str] | None = None, values: bool | None = None, progress: Progress | None = None
+) -> list[VerifyResult]:
     sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
     with open_source(settings.source) as source:
         return [verify_table(cfg, source, sink, values, progress) for cfg in settings.select(names)]

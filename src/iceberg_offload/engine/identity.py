@@ -72,8 +72,12 @@ class SourceIdentity:
 
     def recreated(self, other: SourceIdentity) -> bool:
         """Same server and name, another table: dropped and created again (or restored)."""
-        return (self.server, self.database, self.table) == (other.server, other.database, other.table) \
-            and bool(self.uuid) and other.uuid is not None and other.uuid != self.uuid
+        return (
+            (self.server, self.database, self.table) == (other.server, other.database, other.table)
+            and bool(self.uuid)
+            and other.uuid is not None
+            and other.uuid != self.uuid
+        )
 
     def agrees(self, other: SourceIdentity) -> bool:
         """`other` (the configured source) is this one (the recorded): the same name and either the same UUID
@@ -96,12 +100,15 @@ def check(table: Table, configured: SourceIdentity, target: str) -> None:
 
 def mismatch(target: str, recorded: SourceIdentity, configured: SourceIdentity) -> SourceMismatch:
     if recorded.recreated(configured):
-        what = (f"{configured.database}.{configured.table} was recreated in ClickHouse (uuid {recorded.uuid} "
-                f"recorded, {configured.uuid or 'none'} now)")
+        what = (
+            f"{configured.database}.{configured.table} was recreated in ClickHouse (uuid {recorded.uuid} "
+            f"recorded, {configured.uuid or 'none'} now)"
+        )
     else:
         what = f"the config reads {configured.describe()}"
     return SourceMismatch(
         f"{target}: the Iceberg table holds rows of {recorded.describe()}, but {what}; its rows would mix with "
         f"these and the watermark skip its rows; nothing was written",
         f"point [[tables]] target at a new Iceberg table, or restore [source] / [[tables]] source, or (a deliberate "
-        f"move) iceberg-offload adopt --table {target}")
+        f"move) iceberg-offload adopt --table {target}",
+    )

@@ -90,8 +90,13 @@ class CycleResult:
                 t.view, t.view_error = o["view"], o["error"]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "status": self.status, "duration_seconds": round(self.duration_seconds, 3),
-                "rows": sum(t.rows for t in self.tables), "tables": [t.as_dict() for t in self.tables]}
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "rows": sum(t.rows for t in self.tables),
+            "tables": [t.as_dict() for t in self.tables],
+        }
 
 
 def cycle_status(tables: Iterable[dict[str, Any]]) -> str:
@@ -104,8 +109,15 @@ def cycle_status(tables: Iterable[dict[str, Any]]) -> str:
     return "partial" if failed or any(v for _, v in outcomes) else "success"
 
 
-def offload_table(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, run_id: str,
-                  now_ns: int | None = None, progress: Progress | None = None) -> TableResult:
+def offload_table(
+    settings: Settings,
+    cfg: TableSettings,
+    source: Source,
+    sink: Sink,
+    run_id: str,
+    now_ns: int | None = None,
+    progress: Progress | None = None,
+) -> TableResult:
     """Offload one table until its window is empty. Errors are returned in the result, never raised."""
     started = time.monotonic()
     result = TableResult(cfg.target, cfg.layer)
@@ -119,8 +131,16 @@ def offload_table(settings: Settings, cfg: TableSettings, source: Source, sink: 
     return result
 
 
-def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, run_id: str, now_ns: int,
-             progress: Progress | None, result: TableResult) -> None:
+def _offload(
+    settings: Settings,
+    cfg: TableSettings,
+    source: Source,
+    sink: Sink,
+    run_id: str,
+    now_ns: int,
+    progress: Progress | None,
+    result: TableResult,
+) -> None:
     plan = TablePlan.build(source, cfg)
     plan.check_ttl(settings, plan.ttl_spans(source))
     existing = sink.load(cfg.target)
@@ -142,11 +162,17 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
     try:
         while (cut := stream.next_commit()) is not None:
             commit_id = f"{run_id}/{uuid.uuid4().hex[:12]}"
-            props = {**cut.to_props(), **plan.lineage(), names.RUN_ID: run_id, COMMIT_ID: commit_id,
-                     names.WINDOW_LOWER_NS: str(window.lower.ts_ns) if window.lower else "",
-                     names.WINDOW_UPPER_NS: str(window.upper_ns),
-                     names.VERSION: __version__, names.COMMITS_TOTAL: str(totals[1] + 1),
-                     names.ROWS_TOTAL: str(totals[0])}
+            props = {
+                **cut.to_props(),
+                **plan.lineage(),
+                names.RUN_ID: run_id,
+                COMMIT_ID: commit_id,
+                names.WINDOW_LOWER_NS: str(window.lower.ts_ns) if window.lower else "",
+                names.WINDOW_UPPER_NS: str(window.upper_ns),
+                names.VERSION: __version__,
+                names.COMMITS_TOTAL: str(totals[1] + 1),
+                names.ROWS_TOTAL: str(totals[0]),
+            }
             try:
                 table, rows = sink.commit(table, stream.chunks(), props, time.monotonic())
             except CommitConflict:
@@ -166,9 +192,11 @@ def _offload(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
                 try:
                     landed = sink.find_commit(cfg.target, commit_id)
                 except CatalogUnavailable as exc:
-                    raise CommitOutcomeUnknown(f"{unknown.message}; settling it failed too: {exc.message}",
-                                               "none needed once the catalog answers ([catalog] uri): the next run "
-                                               "settles it by its commit id") from exc
+                    raise CommitOutcomeUnknown(
+                        f"{unknown.message}; settling it failed too: {exc.message}",
+                        "none needed once the catalog answers ([catalog] uri): the next run "
+                        "settles it by its commit id",
+                    ) from exc
                 if landed is None:
                     raise
                 table = sink.load(cfg.target) or table
@@ -208,8 +236,7 @@ def late_since(settings: Settings, cfg: TableSettings, sink: Sink, wm_ns: int) -
     return since if since <= wm_ns else None
 
 
-def _sweep_late_rows(settings: Settings, cfg: TableSettings, source: Source, sink: Sink,
-                     result: TableResult) -> None:
+def _sweep_late_rows(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, result: TableResult) -> None:
     """Rows that arrived after their hour was offloaded, up to `late_lookback_seconds` behind the watermark:
     compared per key with the hot tier and repaired now (the same CAS bucket replacement as the daily
     reconcile; its rules hold: never a bucket the TTL may be deleting, never shrinking cold)."""
@@ -258,13 +285,15 @@ class _Stream:
         self.items.close()  # type: ignore[attr-defined]
 
     @staticmethod
-    def _produce(source: Source, plan: TablePlan, target: pa.Schema, window: Window,
-                 settings: Settings) -> Iterator[Any]:
+    def _produce(
+        source: Source, plan: TablePlan, target: pa.Schema, window: Window, settings: Settings
+    ) -> Iterator[Any]:
         tsql, final, key, batch_rows = plan.info.qualified, plan.cfg.final, plan.key, settings.offload.batch_rows
         select = [c.select for c in plan.columns]
         while True:
-            splits, last, n = source.rows(plan_query(tsql, final, key, window, settings.offload.max_rows_per_commit,
-                                                     settings.offload.read_rows))[0]
+            splits, last, n = source.rows(
+                plan_query(tsql, final, key, window, settings.offload.max_rows_per_commit, settings.offload.read_rows)
+            )[0]
             if not n:
                 return
             cut = key.watermark(last)
@@ -283,10 +312,12 @@ class _Stream:
             if pending:
                 yield pa.concat_tables(pending)
             if read < n:  # the key range holds at least the rows the plan counted in it (more: late arrivals)
-                raise ResultMismatch(f"{plan.cfg.source}: read {read} rows up to {cut.describe()} where the plan "
-                                     f"counted {n}; the commit was discarded, nothing was written",
-                                     "none needed: the next run reads again (rows deleted meanwhile, or a "
-                                     "result that was not the query's)")
+                raise ResultMismatch(
+                    f"{plan.cfg.source}: read {read} rows up to {cut.describe()} where the plan "
+                    f"counted {n}; the commit was discarded, nothing was written",
+                    "none needed: the next run reads again (rows deleted meanwhile, or a "
+                    "result that was not the query's)",
+                )
             yield _END
             window = Window(cut, window.upper_ns)
 
@@ -337,8 +368,13 @@ def new_run_id() -> str:
     return f"cli-{uuid.uuid4().hex[:16]}"
 
 
-def run_cycle(settings: Settings, names: list[str] | None = None, run_id: str | None = None,
-              now_ns: int | None = None, progress: Progress | None = None) -> CycleResult:
+def run_cycle(
+    settings: Settings,
+    names: list[str] | None = None,
+    run_id: str | None = None,
+    now_ns: int | None = None,
+    progress: Progress | None = None,
+) -> CycleResult:
     """One cycle over the configured (or named) tables, bronze then silver then gold."""
     started = time.monotonic()
     tables = settings.select(names)

@@ -59,16 +59,20 @@ class TablePlan:
         if cfg.columns:
             missing = [c for c in cfg.columns if c not in all_cols]
             if missing:
-                raise SourceError(f"{cfg.source}: columns {', '.join(missing)} are not in the ClickHouse table",
-                                  f"fix columns = [...]; the table has: {', '.join(all_cols)}")
+                raise SourceError(
+                    f"{cfg.source}: columns {', '.join(missing)} are not in the ClickHouse table",
+                    f"fix columns = [...]; the table has: {', '.join(all_cols)}",
+                )
             chosen = [(c, all_cols[c]) for c in cfg.columns]
         else:
             chosen = list(info.columns)
         key = Key.for_table(cfg.source, all_cols, cfg.timestamp_column, cfg.sequence_column)
         unknown_keys = [c for c in cfg.key_columns if c not in dict(chosen)]
         if unknown_keys:
-            raise ConfigError(f"{cfg.source}: key_columns {', '.join(unknown_keys)} are not offloaded columns",
-                              "fix key_columns (they must be among the offloaded columns)")
+            raise ConfigError(
+                f"{cfg.source}: key_columns {', '.join(unknown_keys)} are not offloaded columns",
+                "fix key_columns (they must be among the offloaded columns)",
+            )
         plans = plan_columns(cfg.source, chosen, cfg.column_types)
         _refuse_null_keys(source, cfg, info, all_cols)
         return cls(cfg, info, key, plans, SourceIdentity.of(source.settings, cfg.source, info.uuid))
@@ -77,11 +81,19 @@ class TablePlan:
         fields = iceberg_fields(self.columns)
         ts_field = next(f for f in fields if f.name == self.cfg.timestamp_column)
         if self.cfg.partition_by != "none" and not isinstance(ts_field.field_type, TimestamptzType):
-            raise ConfigError(f"{self.cfg.source}: partition_by = {self.cfg.partition_by!r} needs "
-                              f"{self.cfg.timestamp_column} as a timestamp, but it maps to {ts_field.field_type}",
-                              'set partition_by = "none" or drop its column_types override')
-        return sink.ensure_table(self.cfg.target, fields, self.cfg.partition_by, self.cfg.timestamp_column,
-                                 evolve=not self.cfg.columns, properties=self.identity.to_props())
+            raise ConfigError(
+                f"{self.cfg.source}: partition_by = {self.cfg.partition_by!r} needs "
+                f"{self.cfg.timestamp_column} as a timestamp, but it maps to {ts_field.field_type}",
+                'set partition_by = "none" or drop its column_types override',
+            )
+        return sink.ensure_table(
+            self.cfg.target,
+            fields,
+            self.cfg.partition_by,
+            self.cfg.timestamp_column,
+            evolve=not self.cfg.columns,
+            properties=self.identity.to_props(),
+        )
 
     def check_source(self, table: Table | None) -> None:
         """Refuse a source other than the one the table's rows came from (its recorded identity)."""
@@ -91,8 +103,12 @@ class TablePlan:
     def lineage(self) -> dict[str, str]:
         """What the watermark means, stored beside it (every commit that carries a watermark carries these):
         the key it is a value of and the ClickHouse table it was read from."""
-        return {TS_COLUMN: self.cfg.timestamp_column, SEQ_COLUMN: self.cfg.sequence_column or "",
-                SOURCE: self.info.qualified, names.SOURCE: self.info.qualified}
+        return {
+            TS_COLUMN: self.cfg.timestamp_column,
+            SEQ_COLUMN: self.cfg.sequence_column or "",
+            SOURCE: self.info.qualified,
+            names.SOURCE: self.info.qualified,
+        }
 
     def check_lineage(self, last: Commit | None, source: bool = True, key: bool = True) -> None:
         """Refuse a config that would read the stored watermark as something else: another timestamp or
@@ -106,28 +122,38 @@ class TablePlan:
         props, cfg, fix = last.props, self.cfg, self._lineage_fix()
         src = props.get(SOURCE) or props.get(names.SOURCE)
         if source and src and src != self.info.qualified:
-            raise SourceMismatch(f"{cfg.target}: the Iceberg table holds rows of {src} (its watermark's source), "
-                                 f"but the config reads {self.identity.describe()}; its rows would mix with these "
-                                 f"and the watermark skip its rows; nothing was written",
-                                 f"restore [[tables]] source, or point target at a new Iceberg table, or (a "
-                                 f"deliberate move) iceberg-offload adopt --table {cfg.target}")
+            raise SourceMismatch(
+                f"{cfg.target}: the Iceberg table holds rows of {src} (its watermark's source), "
+                f"but the config reads {self.identity.describe()}; its rows would mix with these "
+                f"and the watermark skip its rows; nothing was written",
+                f"restore [[tables]] source, or point target at a new Iceberg table, or (a "
+                f"deliberate move) iceberg-offload adopt --table {cfg.target}",
+            )
         if not key:
             return
         ts = props.get(TS_COLUMN)
         if ts is not None and ts != cfg.timestamp_column:
-            raise ConfigError(f"{cfg.target}: the watermark {wm.describe()} is a value of timestamp_column {ts!r}, "
-                              f"but the config says {cfg.timestamp_column!r}; the window would skip rows", fix)
+            raise ConfigError(
+                f"{cfg.target}: the watermark {wm.describe()} is a value of timestamp_column {ts!r}, "
+                f"but the config says {cfg.timestamp_column!r}; the window would skip rows",
+                fix,
+            )
         seq = props.get(SEQ_COLUMN)  # None: commits from before it was recorded
         if wm.seq is not None and (cfg.sequence_column is None or seq not in (None, cfg.sequence_column)):
             now = f"sequence_column {cfg.sequence_column!r}" if cfg.sequence_column else "no sequence_column"
             was = f"sequence_column {seq!r}" if seq else "a sequence column"
-            raise ConfigError(f"{cfg.target}: the watermark {wm.describe()} holds a value of {was}, but the config "
-                              f"has {now}; rows at {iso(wm.ts_ns)} after it would be skipped", fix)
+            raise ConfigError(
+                f"{cfg.target}: the watermark {wm.describe()} holds a value of {was}, but the config "
+                f"has {now}; rows at {iso(wm.ts_ns)} after it would be skipped",
+                fix,
+            )
 
     def _lineage_fix(self) -> str:
-        return (f"restore the [[tables]] entry as it was, or point target at a new Iceberg table, or (deliberately) "
-                f"move the watermark in the new terms: iceberg-offload watermark set --table {self.cfg.target} "
-                f"--to <time> (it records the new key)")
+        return (
+            f"restore the [[tables]] entry as it was, or point target at a new Iceberg table, or (deliberately) "
+            f"move the watermark in the new terms: iceberg-offload watermark set --table {self.cfg.target} "
+            f"--to <time> (it records the new key)"
+        )
 
     def ttl_spans(self, source: Source) -> list[TTLSpan]:
         """How long each deadline keeps a row: the table TTL (column None) and every column TTL (past it, the
@@ -148,17 +174,21 @@ class TablePlan:
         # stamped just before the boundary the least time, and that is the one that must not be lost
         stamps = self.key.ts_literal_of(f"{time.time_ns() // NS * NS} + {n} * {60 * NS}")
         try:
-            rows = source.rows(f"SELECT min(toInt64(toUnixTimestamp(toDateTime({expr}))) - "
-                               f"toInt64(toUnixTimestamp({ts}))) FROM (SELECT {stamps} AS {ts} FROM "
-                               f"(SELECT number AS {n} FROM numbers(1440)))")
+            rows = source.rows(
+                f"SELECT min(toInt64(toUnixTimestamp(toDateTime({expr}))) - "
+                f"toInt64(toUnixTimestamp({ts}))) FROM (SELECT {stamps} AS {ts} FROM "
+                f"(SELECT number AS {n} FROM numbers(1440)))"
+            )
             return float(rows[0][0])
         except SourceError:
             pass
         tsql = self.info.qualified + (" FINAL" if self.cfg.final else "")
         try:  # the TTL reads other columns: the rows most recently written, the next to wait for a window
-            rows = source.rows(f"SELECT count(), min(toInt64(toUnixTimestamp(toDateTime({expr}))) - "
-                               f"toInt64(intDiv({self.key.ts_ms_of(ts)}, 1000))) FROM (SELECT * FROM {tsql} "
-                               f"ORDER BY {self.key.order_by(desc=True)} LIMIT {TTL_SAMPLE_ROWS})")
+            rows = source.rows(
+                f"SELECT count(), min(toInt64(toUnixTimestamp(toDateTime({expr}))) - "
+                f"toInt64(intDiv({self.key.ts_ms_of(ts)}, 1000))) FROM (SELECT * FROM {tsql} "
+                f"ORDER BY {self.key.order_by(desc=True)} LIMIT {TTL_SAMPLE_ROWS})"
+            )
             return float(rows[0][1]) if rows[0][0] else None
         except SourceError as exc:
             if not source.rows(f"SELECT count() FROM (SELECT 1 FROM {tsql} LIMIT 1)")[0][0]:
@@ -171,7 +201,8 @@ class TablePlan:
                 f"so it refuses; nothing was read",
                 f"make the TTL an expression ClickHouse evaluates on the table's rows (ALTER TABLE "
                 f"{self.info.qualified} MODIFY TTL toDateTime({ts}) + INTERVAL <n> DAY), or check it by hand "
-                f"and remove it; report the expression if ClickHouse accepts it and this is wrong") from exc
+                f"and remove it; report the expression if ClickHouse accepts it and this is wrong",
+            ) from exc
 
     def check_ttl(self, settings: Settings, spans: list[TTLSpan]) -> None:
         """Refuse a TTL that deletes a row (or a column TTL that resets a value) before it can be offloaded: a
@@ -188,15 +219,18 @@ class TablePlan:
         if span > need:
             return
         ts = quote(self.cfg.timestamp_column)
-        wait = (f"but a row waits up to settle_seconds {settle} + closed_after_seconds {closed} + the schedule "
-                f"interval {interval} s (+ {WAIT_MARGIN_SECONDS} s margin) before it is offloaded")
+        wait = (
+            f"but a row waits up to settle_seconds {settle} + closed_after_seconds {closed} + the schedule "
+            f"interval {interval} s (+ {WAIT_MARGIN_SECONDS} s margin) before it is offloaded"
+        )
         lower = "or lower settle_seconds / closed_after_seconds / the schedule interval"
         if short.column is None:
             raise TTLTooShort(
                 f"{self.cfg.target}: the ClickHouse TTL ({short.expr}) deletes a row {span:.0f} s after its "
                 f"timestamp, {wait}: ClickHouse would delete it first; nothing was read",
                 f"lengthen the TTL (ALTER TABLE {self.info.qualified} MODIFY TTL toDateTime({ts}) + INTERVAL "
-                f"{_round_up(need)} SECOND), {lower}")
+                f"{_round_up(need)} SECOND), {lower}",
+            )
         col = quote(short.column)
         ctype = dict(self.info.columns).get(short.column, "<type>")
         raise TTLTooShort(
@@ -205,7 +239,8 @@ class TablePlan:
             f"not the value written; nothing was read",
             f"lengthen the column TTL (ALTER TABLE {self.info.qualified} MODIFY COLUMN {col} {ctype} TTL "
             f"toDateTime({ts}) + INTERVAL {_round_up(need)} SECOND) or remove it (MODIFY COLUMN {col} REMOVE "
-            f"TTL), {lower}")
+            f"TTL), {lower}",
+        )
 
     def window(self, settings: Settings, lower: Watermark | None, now_ns: int) -> Window:
         return Window(lower, upper_bound(now_ns, settings.offload.settle_seconds, self.cfg.closed_after_seconds))
@@ -218,15 +253,15 @@ def _refuse_null_keys(source: Source, cfg: TableSettings, info: TableInfo, colum
     if not nullable:
         return
     cond = " OR ".join(f"{quote(c)} IS NULL" for c in nullable)
-    nulls = int(source.rows(f"SELECT count() FROM {info.qualified}{' FINAL' if cfg.final else ''} WHERE {cond}")
-                [0][0])
+    nulls = int(source.rows(f"SELECT count() FROM {info.qualified}{' FINAL' if cfg.final else ''} WHERE {cond}")[0][0])
     if nulls:
         names = " or ".join(nullable)
         raise ValueOutOfRange(
             f"{info.database}.{info.name}: {nulls} rows have NULL in {names}; such rows fit no window and would "
             f"never be offloaded; nothing was written",
             f"give them a value (ALTER TABLE {info.qualified} UPDATE {quote(nullable[0])} = ... WHERE "
-            f"{quote(nullable[0])} IS NULL) or delete them, then run again")
+            f"{quote(nullable[0])} IS NULL) or delete them, then run again",
+        )
 
 
 WAIT_MARGIN_SECONDS = 600
@@ -249,11 +284,19 @@ def schedule_interval(settings: Settings) -> int:
     return min(sched.offload_interval_seconds or cron_max_gap(sched.offload_cron), MAX_SCHEDULE_GAP)
 
 
-_ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
-            "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
 _NAMES = {n: str(i) for i, n in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])} | {
-    n: str(i + 1) for i, n in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV",
-                                         "DEC"])}
+    n: str(i + 1)
+    for i, n in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"])
+}
 CAUTIOUS_GAP = 366 * 86400
 """For a schedule we cannot read: the longest gap any five-field cron can have."""
 
@@ -267,8 +310,10 @@ def cron_max_gap(expr: str) -> int:
         text = text.upper().replace(name, number)
     fields = text.split()
     try:
-        minutes, hours, dom, months, dow = (_cron_field(f, lo, hi) for f, (lo, hi) in
-                                            zip(fields, [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)], strict=True))
+        minutes, hours, dom, months, dow = (
+            _cron_field(f, lo, hi)
+            for f, (lo, hi) in zip(fields, [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)], strict=True)
+        )
     except ValueError:
         return CAUTIOUS_GAP
     dow = {d % 7 for d in dow}

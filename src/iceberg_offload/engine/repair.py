@@ -96,10 +96,18 @@ class ReconcileResult:
         return asdict(self)
 
 
-def reconcile(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, apply: bool,
-              page_rows: int = PAGE_ROWS, ttl_margin_seconds: int = TTL_MARGIN_SECONDS,
-              values: bool | None = None, since_ns: int | None = None,
-              progress: Progress | None = None) -> ReconcileResult:
+def reconcile(
+    settings: Settings,
+    cfg: TableSettings,
+    source: Source,
+    sink: Sink,
+    apply: bool,
+    page_rows: int = PAGE_ROWS,
+    ttl_margin_seconds: int = TTL_MARGIN_SECONDS,
+    values: bool | None = None,
+    since_ns: int | None = None,
+    progress: Progress | None = None,
+) -> ReconcileResult:
     """Compare one table's tiers per hour bucket and (with apply) replace the bad buckets it may replace.
     With `values` (default: the table's `final`, whose rows may change after their window was offloaded)
     every column of every row is compared, not only the keys. Without apply nothing changes; the result
@@ -118,15 +126,25 @@ def reconcile(settings: Settings, cfg: TableSettings, source: Source, sink: Sink
     return res
 
 
-def reconcile_all(settings: Settings, names: list[str] | None = None, apply: bool = False,
-                  values: bool | None = None) -> list[ReconcileResult]:
+def reconcile_all(
+    settings: Settings, names: list[str] | None = None, apply: bool = False, values: bool | None = None
+) -> list[ReconcileResult]:
     sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
     with open_source(settings.source) as source:
         return [reconcile(settings, cfg, source, sink, apply, values=values) for cfg in settings.select(names)]
 
 
-def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page_rows: int, margin: int,
-               res: ReconcileResult, since_ns: int | None = None, progress: Progress | None = None) -> None:
+def _reconcile(
+    cfg: TableSettings,
+    source: Source,
+    sink: Sink,
+    apply: bool,
+    page_rows: int,
+    margin: int,
+    res: ReconcileResult,
+    since_ns: int | None = None,
+    progress: Progress | None = None,
+) -> None:
     table = sink.load(cfg.target)
     wm, last = sink.watermark(table) if table is not None else (None, None)
     if table is None or wm is None or last is None:
@@ -135,8 +153,18 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
     plan = TablePlan.build(source, cfg)
     plan.check_source(table)
     plan.check_lineage(last)
-    buckets = list(compare(plan, source, table, wm, page_rows, values=res.values, since_ns=since_ns,
-                           progress=labelled(progress, f"{cfg.target} reconcile")))
+    buckets = list(
+        compare(
+            plan,
+            source,
+            table,
+            wm,
+            page_rows,
+            values=res.values,
+            since_ns=since_ns,
+            progress=labelled(progress, f"{cfg.target} reconcile"),
+        )
+    )
     res.buckets_compared = len(buckets)
     bad = [b for b in buckets if b.bad]
     if not bad:
@@ -167,8 +195,9 @@ def _reconcile(cfg: TableSettings, source: Source, sink: Sink, apply: bool, page
     if not apply or not chosen:
         return
     _check_schema(plan, table)
-    new_table, written = _replace(sink, source, table, plan, wm, last, chosen,
-                                  labelled(progress, f"{cfg.target} repair"))
+    new_table, written = _replace(
+        sink, source, table, plan, wm, last, chosen, labelled(progress, f"{cfg.target} repair")
+    )
     res.rows_written = written
     res.duplicate_rows_removed = res.rows_deleted + res.rows_added - written
     res.applied = True
@@ -180,25 +209,31 @@ def _check_schema(plan: TablePlan, table: Table) -> None:
     have = {f.name for f in table.schema().fields}
     want = {p.name for p in plan.columns}
     if have != want:
-        raise SchemaDrift(f"{plan.cfg.target}: Iceberg columns {sorted(have)} differ from the offloaded ClickHouse "
-                          f"columns {sorted(want)}; nothing was repaired",
-                          f"run `iceberg-offload run --table {plan.cfg.target}` first (it evolves the schema or "
-                          f"names the drift)")
+        raise SchemaDrift(
+            f"{plan.cfg.target}: Iceberg columns {sorted(have)} differ from the offloaded ClickHouse "
+            f"columns {sorted(want)}; nothing was repaired",
+            f"run `iceberg-offload run --table {plan.cfg.target}` first (it evolves the schema or names the drift)",
+        )
 
 
 def _props(plan: TablePlan, last: Commit, chosen: list[Bucket]) -> dict[str, str]:
     """The repair commit's summary: the current watermark carried forward, totals, what was replaced."""
     carried = {k: v for k, v in last.props.items() if k.startswith(names.WATERMARK_PREFIX)}
     rows_total, commits_total = last.totals
-    return {**carried, COMMIT_ID: f"repair/{uuid.uuid4().hex[:12]}", names.OPERATION: "repair",
-            names.SOURCE: plan.info.qualified, names.VERSION: __version__,
-            names.ROWS_TOTAL: str(rows_total + sum(b.missing for b in chosen)),
-            names.COMMITS_TOTAL: str(commits_total),
-            names.REPAIR_BUCKETS: str(len(chosen)),
-            names.REPAIR_FIRST_BUCKET_NS: str(chosen[0].start * NS),
-            names.REPAIR_LAST_BUCKET_NS: str(chosen[-1].start * NS),
-            names.REPAIR_ROWS_DELETED: str(sum(b.cold for b in chosen)),
-            names.REPAIR_ROWS_ADDED: str(sum(b.missing for b in chosen))}
+    return {
+        **carried,
+        COMMIT_ID: f"repair/{uuid.uuid4().hex[:12]}",
+        names.OPERATION: "repair",
+        names.SOURCE: plan.info.qualified,
+        names.VERSION: __version__,
+        names.ROWS_TOTAL: str(rows_total + sum(b.missing for b in chosen)),
+        names.COMMITS_TOTAL: str(commits_total),
+        names.REPAIR_BUCKETS: str(len(chosen)),
+        names.REPAIR_FIRST_BUCKET_NS: str(chosen[0].start * NS),
+        names.REPAIR_LAST_BUCKET_NS: str(chosen[-1].start * NS),
+        names.REPAIR_ROWS_DELETED: str(sum(b.cold for b in chosen)),
+        names.REPAIR_ROWS_ADDED: str(sum(b.missing for b in chosen)),
+    }
 
 
 def _ranges(table: Table, ts: str, chosen: list[Bucket]) -> BooleanExpression:
@@ -216,8 +251,16 @@ def _ranges(table: Table, ts: str, chosen: list[Bucket]) -> BooleanExpression:
     return out
 
 
-def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Watermark, last: Commit,
-             chosen: list[Bucket], progress: Progress | None = None) -> tuple[Table, int]:
+def _replace(
+    sink: Sink,
+    source: Source,
+    table: Table,
+    plan: TablePlan,
+    wm: Watermark,
+    last: Commit,
+    chosen: list[Bucket],
+    progress: Progress | None = None,
+) -> tuple[Table, int]:
     """Delete the chosen buckets from Iceberg and append the hot tier's rows for them: one commit,
     compare-and-swap on `table`'s snapshot. Returns the new table state and the rows written."""
     props = _props(plan, last, chosen)
@@ -231,14 +274,19 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
                 warnings.simplefilter("ignore")
                 txn.delete(_ranges(table, plan.cfg.timestamp_column, chosen), snapshot_properties=props)
             added += _staged_files(txn, table)  # files the delete rewrote without the bucket's rows
-            with txn.update_snapshot(snapshot_properties=props).fast_append() as append, \
-                    DataFileWriter(txn.table_metadata, table.io, append.commit_uuid, added) as files:
+            with (
+                txn.update_snapshot(snapshot_properties=props).fast_append() as append,
+                DataFileWriter(txn.table_metadata, table.io, append.commit_uuid, added) as files,
+            ):
                 for b in chosen:
                     rows = hot_rows(plan, source, wm, b.start, plan.columns, target)
                     if rows.num_rows < b.hot:
-                        raise HotTierChanged(f"{name}: the hot tier's hour {b.as_dict()['bucket']} shrank from "
-                                             f"{b.hot} to {rows.num_rows} rows while repairing (TTL or a delete); "
-                                             f"nothing was written", "none needed: the next reconcile compares again")
+                        raise HotTierChanged(
+                            f"{name}: the hot tier's hour {b.as_dict()['bucket']} shrank from "
+                            f"{b.hot} to {rows.num_rows} rows while repairing (TTL or a delete); "
+                            f"nothing was written",
+                            "none needed: the next reconcile compares again",
+                        )
                     written += rows.num_rows
                     files.submit(rows)
                     if progress:
@@ -251,16 +299,19 @@ def _replace(sink: Sink, source: Source, table: Table, plan: TablePlan, wm: Wate
         new_table = txn.commit_transaction()
     except CommitFailedException as exc:
         discard_files(table, added)
-        raise CommitConflict(f"{name}: another writer committed while the repair was prepared ({exc}); the repair "
-                             f"was discarded, nothing changed",
-                             f"none needed: run the reconcile again (`iceberg-offload verify --table "
-                             f"{plan.cfg.target}` shows what is left)") from exc
+        raise CommitConflict(
+            f"{name}: another writer committed while the repair was prepared ({exc}); the repair "
+            f"was discarded, nothing changed",
+            f"none needed: run the reconcile again (`iceberg-offload verify --table "
+            f"{plan.cfg.target}` shows what is left)",
+        ) from exc
     except Exception as exc:
         if sink.find_commit(plan.cfg.target, props[COMMIT_ID]) is not None:
             return sink.load(plan.cfg.target) or table, written
-        raise CommitOutcomeUnknown(f"{name}: repair commit {props[COMMIT_ID]} outcome unknown: "
-                                   f"{redact(str(exc)).splitlines()[0][:300]}",
-                                   "none needed: the next reconcile compares again") from exc
+        raise CommitOutcomeUnknown(
+            f"{name}: repair commit {props[COMMIT_ID]} outcome unknown: {redact(str(exc)).splitlines()[0][:300]}",
+            "none needed: the next reconcile compares again",
+        ) from exc
     return new_table, written
 
 

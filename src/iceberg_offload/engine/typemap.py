@@ -75,9 +75,16 @@ def _const(t: IcebergType) -> IceFactory:
 _INTS = {"Int8", "Int16", "Int32", "UInt8", "UInt16"}
 _BIG = {"Int128", "UInt128", "Int256", "UInt256"}
 _SIMPLE: dict[str, IcebergType] = {
-    "Int64": LongType(), "UInt32": LongType(), "UInt64": LongType(), "Float32": FloatType(),
-    "Float64": DoubleType(), "Bool": BooleanType(), "String": StringType(), "UUID": UUIDType(),
-    "Date": DateType(), "Date32": DateType(),
+    "Int64": LongType(),
+    "UInt32": LongType(),
+    "UInt64": LongType(),
+    "Float32": FloatType(),
+    "Float64": DoubleType(),
+    "Bool": BooleanType(),
+    "String": StringType(),
+    "UUID": UUIDType(),
+    "Date": DateType(),
+    "Date32": DateType(),
 }
 _TEXT = {"IPv4", "IPv6", "JSON", "Object", "Enum8", "Enum16"}
 _TS6 = CHType("DateTime64", ("6", "'UTC'"))
@@ -114,9 +121,9 @@ def map_type(t: CHType, where: str, override: str | None = None, top: bool = Tru
             raise TypeRefused(
                 f"{where}: Decimal({p}, {s}) does not fit Iceberg (at most 38 digits)",
                 f'opt in with column_types = {{ {_col(where)} = "string" }} (exact text) or '
-                f'"decimal(38,{s})" (refuses values that need more digits) or "double" (approximate)')
-        return Mapped(CHType("Decimal", (str(p), str(s))), _const(DecimalType(p, s)), False,
-                      t.name != "Decimal")
+                f'"decimal(38,{s})" (refuses values that need more digits) or "double" (approximate)',
+            )
+        return Mapped(CHType("Decimal", (str(p), str(s))), _const(DecimalType(p, s)), False, t.name != "Decimal")
     if name == "FixedString":
         return Mapped(t, _const(FixedType(int(t.args[0]))), False, False)
     if name == "DateTime":
@@ -126,34 +133,51 @@ def map_type(t: CHType, where: str, override: str | None = None, top: bool = Tru
             raise TypeRefused(
                 f"{where}: {t} has sub-microsecond precision; Iceberg timestamps hold microseconds",
                 f'opt in with column_types = {{ {_col(where)} = "timestamp" }} (floor to µs) or '
-                f'"long" (epoch nanoseconds, exact)')
+                f'"long" (epoch nanoseconds, exact)',
+            )
         return Mapped(_TS6, _const(TimestamptzType()), False, True)
     if name in _TEXT or name.startswith("Enum"):
         return Mapped(CHType("String"), _const(StringType()), False, True)
     if name == "Array":
         el = map_type(t.children[0], where, None, False)
-        return Mapped(CHType("Array", children=(el.target,), names=(None,)),
-                      lambda nid: ListType(nid(), el.iceberg(nid), element_required=not el.nullable),
-                      False, el.changed)
+        return Mapped(
+            CHType("Array", children=(el.target,), names=(None,)),
+            lambda nid: ListType(nid(), el.iceberg(nid), element_required=not el.nullable),
+            False,
+            el.changed,
+        )
     if name == "Map":
         k = map_type(t.children[0], where, None, False)
         v = map_type(t.children[1], where, None, False)
-        return Mapped(CHType("Map", children=(k.target, v.target), names=(None, None)),
-                      lambda nid: MapType(nid(), k.iceberg(nid), nid(), v.iceberg(nid), value_required=not v.nullable),
-                      False, k.changed or v.changed)
+        return Mapped(
+            CHType("Map", children=(k.target, v.target), names=(None, None)),
+            lambda nid: MapType(nid(), k.iceberg(nid), nid(), v.iceberg(nid), value_required=not v.nullable),
+            False,
+            k.changed or v.changed,
+        )
     if name == "Tuple":
         kids = [map_type(c, where, None, False) for c in t.children]
         names = tuple(n or f"f{i + 1}" for i, n in enumerate(t.names))
 
         def struct(nid: Callable[[], int]) -> IcebergType:
-            return StructType(*[NestedField(nid(), n, k.iceberg(nid), required=not k.nullable)
-                                for n, k in zip(names, kids, strict=True)])
+            return StructType(
+                *[
+                    NestedField(nid(), n, k.iceberg(nid), required=not k.nullable)
+                    for n, k in zip(names, kids, strict=True)
+                ]
+            )
 
         renamed = any(n is None for n in t.names)
-        return Mapped(CHType("Tuple", children=tuple(k.target for k in kids), names=names), struct, False,
-                      renamed or any(k.changed for k in kids))
-    raise TypeRefused(f"{where}: ClickHouse type {t} has no Iceberg mapping",
-                      "leave the column out with an explicit columns = [...] list, or cast it in a view")
+        return Mapped(
+            CHType("Tuple", children=tuple(k.target for k in kids), names=names),
+            struct,
+            False,
+            renamed or any(k.changed for k in kids),
+        )
+    raise TypeRefused(
+        f"{where}: ClickHouse type {t} has no Iceberg mapping",
+        "leave the column out with an explicit columns = [...] list, or cast it in a view",
+    )
 
 
 def _col(where: str) -> str:
@@ -193,18 +217,23 @@ def _apply_override(t: CHType, where: str, override: str) -> Mapped:
     dec = _override_decimal(o)
     if dec is not None and dec[0] <= 38 and (t.name in _NUMERIC or t.name.startswith("Decimal")):
         # read as stored (big ints as their bytes): Arrow's checked cast refuses lost digits and scale
-        return Mapped(t, _const(DecimalType(*dec)), False, False, wire=_bigint_wire(t) if t.name in _BIG else None,
-                      native=True)
-    raise ConfigError(f"column_types for {where} = {override!r} is not a mapping for {t}",
-                      f"use one of: {', '.join(OVERRIDES)} (decimal(P,S) for integers and decimals, precision at "
-                      f"most 38; binary for String and FixedString; long and timestamp for DateTime64)")
+        return Mapped(
+            t, _const(DecimalType(*dec)), False, False, wire=_bigint_wire(t) if t.name in _BIG else None, native=True
+        )
+    raise ConfigError(
+        f"column_types for {where} = {override!r} is not a mapping for {t}",
+        f"use one of: {', '.join(OVERRIDES)} (decimal(P,S) for integers and decimals, precision at "
+        f"most 38; binary for String and FixedString; long and timestamp for DateTime64)",
+    )
 
 
 def plan_columns(table: str, columns: list[tuple[str, str]], overrides: dict[str, str]) -> list[ColumnMap]:
     unknown = sorted(set(overrides) - {c for c, _ in columns})
     if unknown:
-        raise ConfigError(f"column_types for {table} names columns that do not exist: {', '.join(unknown)}",
-                          "fix the column names in column_types")
+        raise ConfigError(
+            f"column_types for {table} names columns that do not exist: {', '.join(unknown)}",
+            "fix the column names in column_types",
+        )
     plans = []
     for col, typ in columns:
         parsed = parse(typ)
@@ -236,9 +265,10 @@ def _wire(t: CHType, text: str) -> Wire | None:
         p, s = _decimal_ps(t)
         return Wire(decimal=(p, s, 32 if p <= 9 else 64)) if p <= 18 else None
     if t.name in ("Enum8", "Enum16"):
-        inner = text[text.index(t.name + "(") + len(t.name) + 1:]
-        wire = Wire(enum=tuple((int(m.group(2)), re.sub(r"\\(['\\])", r"\1", m.group(1)))
-                               for m in _ENUM_ITEM.finditer(inner)))
+        inner = text[text.index(t.name + "(") + len(t.name) + 1 :]
+        wire = Wire(
+            enum=tuple((int(m.group(2)), re.sub(r"\\(['\\])", r"\1", m.group(1))) for m in _ENUM_ITEM.finditer(inner))
+        )
         if not wire.enum:
             return None
         # only when the names print back to the very type text (no quote split inside a name)
@@ -255,5 +285,6 @@ def _sql_type(t: CHType) -> str:
 def iceberg_fields(plans: list[ColumnMap]) -> list[NestedField]:
     """Top-level fields with ids 1..n, nested ids after them (pyiceberg re-assigns on create)."""
     counter = itertools.count(len(plans) + 1)
-    return [NestedField(i + 1, p.name, p.iceberg(lambda: next(counter)), required=p.required)
-            for i, p in enumerate(plans)]
+    return [
+        NestedField(i + 1, p.name, p.iceberg(lambda: next(counter)), required=p.required) for i, p in enumerate(plans)
+    ]

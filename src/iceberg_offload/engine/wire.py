@@ -102,8 +102,11 @@ class Wire:
         else:
             fits = np.all(words[:, 2:] == 0, axis=1)
             uhi = words[:, 1]
-            bad = ~fits | (uhi > np.uint64(_DEC38 >> 64)) | (
-                (uhi == np.uint64(_DEC38 >> 64)) & (lo >= np.uint64(_DEC38 & (2**64 - 1))))
+            bad = (
+                ~fits
+                | (uhi > np.uint64(_DEC38 >> 64))
+                | ((uhi == np.uint64(_DEC38 >> 64)) & (lo >= np.uint64(_DEC38 & (2**64 - 1))))
+            )
         if chunk.null_count:
             bad &= np.asarray(chunk.is_valid())
         if bad.any():
@@ -119,8 +122,9 @@ class Wire:
         valid = np.asarray(chunk.is_valid()) if chunk.null_count else None
         if unit == "us":
             out = ticks // 10 ** (precision - 6) if precision > 6 else ticks * 10 ** (6 - precision)
-            return pa.Array.from_buffers(self._type(), len(chunk), [chunk.buffers()[0], pa.py_buffer(out)],
-                                         chunk.null_count)
+            return pa.Array.from_buffers(
+                self._type(), len(chunk), [chunk.buffers()[0], pa.py_buffer(out)], chunk.null_count
+            )
         factor = 10 ** (9 - precision)
         bad = np.abs(ticks) > INT64_MAX // factor
         if valid is not None:
@@ -129,8 +133,9 @@ class Wire:
             i = int(np.argmax(bad))
             when = dt.datetime.fromtimestamp(int(ticks[i]) // 10**precision, tz=dt.UTC).replace(tzinfo=None)
             raise OutOfRange(f"{when.isoformat()} (beyond epoch nanoseconds, 1677-09-21 .. 2262-04-11)", "timestamp")
-        return pa.Array.from_buffers(pa.int64(), len(chunk), [chunk.buffers()[0], pa.py_buffer(ticks * factor)],
-                                     chunk.null_count)
+        return pa.Array.from_buffers(
+            pa.int64(), len(chunk), [chunk.buffers()[0], pa.py_buffer(ticks * factor)], chunk.null_count
+        )
 
     @functools.cached_property
     def _enum_names(self) -> tuple[int, pa.Array]:
@@ -215,12 +220,18 @@ def _check_utf8(table: str, p: ColumnMap, column: pa.ChunkedArray) -> None:
             if v is not None and not _is_utf8(v):
                 sample = f" (row {i} of this read: {v[:40]!r})"
                 break
-    fix = (f"map it to bytes: column_types = {{ {_col(p.name)} = \"binary\" }} (needs a new target table if one "
-           f"exists), or convert it in ClickHouse and offload a view" if top else
-           "leave it out with columns = [...], or convert its strings in ClickHouse (e.g. base64Encode) and "
-           "offload a view")
-    raise ValueOutOfRange(f"{table}.{p.name} ({p.source_type}) holds bytes that are not UTF-8{sample}; Iceberg "
-                          f"strings are UTF-8; nothing was written", fix)
+    fix = (
+        f'map it to bytes: column_types = {{ {_col(p.name)} = "binary" }} (needs a new target table if one '
+        f"exists), or convert it in ClickHouse and offload a view"
+        if top
+        else "leave it out with columns = [...], or convert its strings in ClickHouse (e.g. base64Encode) and "
+        "offload a view"
+    )
+    raise ValueOutOfRange(
+        f"{table}.{p.name} ({p.source_type}) holds bytes that are not UTF-8{sample}; Iceberg "
+        f"strings are UTF-8; nothing was written",
+        fix,
+    )
 
 
 def _is_utf8(value: bytes) -> bool:
@@ -253,10 +264,12 @@ def _col(name: str) -> str:
 
 def _out_of_range(table: str, p: ColumnMap, value: str, why: str, opt_in: str) -> ValueOutOfRange:
     opt = f'column_types = {{ {_col(p.name)} = "{opt_in}" }}'
-    return ValueOutOfRange(f"{table}.{p.name} ({p.source_type}{', opt-in ' + repr(p.override) if p.override else ''})"
-                           f" holds {value}, which {why}; nothing was written",
-                           f"map it exactly with {opt} in the [[tables]] entry (needs a new target table if one "
-                           f"exists), or leave it out with columns = [...]")
+    return ValueOutOfRange(
+        f"{table}.{p.name} ({p.source_type}{', opt-in ' + repr(p.override) if p.override else ''})"
+        f" holds {value}, which {why}; nothing was written",
+        f"map it exactly with {opt} in the [[tables]] entry (needs a new target table if one "
+        f"exists), or leave it out with columns = [...]",
+    )
 
 
 def _first_bad(column: pa.ChunkedArray, to: pa.DataType) -> object:
@@ -282,10 +295,13 @@ def _cast_error(table: str, p: ColumnMap, column: pa.ChunkedArray, field: pa.Fie
             return ValueOutOfRange(
                 f"{table}.{p.name} ({p.source_type}) holds {biggest}, above Iceberg long's maximum {INT64_MAX}; "
                 f"nothing was written",
-                f'map it to a decimal in the [[tables]] entry: column_types = {{ {_col(p.name)} = '
-                f'"decimal(20,0)" }} (needs a new target table if one exists)')
+                f"map it to a decimal in the [[tables]] entry: column_types = {{ {_col(p.name)} = "
+                f'"decimal(20,0)" }} (needs a new target table if one exists)',
+            )
     if pa.types.is_list(column.type) or pa.types.is_map(column.type) or pa.types.is_struct(column.type):
-        return ValueOutOfRange(f"{table}.{p.name} ({p.source_type}) cannot be written as {field.type}: {exc}",
-                               "leave it out with columns = [...], or convert it in ClickHouse and offload a view")
+        return ValueOutOfRange(
+            f"{table}.{p.name} ({p.source_type}) cannot be written as {field.type}: {exc}",
+            "leave it out with columns = [...], or convert it in ClickHouse and offload a view",
+        )
     bad = _first_bad(column, field.type)
     return _out_of_range(table, p, str(bad), f"does not fit {field.type} exactly ({exc})", "string")

@@ -47,17 +47,22 @@ class DataFileWriter:
     to `paths` before its file is opened, so a caller can delete them all when the commit does not happen.
     Use as a context manager: leaving it with an error waits for the writes still running."""
 
-    def __init__(self, metadata: TableMetadata, io: FileIO, write_uuid: uuid.UUID, paths: list[str],
-                 workers: int = WORKERS) -> None:
+    def __init__(
+        self, metadata: TableMetadata, io: FileIO, write_uuid: uuid.UUID, paths: list[str], workers: int = WORKERS
+    ) -> None:
         self.metadata, self.io, self.write_uuid, self.paths = metadata, io, write_uuid, paths
         schema = metadata.schema()
         self.file_schema = sanitize_column_names(schema)
         self.props = metadata.properties
         self.writer_kwargs = _get_parquet_writer_kwargs(self.props)
-        self.row_group_rows = int(self.props.get(TableProperties.PARQUET_ROW_GROUP_LIMIT,
-                                                 TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT))
-        self.target_bytes = int(self.props.get(TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
-                                               TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT))
+        self.row_group_rows = int(
+            self.props.get(TableProperties.PARQUET_ROW_GROUP_LIMIT, TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT)
+        )
+        self.target_bytes = int(
+            self.props.get(
+                TableProperties.WRITE_TARGET_FILE_SIZE_BYTES, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT
+            )
+        )
         self.stats_plan = compute_statistics_plan(self.file_schema, self.props)
         self.column_ids = parquet_path_to_id_mapping(self.file_schema)
         self.locations = load_location_provider(table_location=metadata.location, table_properties=self.props)
@@ -80,8 +85,9 @@ class DataFileWriter:
         """Queue `chunk` for writing; blocks while as many files as there are workers are in flight."""
         if chunk.num_rows == 0:
             return
-        task_schema = pyarrow_to_schema(chunk.schema, name_mapping=self.metadata.schema().name_mapping,
-                                        format_version=self.metadata.format_version)
+        task_schema = pyarrow_to_schema(
+            chunk.schema, name_mapping=self.metadata.schema().name_mapping, format_version=self.metadata.format_version
+        )
         for key, part in split_by_partition(self.metadata, chunk):
             for batches in bin_pack_arrow_table(part, max_file_bytes or self.target_bytes):
                 name = f"00000-{self.counter}-{self.write_uuid}.parquet"
@@ -106,23 +112,46 @@ class DataFileWriter:
             self.done.append(f.result())
 
     def _write(self, path: str, key: PartitionKey | None, task_schema: Any, batches: list[pa.RecordBatch]) -> DataFile:
-        table = pa.Table.from_batches([
-            _to_requested_schema(requested_schema=self.file_schema, file_schema=task_schema, batch=b,
-                                 include_field_ids=True, format_model=self.format_model) for b in batches])
+        table = pa.Table.from_batches(
+            [
+                _to_requested_schema(
+                    requested_schema=self.file_schema,
+                    file_schema=task_schema,
+                    batch=b,
+                    include_field_ids=True,
+                    format_model=self.format_model,
+                )
+                for b in batches
+            ]
+        )
         out = self.io.new_output(path)
         with out.create(overwrite=True) as stream:
-            writer = pq.ParquetWriter(stream, schema=table.schema, store_decimal_as_integer=True,
-                                      use_dictionary=dictionary_columns(table), **self.writer_kwargs)
+            writer = pq.ParquetWriter(
+                stream,
+                schema=table.schema,
+                store_decimal_as_integer=True,
+                use_dictionary=dictionary_columns(table),
+                **self.writer_kwargs,
+            )
             with writer:
                 writer.write(table, row_group_size=self.row_group_rows)
-        stats = data_file_statistics_from_parquet_metadata(parquet_metadata=writer.writer.metadata,
-                                                           stats_columns=self.stats_plan,
-                                                           parquet_column_mapping=self.column_ids)
+        stats = data_file_statistics_from_parquet_metadata(
+            parquet_metadata=writer.writer.metadata,
+            stats_columns=self.stats_plan,
+            parquet_column_mapping=self.column_ids,
+        )
         return DataFile.from_args(
-            content=DataFileContent.DATA, file_path=path, file_format=FileFormat.PARQUET,
-            partition=key.partition if key else Record(), file_size_in_bytes=len(out), sort_order_id=None,
-            spec_id=self.metadata.default_spec_id, equality_ids=None, key_metadata=None,
-            **stats.to_serialized_dict())
+            content=DataFileContent.DATA,
+            file_path=path,
+            file_format=FileFormat.PARQUET,
+            partition=key.partition if key else Record(),
+            file_size_in_bytes=len(out),
+            sort_order_id=None,
+            spec_id=self.metadata.default_spec_id,
+            equality_ids=None,
+            key_metadata=None,
+            **stats.to_serialized_dict(),
+        )
 
 
 def dictionary_columns(table: pa.Table) -> bool | list[str]:
@@ -164,10 +193,17 @@ def split_by_partition(metadata: TableMetadata, table: pa.Table) -> list[tuple[P
     runs: dict[tuple[Any, ...], list[pa.Table]] = {}
     for n, (a, b) in enumerate(zip(starts, ends, strict=True)):
         runs.setdefault(tuple(f[n] for f in firsts), []).append(table.slice(a, b - a))
-    return [(PartitionKey(field_values=[PartitionFieldValue(field=f, value=v) for f, v in zip(spec.fields, key,
-                                                                                             strict=True)],
-                          partition_spec=spec, schema=schema), pa.concat_tables(parts))
-            for key, parts in runs.items()]
+    return [
+        (
+            PartitionKey(
+                field_values=[PartitionFieldValue(field=f, value=v) for f, v in zip(spec.fields, key, strict=True)],
+                partition_spec=spec,
+                schema=schema,
+            ),
+            pa.concat_tables(parts),
+        )
+        for key, parts in runs.items()
+    ]
 
 
 def _changes(keys: list[pa.Array]) -> pa.Array:

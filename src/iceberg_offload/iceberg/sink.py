@@ -54,8 +54,17 @@ _TRANSFORMS = {"hour": HourTransform, "day": DayTransform, "month": MonthTransfo
 
 
 # A file-system answer that retrying will not change: full, read-only, no permission, not a directory.
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
-                   errno.EEXIST, errno.ENOENT}
+_STORAGE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENOENT,
+}
 
 
 def _storage_error(exc: BaseException) -> bool:
@@ -91,10 +100,11 @@ def _file_kind(path: str) -> str:
 
 def warehouse_missing(what: str, path: str, warehouse: str = "") -> WarehouseMissing:
     where = f"[catalog] warehouse ({warehouse})" if warehouse else "[catalog] warehouse"
-    return WarehouseMissing(f"{what}: the catalog lists {path} ({_file_kind(path)}), but the warehouse does not "
-                            f"have it",
-                            f"check that {where} is the right path, mount or bucket, or restore the file from "
-                            f"backup; if it is gone for good: docs/runbooks/warehouse-lost.md")
+    return WarehouseMissing(
+        f"{what}: the catalog lists {path} ({_file_kind(path)}), but the warehouse does not have it",
+        f"check that {where} is the right path, mount or bucket, or restore the file from "
+        f"backup; if it is gone for good: docs/runbooks/warehouse-lost.md",
+    )
 
 
 @contextlib.contextmanager
@@ -110,10 +120,10 @@ def warehouse_reads(what: str, warehouse: str = "") -> Iterator[None]:
 
 
 def _warehouse_error(what: str, warehouse: str, exc: BaseException) -> WarehouseError:
-    return WarehouseError(f"{what}: cannot write to the warehouse: {redact(str(exc)).splitlines()[0][:300]}; "
-                          f"nothing was committed",
-                          f"free space or make [catalog] warehouse ({warehouse}) a writable directory, then run "
-                          f"again")
+    return WarehouseError(
+        f"{what}: cannot write to the warehouse: {redact(str(exc)).splitlines()[0][:300]}; nothing was committed",
+        f"free space or make [catalog] warehouse ({warehouse}) a writable directory, then run again",
+    )
 
 
 class CasTransaction(Transaction):
@@ -142,11 +152,16 @@ class Commit:
 
     def as_dict(self) -> dict[str, Any]:
         wm = self.watermark
-        return {"snapshot_id": self.snapshot_id, "committed_at_ms": self.timestamp_ms,
-                "operation": self.operation, "watermark": wm.as_dict() if wm else None,
-                "run_id": self.props.get(names.RUN_ID), "rows": int(self.props.get(names.ROWS, 0)),
-                "window_lower_ns": self.props.get(names.WINDOW_LOWER_NS) or None,
-                "window_upper_ns": self.props.get(names.WINDOW_UPPER_NS) or None}
+        return {
+            "snapshot_id": self.snapshot_id,
+            "committed_at_ms": self.timestamp_ms,
+            "operation": self.operation,
+            "watermark": wm.as_dict() if wm else None,
+            "run_id": self.props.get(names.RUN_ID),
+            "rows": int(self.props.get(names.ROWS, 0)),
+            "window_lower_ns": self.props.get(names.WINDOW_LOWER_NS) or None,
+            "window_upper_ns": self.props.get(names.WINDOW_UPPER_NS) or None,
+        }
 
 
 @contextlib.contextmanager
@@ -164,14 +179,16 @@ def catalog_errors(what: str, warehouse: str = "") -> Iterator[None]:
             raise warehouse_missing(what, path, warehouse) from exc
         if warehouse and _storage_error(exc):
             raise _warehouse_error(what, warehouse, exc) from exc
-        raise CatalogUnavailable(f"Iceberg catalog failed while {what}: {redact(str(exc)).splitlines()[0][:300]}",
-                                 "check that the catalog is reachable and [catalog] uri is right") from exc
+        raise CatalogUnavailable(
+            f"Iceberg catalog failed while {what}: {redact(str(exc)).splitlines()[0][:300]}",
+            "check that the catalog is reachable and [catalog] uri is right",
+        ) from exc
 
 
 def open_catalog(settings: CatalogSettings) -> Catalog:
     props = {"type": settings.type, "uri": settings.uri, "warehouse": settings.warehouse, **settings.properties}
     if settings.uri.startswith("sqlite:////"):  # the embedded default: make its folder on first use
-        os.makedirs(os.path.dirname(settings.uri[len("sqlite:///"):]), exist_ok=True)
+        os.makedirs(os.path.dirname(settings.uri[len("sqlite:///") :]), exist_ok=True)
     with catalog_errors("connecting"):
         for attempt in range(5):
             try:
@@ -199,8 +216,15 @@ class Sink:
             except NoSuchTableError:
                 return None
 
-    def ensure_table(self, target: str, fields: list[NestedField], partition_by: str, ts_column: str,
-                     evolve: bool, properties: dict[str, str] | None = None) -> Table:
+    def ensure_table(
+        self,
+        target: str,
+        fields: list[NestedField],
+        partition_by: str,
+        ts_column: str,
+        evolve: bool,
+        properties: dict[str, str] | None = None,
+    ) -> Table:
         """Create the table (with `properties` besides ours), or add new columns (by name) and refuse dropped
         or retyped ones; `properties` the table lacks are added (a table created before they existed)."""
         table = self.load(target)
@@ -211,15 +235,21 @@ class Sink:
                 table = table.transaction().set_properties(missing).commit_transaction()
         return self._evolve(table, fields, evolve)
 
-    def _create(self, target: str, fields: list[NestedField], partition_by: str, ts_column: str,
-                properties: dict[str, str]) -> Table:
+    def _create(
+        self, target: str, fields: list[NestedField], partition_by: str, ts_column: str, properties: dict[str, str]
+    ) -> Table:
         schema = Schema(*fields)
         spec = PartitionSpec()
         if partition_by != "none":
             source = schema.find_field(ts_column)
-            spec = PartitionSpec(PartitionField(source_id=source.field_id, field_id=1000,
-                                                transform=_TRANSFORMS[partition_by](),
-                                                name=f"{ts_column}_{partition_by}"))
+            spec = PartitionSpec(
+                PartitionField(
+                    source_id=source.field_id,
+                    field_id=1000,
+                    transform=_TRANSFORMS[partition_by](),
+                    name=f"{ts_column}_{partition_by}",
+                )
+            )
         with catalog_errors(f"creating {target}", self.warehouse):
             try:
                 self.catalog.create_namespace_if_not_exists(self.namespace)
@@ -227,8 +257,12 @@ class Sink:
                 if (self.namespace,) not in self.catalog.list_namespaces():
                     raise
             try:
-                return self.catalog.create_table(self.ident(target), schema=schema, partition_spec=spec,
-                                                 properties={**properties, **TABLE_PROPERTIES})
+                return self.catalog.create_table(
+                    self.ident(target),
+                    schema=schema,
+                    partition_spec=spec,
+                    properties={**properties, **TABLE_PROPERTIES},
+                )
             except Exception:  # another offload created it first (TableAlreadyExists or a unique violation)
                 existing = self.load(target)
                 if existing is None:
@@ -245,29 +279,38 @@ class Sink:
             if have is None:
                 continue
             if _shape(have.field_type) != _shape(f.field_type):
-                problems.append(f"column {f.name!r} is {_shape(f.field_type)} in ClickHouse but "
-                                f"{_shape(have.field_type)} in Iceberg (retyped)")
+                problems.append(
+                    f"column {f.name!r} is {_shape(f.field_type)} in ClickHouse but "
+                    f"{_shape(have.field_type)} in Iceberg (retyped)"
+                )
             elif have.required and not f.required:
                 problems.append(f"column {f.name!r} became Nullable in ClickHouse but is required in Iceberg")
         dropped = [n for n in current if n not in planned]
         if dropped and evolve:
-            problems.append(f"column(s) {', '.join(map(repr, dropped))} exist in Iceberg but not in ClickHouse "
-                            f"(dropped)")
+            problems.append(
+                f"column(s) {', '.join(map(repr, dropped))} exist in Iceberg but not in ClickHouse (dropped)"
+            )
         if problems:
-            raise SchemaDrift(f"{name}: " + "; ".join(problems) + "; nothing was written",
-                              "restore the ClickHouse column, or point [[tables]] target at a new Iceberg table, "
-                              "or list the columns to keep in columns = [...] (the others get NULL from then on)")
+            raise SchemaDrift(
+                f"{name}: " + "; ".join(problems) + "; nothing was written",
+                "restore the ClickHouse column, or point [[tables]] target at a new Iceberg table, "
+                "or list the columns to keep in columns = [...] (the others get NULL from then on)",
+            )
         left_out = [n for n in dropped if current[n].required]  # not in the explicit columns list
         if left_out:
-            with catalog_errors(f"making {', '.join(left_out)} optional in {name}", self.warehouse), \
-                    table.update_schema() as update:
+            with (
+                catalog_errors(f"making {', '.join(left_out)} optional in {name}", self.warehouse),
+                table.update_schema() as update,
+            ):
                 for n in left_out:
                     update.make_column_optional(n)
             table = self.load(table.name()[-1]) or table
         added = [f for f in fields if f.name not in current]
         if added and not evolve:
-            raise SchemaDrift(f"{name}: ClickHouse has columns not in Iceberg: {', '.join(f.name for f in added)}",
-                              "add them to columns = [...] (after evolving the table) or leave columns empty")
+            raise SchemaDrift(
+                f"{name}: ClickHouse has columns not in Iceberg: {', '.join(f.name for f in added)}",
+                "add them to columns = [...] (after evolving the table) or leave columns empty",
+            )
         if added:
             with catalog_errors(f"adding columns to {name}", self.warehouse), table.update_schema() as update:
                 for f in added:
@@ -307,8 +350,14 @@ class Sink:
         return None
 
     # -- commit -------------------------------------------------------------------------------------
-    def commit(self, table: Table, chunks: Iterable[pa.Table], props: dict[str, str],
-               started: float, table_props: dict[str, str] | None = None) -> tuple[Table, int]:
+    def commit(
+        self,
+        table: Table,
+        chunks: Iterable[pa.Table],
+        props: dict[str, str],
+        started: float,
+        table_props: dict[str, str] | None = None,
+    ) -> tuple[Table, int]:
         """Write `chunks` as data files and commit them with `props` in one snapshot, CAS on the table's
         current snapshot, setting `table_props` in the same commit. `started` (monotonic) times the commit
         for its summary. Returns the new table state and the row count."""
@@ -318,8 +367,10 @@ class Sink:
         rows = 0
         written: list[str] = []
         try:
-            with txn.update_snapshot(snapshot_properties=props).fast_append() as append, \
-                    DataFileWriter(txn.table_metadata, table.io, append.commit_uuid, written) as files:
+            with (
+                txn.update_snapshot(snapshot_properties=props).fast_append() as append,
+                DataFileWriter(txn.table_metadata, table.io, append.commit_uuid, written) as files,
+            ):
                 for chunk in chunks:
                     rows += chunk.num_rows
                     files.submit(chunk)
@@ -347,21 +398,26 @@ class Sink:
                 raise CommitOutcomeUnknown(
                     f"{'.'.join(table.name())}: commit {props.get(COMMIT_ID)} outcome unknown: "
                     f"{redact(str(exc)).splitlines()[0][:300]}",
-                    "none needed: the next run reads the watermark from Iceberg and settles it") from exc
+                    "none needed: the next run reads the watermark from Iceberg and settles it",
+                ) from exc
             # the new metadata file could not be written, so the catalog never saw this commit
             discard_files(table, written, str(append.commit_uuid))
             raise _warehouse_error(f"{'.'.join(table.name())} at {table.location()}", self.warehouse, exc) from exc
         except CommitFailedException as exc:
             discard_files(table, written)  # the commit surely did not land: its files are ours to remove
-            raise CommitConflict(f"{'.'.join(table.name())}: another writer committed after the watermark was "
-                                 f"read ({exc}); this commit was discarded, nothing appended",
-                                 "none needed: the next run continues from the new watermark") from exc
+            raise CommitConflict(
+                f"{'.'.join(table.name())}: another writer committed after the watermark was "
+                f"read ({exc}); this commit was discarded, nothing appended",
+                "none needed: the next run continues from the new watermark",
+            ) from exc
         except Exception as exc:
             raise CommitOutcomeUnknown(
                 f"{'.'.join(table.name())}: commit {props.get(COMMIT_ID)} outcome unknown: "
                 f"{redact(str(exc)).splitlines()[0][:300]}",
-                "none needed: the next run reads the watermark from Iceberg and settles it") from exc
+                "none needed: the next run reads the watermark from Iceberg and settles it",
+            ) from exc
         return new_table, rows
+
 
 def discard_files(table: Table, paths: list[str], commit_uuid: str = "") -> None:
     """Delete the files of a commit that did not land: the data files it wrote and, when the warehouse is
@@ -384,11 +440,13 @@ def discard_files(table: Table, paths: list[str], commit_uuid: str = "") -> None
 def _shape(t: IcebergType) -> str:
     """A type's structure without field ids, for comparing planned and existing schemas."""
     if isinstance(t, StructType):
-        return "struct<" + ", ".join(f"{f.name}: {'' if f.required else 'optional '}{_shape(f.field_type)}"
-                                     for f in t.fields) + ">"
+        return (
+            "struct<"
+            + ", ".join(f"{f.name}: {'' if f.required else 'optional '}{_shape(f.field_type)}" for f in t.fields)
+            + ">"
+        )
     if isinstance(t, ListType):
         return f"list<{'' if t.element_required else 'optional '}{_shape(t.element_type)}>"
     if isinstance(t, MapType):
-        return (f"map<{_shape(t.key_type)}, {'' if t.value_required else 'optional '}"
-                f"{_shape(t.value_type)}>")
+        return f"map<{_shape(t.key_type)}, {'' if t.value_required else 'optional '}{_shape(t.value_type)}>"
     return str(t)

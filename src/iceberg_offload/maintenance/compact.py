@@ -100,8 +100,12 @@ def plan(table: Table, target_file_bytes: int, min_files: int) -> tuple[int, lis
     for task in table.scan().plan_files():
         total += 1
         f = task.file
-        if (task.delete_files or f.spec_id != spec.spec_id or f.file_format != FileFormat.PARQUET
-                or f.file_size_in_bytes >= target_file_bytes * 3 // 4):
+        if (
+            task.delete_files
+            or f.spec_id != spec.spec_id
+            or f.file_format != FileFormat.PARQUET
+            or f.file_size_in_bytes >= target_file_bytes * 3 // 4
+        ):
             continue
         label = spec.partition_to_path(f.partition, table.schema()) if spec.fields else "(unpartitioned)"
         small.setdefault(label, []).append(task)
@@ -120,9 +124,15 @@ def plan(table: Table, target_file_bytes: int, min_files: int) -> tuple[int, lis
     return total, bins
 
 
-def compact(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool,
-            target_file_bytes: int = DEFAULT_TARGET, min_files: int = 5,
-            progress: Progress | None = None) -> CompactResult:
+def compact(
+    settings: Settings,
+    cfg: TableSettings,
+    sink: Sink,
+    apply: bool,
+    target_file_bytes: int = DEFAULT_TARGET,
+    min_files: int = 5,
+    progress: Progress | None = None,
+) -> CompactResult:
     """Preview (or, with apply, commit) the compaction of one table. Raises CommitConflict (transient)
     when another writer committed meanwhile: nothing changed, run it again. With apply, `progress` hears
     the rows rewritten, a bin (one new file) at a time."""
@@ -142,8 +152,12 @@ def compact(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool,
     by_part: dict[str, dict[str, Any]] = {}
     for b in bins:
         p = by_part.setdefault(b.partition, {"partition": b.partition, "files": 0, "bytes": 0, "rows": 0, "bins": 0})
-        p["files"], p["bytes"], p["rows"], p["bins"] = (p["files"] + len(b.tasks), p["bytes"] + b.bytes,
-                                                        p["rows"] + b.rows, p["bins"] + 1)
+        p["files"], p["bytes"], p["rows"], p["bins"] = (
+            p["files"] + len(b.tasks),
+            p["bytes"] + b.bytes,
+            p["rows"] + b.rows,
+            p["bins"] + 1,
+        )
     result.partitions = list(by_part.values())
     result.files_rewritten = sum(len(b.tasks) for b in bins)
     result.rows_rewritten = sum(b.rows for b in bins)
@@ -151,11 +165,19 @@ def compact(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool,
     if not bins:
         result.status = "nothing_to_do"
     elif apply:
-        props = {k: v for k, v in (wm_commit.props if wm_commit else {}).items()
-                 if k.startswith(names.WATERMARK_PREFIX) or k in CARRIED}
-        props.update({names.OPERATION: "compact", names.COMPACT_FILES_REMOVED: str(result.files_rewritten),
-                      names.COMPACT_FILES_ADDED: str(len(bins)),
-                      names.COMPACT_ROWS: str(result.rows_rewritten)})
+        props = {
+            k: v
+            for k, v in (wm_commit.props if wm_commit else {}).items()
+            if k.startswith(names.WATERMARK_PREFIX) or k in CARRIED
+        }
+        props.update(
+            {
+                names.OPERATION: "compact",
+                names.COMPACT_FILES_REMOVED: str(result.files_rewritten),
+                names.COMPACT_FILES_ADDED: str(len(bins)),
+                names.COMPACT_ROWS: str(result.rows_rewritten),
+            }
+        )
         new_table, written = _rewrite(table, cfg, bins, props, progress)
         result.applied, result.files_written = True, written
         result.snapshot_id = new_table.metadata.current_snapshot_id
@@ -164,25 +186,27 @@ def compact(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool,
     return result
 
 
-def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str, str],
-             progress: Progress | None = None) -> tuple[Table, int]:
+def _rewrite(
+    table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str, str], progress: Progress | None = None
+) -> tuple[Table, int]:
     """Write one file per bin and commit them with the deletes of the bins' files: one CAS snapshot."""
     name = ".".join(table.name())
     txn = CasTransaction(table)
     replace = _Replace(operation=Operation.OVERWRITE, transaction=txn, io=table.io, snapshot_properties=props)
     written: list[str] = []
     schema = table.schema()
-    order = [(c, "ascending") for c in (cfg.timestamp_column, cfg.sequence_column)
-             if c and c in schema.column_names]
+    order = [(c, "ascending") for c in (cfg.timestamp_column, cfg.sequence_column) if c and c in schema.column_names]
     total, done = sum(b.rows for b in bins), 0
     try:
         with DataFileWriter(txn.table_metadata, table.io, replace.commit_uuid, written) as files:
             for b in bins:
                 data = ArrowScan(table.metadata, table.io, schema, AlwaysTrue()).to_table(b.tasks)
                 if data.num_rows != b.rows:
-                    raise CompactionMismatch(f"{name}: {b.partition}: read {data.num_rows} rows from files whose "
-                                             f"manifests count {b.rows}; nothing was changed",
-                                             "check the table's files with a full scan before compacting it")
+                    raise CompactionMismatch(
+                        f"{name}: {b.partition}: read {data.num_rows} rows from files whose "
+                        f"manifests count {b.rows}; nothing was changed",
+                        "check the table's files with a full scan before compacting it",
+                    )
                 if order:
                     data = data.sort_by(order)
                 # one bin, one file: the writer's own split (in Arrow bytes) is lifted above the bin's size
@@ -198,8 +222,10 @@ def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str,
         discard_files(table, written)
         if (path := missing_file(exc)) is not None:
             raise warehouse_missing(f"compacting {name}", path, str(table.io.properties.get("warehouse", ""))) from exc
-        raise WarehouseError(f"compacting {name} failed reading or writing files: {exc}; nothing was changed",
-                             "check free space and write permission at [catalog] warehouse") from exc
+        raise WarehouseError(
+            f"compacting {name} failed reading or writing files: {exc}; nothing was changed",
+            "check free space and write permission at [catalog] warehouse",
+        ) from exc
     except BaseException:
         discard_files(table, written)
         raise
@@ -207,11 +233,14 @@ def _rewrite(table: Table, cfg: TableSettings, bins: list[Bin], props: dict[str,
         return txn.commit_transaction(), len(written)
     except CommitFailedException as exc:
         discard_files(table, written)
-        raise CommitConflict(f"{name}: another writer committed while compaction ran ({exc}); the compaction "
-                             f"was discarded, nothing changed", "run the compaction again later") from exc
+        raise CommitConflict(
+            f"{name}: another writer committed while compaction ran ({exc}); the compaction "
+            f"was discarded, nothing changed",
+            "run the compaction again later",
+        ) from exc
     except Exception as exc:
-        raise CommitOutcomeUnknown(f"{name}: compaction commit outcome unknown: "
-                                   f"{redact(str(exc)).splitlines()[0][:300]}",
-                                   "run the compaction again (it re-plans from the table as it is); files of a "
-                                   "commit that did not land are removed by the orphan-file cleanup") from exc
-
+        raise CommitOutcomeUnknown(
+            f"{name}: compaction commit outcome unknown: {redact(str(exc)).splitlines()[0][:300]}",
+            "run the compaction again (it re-plans from the table as it is); files of a "
+            "commit that did not land are removed by the orphan-file cleanup",
+        ) from exc

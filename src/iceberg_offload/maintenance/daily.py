@@ -24,9 +24,14 @@ STEPS = ("reconcile", "compact", "expire", "orphans")
 DAY = 86400
 
 
-def maintain_table(settings: Settings, cfg: TableSettings, steps: tuple[str, ...] = STEPS,
-                   apply: bool = True, values: bool | None = None,
-                   progress: Progress | None = None) -> dict[str, Any]:
+def maintain_table(
+    settings: Settings,
+    cfg: TableSettings,
+    steps: tuple[str, ...] = STEPS,
+    apply: bool = True,
+    values: bool | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Run the steps on one table; a preview unless `apply`. Returns {table, ok, steps: {name: result}}.
     `values`: reconcile compares every column (default: for `final` tables only). `progress` hears
     reconcile's rows compared and repaired and the rows compaction rewrites."""
@@ -45,11 +50,23 @@ def maintain_table(settings: Settings, cfg: TableSettings, steps: tuple[str, ...
                 if not rec.ok:
                     out["ok"] = False
             elif step == "compact":
-                result = compact(settings, cfg, sink, apply, target_file_bytes=m.target_file_mb << 20,
-                                 progress=labelled(progress, f"{cfg.target} compact")).as_dict()
+                result = compact(
+                    settings,
+                    cfg,
+                    sink,
+                    apply,
+                    target_file_bytes=m.target_file_mb << 20,
+                    progress=labelled(progress, f"{cfg.target} compact"),
+                ).as_dict()
             elif step == "expire":
-                result = expire(settings, cfg, sink, apply, older_than_seconds=m.snapshot_retention_days * DAY,
-                                keep_last=m.keep_last_snapshots).as_dict()
+                result = expire(
+                    settings,
+                    cfg,
+                    sink,
+                    apply,
+                    older_than_seconds=m.snapshot_retention_days * DAY,
+                    keep_last=m.keep_last_snapshots,
+                ).as_dict()
             else:
                 result = orphans(settings, cfg, sink, apply, older_than_seconds=m.orphan_age_days * DAY).as_dict()
         except Exception as exc:  # noqa: BLE001 - a failing step never stops the next one
@@ -60,15 +77,27 @@ def maintain_table(settings: Settings, cfg: TableSettings, steps: tuple[str, ...
     return out
 
 
-def maintain(settings: Settings, names: list[str] | None = None, steps: tuple[str, ...] = STEPS,
-             apply: bool = True, values: bool | None = None,
-             progress: Progress | None = None) -> list[dict[str, Any]]:
+def maintain(
+    settings: Settings,
+    names: list[str] | None = None,
+    steps: tuple[str, ...] = STEPS,
+    apply: bool = True,
+    values: bool | None = None,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
     """Every selected table; one failing table does not stop the others."""
     results = []
     for cfg in settings.select(names):
         try:
             results.append(maintain_table(settings, cfg, steps, apply, values, progress))
         except Exception as exc:  # noqa: BLE001 - the catalog or the table itself is unusable
-            results.append({"table": cfg.target, "applied": apply, "ok": False, "steps": {},
-                            "error": as_error(exc, cfg.target).as_dict()})
+            results.append(
+                {
+                    "table": cfg.target,
+                    "applied": apply,
+                    "ok": False,
+                    "steps": {},
+                    "error": as_error(exc, cfg.target).as_dict(),
+                }
+            )
     return results

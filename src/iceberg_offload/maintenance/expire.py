@@ -48,8 +48,15 @@ def _ancestry(table: Table, snapshot_id: int | None) -> list[int]:
     return out
 
 
-def expire(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool, older_than_seconds: float = 7 * 86400,
-           keep_last: int = 10, now_ms: int | None = None) -> ExpireResult:
+def expire(
+    settings: Settings,
+    cfg: TableSettings,
+    sink: Sink,
+    apply: bool,
+    older_than_seconds: float = 7 * 86400,
+    keep_last: int = 10,
+    now_ms: int | None = None,
+) -> ExpireResult:
     """Expire snapshots older than `older_than_seconds`, keeping the newest `keep_last` of the main branch
     (at least the current one) and every snapshot from the head down to the one holding the watermark.
     Only the oldest end of the main chain is cut, so the chain the watermark is read from stays whole;
@@ -93,8 +100,10 @@ def expire(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool, olde
             with catalog_errors(f"expiring snapshots of {name}"):
                 new_table = txn.commit_transaction()
         except CommitFailedException as exc:
-            raise CommitConflict(f"{name}: another writer committed while snapshots were being expired ({exc}); "
-                                 "nothing was expired", "run the expiry again") from exc
+            raise CommitConflict(
+                f"{name}: another writer committed while snapshots were being expired ({exc}); nothing was expired",
+                "run the expiry again",
+            ) from exc
         result.applied = True
         result.snapshots_after = len(new_table.metadata.snapshots)
     return result

@@ -67,8 +67,14 @@ def referenced_files(table: Table) -> set[str]:
     return {_norm(r) for r in refs}
 
 
-def orphans(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool, older_than_seconds: float = 3 * 86400,
-            now: float | None = None) -> OrphanResult:
+def orphans(
+    settings: Settings,
+    cfg: TableSettings,
+    sink: Sink,
+    apply: bool,
+    older_than_seconds: float = 3 * 86400,
+    now: float | None = None,
+) -> OrphanResult:
     """Find (and with apply, delete) files under the table's data and metadata folders that no snapshot
     or metadata file references and that are older than `older_than_seconds`. Files are listed before the
     table is loaded, so a file committed meanwhile is seen as referenced; a file still being written is
@@ -111,8 +117,9 @@ def orphans(settings: Settings, cfg: TableSettings, sink: Sink, apply: bool, old
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                raise WarehouseError(f"{name}: deleting orphan file {orphan['path']} failed: {exc} "
-                                     f"({result.deleted} deleted before it)",
-                                     "check write permission at [catalog] warehouse, then run orphans again") from exc
+                raise WarehouseError(
+                    f"{name}: deleting orphan file {orphan['path']} failed: {exc} ({result.deleted} deleted before it)",
+                    "check write permission at [catalog] warehouse, then run orphans again",
+                ) from exc
             result.deleted += 1
     return result

@@ -54,15 +54,20 @@ def view_sql(settings: Settings, cfg: TableSettings, sink: Sink, source: Source,
     return _build(settings, cfg, sink, source, name)[0]
 
 
-def create_view(settings: Settings, cfg: TableSettings, sink: Sink, source: Source,
-                name: str | None = None) -> dict[str, Any]:
+def create_view(
+    settings: Settings, cfg: TableSettings, sink: Sink, source: Source, name: str | None = None
+) -> dict[str, Any]:
     """Create (or re-point) the view at the table's current watermark and metadata; idempotent."""
     sql, wm, table = _build(settings, cfg, sink, source, name)
     source.command(sql)
     snap = table.current_snapshot() if table is not None else None
-    return {"view": f"{source.database}.{view_name(cfg, name)}", "watermark": wm.as_dict() if wm else None,
-            "metadata_location": table.metadata_location if table is not None else None,
-            "snapshot_id": snap.snapshot_id if snap is not None else None, "sql": sql}
+    return {
+        "view": f"{source.database}.{view_name(cfg, name)}",
+        "watermark": wm.as_dict() if wm else None,
+        "metadata_location": table.metadata_location if table is not None else None,
+        "snapshot_id": snap.snapshot_id if snap is not None else None,
+        "sql": sql,
+    }
 
 
 def create_views(settings: Settings, names: list[str] | None = None) -> list[dict[str, Any]]:
@@ -80,8 +85,10 @@ def refresh_views(settings: Settings, names: list[str] | None = None) -> list[di
     wanted = {view_name(cfg): cfg for cfg in selected}
     try:
         with open_source(settings.source) as source:
-            rows = source.rows(f"SELECT name FROM system.tables WHERE database = {literal(source.database)} "
-                               f"AND engine = 'View' AND name IN ({', '.join(literal(n) for n in wanted)})")
+            rows = source.rows(
+                f"SELECT name FROM system.tables WHERE database = {literal(source.database)} "
+                f"AND engine = 'View' AND name IN ({', '.join(literal(n) for n in wanted)})"
+            )
             if not rows:
                 return []
             sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
@@ -100,24 +107,23 @@ def _repoint(settings: Settings, cfg: TableSettings, sink: Sink, source: Source)
     return {"table": cfg.target, "view": view, "error": None}
 
 
-def _build(settings: Settings, cfg: TableSettings, sink: Sink, source: Source,
-           name: str | None) -> tuple[str, Watermark | None, Table | None]:
+def _build(
+    settings: Settings, cfg: TableSettings, sink: Sink, source: Source, name: str | None
+) -> tuple[str, Watermark | None, Table | None]:
     plan = TablePlan.build(source, cfg)
     table = sink.load(cfg.target)
     wm = sink.watermark(table)[0] if table is not None else None
     hot_types = dict(plan.info.columns)
     names = [p.name for p in plan.columns]
     fin = " FINAL" if cfg.final else ""
-    hot = (f"SELECT {', '.join(quote(n) for n in names)} FROM {plan.info.qualified}{fin} "
-           f"WHERE {plan.key.after(wm)}")
+    hot = f"SELECT {', '.join(quote(n) for n in names)} FROM {plan.info.qualified}{fin} WHERE {plan.key.after(wm)}"
     body, types = hot, {n: hot_types[n] for n in names}
     if table is not None and wm is not None:
         optional = {f.name for f in table.schema().fields if not f.required}
         types = {n: _view_type(hot_types[n], n in optional) for n in names}
         casts = ", ".join(f"CAST({quote(n)}, {literal(types[n])}) AS {quote(n)}" for n in names)
         # the filter sits inside so it applies to the Iceberg columns (not the casts) and prunes files
-        cold = (f"SELECT {casts} FROM (SELECT * FROM {_cold_function(settings, table)} "
-                f"WHERE {plan.key.at_most(wm)})")
+        cold = f"SELECT {casts} FROM (SELECT * FROM {_cold_function(settings, table)} WHERE {plan.key.at_most(wm)})"
         body = f"{hot}\nUNION ALL\n{cold}"
     view = f"{quote(source.database)}.{quote(view_name(cfg, name))}"
     # the columns stated: ClickHouse then creates the view without running its query, so the embedded
@@ -132,7 +138,7 @@ def _view_type(hot_type: str, optional: bool) -> str:
     if not optional or hot_type.startswith(_NOT_NULLABLE):
         return hot_type
     if hot_type.startswith("LowCardinality("):
-        return f"LowCardinality(Nullable({hot_type[len('LowCardinality('):-1]}))"
+        return f"LowCardinality(Nullable({hot_type[len('LowCardinality(') : -1]}))"
     return f"Nullable({hot_type})"
 
 
@@ -140,7 +146,7 @@ def _cold_function(settings: Settings, table: Table) -> str:
     """icebergLocal / icebergS3 on the table's location, pinned to the catalog's current metadata file."""
     location = table.location().rstrip("/")
     meta = table.metadata_location
-    pin = meta[len(location) + 1:] if meta.startswith(location + "/") else meta
+    pin = meta[len(location) + 1 :] if meta.startswith(location + "/") else meta
     pinned = f"SETTINGS iceberg_metadata_file_path = {literal(pin)}"
     url = urlparse(location)
     if url.scheme in ("", "file"):
@@ -148,9 +154,13 @@ def _cold_function(settings: Settings, table: Table) -> str:
     if url.scheme in ("s3", "s3a"):
         props = settings.catalog.properties
         endpoint = props.get("s3.endpoint", "").rstrip("/")
-        http = f"{endpoint}/{url.netloc}{url.path}/" if endpoint else f"https://{url.netloc}.s3.amazonaws.com{url.path}/"
+        http = (
+            f"{endpoint}/{url.netloc}{url.path}/" if endpoint else f"https://{url.netloc}.s3.amazonaws.com{url.path}/"
+        )
         key, secret = props.get("s3.access-key-id"), props.get("s3.secret-access-key")
         creds = f", {literal(key)}, {literal(secret)}" if key and secret else ""
         return f"icebergS3({literal(http)}{creds}, {pinned})"
-    raise ConfigError(f"{'.'.join(table.name())}: no ClickHouse Iceberg reader for a {url.scheme}:// warehouse",
-                      "use a file:// or s3:// [catalog] warehouse for the hot + cold view")
+    raise ConfigError(
+        f"{'.'.join(table.name())}: no ClickHouse Iceberg reader for a {url.scheme}:// warehouse",
+        "use a file:// or s3:// [catalog] warehouse for the hot + cold view",
+    )

@@ -44,15 +44,28 @@ class Report:
         """The scenario of the failing checks, in the runbook's order of likelihood. A check that names the
         cause (a paused schedule, a stuck run, a foreign holder of the metrics port) wins; a supervisor
         restart in the last two minutes explains a server, worker or metrics failure."""
-        order = ["full restart", "server down", "worker down", "no runs", "metrics unreachable", "warehouse lost",
-                 "offload failing", "ttl risk", "lag", "watermark"]
+        order = [
+            "full restart",
+            "server down",
+            "worker down",
+            "no runs",
+            "metrics unreachable",
+            "warehouse lost",
+            "offload failing",
+            "ttl risk",
+            "lag",
+            "watermark",
+        ]
         failed = [c for c in self.checks if c.status == "fail" and c.scenario]
         found = {c.scenario for c in failed if c.cause}
         if not found:
             found = {c.scenario for c in failed}
             restart = next((c for c in self.checks if c.name == "processes" and c.status == "warn"), None)
-            if restart is not None and restart.scenario and found & {"server down", "worker down",
-                                                                     "metrics unreachable"}:
+            if (
+                restart is not None
+                and restart.scenario
+                and found & {"server down", "worker down", "metrics unreachable"}
+            ):
                 found.add(restart.scenario)
         if not found:  # warnings only: a restart that has healed is the least of them
             warned = [c for c in self.checks if c.status == "warn" and c.scenario]
@@ -73,30 +86,42 @@ CHILD_SCENARIO = {"server": "server down", "worker": "worker down"}
 def check_processes(settings: Settings) -> Check:
     state = read_state(settings)
     if state is None:
-        return Check("processes", "warn", "no native stack state (not started with `iceberg-offload up` here)",
-                     "compose: `docker ps --filter name=k2-prefect`; native: `iceberg-offload up`")
+        return Check(
+            "processes",
+            "warn",
+            "no native stack state (not started with `iceberg-offload up` here)",
+            "compose: `docker ps --filter name=k2-prefect`; native: `iceberg-offload up`",
+        )
     sup = state.get("supervisor_pid")
     if state.get("stopped") or not pid_alive(sup):
-        return Check("processes", "fail", f"supervisor (pid {sup}) is not running", "iceberg-offload up",
-                     "full restart")
+        return Check(
+            "processes", "fail", f"supervisor (pid {sup}) is not running", "iceberg-offload up", "full restart"
+        )
     children = state.get("children", {})
     restarts = {n: c.get("restarts", 0) for n, c in children.items()}
     logs = stack_dir(settings)
     for name in ("server", "worker"):  # the server first: a worker without a server is not the cause
         child = children.get(name) or {}
         if not pid_alive(child.get("pid")):
-            return Check("processes", "fail", f"{name} (pid {child.get('pid')}) is not running; the supervisor "
-                         f"restarts it within 30 s (restarts so far: {restarts})",
-                         f"iceberg-offload recover --yes; why it died: tail {logs / f'{name}.log'}",
-                         CHILD_SCENARIO[name])
+            return Check(
+                "processes",
+                "fail",
+                f"{name} (pid {child.get('pid')}) is not running; the supervisor "
+                f"restarts it within 30 s (restarts so far: {restarts})",
+                f"iceberg-offload recover --yes; why it died: tail {logs / f'{name}.log'}",
+                CHILD_SCENARIO[name],
+            )
     for name in ("server", "worker"):
         child = children[name]
         age = time.time() - float(child.get("started_at") or 0)
         if child.get("restarts", 0) and age < RESTART_RECENT_SECONDS:
-            return Check("processes", "warn", f"{name} was restarted by the supervisor {age:.0f}s ago "
-                         f"(restarts so far: {restarts})",
-                         f"iceberg-offload recover --yes runs a cycle now; why it died: tail {logs / f'{name}.log'}",
-                         CHILD_SCENARIO[name])
+            return Check(
+                "processes",
+                "warn",
+                f"{name} was restarted by the supervisor {age:.0f}s ago (restarts so far: {restarts})",
+                f"iceberg-offload recover --yes runs a cycle now; why it died: tail {logs / f'{name}.log'}",
+                CHILD_SCENARIO[name],
+            )
     return Check("processes", "ok", f"supervisor, server and worker running; restarts: {restarts}")
 
 
@@ -107,17 +132,30 @@ def check_server(settings: Settings) -> Check:
         return Check("prefect server", "ok", f"{settings.prefect.api_url}/ready answers")
     except urllib.error.HTTPError as exc:
         if exc.code == 401:
-            return Check("prefect server", "fail", "the API rejected our credentials (401)",
-                         "set [prefect] auth_string (OFFLOAD__PREFECT__AUTH_STRING) to the server's auth string",
-                         "server down")
+            return Check(
+                "prefect server",
+                "fail",
+                "the API rejected our credentials (401)",
+                "set [prefect] auth_string (OFFLOAD__PREFECT__AUTH_STRING) to the server's auth string",
+                "server down",
+            )
         health = _health(settings)
-        return Check("prefect server", "fail", f"/api/ready answered {exc.code}; /api/health {health}",
-                     "the server's database is down: start it (native: `iceberg-offload recover --yes`; compose: "
-                     "`docker start k2-prefect-db`)", "server down")
+        return Check(
+            "prefect server",
+            "fail",
+            f"/api/ready answered {exc.code}; /api/health {health}",
+            "the server's database is down: start it (native: `iceberg-offload recover --yes`; compose: "
+            "`docker start k2-prefect-db`)",
+            "server down",
+        )
     except prefect_api.API_ERRORS as exc:
-        return Check("prefect server", "fail", f"{settings.prefect.api_url} unreachable: {exc}",
-                     "native: `iceberg-offload up`; compose: `docker start k2-prefect-db k2-prefect-server`",
-                     "server down")
+        return Check(
+            "prefect server",
+            "fail",
+            f"{settings.prefect.api_url} unreachable: {exc}",
+            "native: `iceberg-offload up`; compose: `docker start k2-prefect-db k2-prefect-server`",
+            "server down",
+        )
 
 
 def _health(settings: Settings) -> str:
@@ -132,18 +170,25 @@ def check_workers(settings: Settings) -> Check:
     try:
         found = prefect_api.workers(settings)
     except prefect_api.API_ERRORS as exc:
-        return Check("workers", "fail", f"cannot list workers: {exc}", "see the prefect server check",
-                     "server down")
+        return Check("workers", "fail", f"cannot list workers: {exc}", "see the prefect server check", "server down")
     online = [w for w in found if w["status"] == "ONLINE"]
     if not online:
         last = max((w["last_heartbeat"] or "" for w in found), default="")
-        return Check("workers", "fail", f"no ONLINE worker in pool {names.POOL} "
-                     f"({len(found)} known; last heartbeat {last or 'never'})",
-                     "native: `iceberg-offload up` (the supervisor restarts it); compose: "
-                     "`docker start k2-prefect-worker`", "worker down")
+        return Check(
+            "workers",
+            "fail",
+            f"no ONLINE worker in pool {names.POOL} ({len(found)} known; last heartbeat {last or 'never'})",
+            "native: `iceberg-offload up` (the supervisor restarts it); compose: `docker start k2-prefect-worker`",
+            "worker down",
+        )
     ages = [a for a in (_age(w["last_heartbeat"]) for w in online) if a is not None]
-    return Check("workers", "ok", f"{len(online)} ONLINE in pool {names.POOL}; newest heartbeat "
-                 f"{min(ages):.0f}s ago" if ages else f"{len(online)} ONLINE")
+    return Check(
+        "workers",
+        "ok",
+        f"{len(online)} ONLINE in pool {names.POOL}; newest heartbeat {min(ages):.0f}s ago"
+        if ages
+        else f"{len(online)} ONLINE",
+    )
 
 
 def check_deployment(settings: Settings) -> tuple[Check, dict[str, Any] | None]:
@@ -151,21 +196,38 @@ def check_deployment(settings: Settings) -> tuple[Check, dict[str, Any] | None]:
     try:
         dep = prefect_api.deployment(settings, names.MAIN_FLOW, names.MAIN_DEPLOYMENT)
     except prefect_api.API_ERRORS as exc:
-        return Check("deployment", "fail", f"cannot read {name}: {exc}", "see the prefect server check",
-                     "server down"), None
+        return Check(
+            "deployment", "fail", f"cannot read {name}: {exc}", "see the prefect server check", "server down"
+        ), None
     if dep is None:
-        return Check("deployment", "fail", f"{name} does not exist (the server lost its state?)",
-                     "iceberg-offload deploy", "server down"), None
+        return Check(
+            "deployment",
+            "fail",
+            f"{name} does not exist (the server lost its state?)",
+            "iceberg-offload deploy",
+            "server down",
+        ), None
     late = prefect_api.count_runs(settings, dep["id"], ["Late"])
     if not prefect_api.schedule_active(dep):
-        return Check("deployment", "fail", f"{name} is paused or its schedule is inactive; {late} Late runs",
-                     "if the pause is not deliberate: iceberg-offload schedule resume", "no runs", cause=True), dep
+        return Check(
+            "deployment",
+            "fail",
+            f"{name} is paused or its schedule is inactive; {late} Late runs",
+            "if the pause is not deliberate: iceberg-offload schedule resume",
+            "no runs",
+            cause=True,
+        ), dep
     polled = _age(dep.get("last_polled"))
     saw = f"{name} active ({', '.join(str(s['schedule'].get('cron') or s['schedule']) for s in dep['schedules'])})"
     saw += f"; last polled {polled:.0f}s ago" if polled is not None else "; never polled by a worker"
     if late:
-        return Check("deployment", "warn", saw + f"; {late} Late runs waiting",
-                     "a worker must pick them up: see the workers check", "worker down"), dep
+        return Check(
+            "deployment",
+            "warn",
+            saw + f"; {late} Late runs waiting",
+            "a worker must pick them up: see the workers check",
+            "worker down",
+        ), dep
     return Check("deployment", "ok", saw), dep
 
 
@@ -179,25 +241,46 @@ def check_runs(settings: Settings, dep: dict[str, Any] | None) -> list[Check]:
         last[kind] = runs[0] if runs else None
     completed = last["COMPLETED"]
     age = _age(completed.get("end_time")) if completed else None
-    bad = [r for r in (last["FAILED"], last["CRASHED"]) if r and (age is None or
-                                                                   (_age(r.get("end_time")) or 0) < age)]
+    bad = [r for r in (last["FAILED"], last["CRASHED"]) if r and (age is None or (_age(r.get("end_time")) or 0) < age)]
     if completed is None:
         out.append(Check("recent runs", "warn", "no completed run yet", "iceberg-offload trigger --wait", "no runs"))
     elif age is not None and age > 45 * 60:
-        out.append(Check("recent runs", "fail", f"last completed run {age / 60:.0f} min ago (3 cycles missed)",
-                         "iceberg-offload trigger --wait; if it does not run, see the workers check", "no runs"))
+        out.append(
+            Check(
+                "recent runs",
+                "fail",
+                f"last completed run {age / 60:.0f} min ago (3 cycles missed)",
+                "iceberg-offload trigger --wait; if it does not run, see the workers check",
+                "no runs",
+            )
+        )
     elif bad:
         r = bad[0]
         msg = ((r.get("state") or {}).get("message") or "")[:200]
-        out.append(Check("recent runs", "fail", f"the newest run ended {r['state']['type']}: {msg}",
-                         "iceberg-offload run --table TABLE shows the error and its fix", "offload failing"))
+        out.append(
+            Check(
+                "recent runs",
+                "fail",
+                f"the newest run ended {r['state']['type']}: {msg}",
+                "iceberg-offload run --table TABLE shows the error and its fix",
+                "offload failing",
+            )
+        )
     else:
         out.append(Check("recent runs", "ok", f"last completed {age:.0f}s ago" if age is not None else "completed"))
     stuck = stuck_runs(settings, dep["id"])
     if stuck:
-        out.append(Check("stuck runs", "fail", f"{len(stuck)} runs hold the deployment's slot with no live process: "
-                         + ", ".join(f"{r['name']} ({r['state']['type']})" for r in stuck),
-                         "iceberg-offload recover --yes marks them Crashed", "no runs", cause=True))
+        out.append(
+            Check(
+                "stuck runs",
+                "fail",
+                f"{len(stuck)} runs hold the deployment's slot with no live process: "
+                + ", ".join(f"{r['name']} ({r['state']['type']})" for r in stuck),
+                "iceberg-offload recover --yes marks them Crashed",
+                "no runs",
+                cause=True,
+            )
+        )
     return out
 
 
@@ -214,17 +297,27 @@ def check_metrics(settings: Settings) -> Check:
     holder = port_holder(m.port)
     held = f"; port {m.port} is held by {holder[1]} (pid {holder[0]})" if holder else f"; nothing listens on {m.port}"
     foreign = holder is not None and holder[0] != worker_pid
-    fix = (f"stop pid {holder[0] if holder else '?'} or set [metrics] port (and the Prometheus target); "
-           "the worker binds the port within 5 s once it is free" if foreign else
-           "iceberg-offload recover --yes (restarts the worker); compose: docker restart k2-prefect-worker")
+    fix = (
+        f"stop pid {holder[0] if holder else '?'} or set [metrics] port (and the Prometheus target); "
+        "the worker binds the port within 5 s once it is free"
+        if foreign
+        else "iceberg-offload recover --yes (restarts the worker); compose: docker restart k2-prefect-worker"
+    )
     try:
         body = urllib.request.urlopen(url, timeout=3).read().decode()
     except (urllib.error.URLError, OSError) as exc:
-        return Check("metrics endpoint", "fail", f"{url} unreachable: {exc}{held}", fix, "metrics unreachable",
-                     cause=foreign)
+        return Check(
+            "metrics endpoint", "fail", f"{url} unreachable: {exc}{held}", fix, "metrics unreachable", cause=foreign
+        )
     if "offload_info" not in body:
-        return Check("metrics endpoint", "fail", f"{url} answers without offload_info{held}", fix,
-                     "metrics unreachable", cause=foreign)
+        return Check(
+            "metrics endpoint",
+            "fail",
+            f"{url} answers without offload_info{held}",
+            fix,
+            "metrics unreachable",
+            cause=foreign,
+        )
     return Check("metrics endpoint", "ok", f"{url} serves offload_info")
 
 
@@ -299,17 +392,28 @@ def _table_check(st: TableStatus) -> Check:
         scenario = "ttl risk" if reported_as(st.error, TTLTooShort) else "offload failing"
         return Check(name, "fail", st.error["message"], st.error["fix"], scenario)
     head, lag, pending, late = st.ttl_headroom_seconds, st.lag_seconds, st.pending_rows or 0, st.late_rows or 0
-    saw = (f"lag {lag / 60:.0f} min" if lag is not None else "no watermark yet") + f", {pending} rows waiting" + (
-        f", {late} late rows behind the watermark not in Iceberg" if late else "") + (
-        f", TTL headroom {head / 3600:.1f} h" if head is not None else "")
+    saw = (
+        (f"lag {lag / 60:.0f} min" if lag is not None else "no watermark yet")
+        + f", {pending} rows waiting"
+        + (f", {late} late rows behind the watermark not in Iceberg" if late else "")
+        + (f", TTL headroom {head / 3600:.1f} h" if head is not None else "")
+    )
     repair = f"iceberg-offload maintain reconcile --table {st.table} --yes"
     if head is not None and head < TTL_WARN_SECONDS and (pending or late):
-        fix = f"offload it now: iceberg-offload run --table {st.table} (runbook ttl-risk.md)" if pending else \
-            f"lengthen the ClickHouse TTL now (runbook ttl-risk.md step 2), then add them: {repair}"
+        fix = (
+            f"offload it now: iceberg-offload run --table {st.table} (runbook ttl-risk.md)"
+            if pending
+            else f"lengthen the ClickHouse TTL now (runbook ttl-risk.md step 2), then add them: {repair}"
+        )
         return Check(name, "fail", saw, fix, "ttl risk")
     if late:
-        return Check(name, "warn", saw, f"the next cycle's late-row sweep adds them; now: {repair} "
-                     "(runbook ttl-risk.md)", "ttl risk")
+        return Check(
+            name,
+            "warn",
+            saw,
+            f"the next cycle's late-row sweep adds them; now: {repair} (runbook ttl-risk.md)",
+            "ttl risk",
+        )
     if lag is not None and lag > LAG_WARN_SECONDS and pending:
         return Check(name, "warn", saw, "iceberg-offload trigger --wait (runbook lag.md)", "lag")
     return Check(name, "ok", saw)

@@ -35,15 +35,20 @@ class Check:
 def stack_used(settings: Settings) -> bool:
     """From durable facts: `iceberg-offload up` left its state file here, or the config points at a Prefect
     server that is not the local default (compose, a shared server)."""
-    return (stack_dir(settings) / "state.json").exists() or \
-        settings.prefect.api_url.rstrip("/") != LOCAL_API_URL.rstrip("/")
+    return (stack_dir(settings) / "state.json").exists() or settings.prefect.api_url.rstrip(
+        "/"
+    ) != LOCAL_API_URL.rstrip("/")
 
 
 def check_orchestrator(settings: Settings, engine_only: bool) -> Check:
     if engine_only:
         return Check("orchestrator", "ok", "not checked (--engine-only)")
-    return Check("orchestrator", "ok", f"not used (no stack started: no {stack_dir(settings) / 'state.json'}, "
-                 f"[prefect] api_url is the local default); `iceberg-offload up` starts one")
+    return Check(
+        "orchestrator",
+        "ok",
+        f"not used (no stack started: no {stack_dir(settings) / 'state.json'}, "
+        f"[prefect] api_url is the local default); `iceberg-offload up` starts one",
+    )
 
 
 def check_warehouse(settings: Settings) -> list[Check]:
@@ -72,8 +77,14 @@ def check_warehouse(settings: Settings) -> list[Check]:
             missing.append(exc)
     if missing:
         return [Check("warehouse", "fail", "; ".join(e.message for e in missing), missing[0].fix, "warehouse lost")]
-    return [Check("warehouse", "ok", f"current metadata, manifests and {files} data files of {tables} tables "
-                  f"present under {settings.catalog.warehouse}")]
+    return [
+        Check(
+            "warehouse",
+            "ok",
+            f"current metadata, manifests and {files} data files of {tables} tables "
+            f"present under {settings.catalog.warehouse}",
+        )
+    ]
 
 
 def check_data_files(what: str, io: FileIO, snap: Snapshot, warehouse: str) -> int:
@@ -93,5 +104,8 @@ def check_data_files(what: str, io: FileIO, snap: Snapshot, warehouse: str) -> i
         raise warehouse_missing(what, lost[0], warehouse)
     first = warehouse_missing(what, lost[0], warehouse)
     named = ", ".join(lost[:NAMED]) + (f" and {len(lost) - NAMED} more" if len(lost) > NAMED else "")
-    raise WarehouseMissing(f"{what}: {len(lost)} of the {len(paths)} data files of the current snapshot are "
-                           f"missing from the warehouse: {named}", first.fix)
+    raise WarehouseMissing(
+        f"{what}: {len(lost)} of the {len(paths)} data files of the current snapshot are "
+        f"missing from the warehouse: {named}",
+        first.fix,
+    )

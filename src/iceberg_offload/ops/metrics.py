@@ -96,8 +96,13 @@ class Exporter(Collector):
 
     # -- refreshing ---------------------------------------------------------------------------------------
     def refresh(self, hot: bool = True) -> None:
-        snap = Snapshot(runs=self.snap.runs, cycles=self.snap.cycles, refreshed=dict(self.snap.refreshed),
-                        source_up=self.snap.source_up, late=self.snap.late)
+        snap = Snapshot(
+            runs=self.snap.runs,
+            cycles=self.snap.cycles,
+            refreshed=dict(self.snap.refreshed),
+            source_up=self.snap.source_up,
+            late=self.snap.late,
+        )
         previous = self.snap.tables
         snap.tables = {t.target: TableStatus(t.target, t.layer, t.source) for t in self.settings.tables}
         self._refresh_cold(snap)
@@ -106,8 +111,16 @@ class Exporter(Collector):
         for name, st in snap.tables.items():  # keep the last hot values while the engine is busy
             old = previous.get(name)
             if old is not None and st.hot_rows is None:
-                for attr in ("hot_rows", "oldest_hot", "newest_hot", "pending_rows", "ttl", "column_ttl",
-                             "ttl_deadline", "ttl_span_seconds"):
+                for attr in (
+                    "hot_rows",
+                    "oldest_hot",
+                    "newest_hot",
+                    "pending_rows",
+                    "ttl",
+                    "column_ttl",
+                    "ttl_deadline",
+                    "ttl_span_seconds",
+                ):
                     setattr(st, attr, getattr(old, attr))
         self._refresh_prefect(snap)
         for name, late in snap.late.items():
@@ -177,8 +190,9 @@ class Exporter(Collector):
                 if key[0] == ERRORS and key[1] in snap.runs:
                     snap.runs[key[1]].errors[key[2]] = count
             reconciled_at, snap.reconcile = prefect_api.latest_artifact(s, names.RECONCILE_ARTIFACT)
-            snap.late = late_rows(snap.late, prefect_api.latest_artifact(s, names.CYCLE_ARTIFACT),
-                                   (reconciled_at, snap.reconcile))
+            snap.late = late_rows(
+                snap.late, prefect_api.latest_artifact(s, names.CYCLE_ARTIFACT), (reconciled_at, snap.reconcile)
+            )
             snap.prefect_up = 1
             snap.refreshed["prefect"] = time.time()
         except prefect_api.API_ERRORS:
@@ -189,8 +203,12 @@ class Exporter(Collector):
         (run_totals, from each cycle's state type and `offload-cycle` artifact), and the last one's duration."""
         totals = self._cycle_totals.get(deployment_id) or RunTotals(
             with_rows(self._pager("flow_runs"), self._cycle_rows),
-            lambda types: prefect_api.deployment_run_filter(deployment_id, types), FINAL, cycle_outcomes,
-            self._counter("flow_runs"), {(CYCLES, "success"): "COMPLETED"})
+            lambda types: prefect_api.deployment_run_filter(deployment_id, types),
+            FINAL,
+            cycle_outcomes,
+            self._counter("flow_runs"),
+            {(CYCLES, "success"): "COMPLETED"},
+        )
         totals.refresh(time.time())
         self._cycle_totals[deployment_id] = totals
         last = prefect_api.flow_runs(self.settings, deployment_id, FINAL, limit=1)
@@ -233,33 +251,44 @@ class Exporter(Collector):
             snap = self.snap
         now = time.time()
         s = self.settings
-        sched = f"every {s.schedule.offload_interval_seconds}s" if s.schedule.offload_interval_seconds else \
-            s.schedule.offload_cron
+        sched = (
+            f"every {s.schedule.offload_interval_seconds}s"
+            if s.schedule.offload_interval_seconds
+            else s.schedule.offload_cron
+        )
         info = GaugeMetricFamily("offload_info", "iceberg-offload metadata", labels=["version", "schedule", "tables"])
         info.add_metric([__version__, sched, str(len(s.tables))], 1)
         yield info
         yield GaugeMetricFamily("offload_tables_configured", "Tables in the config", value=len(s.tables))
-        g = {n: GaugeMetricFamily(n, h, labels=["table"]) for n, h in (
-            ("offload_lag_seconds", "Now minus the table's watermark"),
-            ("offload_lag_minutes", "Now minus the table's watermark, in minutes"),
-            ("watermark_timestamp_seconds", "The table's watermark (epoch seconds)"),
-            ("offload_last_success_timestamp_seconds", "Last time the table's offload completed (new rows or not)"),
-            ("offload_consecutive_failures", "Failed offloads of the table since its last success"),
-            ("offload_duration_seconds", "Duration of the table's last offload (gauge of the last value)"),
-            ("offload_ttl_headroom_seconds", "Time before the ClickHouse TTL deletes a row not yet offloaded"),
-            ("offload_hot_rows", "Rows in the ClickHouse table"),
-            ("offload_cold_rows", "Rows in the Iceberg table"),
-            ("offload_pending_rows", "Settled rows waiting for the next offload"),
-            ("offload_data_files", "Data files in the Iceberg table's current snapshot"),
-            ("offload_repairs", "Reconcile repairs (late rows, duplicates) in the retained Iceberg history"),
-            ("offload_repaired_rows", "Rows those repairs added to Iceberg"),
-            ("offload_compactions", "Compactions in the retained Iceberg history"),
-            ("offload_late_rows", "Rows behind the watermark the last late-row sweep or reconcile found missing "
-                                  "from Iceberg and could not add"))}
+        g = {
+            n: GaugeMetricFamily(n, h, labels=["table"])
+            for n, h in (
+                ("offload_lag_seconds", "Now minus the table's watermark"),
+                ("offload_lag_minutes", "Now minus the table's watermark, in minutes"),
+                ("watermark_timestamp_seconds", "The table's watermark (epoch seconds)"),
+                ("offload_last_success_timestamp_seconds", "Last time the table's offload completed (new rows or not)"),
+                ("offload_consecutive_failures", "Failed offloads of the table since its last success"),
+                ("offload_duration_seconds", "Duration of the table's last offload (gauge of the last value)"),
+                ("offload_ttl_headroom_seconds", "Time before the ClickHouse TTL deletes a row not yet offloaded"),
+                ("offload_hot_rows", "Rows in the ClickHouse table"),
+                ("offload_cold_rows", "Rows in the Iceberg table"),
+                ("offload_pending_rows", "Settled rows waiting for the next offload"),
+                ("offload_data_files", "Data files in the Iceberg table's current snapshot"),
+                ("offload_repairs", "Reconcile repairs (late rows, duplicates) in the retained Iceberg history"),
+                ("offload_repaired_rows", "Rows those repairs added to Iceberg"),
+                ("offload_compactions", "Compactions in the retained Iceberg history"),
+                (
+                    "offload_late_rows",
+                    "Rows behind the watermark the last late-row sweep or reconcile found missing "
+                    "from Iceberg and could not add",
+                ),
+            )
+        }
         rows = CounterMetricFamily("offload_rows", "Rows offloaded into Iceberg", labels=["table", "layer"])
         commits = CounterMetricFamily("offload_commits", "Offload commits into Iceberg", labels=["table"])
-        errors = CounterMetricFamily("offload_errors", "Failed table offloads by error type",
-                                     labels=["table", "error_type"])
+        errors = CounterMetricFamily(
+            "offload_errors", "Failed table offloads by error type", labels=["table", "error_type"]
+        )
         for name, st in snap.tables.items():
             derive(st, now)
             runs = snap.runs.get(name, TableRuns())
@@ -276,10 +305,16 @@ class Exporter(Collector):
                 g["offload_duration_seconds"].add_metric([name], duration)
             if st.ttl_headroom_seconds is not None:
                 g["offload_ttl_headroom_seconds"].add_metric([name], st.ttl_headroom_seconds)
-            for metric, value in (("offload_hot_rows", st.hot_rows), ("offload_cold_rows", st.cold_rows),
-                                  ("offload_pending_rows", st.pending_rows), ("offload_data_files", st.data_files),
-                                  ("offload_repairs", st.repairs), ("offload_repaired_rows", st.repaired_rows),
-                                  ("offload_compactions", st.compactions), ("offload_late_rows", st.late_rows or 0)):
+            for metric, value in (
+                ("offload_hot_rows", st.hot_rows),
+                ("offload_cold_rows", st.cold_rows),
+                ("offload_pending_rows", st.pending_rows),
+                ("offload_data_files", st.data_files),
+                ("offload_repairs", st.repairs),
+                ("offload_repaired_rows", st.repaired_rows),
+                ("offload_compactions", st.compactions),
+                ("offload_late_rows", st.late_rows or 0),
+            ):
                 if value is not None:
                     g[metric].add_metric([name], value)
             rows.add_metric([name, st.layer], st.rows_total)
@@ -292,14 +327,19 @@ class Exporter(Collector):
         for status in ("success", "partial", "failed"):
             cycles.add_metric([status], snap.cycles.get(status, 0))
         yield cycles
-        yield GaugeMetricFamily("offload_cycle_duration_seconds", "Duration of the last offload cycle through "
-                                "Prefect (gauge of the last value; 0 before the first)",
-                                value=snap.cycle_duration or 0.0)
+        yield GaugeMetricFamily(
+            "offload_cycle_duration_seconds",
+            "Duration of the last offload cycle through Prefect (gauge of the last value; 0 before the first)",
+            value=snap.cycle_duration or 0.0,
+        )
         workers = GaugeMetricFamily("offload_workers_online", "ONLINE workers in the pool", labels=["pool"])
         workers.add_metric([names.POOL], snap.workers_online)
         yield workers
-        active = GaugeMetricFamily("offload_schedule_active", "1 when the deployment exists, is not paused and "
-                                   "its schedule is active", labels=["deployment"])
+        active = GaugeMetricFamily(
+            "offload_schedule_active",
+            "1 when the deployment exists, is not paused and its schedule is active",
+            labels=["deployment"],
+        )
         yield from reconcile_metrics(snap.reconcile)
         late = GaugeMetricFamily("offload_late_runs", "Runs of the deployment in state Late", labels=["deployment"])
         for dep in (names.MAIN, names.MAINT):
@@ -307,11 +347,15 @@ class Exporter(Collector):
             late.add_metric([dep], snap.late_runs.get(dep, 0))
         yield active
         yield late
-        for name, value in (("offload_source_up", snap.source_up), ("offload_catalog_up", snap.catalog_up),
-                            ("offload_prefect_api_up", snap.prefect_up)):
+        for name, value in (
+            ("offload_source_up", snap.source_up),
+            ("offload_catalog_up", snap.catalog_up),
+            ("offload_prefect_api_up", snap.prefect_up),
+        ):
             yield GaugeMetricFamily(name, f"1 when the {name.split('_')[1]} answered the last refresh", value=value)
-        age = GaugeMetricFamily("offload_exporter_refresh_age_seconds", "Age of the exporter's cached state",
-                                labels=["part"])
+        age = GaugeMetricFamily(
+            "offload_exporter_refresh_age_seconds", "Age of the exporter's cached state", labels=["part"]
+        )
         for part in ("catalog", "source", "prefect"):
             if part in snap.refreshed:
                 age.add_metric([part], now - snap.refreshed[part])
@@ -336,8 +380,7 @@ def serve(settings: Settings, keep_trying: bool = False) -> Any:
         if not keep_trying:
             raise
         print(f"error: {exc.message}; serving no metrics until it is free. fix: {exc.fix}", flush=True)
-        threading.Thread(target=handle.bind_later, args=(settings, registry), name="metrics-bind",
-                         daemon=True).start()
+        threading.Thread(target=handle.bind_later, args=(settings, registry), name="metrics-bind", daemon=True).start()
     handle.refresher = threading.Thread(target=exporter.run, name="metrics-refresh", daemon=True)
     handle.refresher.start()
     return handle

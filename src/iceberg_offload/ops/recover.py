@@ -52,9 +52,13 @@ class Recovery:
 
     def as_dict(self) -> dict[str, Any]:
         ran = next((s.result for s in self.steps if s.name == "run now and wait"), "")
-        return {"steps": [asdict(s) for s in self.steps], "before": self.before, "after": self.after,
-                "seconds": round(self.seconds, 1),
-                "ok": bool(self.after and self.after["ok"]) and "COMPLETED" in ran}
+        return {
+            "steps": [asdict(s) for s in self.steps],
+            "before": self.before,
+            "after": self.after,
+            "seconds": round(self.seconds, 1),
+            "ok": bool(self.after and self.after["ok"]) and "COMPLETED" in ran,
+        }
 
 
 def plan(settings: Settings, report: Report, resume_schedule: bool) -> list[Step]:
@@ -64,26 +68,52 @@ def plan(settings: Settings, report: Report, resume_schedule: bool) -> list[Step
     state = read_state(settings)
     stack_up = state is not None and not state.get("stopped") and pid_alive(state.get("supervisor_pid"))
     if _local_postgres(settings) and not _database_answers(settings):
-        steps.append(Step("start the database", "pg_ctlcluster VERSION CLUSTER start  (the local cluster of "
-                          "[prefect] database_url; compose: docker start k2-prefect-db)"))
+        steps.append(
+            Step(
+                "start the database",
+                "pg_ctlcluster VERSION CLUSTER start  (the local cluster of "
+                "[prefect] database_url; compose: docker start k2-prefect-db)",
+            )
+        )
     if not stack_up:
-        steps.append(Step("start the stack", "iceberg-offload up  (database, server, deploy, worker, in that "
-                          "order; compose: docker start " + " ".join(COMPOSE_ORDER) + ")"))
+        steps.append(
+            Step(
+                "start the stack",
+                "iceberg-offload up  (database, server, deploy, worker, in that "
+                "order; compose: docker start " + " ".join(COMPOSE_ORDER) + ")",
+            )
+        )
     elif failed & STACK_CHECKS:
-        steps.append(Step("restart the stack", "wait up to 45 s for the supervisor to bring server, worker and "
-                          "metrics back, else iceberg-offload down && iceberg-offload up  (compose: docker restart "
-                          + " ".join(COMPOSE_ORDER) + ")"))
+        steps.append(
+            Step(
+                "restart the stack",
+                "wait up to 45 s for the supervisor to bring server, worker and "
+                "metrics back, else iceberg-offload down && iceberg-offload up  (compose: docker restart "
+                + " ".join(COMPOSE_ORDER)
+                + ")",
+            )
+        )
     dep = checks.get("deployment")
     if dep is None or "does not exist" in dep.saw or not stack_up:
         steps.append(Step("deploy", "iceberg-offload deploy  (idempotent; keeps pauses)"))
     if dep is not None and "paused" in dep.saw:
-        steps.append(Step("resume the schedule" if resume_schedule else "leave the schedule paused",
-                          "iceberg-offload schedule resume" if resume_schedule else
-                          "none: a pause may be deliberate; rerun with --resume-schedule to resume it"))
+        steps.append(
+            Step(
+                "resume the schedule" if resume_schedule else "leave the schedule paused",
+                "iceberg-offload schedule resume"
+                if resume_schedule
+                else "none: a pause may be deliberate; rerun with --resume-schedule to resume it",
+            )
+        )
     if "stuck runs" in checks:
         steps.append(Step("mark stuck runs Crashed", "set state CRASHED on RUNNING runs with no live process"))
-    steps.append(Step("settle unknown commits", "none needed: each table's watermark is read from its Iceberg "
-                      "history, so a lost commit answer is settled by the next run"))
+    steps.append(
+        Step(
+            "settle unknown commits",
+            "none needed: each table's watermark is read from its Iceberg "
+            "history, so a lost commit answer is settled by the next run",
+        )
+    )
     steps.append(Step("run now and wait", "iceberg-offload trigger --wait"))
     steps.append(Step("check again", "iceberg-offload doctor"))
     return steps
@@ -147,8 +177,12 @@ def _heal_stack(settings: Settings, timeout: float) -> str:
         if [c.name for c in bad] == ["metrics endpoint"] and bad[0].cause:  # another program holds the port
             return f"not restarted (it would not help): {bad[0].saw}; fix: {bad[0].fix}"
         server = checks["prefect server"]
-        if server.status == "fail" and "database" in server.fix and not restarted_server \
-                and _database_answers(settings):  # the database is back, the server's pool is not
+        if (
+            server.status == "fail"
+            and "database" in server.fix
+            and not restarted_server
+            and _database_answers(settings)
+        ):  # the database is back, the server's pool is not
             restart_child(settings, "server")
             restarted_server = True
         time.sleep(1)
@@ -195,8 +229,12 @@ def _start_local_postgres(settings: Settings) -> str:
     for line in subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.splitlines():
         version, cluster, port = line.split()[:3]
         if int(port) == where[1]:
-            proc = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "start"],
-                                  capture_output=True, text=True, timeout=60)
+            proc = subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "start"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and not _database_answers(settings):
                 time.sleep(0.5)

@@ -97,8 +97,9 @@ def cold_status(cfg: TableSettings, sink: Sink, st: TableStatus) -> Watermark | 
     return wm
 
 
-def hot_status(settings: Settings, cfg: TableSettings, source: Source, st: TableStatus, wm: Watermark | None,
-               now: int) -> TablePlan:
+def hot_status(
+    settings: Settings, cfg: TableSettings, source: Source, st: TableStatus, wm: Watermark | None, now: int
+) -> TablePlan:
     """The ClickHouse half: hot rows and bounds, rows waiting, the TTL and its deadline."""
     plan = TablePlan.build(source, cfg)
     key, tsql = plan.key, plan.info.qualified
@@ -120,8 +121,9 @@ def hot_status(settings: Settings, cfg: TableSettings, source: Source, st: Table
     return plan
 
 
-def table_status(settings: Settings, cfg: TableSettings, source: Source | None, sink: Sink,
-                 now_ns: int | None = None) -> TableStatus:
+def table_status(
+    settings: Settings, cfg: TableSettings, source: Source | None, sink: Sink, now_ns: int | None = None
+) -> TableStatus:
     """Both halves; without a source (the engine is busy), only the Iceberg half."""
     now = _now_ns(now_ns)
     st = TableStatus(cfg.target, cfg.layer, cfg.source)
@@ -158,15 +160,18 @@ def _bounds(source: Source, tsql: str, key: Any) -> tuple[int, int, int]:
     return int(count), int(oldest or 0) * 1_000_000, int(newest or 0) * 1_000_000
 
 
-def _ttl_bounds(source: Source, tsql: str, key: Any, wm: Watermark | None, ttl: str) -> tuple[float | None,
-                                                                                             float | None]:
+def _ttl_bounds(
+    source: Source, tsql: str, key: Any, wm: Watermark | None, ttl: str
+) -> tuple[float | None, float | None]:
     """(when the TTL deletes the first row not yet offloaded, how long the TTL keeps the newest row), with
     the table's per-row TTL deadline: the earliest over every row waiting, not the oldest row's (a `WHERE`
     rule may spare it, or the TTL may be on another column)."""
     ttl_s = f"toInt64(toUnixTimestamp(toDateTime({ttl})))"
     n, first = source.rows(f"SELECT count(), min({ttl_s}) FROM {tsql} WHERE {key.after(wm)}")[0]
-    span = source.rows(f"SELECT {ttl_s} - toInt64(intDiv({key.ts_ms_of(quote(key.ts))}, 1000)) FROM {tsql} "
-                       f"ORDER BY {key.order_by(desc=True)} LIMIT 1")
+    span = source.rows(
+        f"SELECT {ttl_s} - toInt64(intDiv({key.ts_ms_of(quote(key.ts))}, 1000)) FROM {tsql} "
+        f"ORDER BY {key.order_by(desc=True)} LIMIT 1"
+    )
     return (float(first) if n else None), (float(span[0][0]) if span else None)
 
 
@@ -221,8 +226,15 @@ def parse_time(text: str) -> int:
     return int(stamp.timestamp()) * NS + stamp.microsecond * 1000
 
 
-def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, apply: bool,
-                  reoffload: bool = False, future: bool = False) -> dict[str, Any]:
+def set_watermark(
+    settings: Settings,
+    name: str,
+    ts_ns: int,
+    seq: int | None,
+    apply: bool,
+    reoffload: bool = False,
+    future: bool = False,
+) -> dict[str, Any]:
     """Preview (or, with apply, commit) a new watermark: an empty commit that carries it in its summary.
     Moving forward skips rows (they are never offloaded); moving back offloads again the rows Iceberg
     already has (below the newest commit that wrote rows), which needs `reoffload`. A watermark after
@@ -239,8 +251,11 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
     new = Watermark(ts_ns, seq)
     newest = _now_ns(None) - (settings.offload.settle_seconds + cfg.closed_after_seconds) * NS
     if ts_ns > newest and not future:
-        raise ConfigError(f"{cfg.target}: {iso(ts_ns)} is in the future (after now - settle_seconds, {iso(newest)}); "
-                          f"every row until then would be skipped", "check --to; add --future only to skip them")
+        raise ConfigError(
+            f"{cfg.target}: {iso(ts_ns)} is in the future (after now - settle_seconds, {iso(newest)}); "
+            f"every row until then would be skipped",
+            "check --to; add --future only to skip them",
+        )
     extent = _data_extent(sink.history(table))  # the newest key Iceberg holds rows up to
     backward = current is not None and _order(new) < _order(current)
     with open_source(settings.source) as source:
@@ -256,16 +271,28 @@ def set_watermark(settings: Settings, name: str, ts_ns: int, seq: int | None, ap
                 again = affected
             elif _order(new) < _order(extent):
                 again = _between(source, plan, new, extent if _order(extent) < _order(current) else current)
-    effect = (f"{again} rows Iceberg already has would be offloaded again (duplicates); {affected - again} rows "
-              f"never offloaded would be offloaded" if backward else
-              f"{affected} hot rows between the watermarks would never be offloaded")
-    out = {"table": cfg.target, "current": current.as_dict() if current else None, "new": new.as_dict(),
-           "direction": "back" if backward else "forward", "rows_affected": affected,
-           "rows_offloaded_again": again, "effect": effect, "applied": False}
+    effect = (
+        f"{again} rows Iceberg already has would be offloaded again (duplicates); {affected - again} rows "
+        f"never offloaded would be offloaded"
+        if backward
+        else f"{affected} hot rows between the watermarks would never be offloaded"
+    )
+    out = {
+        "table": cfg.target,
+        "current": current.as_dict() if current else None,
+        "new": new.as_dict(),
+        "direction": "back" if backward else "forward",
+        "rows_affected": affected,
+        "rows_offloaded_again": again,
+        "effect": effect,
+        "applied": False,
+    }
     if again and not reoffload:
         if apply:
-            raise ConfigError(f"{cfg.target}: moving the watermark back would offload {again} rows again",
-                              "add --reoffload if those rows were removed from Iceberg first")
+            raise ConfigError(
+                f"{cfg.target}: moving the watermark back would offload {again} rows again",
+                "add --reoffload if those rows were removed from Iceberg first",
+            )
         return out
     if apply:
         _watermark_commit(sink, table, plan, new, last, "watermark set")
@@ -284,28 +311,43 @@ def adopt(settings: Settings, name: str, apply: bool) -> dict[str, Any]:
     sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
     table = sink.load(cfg.target)
     if table is None:
-        raise ConfigError(f"no Iceberg table {cfg.target} yet: nothing to adopt",
-                          f"run `iceberg-offload run --table {cfg.target}` (it records the source)")
+        raise ConfigError(
+            f"no Iceberg table {cfg.target} yet: nothing to adopt",
+            f"run `iceberg-offload run --table {cfg.target}` (it records the source)",
+        )
     wm, last = sink.watermark(table)
     recorded = SourceIdentity.recorded(table)
     with open_source(settings.source) as source:
         plan = TablePlan.build(source, cfg)
         plan.check_lineage(last, source=False)  # the key must read the watermark as it was written
         after = plan.key.after(wm)
-        above, hot = source.rows(f"SELECT countIf({after}), count() FROM {plan.info.qualified}"
-                                 f"{' FINAL' if cfg.final else ''}")[0]
+        above, hot = source.rows(
+            f"SELECT countIf({after}), count() FROM {plan.info.qualified}{' FINAL' if cfg.final else ''}"
+        )[0]
     was = last.props.get(SOURCE) if last is not None else None  # the watermark's source table
     same = (recorded is None or recorded.agrees(plan.identity)) and was in (None, plan.info.qualified)
     snap = table.current_snapshot()
     cold_rows = int(snap.summary.additional_properties.get("total-records", 0)) if snap and snap.summary else 0
     mark = wm.describe() if wm else "none (nothing offloaded yet)"
-    effect = (f"nothing to adopt: the table's rows came from {plan.identity.describe()}" if same else
-              f"the next run offloads the {above} rows of {plan.identity.describe()} above the watermark {mark}; "
-              f"its {hot - above} rows at or below it are assumed to be in Iceberg already ({cold_rows} rows)")
-    out = {"table": cfg.target, "recorded": recorded.as_dict() if recorded else None, "watermark_source": was,
-           "configured": plan.identity.as_dict(), "cold_rows": cold_rows, "watermark": wm.as_dict() if wm else None,
-           "hot_rows_above": int(above), "hot_rows_at_or_below": int(hot - above), "changes": not same,
-           "effect": effect, "applied": False}
+    effect = (
+        f"nothing to adopt: the table's rows came from {plan.identity.describe()}"
+        if same
+        else f"the next run offloads the {above} rows of {plan.identity.describe()} above the watermark {mark}; "
+        f"its {hot - above} rows at or below it are assumed to be in Iceberg already ({cold_rows} rows)"
+    )
+    out = {
+        "table": cfg.target,
+        "recorded": recorded.as_dict() if recorded else None,
+        "watermark_source": was,
+        "configured": plan.identity.as_dict(),
+        "cold_rows": cold_rows,
+        "watermark": wm.as_dict() if wm else None,
+        "hot_rows_above": int(above),
+        "hot_rows_at_or_below": int(hot - above),
+        "changes": not same,
+        "effect": effect,
+        "applied": False,
+    }
     if not apply or same:
         return out
     if last is None or wm is None:
@@ -321,7 +363,13 @@ def _watermark_commit(sink: Sink, table: Any, plan: TablePlan, wm: Watermark, la
     """An empty commit carrying `wm` in the plan's terms (key, source) and the source identity; totals carried."""
     totals = last.totals if last is not None else (0, 0)
     tag = by.replace(" ", "-")
-    props = {**wm.to_props(), **plan.lineage(), names.RUN_ID: f"{tag}-{uuid.uuid4().hex[:8]}",
-             names.COMMIT_ID: f"{tag}/{uuid.uuid4().hex[:12]}", names.SET_BY: by,
-             names.ROWS_TOTAL: str(totals[0]), names.COMMITS_TOTAL: str(totals[1])}
+    props = {
+        **wm.to_props(),
+        **plan.lineage(),
+        names.RUN_ID: f"{tag}-{uuid.uuid4().hex[:8]}",
+        names.COMMIT_ID: f"{tag}/{uuid.uuid4().hex[:12]}",
+        names.SET_BY: by,
+        names.ROWS_TOTAL: str(totals[0]),
+        names.COMMITS_TOTAL: str(totals[1]),
+    }
     sink.commit(table, iter(()), props, time.monotonic(), table_props=plan.identity.to_props())

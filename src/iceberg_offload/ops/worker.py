@@ -26,17 +26,23 @@ def run(settings: Settings, name: str | None = None, limit: int | None = None) -
     limit = limit if limit is not None else settings.prefect.worker_limit
 
     async def main() -> None:
-        async with ProcessWorker(name=worker_name, work_pool_name=names.POOL, limit=limit or None,
-                                 heartbeat_interval_seconds=int(os.environ.get("PREFECT_WORKER_HEARTBEAT_SECONDS",
-                                                                               "30"))) as worker:
+        async with ProcessWorker(
+            name=worker_name,
+            work_pool_name=names.POOL,
+            limit=limit or None,
+            heartbeat_interval_seconds=int(os.environ.get("PREFECT_WORKER_HEARTBEAT_SECONDS", "30")),
+        ) as worker:
             await worker.start()
 
     loop = asyncio.new_event_loop()
     task = loop.create_task(main())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
-    print(f"worker {worker_name} polling pool {names.POOL} at {settings.prefect.api_url}; "
-          f"metrics on http://{settings.metrics.host}:{settings.metrics.port}/metrics", flush=True)
+    print(
+        f"worker {worker_name} polling pool {names.POOL} at {settings.prefect.api_url}; "
+        f"metrics on http://{settings.metrics.host}:{settings.metrics.port}/metrics",
+        flush=True,
+    )
     try:
         loop.run_until_complete(task)
     except asyncio.CancelledError:

@@ -22,9 +22,15 @@ UNKNOWN_TYPE = "unknown"
 def cycle_row(outcome: dict[str, Any]) -> dict[str, Any]:
     """A table's outcome (`TableResult.as_dict()`) as its row of the cycle's `offload-cycle` artifact."""
     error, view_error = outcome.get("error") or {}, outcome.get("view_error") or {}
-    return ({k: outcome[k] for k in names.CYCLE_COPIED} | {k: outcome.get(k) for k in names.LATE_FIGURES} |
-            {names.CYCLE_ERROR: error.get("message", ""), names.CYCLE_ERROR_TYPE: error.get("type"),
-             names.CYCLE_VIEW_ERROR: view_error.get("message", "")})
+    return (
+        {k: outcome[k] for k in names.CYCLE_COPIED}
+        | {k: outcome.get(k) for k in names.LATE_FIGURES}
+        | {
+            names.CYCLE_ERROR: error.get("message", ""),
+            names.CYCLE_ERROR_TYPE: error.get("type"),
+            names.CYCLE_VIEW_ERROR: view_error.get("message", ""),
+        }
+    )
 
 
 def run_status(state_type: str | None, rows: list[dict[str, Any]] | None) -> str:
@@ -39,8 +45,11 @@ def run_status(state_type: str | None, rows: list[dict[str, Any]] | None) -> str
 
 def table_errors(rows: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
     """(table, error type) of each failed table of a cycle's artifact rows (none without an artifact)."""
-    return [(str(r.get("table")), str(r.get(names.CYCLE_ERROR_TYPE) or UNKNOWN_TYPE))
-            for r in rows or [] if "status" in r and r["status"] != "ok"]
+    return [
+        (str(r.get("table")), str(r.get(names.CYCLE_ERROR_TYPE) or UNKNOWN_TYPE))
+        for r in rows or []
+        if "status" in r and r["status"] != "ok"
+    ]
 
 
 @dataclass(frozen=True)
@@ -90,8 +99,11 @@ RECONCILE_METRICS = (
 )
 
 
-def late_rows(known: dict[str, LateRows], cycle: tuple[float | None, list[dict[str, Any]]],
-              reconcile: tuple[float | None, list[dict[str, Any]]]) -> dict[str, LateRows]:
+def late_rows(
+    known: dict[str, LateRows],
+    cycle: tuple[float | None, list[dict[str, Any]]],
+    reconcile: tuple[float | None, list[dict[str, Any]]],
+) -> dict[str, LateRows]:
     """Per table, the newest sweep (from the last cycle's artifact: a table whose sweep did not run, its
     offload having failed, keeps the one known) and the newest reconcile."""
     out = dict(known)
@@ -104,8 +116,13 @@ def late_rows(known: dict[str, LateRows], cycle: tuple[float | None, list[dict[s
             if (prev is not None and prev.at >= at) or (kind == "sweep" and not row.get("late_checked")):
                 continue
             with contextlib.suppress(TypeError, ValueError):
-                out[name] = LateRows(_sweep(at, row), old.reconcile) if kind == "sweep" else \
-                    LateRows(old.sweep, Report(at, tuple((int(t), int(n)) for t, n in row.get("left_buckets") or ())))
+                out[name] = (
+                    LateRows(_sweep(at, row), old.reconcile)
+                    if kind == "sweep"
+                    else LateRows(
+                        old.sweep, Report(at, tuple((int(t), int(n)) for t, n in row.get("left_buckets") or ()))
+                    )
+                )
     return out
 
 

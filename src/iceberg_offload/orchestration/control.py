@@ -32,20 +32,25 @@ def call(settings: Settings, fn: Callable[[], T]) -> T:
         return fn()
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            raise ConfigError(f"{where} refused our credentials ({exc.code})",
-                              "set [prefect] auth_string (or OFFLOAD__PREFECT__AUTH_STRING) to the server's") from exc
+            raise ConfigError(
+                f"{where} refused our credentials ({exc.code})",
+                "set [prefect] auth_string (or OFFLOAD__PREFECT__AUTH_STRING) to the server's",
+            ) from exc
         if exc.code < 500:
-            raise ConfigError(f"{where} refused the request ({exc.code}: {exc.reason})",
-                              "check [prefect] api_url points at a Prefect 3 server's /api") from exc
+            raise ConfigError(
+                f"{where} refused the request ({exc.code}: {exc.reason})",
+                "check [prefect] api_url points at a Prefect 3 server's /api",
+            ) from exc
         raise _unavailable(where, exc) from exc
     except API_ERRORS as exc:
         raise _unavailable(where, exc) from exc
 
 
 def _unavailable(where: str, exc: Exception) -> PrefectUnavailable:
-    return PrefectUnavailable(f"{where} does not answer: {str(exc).splitlines()[0][:200] or type(exc).__name__}",
-                              "start the stack: `iceberg-offload up` (or `iceberg-offload recover --yes`); "
-                              "check [prefect] api_url")
+    return PrefectUnavailable(
+        f"{where} does not answer: {str(exc).splitlines()[0][:200] or type(exc).__name__}",
+        "start the stack: `iceberg-offload up` (or `iceberg-offload recover --yes`); check [prefect] api_url",
+    )
 
 
 def _deployment(settings: Settings, full_name: str) -> dict[str, Any] | None:
@@ -75,11 +80,24 @@ def schedule_state(settings: Settings, deployments: list[str] | None = None) -> 
             if dep is None:
                 out.append({"deployment": name, "exists": False, "paused": None, "active": False, "schedules": []})
                 continue
-            schedules = [{"id": str(s["id"]), "schedule": _schedule_text(s.get("schedule") or {}),
-                          "active": bool(s.get("active"))} for s in dep.get("schedules") or []]
+            schedules = [
+                {
+                    "id": str(s["id"]),
+                    "schedule": _schedule_text(s.get("schedule") or {}),
+                    "active": bool(s.get("active")),
+                }
+                for s in dep.get("schedules") or []
+            ]
             active = not dep.get("paused") and bool(schedules) and all(s["active"] for s in schedules)
-            out.append({"deployment": name, "exists": True, "paused": bool(dep.get("paused")), "active": active,
-                        "schedules": schedules})
+            out.append(
+                {
+                    "deployment": name,
+                    "exists": True,
+                    "paused": bool(dep.get("paused")),
+                    "active": active,
+                    "schedules": schedules,
+                }
+            )
         return out
 
     return call(settings, read)
@@ -92,13 +110,16 @@ def set_paused(settings: Settings, deployments: list[str] | None, paused: bool) 
         for name in deployments or [names.MAIN, names.MAINT]:
             dep = _deployment(settings, name)
             if dep is None:
-                raise ConfigError(f"deployment {name!r} does not exist on the Prefect server",
-                                  "run `iceberg-offload deploy` (or `iceberg-offload up`)")
+                raise ConfigError(
+                    f"deployment {name!r} does not exist on the Prefect server",
+                    "run `iceberg-offload deploy` (or `iceberg-offload up`)",
+                )
             request(settings, "PATCH", f"/deployments/{dep['id']}", {"paused": paused})
             for sched in dep.get("schedules") or []:
                 if bool(sched.get("active")) == paused:
-                    request(settings, "PATCH", f"/deployments/{dep['id']}/schedules/{sched['id']}",
-                            {"active": not paused})
+                    request(
+                        settings, "PATCH", f"/deployments/{dep['id']}/schedules/{sched['id']}", {"active": not paused}
+                    )
 
     call(settings, write)
     return schedule_state(settings, deployments)
@@ -112,8 +133,10 @@ def trigger(settings: Settings, deployment: str, wait: bool = False, timeout: fl
     def run_it() -> dict[str, Any]:
         dep = _deployment(settings, deployment)
         if dep is None:
-            raise ConfigError(f"deployment {deployment!r} does not exist on the Prefect server",
-                              "run `iceberg-offload deploy` (or `iceberg-offload up`)")
+            raise ConfigError(
+                f"deployment {deployment!r} does not exist on the Prefect server",
+                "run `iceberg-offload deploy` (or `iceberg-offload up`)",
+            )
         ours = run = dict(request(settings, "POST", f"/deployments/{dep['id']}/create_flow_run", {}))
         held_by: dict[str, Any] | None = None
         while wait and time.monotonic() - started < timeout:
@@ -122,9 +145,16 @@ def trigger(settings: Settings, deployment: str, wait: bool = False, timeout: fl
             if state.get("type") in FINAL:
                 if run["id"] != ours["id"] or state["type"] != "CANCELLED" or held_by is not None:
                     break
-                active = request(settings, "POST", "/flow_runs/filter", {
-                    "deployments": {"id": {"any_": [dep["id"]]}},
-                    "flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING"]}}}, "limit": 1})
+                active = request(
+                    settings,
+                    "POST",
+                    "/flow_runs/filter",
+                    {
+                        "deployments": {"id": {"any_": [dep["id"]]}},
+                        "flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING"]}}},
+                        "limit": 1,
+                    },
+                )
                 if not active:
                     break
                 run = held_by = dict(active[0])
@@ -134,11 +164,17 @@ def trigger(settings: Settings, deployment: str, wait: bool = False, timeout: fl
                     break  # the holder never starts: say so instead of waiting out the timeout
             time.sleep(POLL_SECONDS)
         state_type = (run.get("state") or {}).get("type") or "UNKNOWN"
-        out = {"flow_run_id": str(run["id"]), "name": run["name"], "deployment": deployment, "state": state_type,
-               "seconds": round(time.monotonic() - started, 1)}
+        out = {
+            "flow_run_id": str(run["id"]),
+            "name": run["name"],
+            "deployment": deployment,
+            "state": state_type,
+            "seconds": round(time.monotonic() - started, 1),
+        }
         if held_by is not None:
-            out["note"] = (f"our run {ours['name']} was cancelled: run {held_by['name']} held the deployment's "
-                           f"slot; waited for it")
+            out["note"] = (
+                f"our run {ours['name']} was cancelled: run {held_by['name']} held the deployment's slot; waited for it"
+            )
             if state_type == "PENDING":
                 out["note"] += "; it is stuck PENDING: iceberg-offload recover --yes marks it Crashed"
         return out

@@ -53,13 +53,16 @@ def _client() -> Iterator[Any]:
     except (httpx.TransportError, PrefectHTTPStatusError) as exc:
         status = exc.response.status_code if isinstance(exc, PrefectHTTPStatusError) else None
         if status in (401, 403):
-            raise ConfigError(f"{url} refused our credentials ({status})",
-                              "set [prefect] auth_string (or OFFLOAD__PREFECT__AUTH_STRING) to the server's") from exc
+            raise ConfigError(
+                f"{url} refused our credentials ({status})",
+                "set [prefect] auth_string (or OFFLOAD__PREFECT__AUTH_STRING) to the server's",
+            ) from exc
         if status is not None and status < 500:
             raise
-        raise PrefectUnavailable(f"{url} does not answer: {str(exc).splitlines()[0][:200] or type(exc).__name__}",
-                                 "start the stack: `iceberg-offload up` (or `iceberg-offload recover --yes`); "
-                                 "check [prefect] api_url") from exc
+        raise PrefectUnavailable(
+            f"{url} does not answer: {str(exc).splitlines()[0][:200] or type(exc).__name__}",
+            "start the stack: `iceberg-offload up` (or `iceberg-offload recover --yes`); check [prefect] api_url",
+        ) from exc
 
 
 @dataclass
@@ -85,25 +88,41 @@ class DeployReport:
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"work_pool": {POOL: self.pool}, "deployments": self.deployments, "limits": self.limits,
-                "notes": self.notes}
+        return {
+            "work_pool": {POOL: self.pool},
+            "deployments": self.deployments,
+            "limits": self.limits,
+            "notes": self.notes,
+        }
+
 
 FLOWS = "iceberg_offload.orchestration.flows"  # module entrypoints; iceberg_offload.flows keeps older ones running
 
 
 def specs(settings: Settings) -> list[DeploySpec]:
     if not settings.path:
-        raise ConfigError("deploy needs a config file: flow runs load it by path",
-                          "pass --config PATH (or run `iceberg-offload demo` to write offload.toml)")
+        raise ConfigError(
+            "deploy needs a config file: flow runs load it by path",
+            "pass --config PATH (or run `iceberg-offload demo` to write offload.toml)",
+        )
     sched = settings.schedule
-    offload_schedule: Any = (IntervalSchedule(interval=timedelta(seconds=sched.offload_interval_seconds))
-                             if sched.offload_interval_seconds else
-                             CronSchedule(cron=sched.offload_cron, timezone=sched.timezone))
+    offload_schedule: Any = (
+        IntervalSchedule(interval=timedelta(seconds=sched.offload_interval_seconds))
+        if sched.offload_interval_seconds
+        else CronSchedule(cron=sched.offload_cron, timezone=sched.timezone)
+    )
     params = {"config": settings.path}
     return [
         DeploySpec(MAIN_FLOW, MAIN_DEPLOYMENT, f"{FLOWS}.offload_main", offload_main, offload_schedule, params, 1),
-        DeploySpec(MAINT_FLOW, MAINT_DEPLOYMENT, f"{FLOWS}.maintenance", maintenance,
-                   CronSchedule(cron=sched.maintenance_cron, timezone=sched.timezone), params, 1),
+        DeploySpec(
+            MAINT_FLOW,
+            MAINT_DEPLOYMENT,
+            f"{FLOWS}.maintenance",
+            maintenance,
+            CronSchedule(cron=sched.maintenance_cron, timezone=sched.timezone),
+            params,
+            1,
+        ),
         DeploySpec(TABLE_FLOW, TABLE_DEPLOYMENT, f"{FLOWS}.offload_table_flow", offload_table_flow, None, params, None),
     ]
 
@@ -129,12 +148,15 @@ def _ensure_pool(client: Any) -> str:
     try:
         pool = client.read_work_pool(POOL)
     except ObjectNotFound:
-        client.create_work_pool(WorkPoolCreate(name=POOL, type="process",
-                                               base_job_template=ProcessWorker.get_default_base_job_template()))
+        client.create_work_pool(
+            WorkPoolCreate(name=POOL, type="process", base_job_template=ProcessWorker.get_default_base_job_template())
+        )
         return "created"
     if pool.type != "process":
-        raise ConfigError(f"work pool {POOL!r} exists with type {pool.type!r}, not 'process'",
-                          f"delete it (prefect work-pool delete {POOL}) and run deploy again")
+        raise ConfigError(
+            f"work pool {POOL!r} exists with type {pool.type!r}, not 'process'",
+            f"delete it (prefect work-pool delete {POOL}) and run deploy again",
+        )
     return "unchanged"
 
 
@@ -147,18 +169,29 @@ def _schedule_key(schedule: Any) -> str:
 
 
 def _ensure_deployment(client: Any, spec: DeploySpec, notes: list[str]) -> str:
-    concurrency = dict(concurrency_limit=spec.concurrency_limit,
-                       concurrency_options=ConcurrencyOptions(collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
-                       if spec.concurrency_limit else None)
+    concurrency = dict(
+        concurrency_limit=spec.concurrency_limit,
+        concurrency_options=ConcurrencyOptions(collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+        if spec.concurrency_limit
+        else None,
+    )
     try:
         existing = client.read_deployment_by_name(spec.full_name)
     except ObjectNotFound:
         flow_id = client.create_flow_from_name(spec.flow_name)
         client.create_deployment(
-            flow_id=flow_id, name=spec.name, entrypoint=spec.entrypoint, work_pool_name=POOL,
-            parameters=spec.parameters, parameter_openapi_schema=parameter_schema(spec.fn).model_dump(),
+            flow_id=flow_id,
+            name=spec.name,
+            entrypoint=spec.entrypoint,
+            work_pool_name=POOL,
+            parameters=spec.parameters,
+            parameter_openapi_schema=parameter_schema(spec.fn).model_dump(),
             schedules=[DeploymentScheduleCreate(schedule=spec.schedule, active=True)] if spec.schedule else [],
-            enforce_parameter_schema=False, pull_steps=[], tags=[DEPLOYMENT_TAG], **concurrency)
+            enforce_parameter_schema=False,
+            pull_steps=[],
+            tags=[DEPLOYMENT_TAG],
+            **concurrency,
+        )
         return "created"
     changed = []
     update: dict[str, Any] = {}
@@ -170,7 +203,7 @@ def _ensure_deployment(client: Any, spec: DeploySpec, notes: list[str]) -> str:
         update["work_pool_name"] = POOL
     gcl = getattr(existing, "global_concurrency_limit", None)
     current_limit = gcl.limit if gcl is not None else existing.concurrency_limit
-    current_strategy = (existing.concurrency_options.collision_strategy if existing.concurrency_options else None)
+    current_strategy = existing.concurrency_options.collision_strategy if existing.concurrency_options else None
     wanted_strategy = ConcurrencyLimitStrategy.CANCEL_NEW if spec.concurrency_limit else None
     if current_limit != spec.concurrency_limit or (spec.concurrency_limit and current_strategy != wanted_strategy):
         update.update(concurrency)
@@ -186,6 +219,8 @@ def _ensure_deployment(client: Any, spec: DeploySpec, notes: list[str]) -> str:
         client.update_deployment_schedule(existing.id, have[0].id, schedule=spec.schedule)  # keeps `active`
         changed.append(f"schedule -> {want}")
     if existing.paused or any(not s.active for s in have):
-        notes.append(f"{spec.full_name}: schedule paused by an operator; left paused. Resume: "
-                     f"iceberg-offload schedule resume --deployment '{spec.full_name}'")
+        notes.append(
+            f"{spec.full_name}: schedule paused by an operator; left paused. Resume: "
+            f"iceberg-offload schedule resume --deployment '{spec.full_name}'"
+        )
     return "updated: " + ", ".join(changed) if changed else "unchanged"

@@ -71,8 +71,13 @@ def run_table(config: str, table: str, run_id: str) -> dict[str, Any]:
     return result.as_dict()
 
 
-@task(name="offload-table", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient_only,
-      task_run_name="offload {table}")
+@task(
+    name="offload-table",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_transient_only,
+    task_run_name="offload {table}",
+)
 def offload_table_task(config: str, table: str, run_id: str, wait_for_maintenance: bool = False) -> dict[str, Any]:
     if wait_for_maintenance:
         _wait_while_maintained(table)
@@ -85,9 +90,15 @@ MAINTENANCE_WAIT_SECONDS = 15 * 60
 def _maintaining(table: str) -> bool:
     """Is the maintenance task of this table Running (anywhere)?"""
     with get_client(sync_client=True) as client:
-        return bool(client.read_task_runs(task_run_filter=TaskRunFilter(
-            name=TaskRunFilterName(any_=[f"maintain {table}"]),
-            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING]))), limit=1))
+        return bool(
+            client.read_task_runs(
+                task_run_filter=TaskRunFilter(
+                    name=TaskRunFilterName(any_=[f"maintain {table}"]),
+                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
+                ),
+                limit=1,
+            )
+        )
 
 
 def _wait_while_maintained(table: str) -> None:
@@ -97,8 +108,10 @@ def _wait_while_maintained(table: str) -> None:
     deadline = time.monotonic() + MAINTENANCE_WAIT_SECONDS
     while _maintaining(table):
         if time.monotonic() > deadline:
-            raise TableBusy(f"the maintenance of {table} has held it for {MAINTENANCE_WAIT_SECONDS // 60} min",
-                            "it is offloaded by the next cycle; look at the iceberg-maintenance flow run")
+            raise TableBusy(
+                f"the maintenance of {table} has held it for {MAINTENANCE_WAIT_SECONDS // 60} min",
+                "it is offloaded by the next cycle; look at the iceberg-maintenance flow run",
+            )
         time.sleep(2)
 
 
@@ -106,8 +119,9 @@ def _wait_while_maintained(table: str) -> None:
 def offload_table_flow(config: str = "", table: str = "", run_id: str = "") -> dict[str, Any]:
     """One table in its own flow run (fan_out = "deployments"): any worker in the pool may take it."""
     delays = load(config or None).prefect.retry_delays_seconds
-    return offload_table_task.with_options(tags=[names.table_limit(table)], retries=len(delays),
-                                           retry_delay_seconds=delays or 0)(config, table, run_id or _run_id())
+    return offload_table_task.with_options(
+        tags=[names.table_limit(table)], retries=len(delays), retry_delay_seconds=delays or 0
+    )(config, table, run_id or _run_id())
 
 
 def _outcome(table: str, layer: str, value: Any) -> dict[str, Any]:
@@ -115,8 +129,9 @@ def _outcome(table: str, layer: str, value: Any) -> dict[str, Any]:
         return value
     if isinstance(value, TableFailed):
         return value.result
-    return TableResult(table, layer, status="failed",
-                       error=OrchestrationError(str(value)[:500], "see the flow run's logs").as_dict()).as_dict()
+    return TableResult(
+        table, layer, status="failed", error=OrchestrationError(str(value)[:500], "see the flow run's logs").as_dict()
+    ).as_dict()
 
 
 def _layer_with_tasks(settings: Settings, tables: list[str], run_id: str) -> list[Any]:
@@ -130,8 +145,15 @@ def _layer_with_tasks(settings: Settings, tables: list[str], run_id: str) -> lis
 
 def _layer_with_deployments(settings: Settings, tables: list[str], run_id: str) -> list[Any]:
     def one(name: str) -> Any:
-        run = cast(FlowRun, run_deployment(names.TABLE, timeout=None, as_subflow=True,
-                                           parameters={"config": settings.path, "table": name, "run_id": run_id}))
+        run = cast(
+            FlowRun,
+            run_deployment(
+                names.TABLE,
+                timeout=None,
+                as_subflow=True,
+                parameters={"config": settings.path, "table": name, "run_id": run_id},
+            ),
+        )
         state = run.state
         if state is not None and state.is_completed():
             return state.result()
@@ -161,28 +183,54 @@ def offload_main(config: str = "", tables: list[str] | None = None) -> Any:
         runner = _layer_with_deployments if settings.prefect.fan_out == "deployments" else _layer_with_tasks
         values = runner(settings, tables, run_id)
         outcomes += [_outcome(n, layer, v) for n, v in zip(tables, values, strict=True)]
-        logger.info("layer %s: %s", layer, ", ".join(f"{o['table']}={o['status']}" for o in outcomes[-len(tables):]))
+        logger.info("layer %s: %s", layer, ", ".join(f"{o['table']}={o['status']}" for o in outcomes[-len(tables) :]))
     failed = [o for o in outcomes if o["status"] != "ok"]
     moved = [o["table"] for o in outcomes if o["status"] == "ok" and (o["rows"] or o.get("late_rows_added"))]
     stale = _refresh_views(settings, moved, outcomes)
-    result = {"run_id": run_id, "status": cycle_status(outcomes), "rows": sum(o["rows"] for o in outcomes),
-              "tables": outcomes}
-    create_table_artifact(key=names.CYCLE_ARTIFACT, description=f"cycle {run_id}: {result['status']}",
-                          table=[cycle_row(o) for o in outcomes])  # the exporter counts cycles and errors from it
+    result = {
+        "run_id": run_id,
+        "status": cycle_status(outcomes),
+        "rows": sum(o["rows"] for o in outcomes),
+        "tables": outcomes,
+    }
+    create_table_artifact(
+        key=names.CYCLE_ARTIFACT,
+        description=f"cycle {run_id}: {result['status']}",
+        table=[cycle_row(o) for o in outcomes],
+    )  # the exporter counts cycles and errors from it
     if failed or stale:  # the message is for people: nothing parses it
-        return Failed(message=f"{len(failed)} of {len(outcomes)} tables failed" + (": " if failed else "")
-                              + "; ".join(f"{o['table']}: {(o.get('error') or {}).get('message', '')}"[:300]
-                                          for o in failed) + _stale_text(stale), data=result)
+        return Failed(
+            message=f"{len(failed)} of {len(outcomes)} tables failed"
+            + (": " if failed else "")
+            + "; ".join(f"{o['table']}: {(o.get('error') or {}).get('message', '')}"[:300] for o in failed)
+            + _stale_text(stale),
+            data=result,
+        )
     return Completed(message=f"{result['rows']} rows offloaded", data=result)
 
 
-RECONCILE_FIGURES = ("rows_missing", "buckets_missing", "buckets_duplicates", "buckets_repaired",
-                     "buckets_skipped_ttl", "buckets_skipped_cold_ahead", "rows_added", "duplicate_rows_removed",
-                     "rows_left_missing", "oldest_left_ns", "left_buckets")
+RECONCILE_FIGURES = (
+    "rows_missing",
+    "buckets_missing",
+    "buckets_duplicates",
+    "buckets_repaired",
+    "buckets_skipped_ttl",
+    "buckets_skipped_cold_ahead",
+    "rows_added",
+    "duplicate_rows_removed",
+    "rows_left_missing",
+    "oldest_left_ns",
+    "left_buckets",
+)
 
 
-@task(name="maintain-table", retries=20, retry_delay_seconds=30, retry_condition_fn=_transient_only,
-      task_run_name="maintain {table}")
+@task(
+    name="maintain-table",
+    retries=20,
+    retry_delay_seconds=30,
+    retry_condition_fn=_transient_only,
+    task_run_name="maintain {table}",
+)
 def maintain_table_task(config: str, table: str) -> dict[str, Any]:
     """Holds the table's `offload-table:<table>` slot (tagged by the flow). A running offload cycle may be at
     this table without a slot (tasks fan-out): then give the slot back and retry in 30 s."""
@@ -190,8 +238,11 @@ def maintain_table_task(config: str, table: str) -> dict[str, Any]:
     with get_client(sync_client=True) as client:
         cycles = client.read_flow_runs(
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[names.MAIN_DEPLOYMENT])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                any_=[StateType.RUNNING]))), limit=1)
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+            ),
+            limit=1,
+        )
     if cycles:
         raise OffloadInFlight(f"offload cycle {cycles[0].name} is running", "maintenance retries in 30 s")
     result = maintain_table(settings, settings.table(table))
@@ -210,23 +261,40 @@ def maintenance(config: str = "") -> Any:
     for cfg in settings.tables:
         fut = maintain_table_task.with_options(tags=[names.table_limit(cfg.target)]).submit(settings.path, cfg.target)
         value = fut.result(raise_on_failure=False)
-        outcomes.append(value if isinstance(value, dict) else
-                        {"table": cfg.target, "ok": False, "error": str(value)[:500]})
+        outcomes.append(
+            value if isinstance(value, dict) else {"table": cfg.target, "ok": False, "error": str(value)[:500]}
+        )
     stale = _refresh_views(settings, [o["table"] for o in outcomes], outcomes)
     bad = [o for o in outcomes if not o.get("ok")]
-    create_table_artifact(key="maintenance", description="daily maintenance", table=[
-        {"table": o["table"], "ok": o.get("ok"), **{s: _brief(r) for s, r in (o.get("steps") or {}).items()},
-         "error": o.get("error", "")} for o in outcomes])
-    found = [{"table": o["table"], **{k: rec.get(k) for k in RECONCILE_FIGURES}}
-             for o in outcomes if isinstance(rec := (o.get("steps") or {}).get("reconcile"), dict)
-             and not rec.get("error")]
+    create_table_artifact(
+        key="maintenance",
+        description="daily maintenance",
+        table=[
+            {
+                "table": o["table"],
+                "ok": o.get("ok"),
+                **{s: _brief(r) for s, r in (o.get("steps") or {}).items()},
+                "error": o.get("error", ""),
+            }
+            for o in outcomes
+        ],
+    )
+    found = [
+        {"table": o["table"], **{k: rec.get(k) for k in RECONCILE_FIGURES}}
+        for o in outcomes
+        if isinstance(rec := (o.get("steps") or {}).get("reconcile"), dict) and not rec.get("error")
+    ]
     if found:  # the exporter serves these (offload_reconcile_*)
-        create_table_artifact(key=names.RECONCILE_ARTIFACT, table=found,
-                              description="what the daily reconcile found and repaired")
+        create_table_artifact(
+            key=names.RECONCILE_ARTIFACT, table=found, description="what the daily reconcile found and repaired"
+        )
     summary = {"ok": not bad, "tables": outcomes}
     if bad or stale:
-        return Failed(message=("maintenance failed for " + ", ".join(o["table"] for o in bad) if bad else
-                               "maintenance done") + _stale_text(stale), data=summary)
+        return Failed(
+            message=("maintenance failed for " + ", ".join(o["table"] for o in bad) if bad else "maintenance done")
+            + _stale_text(stale),
+            data=summary,
+        )
     return Completed(message=f"maintained {len(outcomes)} tables", data=summary)
 
 
@@ -244,8 +312,7 @@ def _refresh_views(settings: Settings, tables: list[str], outcomes: list[dict[st
 
 
 def _stale_text(stale: list[dict[str, Any]]) -> str:
-    return "".join(f"; view {v['view'] or v['table']} not re-pointed: {v['error']['message']}"[:300]
-                   for v in stale)
+    return "".join(f"; view {v['view'] or v['table']} not re-pointed: {v['error']['message']}"[:300] for v in stale)
 
 
 def _brief(step: dict[str, Any]) -> str:

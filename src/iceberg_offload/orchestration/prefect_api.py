@@ -28,8 +28,9 @@ client does: the operator's actions (control.py) retry; reads that report health
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
-def request(settings: Settings, method: str, path: str, body: Any = None, timeout: float = 3.0,
-            retry: bool = False) -> Any:
+def request(
+    settings: Settings, method: str, path: str, body: Any = None, timeout: float = 3.0, retry: bool = False
+) -> Any:
     url = settings.prefect.api_url.rstrip("/") + path
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
@@ -66,8 +67,10 @@ def workers(settings: Settings) -> list[dict[str, Any]]:
         if exc.code == 404:
             return []
         raise
-    return [{"name": w["name"], "status": w.get("status"), "last_heartbeat": w.get("last_heartbeat_time")}
-            for w in found or []]
+    return [
+        {"name": w["name"], "status": w.get("status"), "last_heartbeat": w.get("last_heartbeat_time")}
+        for w in found or []
+    ]
 
 
 def online_workers(settings: Settings) -> int:
@@ -114,12 +117,17 @@ def deployment_run_filter(deployment_id: str, state_types: list[str]) -> dict[st
     return {"deployment_id": {"any_": [deployment_id]}, "state": {"type": {"any_": state_types}}}
 
 
-def runs_page(settings: Settings, kind: str, where: dict[str, Any], end_time: dict[str, str], offset: int = 0,
-              limit: int = PAGE) -> list[dict[str, Any]]:
+def runs_page(
+    settings: Settings, kind: str, where: dict[str, Any], end_time: dict[str, str], offset: int = 0, limit: int = PAGE
+) -> list[dict[str, Any]]:
     """One page of `kind` ("flow_runs" or "task_runs") matching `where` and an `end_time` filter (`after_`,
     `before_`: both inclusive), newest end first."""
-    body = {kind: {**where, "end_time": end_time} if end_time else where, "sort": "END_TIME_DESC",
-            "limit": limit, "offset": offset}
+    body = {
+        kind: {**where, "end_time": end_time} if end_time else where,
+        "sort": "END_TIME_DESC",
+        "limit": limit,
+        "offset": offset,
+    }
     return list(request(settings, "POST", f"/{kind}/filter", body) or [])
 
 
@@ -137,8 +145,9 @@ def age_seconds(iso: str | None) -> float | None:
     return time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def stuck_runs(settings: Settings, deployment_id: str, alive: Callable[[int], bool],
-               pending_seconds: float = PENDING_STUCK_SECONDS) -> list[dict[str, Any]]:
+def stuck_runs(
+    settings: Settings, deployment_id: str, alive: Callable[[int], bool], pending_seconds: float = PENDING_STUCK_SECONDS
+) -> list[dict[str, Any]]:
     """Runs that hold the deployment's concurrency slot but will never finish: RUNNING with their process
     on this host gone, or PENDING (submitted, never started) for more than `pending_seconds`."""
     out = []
@@ -156,15 +165,20 @@ def stuck_runs(settings: Settings, deployment_id: str, alive: Callable[[int], bo
     return out
 
 
-def crash_stuck_runs(settings: Settings, alive: Callable[[int], bool], message: str,
-                     pending_seconds: float = PENDING_STUCK_SECONDS) -> list[str]:
+def crash_stuck_runs(
+    settings: Settings, alive: Callable[[int], bool], message: str, pending_seconds: float = PENDING_STUCK_SECONDS
+) -> list[str]:
     """Mark the stuck runs of our deployments Crashed (never deleted); return their names."""
     crashed = []
     for flow, name in names.SCHEDULED:
         dep = deployment(settings, flow, name)
         for run in stuck_runs(settings, dep["id"], alive, pending_seconds) if dep else []:
-            answer = request(settings, "POST", f"/flow_runs/{run['id']}/set_state",
-                             {"state": {"type": "CRASHED", "message": message}, "force": True})
+            answer = request(
+                settings,
+                "POST",
+                f"/flow_runs/{run['id']}/set_state",
+                {"state": {"type": "CRASHED", "message": message}, "force": True},
+            )
             if (answer or {}).get("status", "ACCEPT") == "ACCEPT":
                 crashed.append(run["name"])
             else:
@@ -174,8 +188,9 @@ def crash_stuck_runs(settings: Settings, alive: Callable[[int], bool], message: 
 
 def latest_artifact(settings: Settings, key: str) -> tuple[float | None, list[dict[str, Any]]]:
     """(when it was made, its rows) of the newest table artifact with this key ((None, []) when none)."""
-    found = request(settings, "POST", "/artifacts/latest/filter",
-                    {"artifacts": {"key": {"any_": [key]}}, "limit": 1}) or []
+    found = (
+        request(settings, "POST", "/artifacts/latest/filter", {"artifacts": {"key": {"any_": [key]}}, "limit": 1}) or []
+    )
     made = found[0].get("updated") or found[0].get("created") if found else None
     when = datetime.fromisoformat(made.replace("Z", "+00:00")).timestamp() if isinstance(made, str) else None
     return when, table_rows(found[0]) if found else []
@@ -187,9 +202,21 @@ def run_artifacts(settings: Settings, key: str, flow_run_ids: list[str]) -> dict
     out: dict[str, list[dict[str, Any]]] = {}
     offset = 0
     while flow_run_ids:
-        found = request(settings, "POST", "/artifacts/filter", {
-            "artifacts": {"key": {"any_": [key]}, "flow_run_id": {"any_": flow_run_ids}},
-            "sort": "CREATED_DESC", "limit": PAGE, "offset": offset}, timeout=ARTIFACTS_TIMEOUT) or []
+        found = (
+            request(
+                settings,
+                "POST",
+                "/artifacts/filter",
+                {
+                    "artifacts": {"key": {"any_": [key]}, "flow_run_id": {"any_": flow_run_ids}},
+                    "sort": "CREATED_DESC",
+                    "limit": PAGE,
+                    "offset": offset,
+                },
+                timeout=ARTIFACTS_TIMEOUT,
+            )
+            or []
+        )
         for artifact in found:
             out.setdefault(str(artifact.get("flow_run_id")), table_rows(artifact))
         if len(found) < PAGE:

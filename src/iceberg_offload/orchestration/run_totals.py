@@ -36,6 +36,7 @@ CYCLES, ERRORS = "cycles", "errors"
 def with_rows(page: Pager, artifacts: Artifacts) -> Pager:
     """`page`, each run with its artifact's rows under ROWS, read in one call per page. A Completed cycle's
     are not read: it is a success and every table went through (a failed table fails the flow run)."""
+
     def paged(where: dict[str, Any], end_time: dict[str, str], offset: int) -> list[Run]:
         runs = page(where, end_time, offset)
         ids = [r["id"] for r in runs if (r.get("state") or {}).get("type") != "COMPLETED"]
@@ -61,8 +62,9 @@ def _when(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def ended(page: Pager, where: dict[str, Any], after: datetime | None = None,
-          before: datetime | None = None) -> Iterator[Run]:
+def ended(
+    page: Pager, where: dict[str, Any], after: datetime | None = None, before: datetime | None = None
+) -> Iterator[Run]:
     """Every run matching `where` that ended in [after, before], each once: pages keyed on the end time
     (the bounds are inclusive, so each page starts at the last one's oldest instant and skips what it gave)."""
     seen: set[str] = set()
@@ -98,9 +100,15 @@ class RunTotals(Generic[K]):
     of cycles is one call instead of 175 pages).
     """
 
-    def __init__(self, page: Pager, where: Callable[[list[str]], dict[str, Any]], types: list[str],
-                 keys: Callable[[Run], Iterable[K]], count: Counter | None = None,
-                 counted: dict[K, str] | None = None):
+    def __init__(
+        self,
+        page: Pager,
+        where: Callable[[list[str]], dict[str, Any]],
+        types: list[str],
+        keys: Callable[[Run], Iterable[K]],
+        count: Counter | None = None,
+        counted: dict[K, str] | None = None,
+    ):
         self.page, self.where, self.types, self.keys = page, where, types, keys
         self.count, self.counted = count, counted or {}
         self.totals: dict[K, int] = {}

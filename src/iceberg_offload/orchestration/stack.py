@@ -48,8 +48,14 @@ class Child:
         out = open(self.log, "ab")  # noqa: SIM115 - the child owns it from here
         out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} starting {self.name}\n".encode())
         out.flush()
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         out.close()
         self.started_at = time.time()
 
@@ -68,8 +74,12 @@ class Child:
         _signal_group(self.proc.pid, signal.SIGKILL)  # leftovers of its group (uvicorn, flow runs)
 
     def state(self) -> dict[str, Any]:
-        return {"pid": self.proc.pid if self.proc else None, "log": str(self.log), "restarts": self.restarts,
-                "started_at": self.started_at}
+        return {
+            "pid": self.proc.pid if self.proc else None,
+            "log": str(self.log),
+            "restarts": self.restarts,
+            "started_at": self.started_at,
+        }
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -85,8 +95,17 @@ def server_argv_env(settings: Settings) -> tuple[list[str], dict[str, str]]:
     env["PREFECT_UI_API_URL"] = settings.prefect.api_url
     if settings.prefect.auth_string:
         env["PREFECT_SERVER_API_AUTH_STRING"] = settings.prefect.auth_string
-    argv = [sys.executable, "-m", "prefect", "server", "start", "--host", url.hostname or "127.0.0.1",
-            "--port", str(url.port or 4200)]
+    argv = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        url.hostname or "127.0.0.1",
+        "--port",
+        str(url.port or 4200),
+    ]
     return argv, env
 
 
@@ -100,8 +119,7 @@ def supervise(settings: Settings) -> int:
     config = ["--config", settings.path] if settings.path else []
     children = {
         "server": Child("server", server_argv, server_env, d / "server.log"),
-        "worker": Child("worker", [*cli, "worker", *config], {**os.environ, **prefect_env(settings)},
-                        d / "worker.log"),
+        "worker": Child("worker", [*cli, "worker", *config], {**os.environ, **prefect_env(settings)}, d / "worker.log"),
     }
     stopping = False
 
@@ -152,16 +170,25 @@ def _restart(child: Child) -> None:
 
 
 def _deploy(settings: Settings, d: Path) -> bool:
-    proc = subprocess.run([sys.executable, "-m", "iceberg_offload.cli", "deploy", "--config", settings.path],
-                          env={**os.environ, **prefect_env(settings)}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "iceberg_offload.cli", "deploy", "--config", settings.path],
+        env={**os.environ, **prefect_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     with open(d / "deploy.log", "a") as log:
         log.write(proc.stdout + proc.stderr)
     return proc.returncode == 0
 
 
 def _write_state(d: Path, children: dict[str, Child], stopped: bool = False) -> None:
-    state = {"supervisor_pid": os.getpid(), "stopped": stopped, "updated_at": time.time(),
-             "children": {n: c.state() for n, c in children.items()}}
+    state = {
+        "supervisor_pid": os.getpid(),
+        "stopped": stopped,
+        "updated_at": time.time(),
+        "children": {n: c.state() for n, c in children.items()},
+    }
     tmp = d / "state.json.tmp"
     tmp.write_text(json.dumps(state, indent=2))
     tmp.replace(d / "state.json")
@@ -192,8 +219,11 @@ def read_state(settings: Settings) -> dict[str, Any] | None:
 
 def urls(settings: Settings) -> dict[str, str]:
     api = settings.prefect.api_url.rstrip("/")
-    return {"ui": api.removesuffix("/api"), "api": api,
-            "metrics": f"http://{settings.metrics.host}:{settings.metrics.port}/metrics"}
+    return {
+        "ui": api.removesuffix("/api"),
+        "api": api,
+        "metrics": f"http://{settings.metrics.host}:{settings.metrics.port}/metrics",
+    }
 
 
 def up(settings: Settings, timeout: float = 180.0) -> dict[str, Any]:
@@ -207,9 +237,14 @@ def up(settings: Settings, timeout: float = 180.0) -> dict[str, Any]:
     sup: subprocess.Popen[bytes] | None = None
     if not (state and not state.get("stopped") and pid_alive(state.get("supervisor_pid"))):
         log = open(d / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
-        sup = subprocess.Popen([sys.executable, "-m", "iceberg_offload.cli", "_supervise", "--config", settings.path],
-                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               start_new_session=True, env={**os.environ, **prefect_env(settings)})
+        sup = subprocess.Popen(
+            [sys.executable, "-m", "iceberg_offload.cli", "_supervise", "--config", settings.path],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **prefect_env(settings)},
+        )
         log.close()
         started = True
     deadline = time.monotonic() + timeout
@@ -220,11 +255,15 @@ def up(settings: Settings, timeout: float = 180.0) -> dict[str, Any]:
             return {"started": started, **ps(settings)}
         if sup is not None and sup.poll() is not None:
             tail = (d / "supervisor.log").read_text(errors="replace")[-1500:]
-            raise TransientError(f"the supervisor exited with code {sup.returncode}:\n{tail}",
-                                 f"fix what {d / 'supervisor.log'} says, then run `iceberg-offload up` again")
+            raise TransientError(
+                f"the supervisor exited with code {sup.returncode}:\n{tail}",
+                f"fix what {d / 'supervisor.log'} says, then run `iceberg-offload up` again",
+            )
         time.sleep(0.5)
-    raise TransientError(f"the stack did not become ready within {timeout:.0f}s",
-                         f"look at the logs in {d} (server.log, worker.log, deploy.log, supervisor.log)")
+    raise TransientError(
+        f"the stack did not become ready within {timeout:.0f}s",
+        f"look at the logs in {d} (server.log, worker.log, deploy.log, supervisor.log)",
+    )
 
 
 def _check_credentials(settings: Settings) -> None:
@@ -233,9 +272,11 @@ def _check_credentials(settings: Settings) -> None:
         request(settings, "GET", "/admin/version")
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            raise ConfigError(f"the Prefect API at {settings.prefect.api_url} rejected our credentials ({exc.code})",
-                              "set [prefect] auth_string (or OFFLOAD__PREFECT__AUTH_STRING) to the server's "
-                              "PREFECT_SERVER_API_AUTH_STRING") from None
+            raise ConfigError(
+                f"the Prefect API at {settings.prefect.api_url} rejected our credentials ({exc.code})",
+                "set [prefect] auth_string (or OFFLOAD__PREFECT__AUTH_STRING) to the server's "
+                "PREFECT_SERVER_API_AUTH_STRING",
+            ) from None
     except API_ERRORS:
         pass
 
@@ -271,10 +312,30 @@ def ps(settings: Settings) -> dict[str, Any]:
     state = read_state(settings) or {}
     sup = state.get("supervisor_pid")
     running = bool(sup) and not state.get("stopped") and pid_alive(sup)
-    procs = [{"name": "supervisor", "pid": sup, "running": running,
-              "log": str(stack_dir(settings) / "supervisor.log"), "restarts": 0}]
+    procs = [
+        {
+            "name": "supervisor",
+            "pid": sup,
+            "running": running,
+            "log": str(stack_dir(settings) / "supervisor.log"),
+            "restarts": 0,
+        }
+    ]
     for name, child in state.get("children", {}).items():
-        procs.append({"name": name, "pid": child.get("pid"), "running": running and pid_alive(child.get("pid")),
-                      "log": child.get("log"), "restarts": child.get("restarts", 0)})
-    return {"running": running, "api_ready": api_ready(settings), "workers_online": online_workers(settings),
-            "processes": procs, "urls": urls(settings), "deploy_log": str(stack_dir(settings) / "deploy.log")}
+        procs.append(
+            {
+                "name": name,
+                "pid": child.get("pid"),
+                "running": running and pid_alive(child.get("pid")),
+                "log": child.get("log"),
+                "restarts": child.get("restarts", 0),
+            }
+        )
+    return {
+        "running": running,
+        "api_ready": api_ready(settings),
+        "workers_online": online_workers(settings),
+        "processes": procs,
+        "urls": urls(settings),
+        "deploy_log": str(stack_dir(settings) / "deploy.log"),
+    }
