@@ -71,7 +71,8 @@ def test_the_algorithm_is_free_of_prefect():
 
 
 def test_the_names_the_outside_world_sees_are_written_once():
-    """Prefect objects, artifact keys and summary keys come from names.py; a copy elsewhere drifts."""
+    """Prefect objects, artifact keys, summary keys and metric names come from names.py; a copy elsewhere
+    drifts. A metric's old name (before this version's renames) is nowhere in the code either."""
     from iceberg_offload import names
 
     values = {
@@ -79,7 +80,10 @@ def test_the_names_the_outside_world_sees_are_written_once():
         for k, v in vars(names).items()
         if k.isupper() and isinstance(v, str) and k != "PREFIX" and any(c in v for c in "-./:")
     }  # distinctive; "reconcile" is also a step's name
-    values |= {names.table_limit("")}
+    values |= {names.table_limit("")} | set(names.METRICS) | set(names.RENAMED_METRICS)
+    assert names.METRICS and all(m.startswith("offload_") for m in names.METRICS)
+    assert set(names.RENAMED_METRICS.values()) <= set(names.METRICS)
+    assert not set(names.RENAMED_METRICS) & set(names.METRICS)
     copies = []
     for path in sorted(PKG.rglob("*.py")):
         if path.name == "names.py":

@@ -72,8 +72,11 @@ def test_maintain_all_repairs_compacts_and_keeps_the_watermark(small_commits, ca
     code, verify = run_json(capsys, "verify", "--config", small_commits.path)
     assert code == 0 and verify["ok"], verify
     exported = _scrape(small_commits)  # what maintenance did, on the port-8000 endpoint
-    assert exported['offload_repairs{table="trades"}'] == 1 and exported['offload_repaired_rows{table="trades"}'] == 7
-    assert exported['offload_compactions{table="trades"}'] == 1
+    assert (
+        exported['offload_retained_repair_commits{table="trades"}'] == 1
+        and exported['offload_retained_repaired_rows{table="trades"}'] == 7
+    )
+    assert exported['offload_retained_compaction_commits{table="trades"}'] == 1
     assert exported['offload_data_files{table="trades"}'] == _data_files(small_commits)
     # and the next offload continues exactly once from the same watermark
     with clickhouse(small_commits) as ch:

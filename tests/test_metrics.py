@@ -1,8 +1,10 @@
 """The exporter against real state: values after an offload, the same after a restart, never waiting on the
-embedded engine, answering with Prefect down; the alert rules against promtool and the exporter."""
+embedded engine, answering with Prefect down; the alert rules against promtool and the exporter; the
+dashboard's variables and queries against the exporter; metric names by convention, defined once."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,10 +17,12 @@ import pytest
 import yaml
 
 from conftest import TRADES_DDL, clickhouse, insert_trades, sink_for, trades_table
+from iceberg_offload import names
 from iceberg_offload.engine.offload import run_cycle
 
 ROOT = Path(__file__).parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "iceberg-offload.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "iceberg-offload.json"
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -29,6 +33,56 @@ def scrape(port: int) -> dict[str, float]:
             key, value = line.rsplit(" ", 1)
             out[key] = float(value)
     return out
+
+
+def families(port: int) -> dict[str, tuple[str, set[str]]]:
+    """Every metric family the endpoint declares (its `# TYPE` line, samples or not): its type, label names."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, tuple[str, set[str]]] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            out[name] = (kind, set())
+        elif line and not line.startswith("#"):
+            name, _, labels = line.rsplit(" ", 1)[0].partition("{")
+            out[name][1].update(re.findall(r'(\w+)="', labels))
+    return out
+
+
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The series a PromQL expression reads: its identifiers that are not functions, keywords or labels."""
+    e = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)
+    e = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", e)  # label matchers, range windows
+    e = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)  # label lists
+    return {m for m in re.findall(r"\b([a-zA-Z_:][\w:]*)\b(?!\s*\()", e) if m not in PROMQL_WORDS}
+
+
+def test_metric_names_follow_the_conventions_and_the_docs_list_them():
+    """Base units, the offload_ prefix, _total only on counters, last values say last; docs/metrics.md lists
+    every name and every rename, and no old name is left in the rules, the dashboard or the docs."""
+    for m in names.METRICS:
+        assert re.fullmatch(r"offload_[a-z0-9_]+", m), m
+        assert not re.search(r"_(milliseconds|minutes|hours|days)$", m) or m == names.METRIC_LAG_MINUTES  # base units
+        assert not m.endswith("_duration_seconds") or "_last_" in m, f"{m}: a last value says last"
+    assert names.METRIC_INFO == "offload_info" and names.METRIC_LAG_MINUTES == "offload_lag_minutes"  # seed runbook
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    table, _, renamed = doc.partition("## Renamed in this version")
+    for m in names.METRICS:
+        assert f"`{m}`" in table, f"{m} is not in docs/metrics.md's table"
+    for old, new in names.RENAMED_METRICS.items():
+        assert f"| `{old}` | `{new}` |" in renamed, f"{old} -> {new} is not in the renamed list"
+        assert not re.search(rf"\b{old}\b", table), f"docs/metrics.md still names {old}"
+    elsewhere = [RULES, DASHBOARD, ROOT / "deploy/prometheus/tests/iceberg-offload.test.yml", ROOT / "README.md"]
+    elsewhere += sorted((ROOT / "docs").rglob("*.md"))
+    for path in elsewhere:
+        if path.name == "metrics.md":
+            continue
+        text = path.read_text()
+        for old in names.RENAMED_METRICS:
+            assert not re.search(rf"\b{old}\b", text), f"{path.relative_to(ROOT)} still names {old}"
 
 
 @pytest.fixture
@@ -64,17 +118,18 @@ def test_exporter_serves_durable_state_and_survives_restart(offloaded):
     finally:
         handle.shutdown()
     t = '{table="trades"}'
-    assert first[f"watermark_timestamp_seconds{t}"] == pytest.approx(wm.ts_ns / 1e9)
+    assert first[f"offload_watermark_timestamp_seconds{t}"] == pytest.approx(wm.ts_ns / 1e9)
     assert first['offload_rows_total{layer="bronze",table="trades"}'] == 1000
     assert first[f"offload_commits_total{t}"] == last.totals[1] == 1
     assert first[f"offload_cold_rows{t}"] == first[f"offload_hot_rows{t}"] == 1000
     assert first[f"offload_pending_rows{t}"] == 0
     assert first[f"offload_ttl_headroom_seconds{t}"] == 7 * 86400  # nothing pending: the whole TTL span
     assert first[f"offload_lag_seconds{t}"] == pytest.approx(time.time() - wm.ts_ns / 1e9, abs=5)
+    assert first[f"offload_lag_minutes{t}"] == pytest.approx(first[f"offload_lag_seconds{t}"] / 60, abs=0.1)
     assert first["offload_tables_configured"] == 2 and first["offload_catalog_up"] == 1
     assert first["offload_source_up"] == 1 and first["offload_prefect_api_up"] == 0  # no server here
     assert 'offload_info{schedule="*/15 * * * *",tables="2",version="0.1.0"}' in first
-    assert 'watermark_timestamp_seconds{table="quiet"}' not in first  # nothing offloaded yet
+    assert 'offload_watermark_timestamp_seconds{table="quiet"}' not in first  # nothing offloaded yet
 
     time.sleep(1.5)
     handle = serve(s)  # a new process would see exactly this: nothing lives in memory
@@ -83,7 +138,7 @@ def test_exporter_serves_durable_state_and_survives_restart(offloaded):
     finally:
         handle.shutdown()
     for key in (
-        f"watermark_timestamp_seconds{t}",
+        f"offload_watermark_timestamp_seconds{t}",
         'offload_rows_total{layer="bronze",table="trades"}',
         f"offload_commits_total{t}",
         f"offload_cold_rows{t}",
@@ -147,9 +202,13 @@ def test_alert_rules_pass_promtool_and_only_use_exported_series(offloaded):
 
     handle = serve(offloaded)
     try:
-        names = exported_names(scrape(offloaded.metrics.port)) | {"up"}
+        served = exported_names(scrape(offloaded.metrics.port)) | {"up"}
+        declared = families(offloaded.metrics.port)
     finally:
         handle.shutdown()
+    assert set(declared) == set(names.METRICS), "names.METRICS and the endpoint's families differ"
+    for name, (kind, _) in declared.items():  # _total on counters and only there
+        assert name.endswith("_total") == (kind == "counter"), f"{name} is a {kind}"
     rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
     tested = (ROOT / "deploy" / "prometheus" / "tests" / "iceberg-offload.test.yml").read_text()
     required = {
@@ -172,13 +231,50 @@ def test_alert_rules_pass_promtool_and_only_use_exported_series(offloaded):
     for rule in rules:
         runbook = rule["annotations"]["runbook_url"]
         assert (ROOT / runbook).is_file(), f"{rule['alert']}: {runbook} does not exist"
-        series = set(re.findall(r"\b([a-z_][a-z0-9_]*)\s*(?:\{|\[|>|<|=|\)|$|\s)", rule["expr"]))
-        metrics = {m for m in series if m.startswith(("offload_", "watermark_")) or m == "up"}
-        assert metrics and metrics <= names, f"{rule['alert']} queries {metrics - names}, never exported"
+        metrics = metric_names(rule["expr"])
+        assert metrics and metrics <= served, f"{rule['alert']} queries {metrics - served}, never exported"
         for window in re.findall(r"\[(\d+)m\]", rule["expr"]):
             assert int(window) >= 30, f"{rule['alert']}: a [{window}m] window is shorter than two cycles"
-        if "table" in rule["expr"] or any(
-            m in rule["expr"] for m in ("offload_lag", "offload_ttl", "offload_consecutive", "offload_last")
-        ):
+        if "table" in rule["expr"] or any("table" in declared[m][1] for m in metrics - {"up"}):
             assert "$labels.table" in rule["annotations"]["summary"], f"{rule['alert']} summary lacks the table"
         assert f"alertname: {rule['alert']}" in tested, f"{rule['alert']} has no promtool test"
+
+
+def test_dashboard_uses_its_variables_and_only_exported_series(offloaded):
+    """A `datasource` variable every panel and query uses, a multi-valued `table` variable (with All) every
+    per-table query filters on, and nothing queried that the exporter does not serve."""
+    from iceberg_offload.ops.metrics import serve
+
+    handle = serve(offloaded)
+    try:
+        served = {name: labels for name, (_, labels) in families(offloaded.metrics.port).items()}
+        samples = scrape(offloaded.metrics.port)
+    finally:
+        handle.shutdown()
+    served["up"] = {"job", "instance"}
+    dash = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    ds = variables["datasource"]
+    assert ds["type"] == "datasource" and ds["query"] == "prometheus"
+    assert ds["current"]["value"] == "prometheus-k2"  # the provisioned datasource is the default
+    table = variables["table"]
+    assert table["type"] == "query" and table["multi"] and table["includeAll"] and table["allValue"] == ".*"
+    assert table["datasource"]["uid"] == "${datasource}"
+    query = table["query"]["query"] if isinstance(table["query"], dict) else table["query"]
+    found = re.fullmatch(r"label_values\((\w+), table\)", query)
+    assert found and "table" in served[found.group(1)], query
+    listed = {re.search(r'table="([^"]+)"', k).group(1) for k in samples if k.startswith(found.group(1) + "{")}
+    assert listed == {t.target for t in offloaded.tables}, "the table variable misses a configured table"
+    per_table = {m for m, labels in served.items() if "table" in labels}
+    queried = set()
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            expr = target["expr"]
+            assert target["datasource"]["uid"] == "${datasource}", f"{panel['title']}: {expr}"
+            metrics = metric_names(expr)
+            assert metrics and metrics <= set(served), f"{panel['title']} queries {metrics - set(served)}"
+            for m in metrics & per_table:
+                assert re.search(rf'\b{m}\{{[^}}]*table=~"\$table"', expr), f"{panel['title']}: {m} ignores $table"
+            queried |= metrics
+    assert names.METRIC_LAG_SECONDS in queried and names.METRIC_LAG_MINUTES not in queried  # base units

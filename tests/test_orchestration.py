@@ -453,10 +453,10 @@ def test_maintenance_deployment_repairs_late_rows_table_by_table(stack):
     exporter = Exporter(stack)  # what the worker's endpoint serves after its next refresh
     exporter.refresh(hot=False)
     served = {(m.name, tuple(smp.labels.values())): smp.value for m in exporter.collect() for smp in m.samples}
-    assert served[("offload_reconcile_missing_rows", ("b1",))] == 5
-    assert served[("offload_reconcile_added_rows", ("b1",))] == 5
-    assert served[("offload_reconcile_repaired_buckets", ("b1",))] >= 1
-    assert served[("offload_reconcile_missing_rows", ("b0",))] == 0
+    assert served[("offload_last_reconcile_missing_rows", ("b1",))] == 5
+    assert served[("offload_last_reconcile_added_rows", ("b1",))] == 5
+    assert served[("offload_last_reconcile_repaired_buckets", ("b1",))] >= 1
+    assert served[("offload_last_reconcile_missing_rows", ("b0",))] == 0
 
 
 def test_maintenance_yields_to_a_running_offload_cycle(stack, monkeypatch):

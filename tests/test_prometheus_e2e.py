@@ -118,9 +118,15 @@ def test_alerts_fire_and_resolve_and_dashboard_queries_return_data(tmp_path):
         assert run["state"] == "COMPLETED", run
         wait_for(lambda: "IcebergOffloadTTLRisk" not in firing(prom_port), 60, "TTLRisk resolved")
 
-        # every dashboard panel's query parses and returns data, on a grid that fits
+        # every dashboard panel's query parses and returns data (the variables at their defaults: the
+        # provisioned datasource, All tables), on a grid that fits
         dash = json.loads(DASHBOARD.read_text())
         assert dash["uid"] == "iceberg-offload"
+        variables = {v["name"]: v for v in dash["templating"]["list"]}
+        default_uid = variables["datasource"]["current"]["value"]
+        table_query = variables["table"]["query"]["query"]
+        tables = prom_query(prom_port, table_query.removeprefix("label_values(").split(",")[0])
+        assert {r["metric"]["table"] for r in tables} == {"trades", "aging"}, table_query
         cells: set[tuple[int, int]] = set()
         for panel in dash["panels"]:
             pos = panel["gridPos"]
@@ -128,12 +134,14 @@ def test_alerts_fire_and_resolve_and_dashboard_queries_return_data(tmp_path):
             mine = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
             assert not cells & mine, f"panel {panel['title']} overlaps another"
             cells |= mine
-            assert panel["datasource"]["uid"] == "prometheus-k2"
+            assert panel["datasource"]["uid"] == "${datasource}"
             for target in panel["targets"]:
-                result = wait_for(lambda e=target["expr"]: prom_query(prom_port, e), 30, f"data for {target['expr']}")
-                assert result, target["expr"]
+                expr = target["expr"].replace("$table", variables["table"]["allValue"])
+                assert "$" not in expr, target["expr"]
+                result = wait_for(lambda e=expr: prom_query(prom_port, e), 30, f"data for {expr}")
+                assert result, expr
         provisioning = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
-        assert provisioning["datasources"][0]["uid"] == "prometheus-k2"
+        assert provisioning["datasources"][0]["uid"] == default_uid == "prometheus-k2"
 
         # kill the worker -> IcebergOffloadSchedulerDown; start it again -> resolved
         os.killpg(worker.pid, signal.SIGKILL)

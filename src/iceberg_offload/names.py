@@ -1,6 +1,6 @@
-"""The names the outside world sees, defined once: Prefect objects, artifact keys, and the keys our commits
-write into the Iceberg snapshot summary (readers, runbooks and older tables depend on them; never rename).
-Metric names live with their exporter (ops/metrics.py) and are listed in docs/metrics.md."""
+"""The names the outside world sees, defined once: Prefect objects, artifact keys, the keys our commits write
+into the Iceberg snapshot summary (readers, runbooks and older tables depend on them; never rename), and the
+Prometheus metric names (alert rules and the dashboard query them; docs/metrics.md lists them)."""
 
 from __future__ import annotations
 
@@ -70,3 +70,66 @@ SOURCE_SERVER, SOURCE_DATABASE, SOURCE_TABLE, SOURCE_UUID = (
     f"{PREFIX}source.{k}" for k in ("server", "database", "table", "uuid")
 )
 """The source identity (engine/identity.py): where the table's rows come from."""
+
+
+# -- Prometheus metrics (ops/metrics.py and orchestration/artifacts.py serve them; docs/metrics.md) ------------
+# By https://prometheus.io/docs/practices/naming/: the `offload_` prefix, base units, `_total` only on counters
+# (spelt here as served; CounterMetricFamily takes the name with or without it), `_timestamp_seconds` for Unix
+# times, `last` on a gauge holding the last value of something, `retained` on a count of the Iceberg history
+# (it falls when snapshots expire). Every name below is served; METRICS collects them.
+METRIC_INFO = "offload_info"
+"""version, schedule, tables; the seed runbook greps it (`curl .../metrics | grep offload_info`)."""
+METRIC_TABLES_CONFIGURED = "offload_tables_configured"
+METRIC_LAG_SECONDS = "offload_lag_seconds"
+METRIC_LAG_MINUTES = "offload_lag_minutes"
+"""offload_lag_seconds / 60, kept only because the seed runbook greps it; rules and the dashboard read seconds."""
+METRIC_WATERMARK = "offload_watermark_timestamp_seconds"
+METRIC_LAST_SUCCESS = "offload_last_success_timestamp_seconds"
+METRIC_CONSECUTIVE_FAILURES = "offload_consecutive_failures"
+METRIC_LAST_DURATION = "offload_last_duration_seconds"
+METRIC_TTL_HEADROOM = "offload_ttl_headroom_seconds"
+METRIC_HOT_ROWS = "offload_hot_rows"
+METRIC_COLD_ROWS = "offload_cold_rows"
+METRIC_PENDING_ROWS = "offload_pending_rows"
+METRIC_DATA_FILES = "offload_data_files"
+METRIC_RETAINED_REPAIRS = "offload_retained_repair_commits"
+METRIC_RETAINED_REPAIRED_ROWS = "offload_retained_repaired_rows"
+METRIC_RETAINED_COMPACTIONS = "offload_retained_compaction_commits"
+METRIC_LATE_ROWS = "offload_late_rows"
+METRIC_ROWS = "offload_rows_total"
+METRIC_COMMITS = "offload_commits_total"
+METRIC_ERRORS = "offload_errors_total"
+METRIC_CYCLES = "offload_cycles_total"
+METRIC_LAST_CYCLE_DURATION = "offload_last_cycle_duration_seconds"
+METRIC_WORKERS_ONLINE = "offload_workers_online"
+METRIC_SCHEDULE_ACTIVE = "offload_schedule_active"
+METRIC_LATE_RUNS = "offload_late_runs"
+METRIC_SOURCE_UP = "offload_source_up"
+METRIC_CATALOG_UP = "offload_catalog_up"
+METRIC_PREFECT_API_UP = "offload_prefect_api_up"
+METRIC_REFRESH_AGE = "offload_exporter_refresh_age_seconds"
+METRIC_LAST_RECONCILE_MISSING_ROWS = "offload_last_reconcile_missing_rows"
+METRIC_LAST_RECONCILE_DUPLICATE_BUCKETS = "offload_last_reconcile_duplicate_buckets"
+METRIC_LAST_RECONCILE_REPAIRED_BUCKETS = "offload_last_reconcile_repaired_buckets"
+METRIC_LAST_RECONCILE_ADDED_ROWS = "offload_last_reconcile_added_rows"
+METRIC_LAST_RECONCILE_REMOVED_DUPLICATE_ROWS = "offload_last_reconcile_removed_duplicate_rows"
+METRIC_LAST_RECONCILE_SKIPPED_BUCKETS = "offload_last_reconcile_skipped_buckets"
+METRICS = tuple(v for k, v in dict(globals()).items() if k.startswith("METRIC_"))
+"""Every metric name the exporter serves (test_metrics.py compares them with a scrape)."""
+
+RENAMED_METRICS = {
+    "watermark_timestamp_seconds": METRIC_WATERMARK,
+    "offload_duration_seconds": METRIC_LAST_DURATION,
+    "offload_cycle_duration_seconds": METRIC_LAST_CYCLE_DURATION,
+    "offload_repairs": METRIC_RETAINED_REPAIRS,
+    "offload_repaired_rows": METRIC_RETAINED_REPAIRED_ROWS,
+    "offload_compactions": METRIC_RETAINED_COMPACTIONS,
+    "offload_reconcile_missing_rows": METRIC_LAST_RECONCILE_MISSING_ROWS,
+    "offload_reconcile_duplicate_buckets": METRIC_LAST_RECONCILE_DUPLICATE_BUCKETS,
+    "offload_reconcile_repaired_buckets": METRIC_LAST_RECONCILE_REPAIRED_BUCKETS,
+    "offload_reconcile_added_rows": METRIC_LAST_RECONCILE_ADDED_ROWS,
+    "offload_reconcile_removed_duplicate_rows": METRIC_LAST_RECONCILE_REMOVED_DUPLICATE_ROWS,
+    "offload_reconcile_skipped_buckets": METRIC_LAST_RECONCILE_SKIPPED_BUCKETS,
+}
+"""Old name to new, for operators upgrading (docs/metrics.md "Renamed in this version"): nothing serves the
+old names any more, so alerts and dashboards of one's own that query them must change."""

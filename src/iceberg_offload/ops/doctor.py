@@ -309,16 +309,16 @@ def check_metrics(settings: Settings) -> Check:
         return Check(
             "metrics endpoint", "fail", f"{url} unreachable: {exc}{held}", fix, "metrics unreachable", cause=foreign
         )
-    if "offload_info" not in body:
+    if names.METRIC_INFO not in body:
         return Check(
             "metrics endpoint",
             "fail",
-            f"{url} answers without offload_info{held}",
+            f"{url} answers without {names.METRIC_INFO}{held}",
             fix,
             "metrics unreachable",
             cause=foreign,
         )
-    return Check("metrics endpoint", "ok", f"{url} serves offload_info")
+    return Check("metrics endpoint", "ok", f"{url} serves {names.METRIC_INFO}")
 
 
 def port_holder(port: int) -> tuple[int, str] | None:

@@ -250,70 +250,73 @@ class Exporter(Collector):
         with self._lock:
             snap = self.snap
         now = time.time()
-        s = self.settings
+        s, n = self.settings, names
         sched = (
             f"every {s.schedule.offload_interval_seconds}s"
             if s.schedule.offload_interval_seconds
             else s.schedule.offload_cron
         )
-        info = GaugeMetricFamily("offload_info", "iceberg-offload metadata", labels=["version", "schedule", "tables"])
+        info = GaugeMetricFamily(n.METRIC_INFO, "iceberg-offload metadata", labels=["version", "schedule", "tables"])
         info.add_metric([__version__, sched, str(len(s.tables))], 1)
         yield info
-        yield GaugeMetricFamily("offload_tables_configured", "Tables in the config", value=len(s.tables))
+        yield GaugeMetricFamily(n.METRIC_TABLES_CONFIGURED, "Tables in the config", value=len(s.tables))
         g = {
-            n: GaugeMetricFamily(n, h, labels=["table"])
-            for n, h in (
-                ("offload_lag_seconds", "Now minus the table's watermark"),
-                ("offload_lag_minutes", "Now minus the table's watermark, in minutes"),
-                ("watermark_timestamp_seconds", "The table's watermark (epoch seconds)"),
-                ("offload_last_success_timestamp_seconds", "Last time the table's offload completed (new rows or not)"),
-                ("offload_consecutive_failures", "Failed offloads of the table since its last success"),
-                ("offload_duration_seconds", "Duration of the table's last offload (gauge of the last value)"),
-                ("offload_ttl_headroom_seconds", "Time before the ClickHouse TTL deletes a row not yet offloaded"),
-                ("offload_hot_rows", "Rows in the ClickHouse table"),
-                ("offload_cold_rows", "Rows in the Iceberg table"),
-                ("offload_pending_rows", "Settled rows waiting for the next offload"),
-                ("offload_data_files", "Data files in the Iceberg table's current snapshot"),
-                ("offload_repairs", "Reconcile repairs (late rows, duplicates) in the retained Iceberg history"),
-                ("offload_repaired_rows", "Rows those repairs added to Iceberg"),
-                ("offload_compactions", "Compactions in the retained Iceberg history"),
+            name: GaugeMetricFamily(name, h, labels=["table"])
+            for name, h in (
+                (n.METRIC_LAG_SECONDS, "Now minus the table's watermark"),
+                (n.METRIC_LAG_MINUTES, "Now minus the table's watermark, in minutes (kept for the seed runbook)"),
+                (n.METRIC_WATERMARK, "The table's watermark (Unix time, seconds)"),
+                (n.METRIC_LAST_SUCCESS, "Last time the table's offload completed (new rows or not)"),
+                (n.METRIC_CONSECUTIVE_FAILURES, "Failed offloads of the table since its last success"),
+                (n.METRIC_LAST_DURATION, "Duration of the table's last offload"),
+                (n.METRIC_TTL_HEADROOM, "Time before the ClickHouse TTL deletes a row not yet offloaded"),
+                (n.METRIC_HOT_ROWS, "Rows in the ClickHouse table"),
+                (n.METRIC_COLD_ROWS, "Rows in the Iceberg table"),
+                (n.METRIC_PENDING_ROWS, "Settled rows waiting for the next offload"),
+                (n.METRIC_DATA_FILES, "Data files in the Iceberg table's current snapshot"),
                 (
-                    "offload_late_rows",
+                    n.METRIC_RETAINED_REPAIRS,
+                    "Reconcile repairs (late rows, duplicates) in the retained Iceberg history",
+                ),
+                (n.METRIC_RETAINED_REPAIRED_ROWS, "Rows those repairs added to Iceberg"),
+                (n.METRIC_RETAINED_COMPACTIONS, "Compactions in the retained Iceberg history"),
+                (
+                    n.METRIC_LATE_ROWS,
                     "Rows behind the watermark the last late-row sweep or reconcile found missing "
                     "from Iceberg and could not add",
                 ),
             )
         }
-        rows = CounterMetricFamily("offload_rows", "Rows offloaded into Iceberg", labels=["table", "layer"])
-        commits = CounterMetricFamily("offload_commits", "Offload commits into Iceberg", labels=["table"])
+        rows = CounterMetricFamily(n.METRIC_ROWS, "Rows offloaded into Iceberg", labels=["table", "layer"])
+        commits = CounterMetricFamily(n.METRIC_COMMITS, "Offload commits into Iceberg", labels=["table"])
         errors = CounterMetricFamily(
-            "offload_errors", "Failed table offloads by error type", labels=["table", "error_type"]
+            n.METRIC_ERRORS, "Failed table offloads by error type", labels=["table", "error_type"]
         )
         for name, st in snap.tables.items():
             derive(st, now)
             runs = snap.runs.get(name, TableRuns())
             if st.watermark is not None:
-                g["offload_lag_seconds"].add_metric([name], st.lag_seconds or 0.0)
-                g["offload_lag_minutes"].add_metric([name], (st.lag_seconds or 0.0) / 60)
-                g["watermark_timestamp_seconds"].add_metric([name], st.watermark["ts_ns"] / NS)
+                g[n.METRIC_LAG_SECONDS].add_metric([name], st.lag_seconds or 0.0)
+                g[n.METRIC_LAG_MINUTES].add_metric([name], (st.lag_seconds or 0.0) / 60)
+                g[n.METRIC_WATERMARK].add_metric([name], st.watermark["ts_ns"] / NS)
             last_ok = runs.last_success or _ts(st.last_commit_at)
             if last_ok is not None:
-                g["offload_last_success_timestamp_seconds"].add_metric([name], last_ok)
-            g["offload_consecutive_failures"].add_metric([name], runs.consecutive_failures)
+                g[n.METRIC_LAST_SUCCESS].add_metric([name], last_ok)
+            g[n.METRIC_CONSECUTIVE_FAILURES].add_metric([name], runs.consecutive_failures)
             duration = runs.last_duration if runs.last_duration is not None else st.last_commit_seconds
             if duration is not None:
-                g["offload_duration_seconds"].add_metric([name], duration)
+                g[n.METRIC_LAST_DURATION].add_metric([name], duration)
             if st.ttl_headroom_seconds is not None:
-                g["offload_ttl_headroom_seconds"].add_metric([name], st.ttl_headroom_seconds)
+                g[n.METRIC_TTL_HEADROOM].add_metric([name], st.ttl_headroom_seconds)
             for metric, value in (
-                ("offload_hot_rows", st.hot_rows),
-                ("offload_cold_rows", st.cold_rows),
-                ("offload_pending_rows", st.pending_rows),
-                ("offload_data_files", st.data_files),
-                ("offload_repairs", st.repairs),
-                ("offload_repaired_rows", st.repaired_rows),
-                ("offload_compactions", st.compactions),
-                ("offload_late_rows", st.late_rows or 0),
+                (n.METRIC_HOT_ROWS, st.hot_rows),
+                (n.METRIC_COLD_ROWS, st.cold_rows),
+                (n.METRIC_PENDING_ROWS, st.pending_rows),
+                (n.METRIC_DATA_FILES, st.data_files),
+                (n.METRIC_RETAINED_REPAIRS, st.repairs),
+                (n.METRIC_RETAINED_REPAIRED_ROWS, st.repaired_rows),
+                (n.METRIC_RETAINED_COMPACTIONS, st.compactions),
+                (n.METRIC_LATE_ROWS, st.late_rows or 0),
             ):
                 if value is not None:
                     g[metric].add_metric([name], value)
@@ -323,39 +326,37 @@ class Exporter(Collector):
                 errors.add_metric([name, kind], count)
         yield from g.values()
         yield from (rows, commits, errors)
-        cycles = CounterMetricFamily("offload_cycles", "Offload cycles by outcome", labels=["status"])
+        cycles = CounterMetricFamily(n.METRIC_CYCLES, "Offload cycles by outcome", labels=["status"])
         for status in ("success", "partial", "failed"):
             cycles.add_metric([status], snap.cycles.get(status, 0))
         yield cycles
         yield GaugeMetricFamily(
-            "offload_cycle_duration_seconds",
-            "Duration of the last offload cycle through Prefect (gauge of the last value; 0 before the first)",
+            n.METRIC_LAST_CYCLE_DURATION,
+            "Duration of the last offload cycle through Prefect (0 before the first)",
             value=snap.cycle_duration or 0.0,
         )
-        workers = GaugeMetricFamily("offload_workers_online", "ONLINE workers in the pool", labels=["pool"])
+        workers = GaugeMetricFamily(n.METRIC_WORKERS_ONLINE, "ONLINE workers in the pool", labels=["pool"])
         workers.add_metric([names.POOL], snap.workers_online)
         yield workers
         active = GaugeMetricFamily(
-            "offload_schedule_active",
+            n.METRIC_SCHEDULE_ACTIVE,
             "1 when the deployment exists, is not paused and its schedule is active",
             labels=["deployment"],
         )
         yield from reconcile_metrics(snap.reconcile)
-        late = GaugeMetricFamily("offload_late_runs", "Runs of the deployment in state Late", labels=["deployment"])
+        late = GaugeMetricFamily(n.METRIC_LATE_RUNS, "Runs of the deployment in state Late", labels=["deployment"])
         for dep in (names.MAIN, names.MAINT):
             active.add_metric([dep], snap.schedule_active.get(dep, 0))
             late.add_metric([dep], snap.late_runs.get(dep, 0))
         yield active
         yield late
         for name, value in (
-            ("offload_source_up", snap.source_up),
-            ("offload_catalog_up", snap.catalog_up),
-            ("offload_prefect_api_up", snap.prefect_up),
+            (n.METRIC_SOURCE_UP, snap.source_up),
+            (n.METRIC_CATALOG_UP, snap.catalog_up),
+            (n.METRIC_PREFECT_API_UP, snap.prefect_up),
         ):
             yield GaugeMetricFamily(name, f"1 when the {name.split('_')[1]} answered the last refresh", value=value)
-        age = GaugeMetricFamily(
-            "offload_exporter_refresh_age_seconds", "Age of the exporter's cached state", labels=["part"]
-        )
+        age = GaugeMetricFamily(n.METRIC_REFRESH_AGE, "Age of the exporter's cached state", labels=["part"])
         for part in ("catalog", "source", "prefect"):
             if part in snap.refreshed:
                 age.add_metric([part], now - snap.refreshed[part])

@@ -90,12 +90,24 @@ class LateRows:
 
 
 RECONCILE_METRICS = (
-    ("rows_missing", "offload_reconcile_missing_rows", "Rows the last reconcile found missing from Iceberg"),
-    ("buckets_duplicates", "offload_reconcile_duplicate_buckets", "Hours with duplicates found by the last reconcile"),
-    ("buckets_repaired", "offload_reconcile_repaired_buckets", "Hours the last reconcile replaced"),
-    ("rows_added", "offload_reconcile_added_rows", "Rows the last reconcile added to Iceberg"),
-    ("duplicate_rows_removed", "offload_reconcile_removed_duplicate_rows", "Duplicate rows the last reconcile removed"),
-    ("buckets_skipped_ttl", "offload_reconcile_skipped_buckets", "Bad hours the last reconcile left alone (TTL)"),
+    ("rows_missing", names.METRIC_LAST_RECONCILE_MISSING_ROWS, "Rows the last reconcile found missing from Iceberg"),
+    (
+        "buckets_duplicates",
+        names.METRIC_LAST_RECONCILE_DUPLICATE_BUCKETS,
+        "Hours with duplicates found by the last reconcile",
+    ),
+    ("buckets_repaired", names.METRIC_LAST_RECONCILE_REPAIRED_BUCKETS, "Hours the last reconcile replaced"),
+    ("rows_added", names.METRIC_LAST_RECONCILE_ADDED_ROWS, "Rows the last reconcile added to Iceberg"),
+    (
+        "duplicate_rows_removed",
+        names.METRIC_LAST_RECONCILE_REMOVED_DUPLICATE_ROWS,
+        "Duplicate rows the last reconcile removed",
+    ),
+    (
+        "buckets_skipped_ttl",
+        names.METRIC_LAST_RECONCILE_SKIPPED_BUCKETS,
+        "Bad hours the last reconcile left alone (TTL)",
+    ),
 )
 
 
