@@ -25,19 +25,22 @@ DEPLOYMENT = {
 def busy_server(tmp_path, monkeypatch):
     """Answers 503 to the first `busy` requests, then like Prefect would; records what it was asked."""
     seen: list[tuple[str, str, Any]] = []
-    state = {"busy": 2}
+    state: dict[str, Any] = {"busy": 2, "slow": [], "deployment": DEPLOYMENT}
+    release = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
         def _answer(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length)) if length else None
             seen.append((method, self.path, body))
+            if state["slow"] and state["slow"].pop(0):  # this answer comes too late
+                release.wait(10)
             if state["busy"] > 0:
                 state["busy"] -= 1
                 self.send_response(503)
                 self.end_headers()
                 return
-            payload: Any = DEPLOYMENT if "/deployments/name/" in self.path else {}
+            payload: Any = state["deployment"] if "/deployments/name/" in self.path else {"id": "r1", "name": "r"}
             raw = json.dumps(payload).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(raw)))
@@ -49,6 +52,9 @@ def busy_server(tmp_path, monkeypatch):
 
         def do_PATCH(self) -> None:
             self._answer("PATCH")
+
+        def do_POST(self) -> None:
+            self._answer("POST")
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -62,6 +68,7 @@ def busy_server(tmp_path, monkeypatch):
     try:
         yield settings, seen, state
     finally:
+        release.set()
         server.shutdown()
         server.server_close()
         thread.join()
@@ -105,3 +112,22 @@ def test_a_health_read_is_not_retried(busy_server):
     settings, seen, _ = busy_server
     assert prefect_api.ready(settings) is False  # /ready answers 503 while the database is down: say so at once
     assert len(seen) == 1
+
+
+def test_an_interval_schedule_reads_as_deploy_writes_it(busy_server):
+    settings, _, state = busy_server
+    state["deployment"] = {**DEPLOYMENT, "schedules": [{"id": "s2", "active": True, "schedule": {"interval": 900.0}}]}
+    assert control.schedule_state(settings, [names.MAIN])[0]["schedules"][0]["schedule"] == "interval 900s"
+
+
+def test_a_read_that_times_out_is_read_again_but_a_write_is_not_sent_twice(busy_server, monkeypatch):
+    settings, seen, state = busy_server
+    monkeypatch.setattr(control, "TIMEOUT_SECONDS", 0.3)
+    state["busy"], state["slow"] = 0, [True]
+    assert control.schedule_state(settings, [names.MAIN])[0]["exists"]
+    assert [m for m, _, _ in seen] == ["GET", "GET"]  # the first answer came too late: asked again
+    seen.clear()
+    state["slow"] = [True, False, True]  # the deployment read once, then the run's creation: too slow
+    with pytest.raises(PrefectUnavailable):
+        control.trigger(settings, names.MAIN)
+    assert [m for m, _, _ in seen] == ["GET", "GET", "POST"]  # the create may have landed: not sent again

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import urllib.error
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,9 +21,22 @@ T = TypeVar("T")
 POLL_SECONDS = 0.5
 
 
+TIMEOUT_SECONDS = 30.0
+"""An operator's call may wait this long for an answer (a busy SQLite-backed server is slow, right after `up`)."""
+READ_ATTEMPTS = 3
+
+
 def request(settings: Settings, method: str, path: str, body: Any = None) -> Any:
-    """One REST call of an operator's action: sent again while the server answers "not now" (503)."""
-    return prefect_api.request(settings, method, path, body, retry=True)
+    """One REST call of an operator's action: sent again while the server answers "not now" (503); a read
+    (GET) also after a timeout. A write is not re-sent after a timeout: it may have landed."""
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return prefect_api.request(settings, method, path, body, timeout=TIMEOUT_SECONDS, retry=True)
+        except (TimeoutError, urllib.error.URLError) as exc:
+            timed_out = isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+            if isinstance(exc, urllib.error.HTTPError) or method != "GET" or not timed_out or attempt == READ_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 def call(settings: Settings, fn: Callable[[], T]) -> T:
@@ -39,7 +53,8 @@ def call(settings: Settings, fn: Callable[[], T]) -> T:
         if exc.code < 500:
             raise ConfigError(
                 f"{where} refused the request ({exc.code}: {exc.reason})",
-                "check [prefect] api_url points at a Prefect 3 server's /api",
+                "check the deployment exists (`iceberg-offload schedule show`; `iceberg-offload deploy` makes it) and "
+                "[prefect] api_url points at a Prefect 3 server's /api",
             ) from exc
         raise _unavailable(where, exc) from exc
     except API_ERRORS as exc:
@@ -55,7 +70,7 @@ def _unavailable(where: str, exc: Exception) -> PrefectUnavailable:
 
 def _deployment(settings: Settings, full_name: str) -> dict[str, Any] | None:
     try:
-        return dict(request(settings, "GET", f"/deployments/name/{full_name}"))
+        return dict(request(settings, "GET", f"/deployments/name/{urllib.parse.quote(full_name, safe='/')}"))
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return None
@@ -63,10 +78,11 @@ def _deployment(settings: Settings, full_name: str) -> dict[str, Any] | None:
 
 
 def _schedule_text(schedule: dict[str, Any]) -> str:
+    """As `deploy` writes it (deployments._schedule_key): `cron */15 * * * * UTC`, `interval 900s`."""
     if schedule.get("cron"):
         return f"cron {schedule['cron']} {schedule.get('timezone') or 'UTC'}"
     if schedule.get("interval") is not None:
-        return f"every {float(schedule['interval']):g}s"
+        return f"interval {float(schedule['interval']):g}s"
     return str(schedule)
 
 
