@@ -70,12 +70,6 @@ def create_view(
     }
 
 
-def create_views(settings: Settings, names: list[str] | None = None) -> list[dict[str, Any]]:
-    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
-    with open_source(settings.source) as source:
-        return [create_view(settings, cfg, sink, source) for cfg in settings.select(names)]
-
-
 def refresh_views(settings: Settings, names: list[str] | None = None) -> list[dict[str, Any]]:
     """Re-point the views that exist (created by `iceberg-offload view`) at the current watermarks: after a
     cycle or maintenance. Tables without a view are left alone. One outcome per view, as data:
