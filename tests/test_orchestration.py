@@ -415,7 +415,7 @@ def test_recover_previews_then_restores_a_stopped_stack_and_lands_the_backlog(tm
         done = cli_json(settings, "recover", "--yes", timeout=400)
         assert done["ok"], done
         ran = next(s for s in done["steps"] if s["name"] == "run now and wait")
-        assert "COMPLETED" in ran["result"]
+        assert ran["run_state"] == "COMPLETED", ran
         assert cold(settings, "r1").num_rows == 500
         assert cli_json(settings, "verify")["ok"]
     finally:

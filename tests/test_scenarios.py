@@ -91,7 +91,7 @@ def recover_and_verify(settings, scenario: str, *flags: str) -> dict[str, Any]:
     done = cli_json(settings, "recover", "--yes", *flags, timeout=400)
     assert done["ok"], json.dumps(done, indent=1)[-4000:]
     ran = next(s for s in done["steps"] if s["name"] == "run now and wait")
-    assert "COMPLETED" in ran["result"], ran
+    assert ran["run_state"] == "COMPLETED", ran
     with open_source(settings.source) as ch:
         hot = {t: int(ch.rows(f"SELECT count() FROM k2.{t}")[0][0]) for t in TABLES}
     assert {t: cold(settings, t).num_rows for t in TABLES} == hot
@@ -263,6 +263,39 @@ def test_run_stuck_in_running(healthy):
     recover_and_verify(healthy, "run stuck in Running")
     with client(healthy) as c:
         assert c.read_flow_run(run.id).state.type.value == "CRASHED"
+
+
+def test_run_left_pending_by_a_dead_worker(healthy, pg_cluster):
+    """A worker submits a run (PENDING, the deployment's slot taken) and dies before the run's process starts.
+    The run is not stuck yet when recover starts and turns stuck while recover waits for it: recover marks it
+    Crashed and runs once more instead of giving up."""
+    import psycopg2
+
+    from iceberg_offload import names
+    from iceberg_offload.orchestration import prefect_api
+
+    add_rows(healthy, 200)
+    dep = prefect_api.deployment(healthy, names.MAIN_FLOW, names.MAIN_DEPLOYMENT)
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))  # no worker takes it
+    run = prefect_api.request(
+        healthy,
+        "POST",
+        f"/deployments/{dep['id']}/create_flow_run",
+        {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": later}}},
+    )
+    answer = prefect_api.request(healthy, "POST", f"/flow_runs/{run['id']}/set_state", {"state": {"type": "PENDING"}})
+    assert answer["status"] == "ACCEPT", answer  # orchestrated, as a worker's: it holds the slot
+    age = prefect_api.PENDING_STUCK_SECONDS - 30  # submitted this long ago by the worker that died
+    db = psycopg2.connect(host="127.0.0.1", port=pg_cluster.port, user="postgres", dbname="postgres")
+    with contextlib.closing(db), db, db.cursor() as cur:
+        for sql in (
+            "UPDATE flow_run_state SET timestamp = timestamp - %s * interval '1 second' WHERE flow_run_id = %s",
+            "UPDATE flow_run SET state_timestamp = state_timestamp - %s * interval '1 second' WHERE id = %s",
+        ):
+            cur.execute(sql, (age, run["id"]))
+    assert "stuck runs" not in checks(doctor(healthy))  # not stuck yet: recover's first look leaves it
+    recover_and_verify(healthy, "run left pending")
+    assert prefect_api.request(healthy, "GET", f"/flow_runs/{run['id']}")["state"]["type"] == "CRASHED"
 
 
 def test_backlog_of_several_hours(healthy):

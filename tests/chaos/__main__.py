@@ -23,6 +23,7 @@ def main() -> int:
     return (
         0
         if report.rows_lost == 0
+        and report.rows_not_offloaded == 0
         and report.rows_duplicated == 0
         and report.rows_unexpected == 0
         and report.windows_written_twice == 0

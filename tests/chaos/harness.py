@@ -48,11 +48,15 @@ class Report:
     hot_rows: int = 0
     cold_rows: int = 0
     rows_lost: int = 0
+    """Hot rows at or below the table's watermark that cold lacks: rows the tool claims and does not hold."""
+    rows_not_offloaded: int = 0
+    """Hot rows above the table's watermark (the closing commands did not get that far)."""
     rows_duplicated: int = 0
     rows_unexpected: int = 0
     windows_written_twice: int = 0
     """Offload commits whose watermark does not move past the one before (a chunk committed twice)."""
     final_recover_ok: bool = False
+    finish_exit_codes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     per_table: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -205,13 +209,20 @@ class Chaos:
     # -- the end --------------------------------------------------------------------------------------------
     def finish(self) -> Report:
         self.pg.ctl("start")
-        done = json.loads(cli(self.settings, "recover", "--yes", "--json", check=False, timeout=600).stdout or "{}")
+        done = json.loads(self._finish_step("recover", "recover", "--yes", "--json").stdout or "{}")
         self.report.final_recover_ok = bool(done.get("ok"))
         if not self.report.final_recover_ok:  # one more plain cycle, in the foreground
-            cli(self.settings, "run", check=False, timeout=600)
-        cli(self.settings, "maintain", "reconcile", "--yes", check=False, timeout=600)
+            self._finish_step("run", "run")
+        self._finish_step("reconcile", "maintain", "reconcile", "--yes")
         self.compare()
         return self.report
+
+    def _finish_step(self, label: str, *argv: str) -> Any:
+        """One closing command; its output is kept in the work folder, its exit code in the report."""
+        done = cli(self.settings, *argv, check=False, timeout=600)
+        (self.root / f"finish-{label}.log").write_text(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+        self.report.finish_exit_codes[label] = done.returncode
+        return done
 
     def compare(self) -> None:
         sink = Sink(open_catalog(self.settings.catalog), self.settings.catalog.namespace)
@@ -232,6 +243,9 @@ class Chaos:
                     )
                 )
                 cold_set = set(cold)
+                mark, _ = sink.watermark(table) if table is not None else (None, None)
+                missing = hot - cold_set
+                above = {k for k in missing if mark is None or (k[0] * 1_000_000, k[1]) > (mark.ts_ns, mark.seq or 0)}
                 if table is not None:
                     marks = [
                         c.watermark
@@ -244,7 +258,8 @@ class Chaos:
                 stats = {
                     "hot": len(hot),
                     "cold": len(cold),
-                    "lost": len(hot - cold_set),
+                    "lost": len(missing - above),
+                    "not_offloaded": len(above),
                     "duplicated": len(cold) - len(cold_set),
                     "unexpected": len(cold_set - hot),
                 }
@@ -252,6 +267,7 @@ class Chaos:
                 self.report.hot_rows += stats["hot"]
                 self.report.cold_rows += stats["cold"]
                 self.report.rows_lost += stats["lost"]
+                self.report.rows_not_offloaded += stats["not_offloaded"]
                 self.report.rows_duplicated += stats["duplicated"]
                 self.report.rows_unexpected += stats["unexpected"]
 

@@ -41,6 +41,8 @@ class Step:
     action: str
     done: bool = False
     result: str = ""
+    run_state: str | None = None
+    """The final state of the flow run this step waited for (the run step only)."""
 
 
 @dataclass
@@ -51,13 +53,13 @@ class Recovery:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        ran = next((s.result for s in self.steps if s.name == "run now and wait"), "")
+        ran = next((s.run_state for s in self.steps if s.name == "run now and wait"), None)
         return {
             "steps": [asdict(s) for s in self.steps],
             "before": self.before,
             "after": self.after,
             "seconds": round(self.seconds, 1),
-            "ok": bool(self.after and self.after["ok"]) and "COMPLETED" in ran,
+            "ok": bool(self.after and self.after["ok"]) and ran == "COMPLETED",
         }
 
 
@@ -127,7 +129,10 @@ def recover(settings: Settings, yes: bool, resume_schedule: bool = False, timeou
     if not yes:
         return out
     for step in out.steps:
-        step.result = _do(settings, step, timeout)
+        if step.name == "run now and wait":
+            step.result, step.run_state = _run_now(settings, timeout)
+        else:
+            step.result = _do(settings, step, timeout)
         step.done = True
     out.after = diagnose(settings).as_dict()
     out.seconds = time.monotonic() - started
@@ -150,13 +155,25 @@ def _do(settings: Settings, step: Step, timeout: float) -> str:
         return "resumed"
     if step.name == "mark stuck runs Crashed":
         return f"{_crash_stuck(settings)} runs marked Crashed"
-    if step.name == "run now and wait":
-        crashed = _crash_stuck(settings)  # a run with no process would hold the slot and cancel ours
-        run = trigger(settings, names.MAIN, wait=True, timeout=timeout)
-        prefix = f"{crashed} stuck runs marked Crashed; " if crashed else ""
-        note = f" ({run['note']})" if run.get("note") else ""
-        return prefix + f"flow run {run['name']} ({run['flow_run_id']}): {run['state']} in {run['seconds']}s{note}"
     return "nothing to do"
+
+
+def _run_now(settings: Settings, timeout: float) -> tuple[str, str]:
+    """Trigger the main deployment and wait. A run that holds the deployment's slot but never starts (its
+    worker died after submitting it) may turn stuck while we wait for it: mark it Crashed, then run once more."""
+    started = time.monotonic()
+    said: list[str] = []
+    for attempt in (1, 2):
+        crashed = _crash_stuck(settings)  # a run with no process would hold the slot and cancel ours
+        if crashed:
+            said.append(f"{crashed} stuck runs marked Crashed")
+        left = max(timeout - (time.monotonic() - started), 30.0)
+        run = trigger(settings, names.MAIN, wait=True, timeout=left)
+        note = f" ({run['note']})" if run.get("note") else ""
+        said.append(f"flow run {run['name']} ({run['flow_run_id']}): {run['state']} in {run['seconds']}s{note}")
+        if run["state"] != "PENDING" or attempt == 2:
+            break
+    return "; ".join(said), run["state"]
 
 
 def _crash_stuck(settings: Settings) -> int:
