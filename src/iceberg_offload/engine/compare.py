@@ -30,7 +30,8 @@ from iceberg_offload.engine.plan import TablePlan
 from iceberg_offload.engine.typemap import ColumnMap
 from iceberg_offload.engine.wire import conform, small_type
 from iceberg_offload.errors import SourceError, as_error
-from iceberg_offload.iceberg.sink import Sink, open_catalog, warehouse_reads
+from iceberg_offload.iceberg.catalog import open_catalog, warehouse_reads
+from iceberg_offload.iceberg.sink import Sink
 
 Progress = Callable[[str, int, int], None]
 """progress(label, done, total): long work reports how far it is (the CLI's progress bar); cheap to call."""

@@ -47,16 +47,11 @@ from iceberg_offload.errors import (
     as_error,
     redact,
 )
+from iceberg_offload.iceberg.cas import CasTransaction, discard_files
+from iceberg_offload.iceberg.catalog import catalog_errors, open_catalog
 from iceberg_offload.iceberg.datafiles import DataFileWriter
-from iceberg_offload.iceberg.sink import (
-    COMMIT_ID,
-    CasTransaction,
-    Commit,
-    Sink,
-    catalog_errors,
-    discard_files,
-    open_catalog,
-)
+from iceberg_offload.iceberg.history import Commit
+from iceberg_offload.iceberg.sink import COMMIT_ID, Sink
 
 
 @dataclass
