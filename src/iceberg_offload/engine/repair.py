@@ -26,19 +26,10 @@ from iceberg_offload import __version__, names
 from iceberg_offload.clickhouse.client import Source, open_source
 from iceberg_offload.clickhouse.window import NS, Watermark
 from iceberg_offload.config import Settings, TableSettings
-from iceberg_offload.engine.compare import (
-    HOUR,
-    PAGE_ROWS,
-    TTL_MARGIN_SECONDS,
-    Bucket,
-    Progress,
-    compare,
-    expiring_hours,
-    hot_rows,
-    labelled,
-    ts_range,
-)
+from iceberg_offload.engine.buckets import HOUR, Bucket
+from iceberg_offload.engine.compare import PAGE_ROWS, Progress, compare, labelled
 from iceberg_offload.engine.plan import TablePlan
+from iceberg_offload.engine.tiers import TTL_MARGIN_SECONDS, expiring_hours, hot_rows, ts_range
 from iceberg_offload.errors import (
     CommitConflict,
     CommitOutcomeUnknown,
