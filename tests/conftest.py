@@ -16,7 +16,8 @@ import pytest
 from iceberg_offload import config
 from iceberg_offload.clickhouse.client import Source, open_source
 from iceberg_offload.config import Settings
-from iceberg_offload.iceberg.sink import Sink, open_catalog
+from iceberg_offload.iceberg.catalog import open_catalog
+from iceberg_offload.iceberg.sink import Sink
 
 PG_DSN = os.environ.get("OFFLOAD_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/")
 

@@ -16,8 +16,8 @@ from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
 
 from conftest import TRADES_DDL, clickhouse, insert_trades, sink_for, trades_table
 from iceberg_offload.engine.offload import run_cycle
+from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.datafiles import DataFileWriter, dictionary_columns, split_by_partition
-from iceberg_offload.iceberg.sink import open_catalog
 
 UTC = dt.UTC
 HOUR_US = 3600 * 10**6

@@ -19,7 +19,7 @@ from conftest import TRADES_DDL, clickhouse, cold, insert_trades, keys_of, sink_
 from iceberg_offload.clickhouse.client import open_source
 from iceberg_offload.engine.offload import offload_table, run_cycle
 from iceberg_offload.errors import CommitConflict
-from iceberg_offload.iceberg import sink as sink_mod
+from iceberg_offload.iceberg import cas
 
 START_MS = (int(time.time()) - 4 * 3600) * 1000
 
@@ -53,7 +53,7 @@ def test_two_offloads_started_together_commit_each_window_once(make_settings, ca
     with clickhouse(s) as ch:
         insert_trades(ch, "trades", START_MS + 5000 * 1000, 3000, seq0=5000)
     barrier = threading.Barrier(2, timeout=60)
-    original = sink_mod.CasTransaction.commit_transaction
+    original = cas.CasTransaction.commit_transaction
     entered: list[int] = []
 
     def commit_together(self):
@@ -62,7 +62,7 @@ def test_two_offloads_started_together_commit_each_window_once(make_settings, ca
             barrier.wait()
         return original(self)
 
-    monkeypatch.setattr(sink_mod.CasTransaction, "commit_transaction", commit_together)
+    monkeypatch.setattr(cas.CasTransaction, "commit_transaction", commit_together)
     a, b = _race(s, 2)
     assert a.status == b.status == "ok", (a.error, b.error)
     assert sorted([a.rows, b.rows]) == [0, 3000]  # one committed the window, the other found it done
@@ -140,7 +140,7 @@ def test_commit_with_lost_answer_is_settled_from_history(make_settings, catalog_
 CRASHER = textwrap.dedent("""
     import os, signal, sys
     from iceberg_offload.cli import main as cli
-    from iceberg_offload.iceberg import sink
+    from iceberg_offload.iceberg import cas
     from iceberg_offload.clickhouse import client as source
     point, config = sys.argv[1], sys.argv[2]
 
@@ -159,13 +159,13 @@ CRASHER = textwrap.dedent("""
     elif point == "before_commit":
         def commit(self):
             die()
-        sink.CasTransaction.commit_transaction = commit
+        cas.CasTransaction.commit_transaction = commit
     elif point == "after_commit":
-        real_commit = sink.CasTransaction.commit_transaction
+        real_commit = cas.CasTransaction.commit_transaction
         def commit(self):
             real_commit(self)
             die()
-        sink.CasTransaction.commit_transaction = commit
+        cas.CasTransaction.commit_transaction = commit
     sys.exit(cli.main(["run", "--config", config]))
 """)
 

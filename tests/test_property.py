@@ -33,7 +33,7 @@ from iceberg_offload.clickhouse.types import CHType, parse
 from iceberg_offload.engine.compare import verify
 from iceberg_offload.engine.offload import run_cycle
 from iceberg_offload.engine.plan import TablePlan
-from iceberg_offload.iceberg import sink as sink_mod
+from iceberg_offload.iceberg import cas
 
 SEEDS = int(os.environ.get("OFFLOAD_PROPERTY_SEEDS", "2"))
 TABLES = 6
@@ -292,7 +292,7 @@ def _fault(rng: random.Random, monkeypatch: pytest.MonkeyPatch) -> str:
 
         monkeypatch.setattr(Source, "arrow", arrow)
     elif kind in ("before_commit", "lost_answer"):
-        real_commit = sink_mod.CasTransaction.commit_transaction
+        real_commit = cas.CasTransaction.commit_transaction
 
         def commit(self):
             if due() and kind == "before_commit":
@@ -302,7 +302,7 @@ def _fault(rng: random.Random, monkeypatch: pytest.MonkeyPatch) -> str:
                 raise OSError("injected: the answer was lost")
             return out
 
-        monkeypatch.setattr(sink_mod.CasTransaction, "commit_transaction", commit)
+        monkeypatch.setattr(cas.CasTransaction, "commit_transaction", commit)
     return f"{kind}@{at}"
 
 

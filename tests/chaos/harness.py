@@ -25,7 +25,8 @@ from conftest import TRADES_DDL, insert_trades
 from iceberg_offload import names
 from iceberg_offload.clickhouse.client import open_source
 from iceberg_offload.config import Settings
-from iceberg_offload.iceberg.sink import Sink, open_catalog
+from iceberg_offload.iceberg.catalog import open_catalog
+from iceberg_offload.iceberg.sink import Sink
 from iceberg_offload.orchestration import prefect_api
 from iceberg_offload.orchestration.stack import pid_alive, read_state
 from stackutil import PgCluster, cli, cli_json, free_port, prefect_cli, start_process, stop, write_config

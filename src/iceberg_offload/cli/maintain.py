@@ -67,7 +67,8 @@ def _say(step: str, r: dict[str, Any]) -> str:
 
 def cmd_view(args: Args) -> int:
     from iceberg_offload.clickhouse.client import open_source
-    from iceberg_offload.iceberg.sink import Sink, open_catalog
+    from iceberg_offload.iceberg.catalog import open_catalog
+    from iceberg_offload.iceberg.sink import Sink
     from iceberg_offload.maintenance.view import create_view, view_sql
 
     settings = load_settings(args)

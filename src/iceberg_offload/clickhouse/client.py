@@ -9,28 +9,19 @@ shares one engine between the threads of the process, and closes it when the las
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
-import logging
-import os
-import re
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from iceberg_offload.clickhouse.connect import database_error, open_client
+from iceberg_offload.clickhouse.embedded import EngineLock, chdb_path, engine_lock
 from iceberg_offload.clickhouse.sql import literal, quote
 from iceberg_offload.clickhouse.ttl import column_ttls, ttl_expressions
 from iceberg_offload.config import SourceSettings
-from iceberg_offload.errors import EngineBusy, ResultMismatch, SourceError, SourceUnavailable, redact
-
-# ClickHouse error codes we translate into fixes.
-_UNKNOWN_TABLE, _UNKNOWN_DATABASE, _AUTH_FAILED, _UNKNOWN_IDENTIFIER = 60, 81, 516, 47
+from iceberg_offload.errors import ResultMismatch, SourceError, SourceUnavailable
 
 
 @dataclass(frozen=True)
@@ -75,117 +66,6 @@ class TableInfo:
         return f"{quote(self.database)}.{quote(self.name)}"
 
 
-class _EngineLock:
-    """Process-wide exclusive lock on an embedded chdb path, shared by the threads of one process."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.lock_file = path.rstrip("/") + ".lock"
-        self.users = 0
-        self.fd: int | None = None
-        self.mutex = threading.Lock()
-
-    def acquire(self, timeout: float) -> None:
-        with self.mutex:
-            if self.users == 0:
-                self._take(timeout)
-            self.users += 1
-
-    def release(self) -> bool:
-        """Drop one user; True when this was the last and the engine must close."""
-        with self.mutex:
-            self.users -= 1
-            if self.users > 0:
-                return False
-            assert self.fd is not None
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-            return True
-
-    def _take(self, timeout: float) -> None:
-        os.makedirs(os.path.dirname(self.lock_file) or ".", exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + timeout
-        said = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not said:
-                    said = True
-                    logging.getLogger("iceberg_offload").warning(
-                        "waiting up to %.0fs for the embedded ClickHouse at %s, held by %s",
-                        timeout,
-                        self.path,
-                        _read_holder(fd),
-                    )
-                if time.monotonic() >= deadline:
-                    holder = _read_holder(fd)
-                    os.close(fd)
-                    raise EngineBusy(
-                        f"embedded ClickHouse at {self.path} is held by {holder} (waited {timeout:.0f}s)",
-                        "wait for that process to finish, or stop it; raise [source] lock_timeout_seconds "
-                        "if offloads routinely take longer",
-                    ) from None
-                time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        info = {"pid": os.getpid(), "cmd": " ".join(sys.argv)[:200], "since": time.time()}
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        self.fd = fd
-
-
-def _read_holder(fd: int) -> str:
-    """Who holds the lock: the kernel's answer (/proc/locks) first, since a holder that is not one of us
-    never writes the file; then what our last holder wrote into it."""
-    try:
-        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except (ValueError, OSError):
-        info = {}
-    pid = _flock_pid(fd)
-    if pid is not None and pid != info.get("pid"):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            cmd = "?"
-        return f"pid {pid} ({cmd[:200]})"
-    if not info:
-        return "another process"
-    age = time.time() - float(info.get("since", time.time()))
-    return f"pid {info.get('pid', '?')} ({info.get('cmd', '?')}, for {age:.0f}s)"
-
-
-def _flock_pid(fd: int) -> int | None:
-    """The pid holding a flock on the file behind fd, from /proc/locks (Linux); None if unknown."""
-    try:
-        inode = os.fstat(fd).st_ino
-        for line in Path("/proc/locks").read_text().splitlines():
-            f = line.split()
-            if len(f) > 5 and f[1] == "FLOCK" and f[5].rsplit(":", 1)[-1] == str(inode) and f[4].isdigit():
-                return int(f[4])
-    except OSError:
-        pass
-    return None
-
-
-_LOCKS: dict[str, _EngineLock] = {}
-_LOCKS_MUTEX = threading.Lock()
-
-
-def chdb_path(dsn: str) -> str | None:
-    """The on-disk path of an embedded DSN, symlinks resolved (None for a server DSN). clickhouse-connect's
-    chdb client starts the process's one embedded server on the resolved path and chdb refuses any other
-    spelling of it; so the Arrow handle, the lock and the identity all use this one."""
-    if not dsn.startswith("chdb://"):
-        return None
-    rest = dsn[len("chdb://") :]
-    if rest in ("", ":memory:"):
-        return ":memory:"
-    path, sep, query = rest.partition("?")
-    return os.path.realpath(path) + sep + query
-
-
 class Source:
     """One client on one thread. Use `open_source(settings)`; never construct directly.
 
@@ -211,7 +91,7 @@ class Source:
     def client(self) -> Any:
         """The clickhouse-connect client, opened again after a discard."""
         if self._client is None:
-            self._client = _client(self.settings)
+            self._client = open_client(self.settings)
         return self._client
 
     def command(self, sql: str) -> None:
@@ -322,7 +202,7 @@ class Source:
 
     @contextlib.contextmanager
     def _translate(self, sql: str) -> Iterator[None]:
-        from chdb._exceptions import ChdbError  # noqa: PLC0415 - see _client
+        from chdb._exceptions import ChdbError  # noqa: PLC0415 - see connect.open_client
         from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError  # noqa: PLC0415
 
         try:
@@ -332,14 +212,14 @@ class Source:
                 self.discard()  # a failed query's leftovers must never reach the next query
                 raise
         except ChdbError as exc:  # our own embedded handle (see _fetch_arrow)
-            raise _database_error(exc, sql) from exc
+            raise database_error(exc, sql) from exc
         except OperationalError as exc:
             raise SourceUnavailable(
                 f"ClickHouse at {self.settings.dsn} is unreachable: {exc}",
                 "check that ClickHouse is running and [source] dsn is right",
             ) from exc
         except DatabaseError as exc:
-            raise _database_error(exc, sql) from exc
+            raise database_error(exc, sql) from exc
         except OSError as exc:  # a socket that died under the driver (reset, broken pipe, timeout)
             raise SourceUnavailable(
                 f"ClickHouse at {self.settings.dsn} is unreachable: {exc}",
@@ -347,56 +227,16 @@ class Source:
             ) from exc
 
 
-def _database_error(exc: Exception, sql: str) -> Exception:
-    text = redact(str(exc).split("\n")[0][:500])
-    code = getattr(exc, "code", None)
-    if code is None and (m := re.match(r"Code: (\d+)\.", text)):
-        code = int(m.group(1))
-    if code == _AUTH_FAILED or "Authentication failed" in text:  # retrying will not change the password
-        return SourceError(
-            f"ClickHouse refused the credentials: {text}",
-            "fix the user or password in [source] dsn (or OFFLOAD__SOURCE__DSN)",
-        )
-    if code in (_UNKNOWN_TABLE, _UNKNOWN_DATABASE):
-        return SourceError(f"ClickHouse: {text}", "fix [[tables]] source or [source] database in the config")
-    if "Connection refused" in text or "timed out" in text.lower():
-        return SourceUnavailable(f"ClickHouse unreachable: {text}", "check ClickHouse and [source] dsn")
-    return SourceError(
-        f"ClickHouse rejected a query: {text}", f"query was: {sql[:300]}" if sql else "check [source] dsn and database"
-    )
-
-
-def _client(settings: SourceSettings) -> Any:
-    import clickhouse_connect  # noqa: PLC0415 - ~0.3 s: only for commands that read ClickHouse
-    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError  # noqa: PLC0415
-
-    try:
-        return clickhouse_connect.get_client(dsn=settings.dsn)
-    except DatabaseError as exc:
-        if isinstance(exc, OperationalError):
-            raise SourceUnavailable(
-                f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
-                "check that ClickHouse is running and [source] dsn is right",
-            ) from exc
-        raise _database_error(exc, "") from exc
-    except Exception as exc:
-        raise SourceUnavailable(
-            f"cannot connect to ClickHouse at {settings.dsn}: {redact(str(exc))[:300]}",
-            "check that ClickHouse is running and [source] dsn is right",
-        ) from exc
-
-
 @contextlib.contextmanager
 def open_source(settings: SourceSettings) -> Iterator[Source]:
     """A connected Source for this thread; the embedded engine is locked for the process meanwhile."""
     path = chdb_path(settings.dsn)
-    lock: _EngineLock | None = None
+    lock: EngineLock | None = None
     if path is not None and path != ":memory:":
-        with _LOCKS_MUTEX:
-            lock = _LOCKS.setdefault(path, _EngineLock(path))
+        lock = engine_lock(path)
         lock.acquire(settings.lock_timeout_seconds)
     try:
-        source = Source(settings, _client(settings))
+        source = Source(settings, open_client(settings))
         try:
             yield source
         finally:

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 from pyiceberg.table import Table
 
 from iceberg_offload import names
-from iceberg_offload.clickhouse.client import chdb_path
+from iceberg_offload.clickhouse.embedded import chdb_path
 from iceberg_offload.config import SourceSettings
 from iceberg_offload.errors import SourceMismatch
 

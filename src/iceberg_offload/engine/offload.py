@@ -41,7 +41,8 @@ from iceberg_offload.errors import (
     as_error,
     reported_as,
 )
-from iceberg_offload.iceberg.sink import COMMIT_ID, Sink, open_catalog
+from iceberg_offload.iceberg.catalog import open_catalog
+from iceberg_offload.iceberg.sink import COMMIT_ID, Sink
 
 MAX_CONFLICTS = 3
 

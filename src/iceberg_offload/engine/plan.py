@@ -20,7 +20,8 @@ from iceberg_offload.engine.identity import SourceIdentity
 from iceberg_offload.engine.identity import check as check_identity
 from iceberg_offload.engine.typemap import ColumnMap, iceberg_fields, plan_columns
 from iceberg_offload.errors import ConfigError, SourceError, SourceMismatch, TTLTooShort, ValueOutOfRange
-from iceberg_offload.iceberg.sink import Commit, Sink
+from iceberg_offload.iceberg.history import Commit
+from iceberg_offload.iceberg.sink import Sink
 
 TS_COLUMN, SEQ_COLUMN = names.WATERMARK_TIMESTAMP_COLUMN, names.WATERMARK_SEQUENCE_COLUMN
 SOURCE = names.WATERMARK_SOURCE

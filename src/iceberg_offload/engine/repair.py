@@ -26,19 +26,10 @@ from iceberg_offload import __version__, names
 from iceberg_offload.clickhouse.client import Source, open_source
 from iceberg_offload.clickhouse.window import NS, Watermark
 from iceberg_offload.config import Settings, TableSettings
-from iceberg_offload.engine.compare import (
-    HOUR,
-    PAGE_ROWS,
-    TTL_MARGIN_SECONDS,
-    Bucket,
-    Progress,
-    compare,
-    expiring_hours,
-    hot_rows,
-    labelled,
-    ts_range,
-)
+from iceberg_offload.engine.buckets import HOUR, Bucket
+from iceberg_offload.engine.compare import PAGE_ROWS, Progress, compare, labelled
 from iceberg_offload.engine.plan import TablePlan
+from iceberg_offload.engine.tiers import TTL_MARGIN_SECONDS, expiring_hours, hot_rows, ts_range
 from iceberg_offload.errors import (
     CommitConflict,
     CommitOutcomeUnknown,
@@ -47,16 +38,11 @@ from iceberg_offload.errors import (
     as_error,
     redact,
 )
+from iceberg_offload.iceberg.cas import CasTransaction, discard_files
+from iceberg_offload.iceberg.catalog import catalog_errors, open_catalog
 from iceberg_offload.iceberg.datafiles import DataFileWriter
-from iceberg_offload.iceberg.sink import (
-    COMMIT_ID,
-    CasTransaction,
-    Commit,
-    Sink,
-    catalog_errors,
-    discard_files,
-    open_catalog,
-)
+from iceberg_offload.iceberg.history import Commit
+from iceberg_offload.iceberg.sink import COMMIT_ID, Sink
 
 
 @dataclass

@@ -9,195 +9,39 @@ instead (`CommitConflict`), with its data files removed.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-import re
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
 
 import pyarrow as pa
-from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import (
-    CommitFailedException,
-    NoSuchTableError,
-)
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
-from pyiceberg.table import Table, Transaction
+from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.transforms import DayTransform, HourTransform, MonthTransform
 from pyiceberg.types import IcebergType, ListType, MapType, NestedField, StructType
 
 from iceberg_offload import names
 from iceberg_offload.clickhouse.window import Watermark
-from iceberg_offload.config import CatalogSettings
-from iceberg_offload.errors import (
-    CatalogUnavailable,
-    CommitConflict,
-    CommitOutcomeUnknown,
-    OffloadError,
-    SchemaDrift,
-    WarehouseError,
-    WarehouseMissing,
-    redact,
+from iceberg_offload.errors import CommitConflict, CommitOutcomeUnknown, SchemaDrift, redact
+from iceberg_offload.iceberg.cas import CasTransaction, discard_files
+from iceberg_offload.iceberg.catalog import (
+    catalog_errors,
+    missing_file,
+    storage_error,
+    warehouse_error,
+    warehouse_missing,
+    warehouse_reads,
 )
 from iceberg_offload.iceberg.datafiles import DataFileWriter
+from iceberg_offload.iceberg.history import Commit
 
 COMMIT_ID = names.COMMIT_ID
 # Offload commits must never be rebased (see CasTransaction); with no retries pyiceberg also stops
 # logging "retrying" for a conflict that we are about to report.
 TABLE_PROPERTIES = {"write.parquet.compression-codec": "zstd", "commit.retry.num-retries": "0"}
 _TRANSFORMS = {"hour": HourTransform, "day": DayTransform, "month": MonthTransform}
-
-
-# A file-system answer that retrying will not change: full, read-only, no permission, not a directory.
-_STORAGE_ERRNOS = {
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EROFS,
-    errno.EACCES,
-    errno.EPERM,
-    errno.ENOTDIR,
-    errno.EISDIR,
-    errno.EEXIST,
-    errno.ENOENT,
-}
-
-
-def _storage_error(exc: BaseException) -> bool:
-    if not isinstance(exc, OSError) or isinstance(exc, ConnectionError | TimeoutError):
-        return False
-    if exc.errno in _STORAGE_ERRNOS:
-        return True
-    found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)  # pyarrow puts the errno in the text
-    return found is not None and int(found.group(1)) in _STORAGE_ERRNOS
-
-
-def missing_file(exc: BaseException) -> str | None:
-    """The path of the file a read (or write) did not find, when `exc` says a file is missing; else None.
-    pyarrow says `[Errno 2] Failed to open local file '/path'` (no filename attribute); fsspec sets it."""
-    if not isinstance(exc, FileNotFoundError) and not (isinstance(exc, OSError) and exc.errno == errno.ENOENT):
-        return None
-    if exc.filename:
-        return str(exc.filename)
-    quoted = re.search(r"'([^']+)'", str(exc))
-    return quoted.group(1) if quoted else redact(str(exc)).splitlines()[0][:300]
-
-
-def _file_kind(path: str) -> str:
-    name = path.rsplit("/", 1)[-1]
-    if name.endswith(".metadata.json"):
-        return "the table's metadata file"
-    if name.startswith("snap-") and name.endswith(".avro"):
-        return "a manifest list"
-    if name.endswith(".avro"):
-        return "a manifest"
-    return "a data file" if name.endswith(".parquet") else "a file"
-
-
-def warehouse_missing(what: str, path: str, warehouse: str = "") -> WarehouseMissing:
-    where = f"[catalog] warehouse ({warehouse})" if warehouse else "[catalog] warehouse"
-    return WarehouseMissing(
-        f"{what}: the catalog lists {path} ({_file_kind(path)}), but the warehouse does not have it",
-        f"check that {where} is the right path, mount or bucket, or restore the file from "
-        f"backup; if it is gone for good: docs/runbooks/warehouse-lost.md",
-    )
-
-
-@contextlib.contextmanager
-def warehouse_reads(what: str, warehouse: str = "") -> Iterator[None]:
-    """A file the catalog or a snapshot names but the warehouse lacks becomes WarehouseMissing, naming it."""
-    try:
-        yield
-    except OSError as exc:
-        path = missing_file(exc)
-        if path is None:
-            raise
-        raise warehouse_missing(what, path, warehouse) from exc
-
-
-def _warehouse_error(what: str, warehouse: str, exc: BaseException) -> WarehouseError:
-    return WarehouseError(
-        f"{what}: cannot write to the warehouse: {redact(str(exc)).splitlines()[0][:300]}; nothing was committed",
-        f"free space or make [catalog] warehouse ({warehouse}) a writable directory, then run again",
-    )
-
-
-class CasTransaction(Transaction):
-    """A transaction whose commit never rebases onto a snapshot it did not read."""
-
-    def _rebuild_snapshot_updates(self) -> None:
-        raise CommitFailedException("the table changed after the watermark was read")
-
-
-@dataclass(frozen=True)
-class Commit:
-    snapshot_id: int
-    timestamp_ms: int
-    operation: str
-    props: dict[str, str]
-
-    @property
-    def watermark(self) -> Watermark | None:
-        return Watermark.from_props(self.props)
-
-    @property
-    def totals(self) -> tuple[int, int]:
-        """(rows, commits) offloaded into the table up to and including this commit. Counted forward in
-        every summary, so they survive snapshot expiry (maintenance carries the newest summary forward)."""
-        return int(self.props.get(names.ROWS_TOTAL, 0)), int(self.props.get(names.COMMITS_TOTAL, 0))
-
-    def as_dict(self) -> dict[str, Any]:
-        wm = self.watermark
-        return {
-            "snapshot_id": self.snapshot_id,
-            "committed_at_ms": self.timestamp_ms,
-            "operation": self.operation,
-            "watermark": wm.as_dict() if wm else None,
-            "run_id": self.props.get(names.RUN_ID),
-            "rows": int(self.props.get(names.ROWS, 0)),
-            "window_lower_ns": self.props.get(names.WINDOW_LOWER_NS) or None,
-            "window_upper_ns": self.props.get(names.WINDOW_UPPER_NS) or None,
-        }
-
-
-@contextlib.contextmanager
-def catalog_errors(what: str, warehouse: str = "") -> Iterator[None]:
-    """Translate catalog-transport failures into CatalogUnavailable, and a warehouse that refuses a write
-    into WarehouseError; our own errors pass through."""
-    try:
-        yield
-    except OffloadError:
-        raise
-    except (NoSuchTableError, CommitFailedException):
-        raise
-    except Exception as exc:
-        if (path := missing_file(exc)) is not None:
-            raise warehouse_missing(what, path, warehouse) from exc
-        if warehouse and _storage_error(exc):
-            raise _warehouse_error(what, warehouse, exc) from exc
-        raise CatalogUnavailable(
-            f"Iceberg catalog failed while {what}: {redact(str(exc)).splitlines()[0][:300]}",
-            "check that the catalog is reachable and [catalog] uri is right",
-        ) from exc
-
-
-def open_catalog(settings: CatalogSettings) -> Catalog:
-    props = {"type": settings.type, "uri": settings.uri, "warehouse": settings.warehouse, **settings.properties}
-    if settings.uri.startswith("sqlite:////"):  # the embedded default: make its folder on first use
-        os.makedirs(os.path.dirname(settings.uri[len("sqlite:///") :]), exist_ok=True)
-    with catalog_errors("connecting"):
-        for attempt in range(5):
-            try:
-                return load_catalog(settings.name, **props)
-            except Exception as exc:
-                if "already exists" not in str(exc) or attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
 
 
 class Sink:
@@ -384,7 +228,7 @@ class Sink:
             discard_files(table, written, str(append.commit_uuid))
             if (path := missing_file(exc)) is not None:
                 raise warehouse_missing(".".join(table.name()), path, self.warehouse) from exc
-            raise _warehouse_error(f"{'.'.join(table.name())} at {table.location()}", self.warehouse, exc) from exc
+            raise warehouse_error(f"{'.'.join(table.name())} at {table.location()}", self.warehouse, exc) from exc
         except BaseException:
             discard_files(table, written, str(append.commit_uuid))
             raise
@@ -394,7 +238,7 @@ class Sink:
             if (path := missing_file(exc)) is not None:  # read before the catalog was asked: nothing landed
                 discard_files(table, written, str(append.commit_uuid))
                 raise warehouse_missing(".".join(table.name()), path, self.warehouse) from exc
-            if not _storage_error(exc) or self.find_commit(table.name()[-1], props.get(COMMIT_ID, "")) is not None:
+            if not storage_error(exc) or self.find_commit(table.name()[-1], props.get(COMMIT_ID, "")) is not None:
                 raise CommitOutcomeUnknown(
                     f"{'.'.join(table.name())}: commit {props.get(COMMIT_ID)} outcome unknown: "
                     f"{redact(str(exc)).splitlines()[0][:300]}",
@@ -402,7 +246,7 @@ class Sink:
                 ) from exc
             # the new metadata file could not be written, so the catalog never saw this commit
             discard_files(table, written, str(append.commit_uuid))
-            raise _warehouse_error(f"{'.'.join(table.name())} at {table.location()}", self.warehouse, exc) from exc
+            raise warehouse_error(f"{'.'.join(table.name())} at {table.location()}", self.warehouse, exc) from exc
         except CommitFailedException as exc:
             discard_files(table, written)  # the commit surely did not land: its files are ours to remove
             raise CommitConflict(
@@ -417,24 +261,6 @@ class Sink:
                 "none needed: the next run reads the watermark from Iceberg and settles it",
             ) from exc
         return new_table, rows
-
-
-def discard_files(table: Table, paths: list[str], commit_uuid: str = "") -> None:
-    """Delete the files of a commit that did not land: the data files it wrote and, when the warehouse is
-    local, every file named with its commit uuid (a half-written data file, manifests, manifest list)."""
-    for path in paths:
-        with contextlib.suppress(Exception):
-            table.io.delete(path)
-    location = table.location()
-    if not commit_uuid or not location.startswith(("file://", "/")):
-        return
-    root = location.removeprefix("file://")
-    with contextlib.suppress(OSError):
-        for folder, _dirs, files in os.walk(root):
-            for name in files:
-                if commit_uuid in name:
-                    with contextlib.suppress(OSError):
-                        os.remove(os.path.join(folder, name))
 
 
 def _shape(t: IcebergType) -> str:

@@ -27,17 +27,11 @@ from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.engine.compare import Progress
 from iceberg_offload.engine.identity import SourceIdentity
 from iceberg_offload.engine.identity import check as check_identity
-from iceberg_offload.errors import CommitConflict, CommitOutcomeUnknown, CompactionMismatch, redact
+from iceberg_offload.errors import CommitConflict, CommitOutcomeUnknown, CompactionMismatch, WarehouseError, redact
+from iceberg_offload.iceberg.cas import CasTransaction, discard_files
+from iceberg_offload.iceberg.catalog import catalog_errors, missing_file, warehouse_missing
 from iceberg_offload.iceberg.datafiles import DataFileWriter
-from iceberg_offload.iceberg.sink import (
-    CasTransaction,
-    Sink,
-    WarehouseError,
-    catalog_errors,
-    discard_files,
-    missing_file,
-    warehouse_missing,
-)
+from iceberg_offload.iceberg.sink import Sink
 
 DEFAULT_TARGET = 128 * 1024 * 1024
 CARRIED = (names.ROWS_TOTAL, names.COMMITS_TOTAL)

@@ -15,7 +15,8 @@ from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.engine.compare import Progress, labelled
 from iceberg_offload.engine.repair import reconcile
 from iceberg_offload.errors import as_error
-from iceberg_offload.iceberg.sink import Sink, open_catalog
+from iceberg_offload.iceberg.catalog import open_catalog
+from iceberg_offload.iceberg.sink import Sink
 from iceberg_offload.maintenance.compact import compact
 from iceberg_offload.maintenance.expire import expire
 from iceberg_offload.maintenance.orphans import orphans

@@ -19,7 +19,9 @@ from pyiceberg.table.update.snapshot import ExpireSnapshots
 from iceberg_offload.clickhouse.window import iso
 from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.errors import CommitConflict
-from iceberg_offload.iceberg.sink import CasTransaction, Sink, catalog_errors
+from iceberg_offload.iceberg.cas import CasTransaction
+from iceberg_offload.iceberg.catalog import catalog_errors
+from iceberg_offload.iceberg.sink import Sink
 
 
 @dataclass

@@ -15,7 +15,9 @@ from pyiceberg.io.pyarrow import PyArrowFileIO
 from pyiceberg.table import Table
 
 from iceberg_offload.config import Settings, TableSettings
-from iceberg_offload.iceberg.sink import Sink, WarehouseError, catalog_errors
+from iceberg_offload.errors import WarehouseError
+from iceberg_offload.iceberg.catalog import catalog_errors
+from iceberg_offload.iceberg.sink import Sink
 
 
 @dataclass

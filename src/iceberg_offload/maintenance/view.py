@@ -40,7 +40,8 @@ from iceberg_offload.clickhouse.window import Watermark
 from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.engine.plan import TablePlan
 from iceberg_offload.errors import ConfigError, as_error
-from iceberg_offload.iceberg.sink import Sink, open_catalog
+from iceberg_offload.iceberg.catalog import open_catalog
+from iceberg_offload.iceberg.sink import Sink
 
 _NOT_NULLABLE = ("Array(", "Map(", "Tuple(", "Nested(", "JSON", "Object(", "Variant(", "Dynamic", "Nullable(")
 

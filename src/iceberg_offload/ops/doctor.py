@@ -21,7 +21,8 @@ from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.engine.offload import late_since
 from iceberg_offload.engine.repair import reconcile
 from iceberg_offload.errors import EngineBusy, OffloadError, TTLTooShort, reported_as
-from iceberg_offload.iceberg.sink import Sink, open_catalog
+from iceberg_offload.iceberg.catalog import open_catalog
+from iceberg_offload.iceberg.sink import Sink
 from iceberg_offload.ops.doctor_engine import Check, check_orchestrator, check_warehouse, stack_used
 from iceberg_offload.ops.status import TableStatus, derive, table_status
 from iceberg_offload.orchestration import prefect_api

@@ -12,7 +12,8 @@ from pyiceberg.table import Snapshot
 
 from iceberg_offload.config import PrefectSettings, Settings
 from iceberg_offload.errors import OffloadError, WarehouseMissing
-from iceberg_offload.iceberg.sink import Sink, open_catalog, warehouse_missing, warehouse_reads
+from iceberg_offload.iceberg.catalog import open_catalog, warehouse_missing, warehouse_reads
+from iceberg_offload.iceberg.sink import Sink
 from iceberg_offload.orchestration.stack import stack_dir
 
 LOCAL_API_URL = str(PrefectSettings.model_fields["api_url"].default)

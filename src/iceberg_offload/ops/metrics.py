@@ -35,7 +35,8 @@ from iceberg_offload.errors import (
     SourceUnavailable,
     WarehouseMissing,
 )
-from iceberg_offload.iceberg.sink import Sink, open_catalog
+from iceberg_offload.iceberg.catalog import open_catalog
+from iceberg_offload.iceberg.sink import Sink
 from iceberg_offload.ops.status import TableStatus, cold_status, derive, hot_status
 from iceberg_offload.orchestration import prefect_api
 from iceberg_offload.orchestration.artifacts import LateRows, late_rows, reconcile_metrics

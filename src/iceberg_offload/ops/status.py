@@ -19,7 +19,9 @@ from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.engine.identity import SourceIdentity
 from iceberg_offload.engine.plan import SOURCE, TablePlan
 from iceberg_offload.errors import ConfigError, OffloadError
-from iceberg_offload.iceberg.sink import Commit, Sink, catalog_errors, open_catalog
+from iceberg_offload.iceberg.catalog import catalog_errors, open_catalog
+from iceberg_offload.iceberg.history import Commit
+from iceberg_offload.iceberg.sink import Sink
 
 
 def _now_ns(now_ns: int | None) -> int:

@@ -35,7 +35,8 @@ from iceberg_offload.clickhouse.client import open_source
 from iceberg_offload.config import LAYERS, Settings, load
 from iceberg_offload.engine.offload import TableResult, cycle_status, new_run_id, offload_table
 from iceberg_offload.errors import OffloadError, OffloadInFlight, OrchestrationError, TableBusy, TableFailed
-from iceberg_offload.iceberg.sink import Sink, open_catalog
+from iceberg_offload.iceberg.catalog import open_catalog
+from iceberg_offload.iceberg.sink import Sink
 from iceberg_offload.maintenance import view
 from iceberg_offload.maintenance.daily import maintain_table
 from iceberg_offload.orchestration.artifacts import cycle_row

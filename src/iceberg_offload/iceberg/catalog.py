@@ -1,0 +1,126 @@
+"""The Iceberg catalog opened, and what the catalog and the warehouse answer translated into our errors:
+a transport failure is CatalogUnavailable, a warehouse that refuses a write WarehouseError, and a file the
+catalog lists but the warehouse lacks WarehouseMissing, naming it."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import time
+from collections.abc import Iterator
+
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+
+from iceberg_offload.config import CatalogSettings
+from iceberg_offload.errors import CatalogUnavailable, OffloadError, WarehouseError, WarehouseMissing, redact
+
+# A file-system answer that retrying will not change: full, read-only, no permission, not a directory.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENOENT,
+}
+
+
+def storage_error(exc: BaseException) -> bool:
+    if not isinstance(exc, OSError) or isinstance(exc, ConnectionError | TimeoutError):
+        return False
+    if exc.errno in _STORAGE_ERRNOS:
+        return True
+    found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)  # pyarrow puts the errno in the text
+    return found is not None and int(found.group(1)) in _STORAGE_ERRNOS
+
+
+def missing_file(exc: BaseException) -> str | None:
+    """The path of the file a read (or write) did not find, when `exc` says a file is missing; else None.
+    pyarrow says `[Errno 2] Failed to open local file '/path'` (no filename attribute); fsspec sets it."""
+    if not isinstance(exc, FileNotFoundError) and not (isinstance(exc, OSError) and exc.errno == errno.ENOENT):
+        return None
+    if exc.filename:
+        return str(exc.filename)
+    quoted = re.search(r"'([^']+)'", str(exc))
+    return quoted.group(1) if quoted else redact(str(exc)).splitlines()[0][:300]
+
+
+def _file_kind(path: str) -> str:
+    name = path.rsplit("/", 1)[-1]
+    if name.endswith(".metadata.json"):
+        return "the table's metadata file"
+    if name.startswith("snap-") and name.endswith(".avro"):
+        return "a manifest list"
+    if name.endswith(".avro"):
+        return "a manifest"
+    return "a data file" if name.endswith(".parquet") else "a file"
+
+
+def warehouse_missing(what: str, path: str, warehouse: str = "") -> WarehouseMissing:
+    where = f"[catalog] warehouse ({warehouse})" if warehouse else "[catalog] warehouse"
+    return WarehouseMissing(
+        f"{what}: the catalog lists {path} ({_file_kind(path)}), but the warehouse does not have it",
+        f"check that {where} is the right path, mount or bucket, or restore the file from "
+        f"backup; if it is gone for good: docs/runbooks/warehouse-lost.md",
+    )
+
+
+@contextlib.contextmanager
+def warehouse_reads(what: str, warehouse: str = "") -> Iterator[None]:
+    """A file the catalog or a snapshot names but the warehouse lacks becomes WarehouseMissing, naming it."""
+    try:
+        yield
+    except OSError as exc:
+        path = missing_file(exc)
+        if path is None:
+            raise
+        raise warehouse_missing(what, path, warehouse) from exc
+
+
+def warehouse_error(what: str, warehouse: str, exc: BaseException) -> WarehouseError:
+    return WarehouseError(
+        f"{what}: cannot write to the warehouse: {redact(str(exc)).splitlines()[0][:300]}; nothing was committed",
+        f"free space or make [catalog] warehouse ({warehouse}) a writable directory, then run again",
+    )
+
+
+@contextlib.contextmanager
+def catalog_errors(what: str, warehouse: str = "") -> Iterator[None]:
+    """Translate catalog-transport failures into CatalogUnavailable, and a warehouse that refuses a write
+    into WarehouseError; our own errors pass through."""
+    try:
+        yield
+    except OffloadError:
+        raise
+    except (NoSuchTableError, CommitFailedException):
+        raise
+    except Exception as exc:
+        if (path := missing_file(exc)) is not None:
+            raise warehouse_missing(what, path, warehouse) from exc
+        if warehouse and storage_error(exc):
+            raise warehouse_error(what, warehouse, exc) from exc
+        raise CatalogUnavailable(
+            f"Iceberg catalog failed while {what}: {redact(str(exc)).splitlines()[0][:300]}",
+            "check that the catalog is reachable and [catalog] uri is right",
+        ) from exc
+
+
+def open_catalog(settings: CatalogSettings) -> Catalog:
+    props = {"type": settings.type, "uri": settings.uri, "warehouse": settings.warehouse, **settings.properties}
+    if settings.uri.startswith("sqlite:////"):  # the embedded default: make its folder on first use
+        os.makedirs(os.path.dirname(settings.uri[len("sqlite:///") :]), exist_ok=True)
+    with catalog_errors("connecting"):
+        for attempt in range(5):
+            try:
+                return load_catalog(settings.name, **props)
+            except Exception as exc:
+                if "already exists" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
