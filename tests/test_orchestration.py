@@ -1,4 +1,5 @@
-"""Prefect 3 for real: server (SQLite and Postgres), process workers, the deployments, the supervisor."""
+"""Prefect 3 for real: server (SQLite; the Postgres-backed one is test_scenarios.py's stack), process workers,
+the deployments, the supervisor."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _pg_admin, cold, sink_for
+from conftest import cold, sink_for
 from iceberg_offload.errors import OffloadInFlight, TableBusy
 from iceberg_offload.orchestration.prefect_api import online_workers, workers
 from iceberg_offload.orchestration.stack import read_state
@@ -297,30 +298,6 @@ def _free() -> int:
     return free_port()
 
 
-def test_postgres_backed_server_runs_the_deployment(tmp_path):
-    name = f"prefect_test_{uuid.uuid4().hex[:8]}"
-    admin = _pg_admin()
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    settings = write_config(
-        tmp_path, ["p1"], prefect={"database_url": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"}
-    )
-    seed(settings, ["p1"], 1000)
-    try:
-        up = cli_json(settings, "up", timeout=240)
-        assert up["api_ready"] and up["workers_online"] == 1
-        out = cli_json(settings, "deploy")
-        assert set(out["deployments"].values()) == {"unchanged"}
-        run = _run_main(settings)
-        assert run.state.type.value == "COMPLETED", run.state
-        assert cold(settings, "p1").num_rows == 1000
-    finally:
-        cli(settings, "down", check=False)
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
 def test_worker_stops_on_sigterm_when_started_in_the_background(tmp_path):
     """A non-interactive shell's background job inherits SIGINT ignored; the worker must still stop."""
     import subprocess
@@ -396,30 +373,6 @@ def test_doctor_names_full_restart_when_the_supervisor_is_gone(tmp_path):
     checks = {c["name"]: c for c in report["checks"]}
     assert checks["processes"]["fix"] == "iceberg-offload up"
     assert checks["prefect server"]["status"] == "fail" and checks["metrics endpoint"]["status"] == "fail"
-
-
-def test_recover_previews_then_restores_a_stopped_stack_and_lands_the_backlog(tmp_path):
-    import json
-
-    settings = write_config(tmp_path, ["r1"])
-    seed(settings, ["r1"], 300)
-    try:
-        cli_json(settings, "up", timeout=240)
-        cli(settings, "down")
-        seed(settings, ["r1"], 200)  # rows arrive while the stack is down
-        preview = json.loads(cli(settings, "recover", "--json", check=False).stdout)
-        assert preview["after"] is None and not any(s["done"] for s in preview["steps"])
-        assert [s["name"] for s in preview["steps"]][0] == "start the stack"
-        assert preview["before"]["scenario"] == "full restart"
-        assert json.loads(cli(settings, "ps", "--json", check=False).stdout)["running"] is False  # preview did nothing
-        done = cli_json(settings, "recover", "--yes", timeout=400)
-        assert done["ok"], done
-        ran = next(s for s in done["steps"] if s["name"] == "run now and wait")
-        assert ran["run_state"] == "COMPLETED", ran
-        assert cold(settings, "r1").num_rows == 500
-        assert cli_json(settings, "verify")["ok"]
-    finally:
-        cli(settings, "down", check=False)
 
 
 def test_maintenance_deployment_repairs_late_rows_table_by_table(stack):

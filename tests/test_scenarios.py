@@ -298,6 +298,18 @@ def test_run_left_pending_by_a_dead_worker(healthy, pg_cluster):
     assert prefect_api.request(healthy, "GET", f"/flow_runs/{run['id']}")["state"]["type"] == "CRASHED"
 
 
+def test_full_restart(healthy):
+    """The whole stack is down (a host reboot) while rows arrive: recover previews, then brings it all back."""
+    cli(healthy, "down")
+    add_rows(healthy, 200)
+    preview = json.loads(cli(healthy, "recover", "--json", check=False).stdout)
+    assert preview["after"] is None and not any(s["done"] for s in preview["steps"])
+    assert [s["name"] for s in preview["steps"]][0] == "start the stack"
+    assert preview["before"]["scenario"] == "full restart"
+    assert json.loads(cli(healthy, "ps", "--json", check=False).stdout)["running"] is False  # preview did nothing
+    recover_and_verify(healthy, "full restart")
+
+
 def test_backlog_of_several_hours(healthy):
     """Hours of rows wait behind the watermark (a long outage): doctor says lag, one run catches up in chunks."""
     first = add_rows(healthy, 0)
