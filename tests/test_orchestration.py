@@ -49,6 +49,7 @@ def stack(tmp_path_factory):
         [],
         extra_tables=[*bronze, broken],
         schedule={"offload_cron": "*/15 * * * *", "maintenance_cron": "0 2 * * *"},
+        fresh_prefect=True,  # the first start of a server on a new SQLite database, as a new user's
     )
     seed(settings, ["b0", "b1", "b2"], 3000)
     up = cli_json(settings, "up", timeout=240)
