@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,38 @@ from iceberg_offload.clickhouse.client import Source, open_source
 from iceberg_offload.config import Settings
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import Sink
+
+# A Prefect call in this process without a server of the test's own would start a temporary server (~17 s
+# of CPU, and a test then reads a server nobody wrote to): refuse it instead (see stackutil.prefect_settings).
+os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the session: no process whose command line names this session's temporary folder (a stack's
+    server, worker, supervisor, exporter or flow run) may still run. Found ones are killed, then reported."""
+    base = str(tmp_path_factory.getbasetemp())
+    yield
+    deadline = time.monotonic() + 15  # a process stopped just now may still be exiting
+    while (left := _processes_naming(base)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"the tests left these processes running (now killed): {left}"
+
+
+def _processes_naming(text: str) -> dict[int, str]:
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if text in cmd:
+                found[int(entry)] = cmd[:200]
+    return found
+
 
 PG_DSN = os.environ.get("OFFLOAD_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/")
 

@@ -222,6 +222,14 @@ def client(settings: Settings) -> Any:
     return SyncPrefectClient(settings.prefect.api_url, auth_string=settings.prefect.auth_string or None)
 
 
+def prefect_settings(settings: Settings) -> contextlib.AbstractContextManager[Any]:
+    """In this process, Prefect talks to the settings' server (it read its environment once, at import: a
+    variable set later is not seen, and a call would start a temporary server of its own instead)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings(updates={PREFECT_API_URL: settings.prefect.api_url})
+
+
 def flow_runs(settings: Settings, deployment: str) -> list[Any]:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 

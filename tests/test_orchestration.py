@@ -21,6 +21,7 @@ from stackutil import (
     client,
     flow_runs,
     prefect_cli,
+    prefect_settings,
     seed,
     start_process,
     start_server,
@@ -56,6 +57,13 @@ def stack(tmp_path_factory):
     assert up["api_ready"] and up["workers_online"] >= 1
     yield settings
     cli(settings, "down", check=False)
+
+
+@pytest.fixture
+def prefect_here(stack):
+    """Prefect calls made in this process go to the stack's server."""
+    with prefect_settings(stack):
+        yield stack
 
 
 def _run_main(settings, via_prefect_cli: bool = True):
@@ -413,15 +421,12 @@ def test_maintenance_deployment_repairs_late_rows_table_by_table(stack):
     assert served[("offload_last_reconcile_missing_rows", ("b0",))] == 0
 
 
-def test_maintenance_yields_to_a_running_offload_cycle(stack, monkeypatch):
+def test_maintenance_yields_to_a_running_offload_cycle(stack, prefect_here):
     """A cycle in tasks fan-out takes no slot: the maintenance task sees it Running and gives way."""
     from prefect.states import Running
 
-    from iceberg_offload.config import prefect_env
     from iceberg_offload.orchestration import flows
 
-    for k, v in prefect_env(stack).items():
-        monkeypatch.setenv(k, v)
     with client(stack) as c:  # created Running: the worker never sees it Scheduled and never runs it
         dep = c.read_deployment_by_name(MAIN)
         fake = c.create_flow_run_from_deployment(dep.id, state=Running())
@@ -436,15 +441,12 @@ def test_maintenance_yields_to_a_running_offload_cycle(stack, monkeypatch):
             c.set_flow_run_state(fake.id, Cancelled(message="test"), force=True)
 
 
-def test_a_cycle_waits_while_maintenance_holds_the_table(stack, monkeypatch):
+def test_a_cycle_waits_while_maintenance_holds_the_table(stack, prefect_here, monkeypatch):
     """The other half of the exclusion: a tasks fan-out cycle waits while the table's maintenance runs."""
     from prefect.states import Completed, Running
 
-    from iceberg_offload.config import prefect_env
     from iceberg_offload.orchestration import flows
 
-    for k, v in prefect_env(stack).items():
-        monkeypatch.setenv(k, v)
     monkeypatch.setattr(flows, "MAINTENANCE_WAIT_SECONDS", 1)
     with client(stack) as c:  # a maintenance task of b0, Running
         run = c.create_task_run(
