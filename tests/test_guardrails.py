@@ -365,7 +365,7 @@ def test_a_second_short_ttl_rule_or_a_rounded_ttl_is_refused(make_settings):
 
 
 def test_the_longest_gap_of_a_schedule():
-    from iceberg_offload.engine.plan import CAUTIOUS_GAP, cron_max_gap
+    from iceberg_offload.engine.cadence import CAUTIOUS_GAP, cron_max_gap
 
     assert cron_max_gap("*/15 * * * *") == 900 and cron_max_gap("@hourly") == 3600
     assert cron_max_gap("0 0 * * MON") == cron_max_gap("@weekly") == 7 * 86400
