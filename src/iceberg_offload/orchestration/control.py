@@ -77,8 +77,9 @@ def _deployment(settings: Settings, full_name: str) -> dict[str, Any] | None:
         raise
 
 
-def _schedule_text(schedule: dict[str, Any]) -> str:
-    """As `deploy` writes it (deployments._schedule_key): `cron */15 * * * * UTC`, `interval 900s`."""
+def schedule_text(schedule: dict[str, Any]) -> str:
+    """A schedule as the API returns it, in one spelling for `deploy` (is it changed?) and `schedule show`:
+    `cron */15 * * * * UTC`, `interval 900s`."""
     if schedule.get("cron"):
         return f"cron {schedule['cron']} {schedule.get('timezone') or 'UTC'}"
     if schedule.get("interval") is not None:
@@ -99,7 +100,7 @@ def schedule_state(settings: Settings, deployments: list[str] | None = None) -> 
             schedules = [
                 {
                     "id": str(s["id"]),
-                    "schedule": _schedule_text(s.get("schedule") or {}),
+                    "schedule": schedule_text(s.get("schedule") or {}),
                     "active": bool(s.get("active")),
                 }
                 for s in dep.get("schedules") or []

@@ -40,6 +40,7 @@ from iceberg_offload.names import (
     TABLE_FLOW,
     table_limit,
 )
+from iceberg_offload.orchestration.control import schedule_text
 from iceberg_offload.orchestration.flows import maintenance, offload_main, offload_table_flow
 
 
@@ -162,9 +163,9 @@ def _ensure_pool(client: Any) -> str:
 
 def _schedule_key(schedule: Any) -> str:
     if isinstance(schedule, CronSchedule):
-        return f"cron {schedule.cron} {schedule.timezone}"
+        return schedule_text({"cron": schedule.cron, "timezone": schedule.timezone})
     if isinstance(schedule, IntervalSchedule):
-        return f"interval {schedule.interval.total_seconds():g}s"
+        return schedule_text({"interval": schedule.interval.total_seconds()})
     return repr(schedule)
 
 
