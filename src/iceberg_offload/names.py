@@ -30,6 +30,12 @@ headroom read them), the error's message and JSON type ("" and None when it went
 offload_errors_total{error_type} and the cycle's status from these), the view's error message."""
 
 
+TABLE_RUN_PREFIX = "offload "
+TABLE_RUN_NAME = TABLE_RUN_PREFIX + "{table}"
+"""The name of a table's offload run (the task in a cycle, the flow of the table deployment): the exporter
+reads each table's last success, failure streak and last duration from the runs so named."""
+
+
 def table_limit(name: str) -> str:
     """The per-table concurrency tag / global limit: one offload of a table in flight, anywhere."""
     return f"offload-table:{name}"

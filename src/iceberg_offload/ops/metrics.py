@@ -220,8 +220,8 @@ class Exporter(Collector):
         out = {t.target: TableRuns() for t in self.settings.tables}
         streak_open = {name: True for name in out}
         for run in task_runs:  # newest first
-            name = run["name"].removeprefix("offload ")
-            if name not in out:
+            name = run["name"].removeprefix(names.TABLE_RUN_PREFIX)
+            if name not in out or not run["name"].startswith(names.TABLE_RUN_PREFIX):
                 continue
             r, state = out[name], run.get("state") or {}
             if state.get("type") == "COMPLETED":

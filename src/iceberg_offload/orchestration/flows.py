@@ -77,7 +77,7 @@ def run_table(config: str, table: str, run_id: str) -> dict[str, Any]:
     retries=2,
     retry_delay_seconds=[5, 30],
     retry_condition_fn=_transient_only,
-    task_run_name="offload {table}",
+    task_run_name=names.TABLE_RUN_NAME,
 )
 def offload_table_task(config: str, table: str, run_id: str, wait_for_maintenance: bool = False) -> dict[str, Any]:
     if wait_for_maintenance:
@@ -116,7 +116,7 @@ def _wait_while_maintained(table: str) -> None:
         time.sleep(2)
 
 
-@flow(name=names.TABLE_FLOW, flow_run_name="offload {table}", persist_result=True)
+@flow(name=names.TABLE_FLOW, flow_run_name=names.TABLE_RUN_NAME, persist_result=True)
 def offload_table_flow(config: str = "", table: str = "", run_id: str = "") -> dict[str, Any]:
     """One table in its own flow run (fan_out = "deployments"): any worker in the pool may take it."""
     delays = load(config or None).prefect.retry_delays_seconds

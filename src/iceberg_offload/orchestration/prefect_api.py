@@ -107,9 +107,10 @@ def flow_runs(settings: Settings, deployment_id: str, state_types: list[str], li
 
 
 def table_task_runs(settings: Settings, limit: int = 200) -> list[dict[str, Any]]:
-    """Final runs of the `offload-table` task (named `offload <table>`), newest first (one per table per cycle):
+    """Final runs of the `offload-table` task (named `names.TABLE_RUN_NAME`), newest first (one per table per cycle):
     the exporter's last success, consecutive failures and last duration per table."""
-    where = {"name": {"like_": "offload %"}, "state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}
+    final = {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}
+    where = {"name": {"like_": names.TABLE_RUN_PREFIX + "%"}, "state": final}
     return runs_page(settings, "task_runs", where, {}, limit=limit)
 
 
