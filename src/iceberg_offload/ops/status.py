@@ -1,6 +1,6 @@
 """The read model: what each table's offload looks like, from Iceberg history and ClickHouse bounds.
 
-Shared by the CLI (`status`, `watermark show`, `verify`) and, later, the metrics exporter.
+Shared by the CLI (`status`, `watermark show`, `verify`), the metrics exporter and `doctor`.
 """
 
 from __future__ import annotations

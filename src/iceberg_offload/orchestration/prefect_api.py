@@ -1,6 +1,7 @@
-"""Read-only Prefect REST calls without importing Prefect (fast, and safe in any process).
+"""Prefect REST calls without importing Prefect (fast, and safe in any process): readiness, workers,
+deployments, runs, artifacts; the one write is marking stuck runs Crashed (never deleted).
 
-Used by the exporter, `ps`, `up` and (later) `doctor`: readiness, workers, deployments, runs.
+Used by the exporter, `ps`, `up`, `doctor`, `recover` and the operator commands (orchestration/control).
 """
 
 from __future__ import annotations
