@@ -150,20 +150,21 @@ def age_seconds(iso: str | None) -> float | None:
 def stuck_runs(
     settings: Settings, deployment_id: str, alive: Callable[[int], bool], pending_seconds: float = PENDING_STUCK_SECONDS
 ) -> list[dict[str, Any]]:
-    """Runs that hold the deployment's concurrency slot but will never finish: RUNNING with their process
-    on this host gone, or PENDING (submitted, never started) for more than `pending_seconds`."""
+    """Runs that hold the deployment's concurrency slot but will never finish: RUNNING or PENDING with their
+    process on this host gone, or PENDING with no process known here for more than `pending_seconds`."""
     out = []
     for run in flow_runs(settings, deployment_id, ["RUNNING", "PENDING"], limit=50):
         state = run.get("state") or {}
-        if state.get("type") == "PENDING":
+        infra = str(run.get("infrastructure_pid") or "")
+        host, _, pid = infra.rpartition(":")
+        here = pid.isdigit() and host in (socket.gethostname(), "")
+        if here:  # its process on this host decides, PENDING or RUNNING: a slow start is not stuck
+            if not alive(int(pid)):
+                out.append(run)
+        elif state.get("type") == "PENDING":
             age = age_seconds(state.get("timestamp"))
             if age is not None and age > pending_seconds:
                 out.append(run)
-            continue
-        infra = str(run.get("infrastructure_pid") or "")
-        host, _, pid = infra.rpartition(":")
-        if pid.isdigit() and host in (socket.gethostname(), "") and not alive(int(pid)):
-            out.append(run)
     return out
 
 
