@@ -24,6 +24,9 @@ from iceberg_offload.iceberg.sink import Sink
 # A Prefect call in this process without a server of the test's own would start a temporary server (~17 s
 # of CPU, and a test then reads a server nobody wrote to): refuse it instead (see stackutil.prefect_settings).
 os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
+# Every --json payload a command prints in the suite (in-process or in a subprocess) is checked against its
+# model in payloads*.py: a payload that drifts from docs/json.md fails the test that printed it.
+os.environ["OFFLOAD_CHECK_PAYLOADS"] = "1"
 
 
 @pytest.fixture(scope="session", autouse=True)

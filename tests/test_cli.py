@@ -1,4 +1,4 @@
-"""The operator commands: --json shapes (docs/cli.md), exit codes, verify finding missing and duplicate rows,
+"""The operator commands: --json shapes (docs/json.md), exit codes, verify finding missing and duplicate rows,
 the demo run twice, and the embedded engine's lock naming its holder."""
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ def test_run_status_watermark_json(trades, capsys):
     assert 0 < s["lag_seconds"] < 4 * 3600
 
     code, wm = run_json(capsys, "watermark", "show", "--config", trades.path)
-    assert code == 0 and len(wm["tables"]["trades"]) == 3 and wm["tables"]["quiet"] == []
-    assert wm["tables"]["trades"][0]["watermark"]["seq"] == 2499 and wm["tables"]["trades"][0]["rows"] == 500
+    by = {t["table"]: t["commits"] for t in wm["tables"]}
+    assert code == 0 and len(by["trades"]) == 3 and by["quiet"] == []
+    assert by["trades"][0]["watermark"]["seq"] == 2499 and by["trades"][0]["rows"] == 500
+    assert by["trades"][0]["window_lower_ns"] == by["trades"][1]["watermark"]["ts_ns"]  # each window starts at the last
 
 
 def test_ttl_headroom_counts_from_the_oldest_row_not_offloaded(trades, capsys):
@@ -211,7 +213,7 @@ def test_watermark_set_previews_skips_forward_and_refuses_going_back(trades, cap
     seqs = sorted(cold(trades, "trades").column("seq").to_pylist())
     assert seqs == list(range(2500)) + list(range(2560, 2600))
     code, hist = run_json(capsys, "watermark", "show", "--config", trades.path, "--table", "trades")
-    assert any(c["run_id"].startswith("watermark-set-") for c in hist["tables"]["trades"])
+    assert any(c["run_id"].startswith("watermark-set-") for c in hist["tables"][0]["commits"])
     code, err = run_json(
         capsys,
         "watermark",

@@ -139,7 +139,7 @@ def test_json_after_a_sub_action_prints_json(make_settings, capsys):
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="trades"))
     assert cli.main(["-c", s.path, "watermark", "show", "-o", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"tables": {"trades": []}}
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "tables": [{"table": "trades", "commits": []}]}
 
 
 def test_tables_fit_the_terminal_or_become_one_block_per_row():

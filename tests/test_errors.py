@@ -80,9 +80,10 @@ def test_each_type_names_one_class_and_each_class_documents_itself():
 
 
 def test_operator_fixes_exit_2_the_rest_exit_1():
-    """The codes from before exit_code existed: config, its subclass source_mismatch and source_error exit 2."""
+    """The codes from before exit_code existed: config, its subclasses (usage, source_mismatch) and source_error
+    exit 2."""
     usage = {c.kind for c in errors.tree() if c.exit_code == EXIT_USAGE}
-    assert usage == {"config", "source_mismatch", "source_error"}
+    assert usage == {"config", "usage", "source_mismatch", "source_error"}
     assert not any(c.transient for c in errors.tree() if c.exit_code == EXIT_USAGE)
 
 

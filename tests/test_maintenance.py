@@ -126,7 +126,7 @@ def test_view_is_the_union_of_both_tiers_and_follows_offloads(make_settings, sql
         insert_trades(ch, "trades", START_MS + 300_000, 100, seq0=300)
     capsys.readouterr()
     code, out = run_json(capsys, "view", "--config", s.path)
-    assert code == 0 and out["views"][0]["view"] == "k2.trades_all", out
+    assert code == 0 and out["tables"][0]["view"] == "k2.trades_all", out
 
     def view_keys() -> list[tuple]:
         with clickhouse(s) as ch:

@@ -101,9 +101,9 @@ def test_deploy_creates_exactly_the_runbook_names_and_is_idempotent(stack):
         before = {"ids": (main.id, maint.id), "schedules": [s.id for s in main.schedules + maint.schedules]}
     runs_before = {r.id: r.expected_start_time for r in flow_runs(stack, MAIN)}
     again = cli_json(stack, "deploy")
-    assert set(again["deployments"].values()) == {"unchanged"} and again["work_pool"] == {
-        "iceberg-offload": "unchanged"
-    }
+    assert {d["status"] for d in again["deployments"]} == {"unchanged"}, again
+    assert again["work_pool"] == {"name": "iceberg-offload", "status": "unchanged"}
+    assert {x["table"]: x["status"] for x in again["limits"]} == {t.target: "unchanged" for t in stack.tables}
     with client(stack) as c:
         main, maint = c.read_deployment_by_name(MAIN), c.read_deployment_by_name(MAINT)
         assert (main.id, maint.id) == before["ids"]
@@ -136,7 +136,8 @@ def test_prefect_deployment_run_lands_the_data_with_concurrent_bronze_tasks(stac
         new_entrypoint = main.entrypoint
         c.update_deployment(main.id, DeploymentUpdate(entrypoint="iceberg_offload.flows.offload_main"))
     run = _run_main(stack)
-    assert cli_json(stack, "deploy")["deployments"][MAIN].startswith("updated"), "deploy left the old entrypoint"
+    redeployed = {d["deployment"]: d["status"] for d in cli_json(stack, "deploy")["deployments"]}
+    assert redeployed[MAIN].startswith("updated"), "deploy left the old entrypoint"
     with client(stack) as c:
         assert (
             c.read_deployment_by_name(MAIN).entrypoint

@@ -63,6 +63,13 @@ class ConfigError(TerminalError):
     exit_code = EXIT_USAGE
 
 
+class UsageError(ConfigError):
+    """The command line is wrong: an unknown command or option, a missing or bad value (under --json this
+    is the payload; in text, click's usage message)."""
+
+    kind = "usage"
+
+
 class SourceMismatch(ConfigError):
     """The config reads another ClickHouse table (another server, name or a recreated table) than the one the
     Iceberg table's rows came from; see `adopt`."""
@@ -223,6 +230,13 @@ def reported_as(error: Mapping[str, Any] | None, cls: type[OffloadError]) -> boo
 
 
 # -- not OffloadErrors: they carry an outcome or a value, and have no JSON type of their own ---------------
+class PayloadMismatch(InternalError):
+    """A `--json` payload that does not match its model in payloads*.py: a defect of this tool (checked only
+    when OFFLOAD_CHECK_PAYLOADS=1, as the test suite runs)."""
+
+    kind = "payload_mismatch"
+
+
 class TableFailed(Exception):
     """A table's offload failed; `transient` decides whether Prefect retries the task. Its message starts
     with the wrapped error's `[type]` (for people: the exporter counts errors from the cycle's artifact, which

@@ -36,6 +36,25 @@ TABLE_RUN_NAME = TABLE_RUN_PREFIX + "{table}"
 reads each table's last success, failure streak and last duration from the runs so named."""
 
 
+RUNBOOKS = {
+    "worker down": "scheduler-down.md (scenario 1)",
+    "server down": "scheduler-down.md (scenario 2)",
+    "no runs": "scheduler-down.md (scenario 3)",
+    "metrics unreachable": "scheduler-down.md (scenario 4)",
+    "full restart": "scheduler-down.md (scenario 5)",
+    "offload failing": "offload-failure.md",
+    "warehouse lost": "warehouse-lost.md",
+    "lag": "lag.md",
+    "watermark": "watermark-recovery.md",
+    "ttl risk": "ttl-risk.md",
+}
+"""doctor's scenarios and the runbook (docs/runbooks/) of each."""
+
+
+def runbook(scenario: str | None) -> str | None:
+    return f"docs/runbooks/{RUNBOOKS[scenario]}" if scenario else None
+
+
 def table_limit(name: str) -> str:
     """The per-table concurrency tag / global limit: one offload of a table in flight, anywhere."""
     return f"offload-table:{name}"

@@ -10,6 +10,7 @@ from typing import Any
 from iceberg_offload.cli.output import EXIT_FAILED, EXIT_OK, Args, Grid, Part, emit, load_settings
 from iceberg_offload.cli.progress import ProgressBar
 from iceberg_offload.names import DEFAULT_CONFIG
+from iceberg_offload.payloads import Adopt, Demo, Run, Status, Verify, WatermarkSet, WatermarkShow
 
 
 def cmd_run(args: Args) -> int:
@@ -23,7 +24,8 @@ def cmd_run(args: Args) -> int:
         from iceberg_offload.maintenance.view import refresh_views
 
         result.note_views(refresh_views(settings, moved))
-    emit(args, result.as_dict(), lambda: _run_text(result.as_dict()))
+    data = result.as_dict()
+    emit(args, data, lambda: _run_text(data), Run)
     return EXIT_OK if result.status == "success" else EXIT_FAILED
 
 
@@ -63,8 +65,9 @@ def cmd_status(args: Args) -> int:
     from iceberg_offload.ops.status import status
 
     result = [s.as_dict() for s in status(load_settings(args), args.table)]
-    emit(args, {"tables": result}, lambda: _status_text(result))
-    return EXIT_FAILED if any(s["error"] for s in result) else EXIT_OK
+    ok = not any(s["error"] for s in result)
+    emit(args, {"ok": ok, "tables": result}, lambda: _status_text(result), Status)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _status_text(tables: list[dict[str, Any]]) -> list[Part]:
@@ -129,7 +132,8 @@ def cmd_watermark_show(args: Args) -> int:
 
     def text() -> list[Part]:
         parts: list[Part] = []
-        for table, commits in hist.items():
+        for entry in hist:
+            table, commits = entry["table"], entry["commits"]
             rows = [
                 [
                     c["snapshot_id"],
@@ -148,14 +152,14 @@ def cmd_watermark_show(args: Args) -> int:
             )
         return parts
 
-    emit(args, {"tables": hist}, text)
+    emit(args, {"ok": True, "tables": hist}, text, WatermarkShow)
     return EXIT_OK
 
 
 def cmd_watermark_set(args: Args) -> int:
     from iceberg_offload.ops.status import parse_time, set_watermark
 
-    data = set_watermark(
+    data = {"ok": True} | set_watermark(
         load_settings(args), args.table, parse_time(args.to), args.seq, args.yes, args.reoffload, args.future
     )
 
@@ -168,14 +172,14 @@ def cmd_watermark_set(args: Args) -> int:
             return head + "\nnot applied: add --yes --reoffload only if those rows were removed from Iceberg"
         return head + "\nnot applied: add --yes to commit it"
 
-    emit(args, data, text)
+    emit(args, data, text, WatermarkSet)
     return EXIT_OK
 
 
 def cmd_adopt(args: Args) -> int:
     from iceberg_offload.ops.status import adopt
 
-    data = adopt(load_settings(args), args.table, args.yes)
+    data = {"ok": True} | adopt(load_settings(args), args.table, args.yes)
 
     def text() -> str:
         def show(i: dict[str, Any] | None) -> str:
@@ -196,7 +200,7 @@ def cmd_adopt(args: Args) -> int:
             )
         return "\n".join(out)
 
-    emit(args, data, text)
+    emit(args, data, text, Adopt)
     return EXIT_OK
 
 
@@ -249,7 +253,7 @@ def cmd_verify(args: Args) -> int:
             )
         return out
 
-    emit(args, data, text)
+    emit(args, data, text, Verify)
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -271,16 +275,17 @@ def cmd_demo(args: Args) -> int:
             "table": t["table"],
             "rows_this_run": t["rows"],
             "cold_rows": states[t["table"]].cold_rows,
-            "watermark": (t["watermark_after"] or {}).get("ts"),
+            "watermark": t["watermark_after"],
             "pending_rows": states[t["table"]].pending_rows,
             "status": t["status"],
         }
         for t in cycle["tables"]
     ]
     data = {
+        "ok": cycle["status"] == "success",
         "config_written": written,
         "config": str(path.resolve()),
-        "inserted": inserted,
+        "inserted": [{"table": name, "rows": n} for name, n in inserted.items()],
         "cycle": cycle,
         "tables": tables,
     }
@@ -294,7 +299,7 @@ def cmd_demo(args: Args) -> int:
                 t["status"],
                 f"{t['rows_this_run']:,}",
                 f"{t['cold_rows']:,}",
-                t["watermark"],
+                (t["watermark"] or {}).get("ts"),
                 t["pending_rows"],
             ]
             for t in tables
@@ -307,5 +312,5 @@ def cmd_demo(args: Args) -> int:
         )
         return [head, body, tail]
 
-    emit(args, data, text)
-    return EXIT_OK if cycle["status"] == "success" else EXIT_FAILED
+    emit(args, data, text, Demo)
+    return EXIT_OK if data["ok"] else EXIT_FAILED

@@ -7,7 +7,6 @@ The cmd_* functions are looked up here by name when a command runs, so a test ma
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -38,8 +37,9 @@ from iceberg_offload.cli.ops import (
     cmd_up,
     cmd_worker,
 )
-from iceberg_offload.cli.output import EXIT_OK, Args
-from iceberg_offload.errors import OffloadError
+from iceberg_offload.cli.output import EXIT_OK, Args, print_json
+from iceberg_offload.errors import OffloadError, UsageError
+from iceberg_offload.payloads import ErrorPayload
 from iceberg_offload.process import limit_malloc_arenas
 
 PROG = "iceberg-offload"
@@ -83,7 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             invocation = parse(sys.argv[1:] if argv is None else argv)
         except click.ClickException as exc:  # usage: said on stderr with the usage line, exit 2
-            exc.show()
+            if _json_asked(sys.argv[1:] if argv is None else argv):
+                _emit_error(Args(json=True), _usage(exc))
+            else:
+                exc.show()
             return exc.exit_code
         except click.Abort:
             return 130
@@ -128,9 +131,25 @@ def _say_warnings() -> None:
         log.addHandler(handler)
 
 
+def _json_asked(argv: Sequence[str]) -> bool:
+    """--json, -o json, --output json (or =json, -ojson) anywhere on a command line click could not read."""
+    words = list(argv)
+    pairs = zip(words, [*words[1:], ""][: len(words)], strict=True)
+    return any(
+        w == "--json" or w in ("--output=json", "-ojson") or (w in ("-o", "--output") and nxt == "json")
+        for w, nxt in pairs
+    )
+
+
+def _usage(exc: click.ClickException) -> UsageError:
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else PROG
+    return UsageError(exc.format_message(), f"see `{command} --help`")
+
+
 def _emit_error(args: Args, exc: OffloadError) -> None:
     if getattr(args, "json", False):
-        print(json.dumps({"ok": False, "error": exc.as_dict()}, indent=2))
+        print_json({"ok": False, "error": exc.as_dict()}, ErrorPayload)
     else:
         print(f"error: {exc}", file=sys.stderr)
 

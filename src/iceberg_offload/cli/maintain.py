@@ -7,8 +7,11 @@ from typing import Any
 
 from iceberg_offload.cli.output import EXIT_FAILED, EXIT_OK, Args, Grid, Part, emit, load_settings
 from iceberg_offload.cli.progress import ProgressBar
+from iceberg_offload.payloads_maint import Maintain, Views
 
 PREVIEW_NOTE = "preview: nothing changed; add --yes to apply"
+NOT_PRINTED = ("view", "watermark", "metadata_location", "snapshot_id")
+"""payloads_maint.View's keys that `view --print` leaves null (it only prints the SQL)."""
 
 
 def cmd_maintain(args: Args) -> int:
@@ -19,7 +22,12 @@ def cmd_maintain(args: Args) -> int:
     with ProgressBar(not args.json) as progress:
         results = maintain(settings, args.table, steps, apply=args.yes, values=args.values, progress=progress)
     ok = all(r["ok"] for r in results)
-    emit(args, {"applied": args.yes, "ok": ok, "tables": results}, lambda: _text(results, args.yes))
+    data = {
+        "ok": ok,
+        "applied": args.yes,
+        "tables": [r | {"steps": dict.fromkeys(STEPS) | r["steps"]} for r in results],
+    }
+    emit(args, data, lambda: _text(results, args.yes), Maintain)
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -77,12 +85,13 @@ def cmd_view(args: Args) -> int:
     with open_source(settings.source) as source:
         for cfg in settings.select(args.table):
             if args.print_only:
-                out.append({"table": cfg.target, "sql": view_sql(settings, cfg, sink, source)})
+                sql = view_sql(settings, cfg, sink, source)
+                out.append({"table": cfg.target, **dict.fromkeys(NOT_PRINTED), "sql": sql})
             else:
                 out.append({"table": cfg.target, **create_view(settings, cfg, sink, source)})
     emit(
         args,
-        {"views": out},
+        {"ok": True, "tables": out},
         lambda: "\n\n".join(
             v["sql"] + ";"
             if args.print_only
@@ -90,6 +99,7 @@ def cmd_view(args: Args) -> int:
             f"{_wm_ts(v)}\n  recreate after offloads: iceberg-offload view"
             for v in out
         ),
+        Views,
     )
     return EXIT_OK
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from iceberg_offload import names
+from iceberg_offload import payloads_ops as o
 from iceberg_offload.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -25,9 +26,9 @@ def cmd_deploy(args: Args) -> int:
     report = deploy(settings).as_dict()
 
     def text() -> str:
-        lines = [f"work pool {names.POOL}: {report['work_pool'][names.POOL]}"]
-        lines += [f"deployment {k}: {v}" for k, v in report["deployments"].items()]
-        lines += [f"limit {k} (1 in flight): {v}" for k, v in report["limits"].items()]
+        lines = [f"work pool {report['work_pool']['name']}: {report['work_pool']['status']}"]
+        lines += [f"deployment {d['deployment']}: {d['status']}" for d in report["deployments"]]
+        lines += [f"limit {x['limit']} (1 in flight): {x['status']}" for x in report["limits"]]
         lines += [f"note: {n}" for n in report["notes"]]
         lines.append(
             f"trigger a run: iceberg-offload trigger --wait   (or: PREFECT_API_URL={settings.prefect.api_url}"
@@ -35,22 +36,8 @@ def cmd_deploy(args: Args) -> int:
         )
         return "\n".join(lines)
 
-    emit(args, report, text)
+    emit(args, report, text, o.Deploy)
     return EXIT_OK
-
-
-RUNBOOKS = {
-    "worker down": "scheduler-down.md (scenario 1)",
-    "server down": "scheduler-down.md (scenario 2)",
-    "no runs": "scheduler-down.md (scenario 3)",
-    "metrics unreachable": "scheduler-down.md (scenario 4)",
-    "full restart": "scheduler-down.md (scenario 5)",
-    "offload failing": "offload-failure.md",
-    "warehouse lost": "warehouse-lost.md",
-    "lag": "lag.md",
-    "watermark": "watermark-recovery.md",
-    "ttl risk": "ttl-risk.md",
-}
 
 
 def cmd_doctor(args: Args) -> int:
@@ -58,7 +45,6 @@ def cmd_doctor(args: Args) -> int:
 
     report = diagnose(load_prefect_settings(args), args.engine_only)
     data = report.as_dict()
-    data["runbook"] = f"docs/runbooks/{RUNBOOKS[report.scenario]}" if report.scenario else None
 
     def text() -> list[Part]:
         marks = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
@@ -71,7 +57,7 @@ def cmd_doctor(args: Args) -> int:
         out.append(f"scenario: {report.scenario} -> {data['runbook']}" if report.scenario else "all checks passed")
         return out
 
-    emit(args, data, text)
+    emit(args, data, text, o.Doctor)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -92,7 +78,7 @@ def cmd_recover(args: Args) -> int:
             lines.append(f"\nafter: {verdict} ({data['seconds']}s); details: iceberg-offload doctor")
         return "\n".join(lines)
 
-    emit(args, data, text)
+    emit(args, data, text, o.Recover)
     return EXIT_OK if not args.yes or data["ok"] else EXIT_FAILED
 
 
@@ -139,16 +125,16 @@ def _ps_text(data: dict[str, Any]) -> list[Part]:
 def cmd_up(args: Args) -> int:
     from iceberg_offload.orchestration.stack import up
 
-    data = up(load_prefect_settings(args), args.timeout)
-    emit(args, data, lambda: ["started the stack" if data["started"] else "already running", *_ps_text(data)])
+    data = {"ok": True} | up(load_prefect_settings(args), args.timeout)
+    emit(args, data, lambda: ["started the stack" if data["started"] else "already running", *_ps_text(data)], o.Up)
     return EXIT_OK
 
 
 def cmd_down(args: Args) -> int:
     from iceberg_offload.orchestration.stack import down
 
-    data = down(load_prefect_settings(args))
-    emit(args, data, lambda: str(data["message"]))
+    data = {"ok": True} | down(load_prefect_settings(args))
+    emit(args, data, lambda: str(data["message"]), o.Down)
     return EXIT_OK
 
 
@@ -156,8 +142,9 @@ def cmd_ps(args: Args) -> int:
     from iceberg_offload.orchestration.stack import ps
 
     data = ps(load_prefect_settings(args))
-    emit(args, data, lambda: _ps_text(data))
-    return EXIT_OK if data["running"] else EXIT_FAILED
+    data = {"ok": data["running"]} | data
+    emit(args, data, lambda: _ps_text(data), o.Ps)
+    return EXIT_OK if data["ok"] else EXIT_FAILED
 
 
 def cmd_schedule(args: Args) -> int:
@@ -180,7 +167,7 @@ def cmd_schedule(args: Args) -> int:
         ]
         return [Grid(["deployment", "schedule", "when"], rows)]
 
-    emit(args, {"deployments": data}, text)
+    emit(args, {"ok": True, "deployments": data}, text, o.Schedules)
     return EXIT_OK
 
 
@@ -194,7 +181,8 @@ def cmd_trigger(args: Args) -> int:
         lambda: (
             f"flow run {data['flow_run_id']} ({data['name']}): {data['state']}"
             + (f" in {data['seconds']}s" if args.wait else "")
-            + (f"\n{data['note']}" if data.get("note") else "")
+            + (f"\n{data['note']}" if data["note"] else "")
         ),
+        o.Trigger,
     )
-    return EXIT_OK if not args.wait or data["state"] == "COMPLETED" else EXIT_FAILED
+    return EXIT_OK if data["ok"] else EXIT_FAILED

@@ -66,16 +66,26 @@ def wants_json(args: Args) -> bool:
     return bool(getattr(args, "json", False))
 
 
-def emit(args: Args, data: Any, text: Callable[[], Text]) -> None:
-    """Print the result; every output passes `redact` (saw-texts and SQL may quote a DSN or a key)."""
+def emit(args: Args, data: Any, text: Callable[[], Text], model: Any) -> None:
+    """Print the result: `data` under --json (its shape is `model`, a payloads*.py class; checked when
+    OFFLOAD_CHECK_PAYLOADS=1, as in the tests), else `text()`. Every output passes `redact` (saw-texts and
+    SQL may quote a DSN or a key)."""
     if wants_json(args):
-        print(redact(json.dumps(data, indent=2, default=str)))
+        print_json(data, model)
         return
     out = text()
     if is_terminal(sys.stdout):
         render(parts_of(out), terminal(sys.stdout))
     else:
         print(redact(plain(out)))
+
+
+def print_json(data: Any, model: Any) -> None:
+    from iceberg_offload.payload_docs import check, checking
+
+    if checking():
+        check(data, model)
+    print(redact(json.dumps(data, indent=2, default=str)))
 
 
 def is_terminal(stream: IO[str]) -> bool:

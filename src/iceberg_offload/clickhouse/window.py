@@ -9,7 +9,6 @@ uses the sort key (checked with EXPLAIN indexes in the tests).
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ from iceberg_offload import names
 from iceberg_offload.clickhouse.sql import quote
 from iceberg_offload.clickhouse.types import CHType, parse
 from iceberg_offload.errors import ConfigError
+from iceberg_offload.times import utc
 
 NS = 1_000_000_000
 _INT_TYPES = {f"{s}Int{b}" for s in ("", "U") for b in (8, 16, 32, 64)}
@@ -34,7 +34,7 @@ class Watermark:
         return self._order() < other._order()
 
     def to_props(self) -> dict[str, str]:
-        props = {names.WATERMARK_TS_NS: str(self.ts_ns), names.WATERMARK_TS: iso(self.ts_ns)}
+        props = {names.WATERMARK_TS_NS: str(self.ts_ns), names.WATERMARK_TS: utc(self.ts_ns)}
         if self.seq is not None:
             props[names.WATERMARK_SEQ] = str(self.seq)
         return props
@@ -48,16 +48,10 @@ class Watermark:
         return cls(int(raw), int(seq) if seq not in (None, "") else None)
 
     def describe(self) -> str:
-        return iso(self.ts_ns) + (f" seq {self.seq}" if self.seq is not None else "")
+        return utc(self.ts_ns) + (f" seq {self.seq}" if self.seq is not None else "")
 
     def as_dict(self) -> dict[str, object]:
-        return {"ts": iso(self.ts_ns), "ts_ns": self.ts_ns, "seq": self.seq}
-
-
-def iso(ns: int) -> str:
-    stamp = dt.datetime.fromtimestamp(ns // NS, tz=dt.UTC).replace(tzinfo=None)
-    frac = ns % NS
-    return stamp.isoformat() + (f".{frac:09d}".rstrip("0") if frac else "") + "Z"
+        return {"ts": utc(self.ts_ns), "ts_ns": self.ts_ns, "seq": self.seq}
 
 
 def _unwrap(t: CHType) -> CHType:

@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from iceberg_offload.clickhouse.window import NS, iso
+from iceberg_offload.clickhouse.window import NS
+from iceberg_offload.times import utc
 
 HOUR = 3600
 
@@ -40,7 +41,8 @@ class Bucket:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "bucket": iso(self.start * NS),
+            "bucket": utc(self.start * NS),
+            "bucket_ns": self.start * NS,
             "hot": self.hot,
             "cold": self.cold,
             "missing": self.missing,

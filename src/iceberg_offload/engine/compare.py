@@ -17,7 +17,7 @@ import pyarrow as pa
 from pyiceberg.table import Table
 
 from iceberg_offload.clickhouse.client import Source, open_source
-from iceberg_offload.clickhouse.window import NS, Watermark, iso
+from iceberg_offload.clickhouse.window import NS, Watermark
 from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.engine.buckets import HOUR, Bucket, by_hour, compare_page, diff_values
 from iceberg_offload.engine.plan import TablePlan
@@ -36,6 +36,7 @@ from iceberg_offload.engine.wire import small_type
 from iceberg_offload.errors import as_error
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import Sink
+from iceberg_offload.times import utc
 
 Progress = Callable[[str, int, int], None]
 """progress(label, done, total): long work reports how far it is (the CLI's progress bar); cheap to call."""
@@ -64,6 +65,7 @@ class VerifyResult:
     def as_dict(self) -> dict[str, Any]:
         return {
             "table": self.table,
+            "ok": self.ok,
             "hot_rows": self.hot_rows,
             "cold_rows": self.cold_rows,
             "missing": self.missing,
@@ -100,7 +102,7 @@ def verify_table(
             res.extra += b.extra
             res.changed += b.changed
             if b.bad:
-                res.buckets_bad.append(iso(b.start * NS))
+                res.buckets_bad.append(utc(b.start * NS))
     except Exception as exc:  # noqa: BLE001 - one table's failure never ends the others' verify
         res.error = as_error(exc, cfg.target).as_dict()
         source.discard()

@@ -33,6 +33,7 @@ from iceberg_offload.errors import (
 )
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import COMMIT_ID, Sink
+from iceberg_offload.times import utc_or_none
 
 MAX_CONFLICTS = 3
 
@@ -60,7 +61,10 @@ class TableResult:
     error: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """payloads.TableRun (also each row of the cycle's artifact, artifacts.cycle_row)."""
+        out = asdict(self)
+        out["late_oldest"], out["late_since"] = utc_or_none(self.late_oldest_ns), utc_or_none(self.late_since_ns)
+        return out
 
 
 @dataclass
@@ -82,6 +86,7 @@ class CycleResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "ok": self.status == "success",
             "run_id": self.run_id,
             "status": self.status,
             "duration_seconds": round(self.duration_seconds, 3),

@@ -12,7 +12,7 @@ from pyiceberg.types import TimestamptzType
 from iceberg_offload import names
 from iceberg_offload.clickhouse.client import Source, TableInfo
 from iceberg_offload.clickhouse.sql import quote
-from iceberg_offload.clickhouse.window import NS, Key, Watermark, Window, iso, upper_bound
+from iceberg_offload.clickhouse.window import NS, Key, Watermark, Window, upper_bound
 from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.engine.cadence import WAIT_MARGIN_SECONDS, round_up_hour, schedule_interval
 from iceberg_offload.engine.identity import SourceIdentity
@@ -21,6 +21,7 @@ from iceberg_offload.engine.typemap import ColumnMap, iceberg_fields, plan_colum
 from iceberg_offload.errors import ConfigError, SourceError, SourceMismatch, TTLTooShort, ValueOutOfRange
 from iceberg_offload.iceberg.history import Commit
 from iceberg_offload.iceberg.sink import Sink
+from iceberg_offload.times import utc
 
 TS_COLUMN, SEQ_COLUMN = names.WATERMARK_TIMESTAMP_COLUMN, names.WATERMARK_SEQUENCE_COLUMN
 SOURCE = names.WATERMARK_SOURCE
@@ -144,7 +145,7 @@ class TablePlan:
             was = f"sequence_column {seq!r}" if seq else "a sequence column"
             raise ConfigError(
                 f"{cfg.target}: the watermark {wm.describe()} holds a value of {was}, but the config "
-                f"has {now}; rows at {iso(wm.ts_ns)} after it would be skipped",
+                f"has {now}; rows at {utc(wm.ts_ns)} after it would be skipped",
                 fix,
             )
 

@@ -43,6 +43,7 @@ from iceberg_offload.iceberg.catalog import catalog_errors, open_catalog
 from iceberg_offload.iceberg.datafiles import DataFileWriter
 from iceberg_offload.iceberg.history import Commit
 from iceberg_offload.iceberg.sink import COMMIT_ID, Sink
+from iceberg_offload.times import utc, utc_or_none
 
 
 @dataclass
@@ -79,7 +80,12 @@ class ReconcileResult:
         return self.error is None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """payloads_maint.Reconcile (less `seconds`): times also as RFC 3339 (also the reconcile artifact's
+        row; artifacts.late_rows reads `left_buckets` in this form and in the older [ns, rows] pairs)."""
+        out = asdict(self)
+        out["oldest_left"] = utc_or_none(self.oldest_left_ns)
+        out["left_buckets"] = [{"hour": utc(t), "hour_ns": t, "rows": n} for t, n in self.left_buckets]
+        return out
 
 
 def reconcile(
@@ -107,8 +113,8 @@ def reconcile(
         source.discard()
     left = [b for b in res.buckets if b["missing"] and not (res.applied and b["action"] == "repair")]
     res.rows_left_missing = sum(b["missing"] for b in left)
-    res.oldest_left_ns = min((b["start_ns"] for b in left), default=None)
-    res.left_buckets = [[b["start_ns"], b["missing"]] for b in left]
+    res.oldest_left_ns = min((b["bucket_ns"] for b in left), default=None)
+    res.left_buckets = [[b["bucket_ns"], b["missing"]] for b in left]
     return res
 
 
@@ -172,7 +178,7 @@ def _reconcile(
         else:
             action = "repair"
             chosen.append(b)
-        res.buckets.append({**b.as_dict(), "start_ns": b.start * NS, "action": action})
+        res.buckets.append({**b.as_dict(), "action": action})
     res.buckets_repaired = len(chosen)
     res.rows_deleted = sum(b.cold for b in chosen)
     res.rows_written = sum(b.hot for b in chosen)

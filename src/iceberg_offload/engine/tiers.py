@@ -9,13 +9,14 @@ from pyiceberg.table import Table
 
 from iceberg_offload.clickhouse.client import Source
 from iceberg_offload.clickhouse.sql import quote
-from iceberg_offload.clickhouse.window import NS, Watermark, iso
+from iceberg_offload.clickhouse.window import NS, Watermark
 from iceberg_offload.engine.buckets import HOUR
 from iceberg_offload.engine.plan import TablePlan
 from iceberg_offload.engine.typemap import ColumnMap
 from iceberg_offload.engine.wire import conform
 from iceberg_offload.errors import SourceError
 from iceberg_offload.iceberg.catalog import warehouse_reads
+from iceberg_offload.times import utc
 
 TTL_MARGIN_SECONDS = 900
 """A bucket whose first row expires within this long is treated as expiring already."""
@@ -123,7 +124,7 @@ def ts_range(table: Table, ts: str, lo_ns: int, hi_ns: int) -> BooleanExpression
     lo: int | str = lo_ns
     hi: int | str = hi_ns
     if str(field_type) != "long":
-        lo, hi = iso(lo_ns).replace("Z", "+00:00"), iso(hi_ns // 1000 * 1000).replace("Z", "+00:00")
+        lo, hi = utc(lo_ns).replace("Z", "+00:00"), utc(hi_ns // 1000 * 1000).replace("Z", "+00:00")
     return And(GreaterThanOrEqual(term=ts, literal=lo), LessThanOrEqual(term=ts, literal=hi))  # type: ignore[call-arg,arg-type]
 
 

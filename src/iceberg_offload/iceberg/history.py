@@ -8,6 +8,7 @@ from typing import Any
 
 from iceberg_offload import names
 from iceberg_offload.clickhouse.window import Watermark
+from iceberg_offload.times import utc_ms, utc_or_none
 
 
 @dataclass(frozen=True)
@@ -28,14 +29,22 @@ class Commit:
         return int(self.props.get(names.ROWS_TOTAL, 0)), int(self.props.get(names.COMMITS_TOTAL, 0))
 
     def as_dict(self) -> dict[str, Any]:
+        """payloads.Commit."""
         wm = self.watermark
+        lower, upper = (_int(self.props.get(k)) for k in (names.WINDOW_LOWER_NS, names.WINDOW_UPPER_NS))
         return {
             "snapshot_id": self.snapshot_id,
-            "committed_at_ms": self.timestamp_ms,
+            "committed_at": utc_ms(self.timestamp_ms),
             "operation": self.operation,
             "watermark": wm.as_dict() if wm else None,
             "run_id": self.props.get(names.RUN_ID),
             "rows": int(self.props.get(names.ROWS, 0)),
-            "window_lower_ns": self.props.get(names.WINDOW_LOWER_NS) or None,
-            "window_upper_ns": self.props.get(names.WINDOW_UPPER_NS) or None,
+            "window_lower": utc_or_none(lower),
+            "window_lower_ns": lower,
+            "window_upper": utc_or_none(upper),
+            "window_upper_ns": upper,
         }
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text else None

@@ -33,12 +33,19 @@ def maintain_table(
     values: bool | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run the steps on one table; a preview unless `apply`. Returns {table, ok, steps: {name: result}}.
+    """Run the steps on one table; a preview unless `apply`. Returns payloads_maint.TableMaintenance, `steps`
+    holding only the steps that ran.
     `values`: reconcile compares every column (default: for `final` tables only). `progress` hears
     reconcile's rows compared and repaired and the rows compaction rewrites."""
     m = settings.maintenance
     sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
-    out: dict[str, Any] = {"table": cfg.target, "applied": apply, "ok": True, "steps": {}}
+    out: dict[str, Any] = {
+        "table": cfg.target,
+        "applied": apply,
+        "ok": True,
+        "steps": {},
+        "error": None,
+    }
     for step in STEPS:
         if step not in steps:
             continue
@@ -72,7 +79,9 @@ def maintain_table(
                 result = orphans(settings, cfg, sink, apply, older_than_seconds=m.orphan_age_days * DAY).as_dict()
         except Exception as exc:  # noqa: BLE001 - a failing step never stops the next one
             out["ok"] = False
-            result = {"error": as_error(exc, f"{cfg.target} {step}").as_dict()}
+            error = as_error(exc, f"{cfg.target} {step}").as_dict()
+            result = {"table": cfg.target, "applied": apply, "status": "failed", "error": error}
+        result.setdefault("error", None)
         result["seconds"] = round(time.monotonic() - started, 2)
         out["steps"][step] = result
     return out

@@ -16,12 +16,12 @@ from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.update import AssertRefSnapshotId
 from pyiceberg.table.update.snapshot import ExpireSnapshots
 
-from iceberg_offload.clickhouse.window import iso
 from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.errors import CommitConflict
 from iceberg_offload.iceberg.cas import CasTransaction
 from iceberg_offload.iceberg.catalog import catalog_errors
 from iceberg_offload.iceberg.sink import Sink
+from iceberg_offload.times import utc
 
 
 @dataclass
@@ -70,7 +70,7 @@ def expire(
         return result
     meta = table.metadata
     cutoff = (now_ms if now_ms is not None else int(time.time() * 1000)) - int(older_than_seconds * 1000)
-    result.expire_before = iso(cutoff * 1_000_000)
+    result.expire_before = utc(cutoff * 1_000_000)
     result.snapshots_before = result.snapshots_after = len(meta.snapshots)
     chain = sink.history(table)  # the main branch, newest first
     _, wm_commit = sink.watermark(table)

@@ -74,7 +74,14 @@ class Report:
         return next((s for s in order if s in found), None)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "scenario": self.scenario, "checks": [asdict(c) for c in self.checks]}
+        """payloads_ops.Doctor."""
+        scenario = self.scenario
+        return {
+            "ok": self.ok,
+            "scenario": scenario,
+            "runbook": names.runbook(scenario),
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 _age = prefect_api.age_seconds

@@ -53,8 +53,10 @@ class Recovery:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """payloads_ops.Recover."""
         ran = next((s.run_state for s in self.steps if s.name == "run now and wait"), None)
         return {
+            "applied": self.after is not None,
             "steps": [asdict(s) for s in self.steps],
             "before": self.before,
             "after": self.after,
@@ -169,9 +171,9 @@ def _run_now(settings: Settings, timeout: float) -> tuple[str, str]:
             said.append(f"{crashed} stuck runs marked Crashed")
         left = max(timeout - (time.monotonic() - started), 30.0)
         run = trigger(settings, names.MAIN, wait=True, timeout=left)
-        note = f" ({run['note']})" if run.get("note") else ""
+        note = f" ({run['note']})" if run["note"] else ""
         said.append(f"flow run {run['name']} ({run['flow_run_id']}): {run['state']} in {run['seconds']}s{note}")
-        if run["state"] != "PENDING" or attempt == 2:
+        if not run["holder_stuck"] or attempt == 2:  # a plain timeout is not retried: the run may yet finish
             break
     return "; ".join(said), run["state"]
 

@@ -14,7 +14,7 @@ from typing import Any
 from iceberg_offload import names
 from iceberg_offload.clickhouse.client import Source, open_source
 from iceberg_offload.clickhouse.sql import quote
-from iceberg_offload.clickhouse.window import NS, Watermark, Window, count_query, iso, upper_bound
+from iceberg_offload.clickhouse.window import NS, Watermark, Window, count_query, upper_bound
 from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.engine.identity import SourceIdentity
 from iceberg_offload.engine.plan import SOURCE, TablePlan
@@ -22,6 +22,7 @@ from iceberg_offload.errors import ConfigError, OffloadError
 from iceberg_offload.iceberg.catalog import catalog_errors, open_catalog
 from iceberg_offload.iceberg.history import Commit
 from iceberg_offload.iceberg.sink import Sink
+from iceberg_offload.times import utc, utc_ms, utc_or_none, utc_s
 
 
 def _now_ns(now_ns: int | None) -> int:
@@ -43,7 +44,9 @@ class TableStatus:
     last_commit_seconds: float | None = None
     hot_rows: int | None = None
     oldest_hot: str | None = None
+    oldest_hot_ns: int | None = None
     newest_hot: str | None = None
+    newest_hot_ns: int | None = None
     pending_rows: int | None = None
     ttl: str | None = None
     column_ttl: dict[str, str] | None = None
@@ -66,7 +69,11 @@ class TableStatus:
     error: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """payloads.TableState: the deadline as a time, the late rows' hour beside its nanoseconds."""
+        out = asdict(self)
+        out["ttl_deadline"] = None if self.ttl_deadline is None else utc_s(self.ttl_deadline)
+        out["late_oldest"] = utc_or_none(self.late_oldest_ns)
+        return out
 
 
 def cold_status(cfg: TableSettings, sink: Sink, st: TableStatus) -> Watermark | None:
@@ -79,7 +86,7 @@ def cold_status(cfg: TableSettings, sink: Sink, st: TableStatus) -> Watermark | 
     offloads = [c for c in history if names.RUN_ID in c.props]
     st.commits = len(offloads)
     if offloads:
-        st.last_commit_at = iso(offloads[0].timestamp_ms * 1_000_000)
+        st.last_commit_at = utc_ms(offloads[0].timestamp_ms)
         st.last_commit_seconds = int(offloads[0].props.get(names.DURATION_MS, 0)) / 1000
     if last is not None:
         st.rows_total, st.commits_total = last.totals
@@ -107,8 +114,8 @@ def hot_status(
     key, tsql = plan.key, plan.info.qualified
     count, oldest, newest = _bounds(source, tsql + (" FINAL" if cfg.final else ""), key)
     st.hot_rows = count
-    st.oldest_hot = iso(oldest) if count else None
-    st.newest_hot = iso(newest) if count else None
+    if count:
+        st.oldest_hot, st.oldest_hot_ns, st.newest_hot, st.newest_hot_ns = utc(oldest), oldest, utc(newest), newest
     window = Window(wm, upper_bound(now, settings.offload.settle_seconds, cfg.closed_after_seconds))
     st.pending_rows = int(source.rows(count_query(tsql, cfg.final, key, window))[0][0])
     st.ttl = plan.info.ttl
@@ -183,13 +190,14 @@ def status(settings: Settings, names: list[str] | None = None, now_ns: int | Non
         return [table_status(settings, cfg, source, sink, now_ns) for cfg in settings.select(names)]
 
 
-def watermark_history(settings: Settings, names: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+def watermark_history(settings: Settings, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """payloads.WatermarkHistory per table: the commits that carry a watermark, newest first."""
     sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: list[dict[str, Any]] = []
     for cfg in settings.select(names):
         table = sink.load(cfg.target)
         history: list[Commit] = sink.history(table) if table is not None else []
-        out[cfg.target] = [c.as_dict() for c in history if c.watermark is not None]
+        out.append({"table": cfg.target, "commits": [c.as_dict() for c in history if c.watermark is not None]})
     return out
 
 
@@ -254,7 +262,7 @@ def set_watermark(
     newest = _now_ns(None) - (settings.offload.settle_seconds + cfg.closed_after_seconds) * NS
     if ts_ns > newest and not future:
         raise ConfigError(
-            f"{cfg.target}: {iso(ts_ns)} is in the future (after now - settle_seconds, {iso(newest)}); "
+            f"{cfg.target}: {utc(ts_ns)} is in the future (after now - settle_seconds, {utc(newest)}); "
             f"every row until then would be skipped",
             "check --to; add --future only to skip them",
         )

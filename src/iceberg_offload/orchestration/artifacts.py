@@ -127,15 +127,18 @@ def late_rows(
             prev = old.sweep if kind == "sweep" else old.reconcile
             if (prev is not None and prev.at >= at) or (kind == "sweep" and not row.get("late_checked")):
                 continue
-            with contextlib.suppress(TypeError, ValueError):
+            with contextlib.suppress(TypeError, ValueError, KeyError):
                 out[name] = (
                     LateRows(_sweep(at, row), old.reconcile)
                     if kind == "sweep"
-                    else LateRows(
-                        old.sweep, Report(at, tuple((int(t), int(n)) for t, n in row.get("left_buckets") or ()))
-                    )
+                    else LateRows(old.sweep, Report(at, tuple(_hour_left(b) for b in row.get("left_buckets") or ())))
                 )
     return out
+
+
+def _hour_left(b: Any) -> tuple[int, int]:
+    """(hour start ns, rows) of a `left_buckets` entry: {hour_ns, rows}, or [ns, rows] as older rows wrote it."""
+    return (int(b["hour_ns"]), int(b["rows"])) if isinstance(b, dict) else (int(b[0]), int(b[1]))
 
 
 def _sweep(at: float, row: dict[str, Any]) -> Report:

@@ -156,6 +156,7 @@ def trigger(settings: Settings, deployment: str, wait: bool = False, timeout: fl
             )
         ours = run = dict(request(settings, "POST", f"/deployments/{dep['id']}/create_flow_run", {}))
         held_by: dict[str, Any] | None = None
+        stuck = False
         while wait and time.monotonic() - started < timeout:
             run = dict(request(settings, "GET", f"/flow_runs/{run['id']}"))
             state = run.get("state") or {}
@@ -178,21 +179,26 @@ def trigger(settings: Settings, deployment: str, wait: bool = False, timeout: fl
             elif held_by is not None and state.get("type") == "PENDING":
                 age = age_seconds(state.get("timestamp"))
                 if age is not None and age > PENDING_STUCK_SECONDS:
+                    stuck = True
                     break  # the holder never starts: say so instead of waiting out the timeout
             time.sleep(POLL_SECONDS)
         state_type = (run.get("state") or {}).get("type") or "UNKNOWN"
-        out = {
+        out: dict[str, Any] = {
+            "ok": not wait or state_type == "COMPLETED",
             "flow_run_id": str(run["id"]),
             "name": run["name"],
             "deployment": deployment,
             "state": state_type,
             "seconds": round(time.monotonic() - started, 1),
+            "held_by": held_by["name"] if held_by is not None else None,
+            "holder_stuck": stuck,
+            "note": None,
         }
         if held_by is not None:
             out["note"] = (
                 f"our run {ours['name']} was cancelled: run {held_by['name']} held the deployment's slot; waited for it"
             )
-            if state_type == "PENDING":
+            if stuck:
                 out["note"] += "; it is stuck PENDING: iceberg-offload recover --yes marks it Crashed"
         return out
 

@@ -89,10 +89,12 @@ class DeployReport:
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
+        """payloads_ops.Deploy (`limits`: by table, each the limit `offload-table:<table>`)."""
         return {
-            "work_pool": {POOL: self.pool},
-            "deployments": self.deployments,
-            "limits": self.limits,
+            "ok": True,
+            "work_pool": {"name": POOL, "status": self.pool},
+            "deployments": [{"deployment": k, "status": v} for k, v in self.deployments.items()],
+            "limits": [{"table": k, "limit": table_limit(k), "status": v} for k, v in self.limits.items()],
             "notes": self.notes,
         }
 
@@ -138,10 +140,10 @@ def deploy(settings: Settings) -> DeployReport:
             tag = table_limit(table.target)
             try:
                 client.read_concurrency_limit_by_tag(tag)
-                report.limits[tag] = "unchanged"
+                report.limits[table.target] = "unchanged"
             except ObjectNotFound:
                 client.create_concurrency_limit(tag=tag, concurrency_limit=1)
-                report.limits[tag] = "created"
+                report.limits[table.target] = "created"
     return report
 
 
