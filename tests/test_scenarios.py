@@ -319,9 +319,9 @@ def test_backlog_of_several_hours(healthy):
     assert report["scenario"] == "lag", report
     table = checks(report)[f"table {TABLES[0]}"]
     assert table["status"] == "warn" and "rows waiting" in table["saw"]
-    commits_before = len(cli_json(healthy, "watermark", "show", "--table", TABLES[0])["tables"][TABLES[0]])
+    commits_before = len(cli_json(healthy, "watermark", "show", "--table", TABLES[0])["tables"][0]["commits"])
     recover_and_verify(healthy, "backlog of several hours")
-    history = cli_json(healthy, "watermark", "show", "--table", TABLES[0])["tables"][TABLES[0]]
+    history = cli_json(healthy, "watermark", "show", "--table", TABLES[0])["tables"][0]["commits"]
     assert len(history) - commits_before >= 3  # cut into several commits of max_rows_per_commit
     lag = cli_json(healthy, "status")["tables"][0]["lag_seconds"]
     assert lag is not None and lag < 15 * 60
