@@ -19,7 +19,8 @@ from iceberg_offload import names
 from iceberg_offload.config import Settings
 from iceberg_offload.ops.doctor_engine import Check
 from iceberg_offload.orchestration import prefect_api
-from iceberg_offload.orchestration.stack import pid_alive, read_state, stack_dir
+from iceberg_offload.orchestration.processes import pid_alive
+from iceberg_offload.orchestration.stack import read_state, stack_dir
 
 _age = prefect_api.age_seconds
 
