@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.states import Completed, Failed
 
 from iceberg_offload.errors import SourceUnavailable, TableFailed, TypeRefused
-from iceberg_offload.orchestration.flows import _transient_only
+from iceberg_offload.orchestration.tasks import _transient_only
 
 
 def _failed_with(exc: Exception):

@@ -426,7 +426,7 @@ def test_maintenance_yields_to_a_running_offload_cycle(stack, prefect_here):
     """A cycle in tasks fan-out takes no slot: the maintenance task sees it Running and gives way."""
     from prefect.states import Running
 
-    from iceberg_offload.orchestration import flows
+    from iceberg_offload.orchestration import tasks
 
     with client(stack) as c:  # created Running: the worker never sees it Scheduled and never runs it
         dep = c.read_deployment_by_name(MAIN)
@@ -434,7 +434,7 @@ def test_maintenance_yields_to_a_running_offload_cycle(stack, prefect_here):
         assert c.read_flow_run(fake.id).state.type.value == "RUNNING"
     try:
         with pytest.raises(OffloadInFlight):
-            flows.maintain_table_task.fn(stack.path, "b0")
+            tasks.maintain_table_task.fn(stack.path, "b0")
     finally:
         from prefect.states import Cancelled
 
@@ -446,12 +446,12 @@ def test_a_cycle_waits_while_maintenance_holds_the_table(stack, prefect_here, mo
     """The other half of the exclusion: a tasks fan-out cycle waits while the table's maintenance runs."""
     from prefect.states import Completed, Running
 
-    from iceberg_offload.orchestration import flows
+    from iceberg_offload.orchestration import tasks
 
-    monkeypatch.setattr(flows, "MAINTENANCE_WAIT_SECONDS", 1)
+    monkeypatch.setattr(tasks, "MAINTENANCE_WAIT_SECONDS", 1)
     with client(stack) as c:  # a maintenance task of b0, Running
         run = c.create_task_run(
-            flows.maintain_table_task,
+            tasks.maintain_table_task,
             flow_run_id=None,
             dynamic_key=uuid.uuid4().hex,
             name="maintain b0",
@@ -459,12 +459,12 @@ def test_a_cycle_waits_while_maintenance_holds_the_table(stack, prefect_here, mo
         )
     try:
         with pytest.raises(TableBusy, match="maintenance of b0"):
-            flows._wait_while_maintained("b0")
-        flows._wait_while_maintained("b1")  # another table: no wait
+            tasks._wait_while_maintained("b0")
+        tasks._wait_while_maintained("b1")  # another table: no wait
     finally:
         with client(stack) as c:
             c.set_task_run_state(run.id, Completed(), force=True)
-    flows._wait_while_maintained("b0")  # done: returns at once
+    tasks._wait_while_maintained("b0")  # done: returns at once
 
 
 def test_the_exporter_serves_late_rows_from_the_newest_cycle_artifact(stack):

@@ -1,7 +1,8 @@
 """Typed, frozen settings: a TOML file, then environment overrides named after the key path.
 
 `OFFLOAD__SOURCE__DSN` overrides `[source] dsn`; `OFFLOAD__TABLES__0__SETTLE...` reaches into the list;
-a value that parses as JSON (numbers, booleans, lists) is taken as JSON, anything else as a string.
+a value that parses as JSON (numbers, booleans, lists) is taken as JSON, anything else as a string
+(config_input, which also words the errors).
 Secrets may come from files: any key with `_file` appended (`dsn_file = "/run/secrets/dsn"` in the TOML,
 or `OFFLOAD__SOURCE__DSN_FILE=/run/secrets/dsn`) is replaced by the file's content, surrounding whitespace
 stripped; an environment variable overrides the TOML either way. The configured secrets are registered with
@@ -13,7 +14,6 @@ a config file, against the working directory. A worker started elsewhere finds t
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from pathlib import Path
@@ -23,11 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from iceberg_offload import paths
-from iceberg_offload.credentials import FILE_SUFFIX, read_secret_files, register_secrets, secret_file
+from iceberg_offload.config_input import apply_env, config_error
+from iceberg_offload.credentials import read_secret_files, register_secrets
 from iceberg_offload.errors import ConfigError
 from iceberg_offload.names import DEFAULT_CONFIG
-
-ENV_PREFIX = "OFFLOAD__"
 
 
 class _Section(BaseModel):
@@ -228,95 +227,13 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
         )
     else:
         base = Path.cwd()
-    from_env = _apply_env(data, env, base)
+    from_env = apply_env(data, env, base)
     register_secrets(data)  # before validating: its errors quote the values they refuse
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise _config_error(exc, str(file), from_env) from None
+        raise config_error(exc, str(file), from_env) from None
     return _resolve_paths(settings, base)
-
-
-def _apply_env(data: dict[str, Any], env: dict[str, str], base: Path) -> dict[str, str]:
-    """Apply OFFLOAD__* overrides (a relative `_FILE` path: against base); returns {dotted key: the variable
-    that set it} for error messages."""
-    applied: dict[str, str] = {}
-    for key in sorted(env):
-        if not key.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
-        if not parts:
-            continue
-        raw = env[key]
-        if parts[0] != "tables" and parts[-1].endswith(FILE_SUFFIX) and len(parts[-1]) > len(FILE_SUFFIX):
-            if key[: -len(FILE_SUFFIX)] in env:
-                raise ConfigError(
-                    f"environment: both {key[: -len(FILE_SUFFIX)]} and {key} are set",
-                    f"unset one of {key[: -len(FILE_SUFFIX)]} and {key}",
-                )
-            parts[-1] = parts[-1][: -len(FILE_SUFFIX)]
-            raw = secret_file(f"environment {key}", str(base / raw))
-        # Lists and tables come as JSON; scalars stay strings (pydantic coerces "120" and "true").
-        value: Any = raw
-        if raw.lstrip().startswith(("[", "{")):
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"environment {key}: not valid JSON: {exc}", f"fix or unset {key}") from exc
-        node: Any = data
-        for i, part in enumerate(parts[:-1]):
-            nxt: Any = {} if not parts[i + 1].isdigit() else []
-            if isinstance(node, list):
-                idx = int(part)
-                while len(node) <= idx:
-                    node.append({})
-                node = node[idx]
-            else:
-                node = node.setdefault(part, nxt)
-        last = parts[-1]
-        applied[".".join(f"[{x}]" if x.isdigit() else x for x in parts).replace(".[", "[")] = key
-        if isinstance(node, list) and last.isdigit():
-            idx = int(last)
-            while len(node) <= idx:
-                node.append({})
-            node[idx] = value
-        else:
-            node[last] = value
-    return applied
-
-
-def _config_error(exc: ValidationError, file: str, from_env: dict[str, str] | None = None) -> ConfigError:
-    lines, fixes = [], []
-    for err in exc.errors():
-        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
-        var = (from_env or {}).get(loc)
-        where = f"environment {var}" if var else file
-        kind = err["type"]
-        if not loc:  # a rule over the whole config
-            lines.append(f"{where}: {err['msg']}")
-            fixes.append(str((err.get("ctx") or {}).get("fix", "fix the config")))
-        elif kind == "missing":
-            lines.append(f"{where}: key {loc} is missing")
-            fixes.append(f"add {loc.split('.')[-1]} = ... to the {_section(loc)} section")
-        elif kind == "extra_forbidden":
-            lines.append(f"{where}: unknown key {loc} = {err.get('input')!r}")
-            fixes.append(
-                f"unset {var} (no such key)"
-                if var
-                else f"remove or rename {loc.split('.')[-1]} in the {_section(loc)} section "
-                "(offload.example.toml lists every key)"
-            )
-        else:
-            lines.append(f"{where}: {loc} = {err.get('input')!r}: {err['msg']}")
-            fixes.append(
-                f"set {var} to a valid value ({err['msg']})" if var else f"set {loc} to a valid value ({err['msg']})"
-            )
-    return ConfigError("; ".join(lines), "; ".join(dict.fromkeys(fixes)))
-
-
-def _section(loc: str) -> str:
-    head = loc.split(".")[0]
-    return f"[[{head.split('[')[0]}]]" if "[" in head else f"[{head}]" if "." in loc else "top-level"
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:

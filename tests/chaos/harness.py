@@ -28,7 +28,8 @@ from iceberg_offload.config import Settings
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import Sink
 from iceberg_offload.orchestration import prefect_api
-from iceberg_offload.orchestration.stack import pid_alive, read_state
+from iceberg_offload.orchestration.processes import pid_alive
+from iceberg_offload.orchestration.stack import read_state
 from stackutil import PgCluster, cli, cli_json, free_port, prefect_cli, start_process, stop, write_config
 
 TABLES = ["ch_trades", "ch_quotes", "ch_candles"]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import click
 
-from iceberg_offload.cli.app import Invocation, root
+from iceberg_offload.cli.app import root
 from iceberg_offload.cli.commands import (
     cmd_adopt,
     cmd_demo,
@@ -23,6 +23,7 @@ from iceberg_offload.cli.commands import (
     cmd_watermark_set,
     cmd_watermark_show,
 )
+from iceberg_offload.cli.declare import Invocation
 from iceberg_offload.cli.maintain import cmd_maintain, cmd_view
 from iceberg_offload.cli.ops import (
     cmd_deploy,

@@ -17,18 +17,13 @@ from urllib.parse import urlparse
 
 from iceberg_offload import names
 from iceberg_offload.config import Settings
-from iceberg_offload.ops.doctor import (
-    Check,
-    Report,
-    check_metrics,
-    check_processes,
-    check_server,
-    check_workers,
-    diagnose,
-)
+from iceberg_offload.ops.doctor import Report, diagnose
+from iceberg_offload.ops.doctor_engine import Check
+from iceberg_offload.ops.doctor_stack import check_metrics, check_processes, check_server, check_workers
 from iceberg_offload.orchestration import prefect_api
 from iceberg_offload.orchestration.control import set_paused, trigger
-from iceberg_offload.orchestration.stack import down, pid_alive, read_state, restart_child, up
+from iceberg_offload.orchestration.processes import pid_alive
+from iceberg_offload.orchestration.stack import down, read_state, restart_child, up
 
 COMPOSE_ORDER = ["k2-prefect-db", "k2-prefect-server", "k2-prefect-worker"]
 STACK_CHECKS = {"processes", "prefect server", "workers", "metrics endpoint"}

@@ -1,119 +1,35 @@
 """Prefect wrappers around the engine: the offload cycle, one table, maintenance, and their deployments.
 
 The engine (`offload`) knows nothing of Prefect. Everything here is thin: load the config named by the
-`config` parameter, call the engine, turn its results into task and flow states. Import this module only
-after `prefect_env()` has set PREFECT_API_URL (the CLI does), or Prefect starts a throwaway server.
+`config` parameter, run one table's tasks (orchestration.tasks) over the engine, turn the results into flow
+states. Import this module only after `prefect_env()` has set PREFECT_API_URL (the CLI does), or Prefect
+starts a throwaway server.
 """
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterName,
-    FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-    TaskRunFilter,
-    TaskRunFilterName,
-    TaskRunFilterState,
-    TaskRunFilterStateType,
-)
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, Failed
 
 from iceberg_offload import names
-from iceberg_offload.clickhouse.client import open_source
 from iceberg_offload.config import LAYERS, Settings, load
-from iceberg_offload.engine.offload import TableResult, cycle_status, new_run_id, offload_table
-from iceberg_offload.errors import OffloadError, OffloadInFlight, OrchestrationError, TableBusy, TableFailed
-from iceberg_offload.iceberg.catalog import open_catalog
-from iceberg_offload.iceberg.sink import Sink
+from iceberg_offload.engine.offload import TableResult, cycle_status, new_run_id
+from iceberg_offload.errors import OrchestrationError, TableFailed
 from iceberg_offload.maintenance import view
-from iceberg_offload.maintenance.daily import maintain_table
 from iceberg_offload.orchestration.artifacts import cycle_row
-
-
-def _transient_only(task: Any, task_run: Any, state: State) -> bool:
-    """Retry a table only for transient errors (ClickHouse or catalog unreachable, a lost race)."""
-    try:
-        state.result()
-    except TableFailed as exc:
-        return exc.transient
-    except OffloadError as exc:
-        return exc.transient
-    except Exception:  # noqa: BLE001 - an unexpected error: do not hammer, let the operator look
-        return False
-    return False
+from iceberg_offload.orchestration.tasks import maintain_table_task, offload_table_task
 
 
 def _run_id() -> str:
     rid = flow_run.get_id()
     return str(rid) if rid else new_run_id()
-
-
-def run_table(config: str, table: str, run_id: str) -> dict[str, Any]:
-    """Offload one table in this process; raise TableFailed when it failed."""
-    settings = load(config or None)
-    cfg = settings.table(table)
-    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
-    with open_source(settings.source) as source:
-        result = offload_table(settings, cfg, source, sink, run_id)
-    if result.status != "ok":
-        raise TableFailed(result.as_dict())
-    return result.as_dict()
-
-
-@task(
-    name="offload-table",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=_transient_only,
-    task_run_name=names.TABLE_RUN_NAME,
-)
-def offload_table_task(config: str, table: str, run_id: str, wait_for_maintenance: bool = False) -> dict[str, Any]:
-    if wait_for_maintenance:
-        _wait_while_maintained(table)
-    return run_table(config, table, run_id)
-
-
-MAINTENANCE_WAIT_SECONDS = 15 * 60
-
-
-def _maintaining(table: str) -> bool:
-    """Is the maintenance task of this table Running (anywhere)?"""
-    with get_client(sync_client=True) as client:
-        return bool(
-            client.read_task_runs(
-                task_run_filter=TaskRunFilter(
-                    name=TaskRunFilterName(any_=[f"maintain {table}"]),
-                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
-                ),
-                limit=1,
-            )
-        )
-
-
-def _wait_while_maintained(table: str) -> None:
-    """Tasks fan-out takes no tag slot (too slow per cycle), so it looks: while the maintenance task of this
-    table is Running, wait. The maintenance task looks too (after it is Running): it gives way while a cycle
-    runs. Each looks after its own Running state is set, so at least one of them sees the other."""
-    deadline = time.monotonic() + MAINTENANCE_WAIT_SECONDS
-    while _maintaining(table):
-        if time.monotonic() > deadline:
-            raise TableBusy(
-                f"the maintenance of {table} has held it for {MAINTENANCE_WAIT_SECONDS // 60} min",
-                "it is offloaded by the next cycle; look at the iceberg-maintenance flow run",
-            )
-        time.sleep(2)
 
 
 @flow(name=names.TABLE_FLOW, flow_run_name=names.TABLE_RUN_NAME, persist_result=True)
@@ -223,34 +139,6 @@ RECONCILE_FIGURES = (
     "oldest_left_ns",
     "left_buckets",
 )
-
-
-@task(
-    name="maintain-table",
-    retries=20,
-    retry_delay_seconds=30,
-    retry_condition_fn=_transient_only,
-    task_run_name="maintain {table}",
-)
-def maintain_table_task(config: str, table: str) -> dict[str, Any]:
-    """Holds the table's `offload-table:<table>` slot (tagged by the flow). A running offload cycle may be at
-    this table without a slot (tasks fan-out): then give the slot back and retry in 30 s."""
-    settings = load(config or None)
-    with get_client(sync_client=True) as client:
-        cycles = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[names.MAIN_DEPLOYMENT])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
-            ),
-            limit=1,
-        )
-    if cycles:
-        raise OffloadInFlight(f"offload cycle {cycles[0].name} is running", "maintenance retries in 30 s")
-    result = maintain_table(settings, settings.table(table))
-    if not result["ok"]:
-        errors = [r["error"] for r in result["steps"].values() if r.get("error")] or [result.get("error") or {}]
-        raise TableFailed({"table": table, "error": errors[0]} | {"maintenance": result})
-    return result
 
 
 @flow(name=names.MAINT_FLOW, persist_result=True)

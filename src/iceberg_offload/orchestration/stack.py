@@ -1,6 +1,6 @@
 """The native stack: a supervisor that runs the Prefect server and `iceberg-offload worker` (ops.worker), and
 restarts either when it dies (the native `restart: unless-stopped`). `up` / `down` / `ps` drive it; state and logs
-live in `<prefect home>/../stack/`.
+live in `<prefect home>/../stack/`. The processes themselves (started in their own group, stopped with it): processes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import urllib.error
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,6 +21,7 @@ from iceberg_offload.config import Settings, apply_prefect_env, prefect_env
 from iceberg_offload.errors import ConfigError, TransientError
 from iceberg_offload.orchestration.prefect_api import API_ERRORS, crash_stuck_runs, online_workers, request
 from iceberg_offload.orchestration.prefect_api import ready as api_ready
+from iceberg_offload.orchestration.processes import Child, pid_alive, signal_group
 
 RESTART_BACKOFF = (1, 2, 5, 10, 30)
 
@@ -31,62 +31,6 @@ def stack_dir(settings: Settings) -> Path:
 
 
 # -- the supervisor -----------------------------------------------------------------------------------------
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    started_at: float = 0.0
-    next_start: float = 0.0
-    history: list[float] = field(default_factory=list)
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log, "ab")  # noqa: SIM115 - the child owns it from here
-        out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} starting {self.name}\n".encode())
-        out.flush()
-        self.proc = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        out.close()
-        self.started_at = time.time()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None:
-            return
-        _signal_group(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _signal_group(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-        _signal_group(self.proc.pid, signal.SIGKILL)  # leftovers of its group (uvicorn, flow runs)
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "pid": self.proc.pid if self.proc else None,
-            "log": str(self.log),
-            "restarts": self.restarts,
-            "started_at": self.started_at,
-        }
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
 def server_argv_env(settings: Settings) -> tuple[list[str], dict[str, str]]:
     url = urlparse(settings.prefect.api_url)
     env = {**os.environ, **prefect_env(settings)}
@@ -159,7 +103,7 @@ def supervise(settings: Settings) -> int:
 def _restart(child: Child) -> None:
     now = time.time()
     if child.proc is not None and child.next_start == 0.0:
-        _signal_group(child.proc.pid, signal.SIGKILL)
+        signal_group(child.proc.pid, signal.SIGKILL)
         child.history = [t for t in child.history if now - t < 300] + [now]
         child.next_start = now + RESTART_BACKOFF[min(len(child.history) - 1, len(RESTART_BACKOFF) - 1)]
         return
@@ -195,21 +139,6 @@ def _write_state(d: Path, children: dict[str, Child], stopped: bool = False) -> 
 
 
 # -- up / down / ps -------------------------------------------------------------------------------------------
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def read_state(settings: Settings) -> dict[str, Any] | None:
     try:
         return json.loads((stack_dir(settings) / "state.json").read_text())
@@ -292,10 +221,10 @@ def down(settings: Settings, timeout: float = 60.0) -> dict[str, Any]:
     while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.2)
     if pid_alive(pid):
-        _signal_group(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
     for child in (state or {}).get("children", {}).values():
         if pid_alive(child.get("pid")):
-            _signal_group(child["pid"], signal.SIGKILL)
+            signal_group(child["pid"], signal.SIGKILL)
     return {"stopped": True, "message": "stack stopped"}
 
 
@@ -304,7 +233,7 @@ def restart_child(settings: Settings, name: str) -> bool:
     child = ((read_state(settings) or {}).get("children") or {}).get(name) or {}
     if not pid_alive(child.get("pid")):
         return False
-    _signal_group(child["pid"], signal.SIGKILL)
+    signal_group(child["pid"], signal.SIGKILL)
     return True
 
 
