@@ -378,7 +378,7 @@ def test_moving_back_under_an_expired_history_needs_reoffload(make_settings):
 
     from iceberg_offload.errors import ConfigError
     from iceberg_offload.maintenance.expire import expire
-    from iceberg_offload.ops.status import set_watermark
+    from iceberg_offload.ops.watermark import set_watermark
 
     s = make_settings([_table("ex")])
     start_ms = (NOW_S - 3 * H) * 1000

@@ -196,7 +196,7 @@ def test_watermark_set_never_takes_another_source_into_an_older_table(make_setti
     from conftest import clickhouse
     from iceberg_offload.engine.identity import KEYS
     from iceberg_offload.errors import SourceMismatch
-    from iceberg_offload.ops.status import set_watermark
+    from iceberg_offload.ops.watermark import set_watermark
 
     now = int(time.time())
     eu = make_settings([{"source": "trades_eu", "target": "trades", "timestamp_column": "ts"}])

@@ -14,15 +14,7 @@ from collections.abc import Sequence
 import click
 
 from iceberg_offload.cli.app import root
-from iceberg_offload.cli.commands import (
-    cmd_adopt,
-    cmd_demo,
-    cmd_run,
-    cmd_status,
-    cmd_verify,
-    cmd_watermark_set,
-    cmd_watermark_show,
-)
+from iceberg_offload.cli.commands import cmd_demo, cmd_run, cmd_status, cmd_verify
 from iceberg_offload.cli.declare import Invocation
 from iceberg_offload.cli.maintain import cmd_maintain, cmd_view
 from iceberg_offload.cli.ops import (
@@ -39,6 +31,7 @@ from iceberg_offload.cli.ops import (
     cmd_worker,
 )
 from iceberg_offload.cli.output import EXIT_OK, Args, print_json
+from iceberg_offload.cli.watermark import cmd_adopt, cmd_watermark_set, cmd_watermark_show
 from iceberg_offload.errors import OffloadError, UsageError
 from iceberg_offload.payloads import ErrorPayload
 from iceberg_offload.process import limit_malloc_arenas
