@@ -31,9 +31,10 @@ os.environ["OFFLOAD_CHECK_PAYLOADS"] = "1"
 
 @pytest.fixture(scope="session", autouse=True)
 def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """After the session: no process whose command line names this session's temporary folder (a stack's
-    server, worker, supervisor, exporter or flow run) may still run. Found ones are killed, then reported."""
-    base = str(tmp_path_factory.getbasetemp())
+    """After the session: no process whose command line or environment names this session's temporary folder
+    (a stack's server, worker, supervisor, exporter, or a flow run: its PREFECT_HOME is under the folder) may
+    still run. Found ones are killed, then reported."""
+    base = str(tmp_path_factory.getbasetemp()) + os.sep
     yield
     deadline = time.monotonic() + 15  # a process stopped just now may still be exiting
     while (left := _processes_naming(base)) and time.monotonic() < deadline:
@@ -51,7 +52,8 @@ def _processes_naming(text: str) -> dict[int, str]:
             continue
         with contextlib.suppress(OSError):
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if text in cmd:
+            env = Path(f"/proc/{entry}/environ").read_bytes().decode(errors="replace")
+            if text in cmd or text in env:
                 found[int(entry)] = cmd[:200]
     return found
 
