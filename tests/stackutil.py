@@ -110,6 +110,11 @@ def prefect_db_template() -> Path:
             db = root / "prefect" / "prefect.db"
             with contextlib.closing(sqlite3.connect(db)) as c:
                 c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                migrated = c.execute("SELECT count(*) FROM alembic_version").fetchone()[0]
+                blocks = c.execute("SELECT count(*) FROM block_type").fetchone()[0]
+            assert migrated and blocks, (
+                f"the template database is not migrated ({migrated} versions, {blocks} block types)"
+            )
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             shutil.copyfile(db, tmp)
             os.replace(tmp, path)
@@ -181,7 +186,11 @@ def start_server(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = {**ENV_BASE, **{k: v for k, v in env.items() if k.startswith("PREFECT")}}
     out = open(log, "ab")  # noqa: SIM115
     proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for(lambda: api_ready(settings), 90, f"Prefect server ready (log {log})")
+    try:
+        wait_for(lambda: api_ready(settings), 90, f"Prefect server ready (log {log})")
+    except BaseException:
+        stop(proc)  # never leave a server that did not come up
+        raise
     return proc
 
 
