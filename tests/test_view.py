@@ -100,3 +100,27 @@ def test_without_offloads_the_view_is_the_hot_table(make_settings, tmp_path, mon
         assert "UNION" not in sql and "iceberg" not in sql
         create_view(s, s.tables[0], sink_for(s), ch)
     assert _view(s) == (10, [(i,) for i in range(10)])
+
+
+def test_view_serves_every_type_of_the_matrix_as_the_hot_table_does(make_settings, tmp_path, monkeypatch):
+    """Every type of the type matrix (tests/test_typemap.py) read through the view's cold side equals the hot
+    table's value, column by column (LowCardinality(Nullable(String)) once made the view invalid)."""
+    from test_typemap import COLUMNS, ROW1, ROW2, _types_table
+
+    monkeypatch.chdir(tmp_path)
+    s = make_settings([_types_table()])
+    with clickhouse(s) as ch:
+        ch.command(f"CREATE TABLE k2.types ({COLUMNS}) ENGINE = MergeTree ORDER BY (ts, id)")
+        ch.command(f"INSERT INTO k2.types VALUES {ROW1}, {ROW2}")
+    res = run_cycle(s).tables[0]
+    assert res.status == "ok" and res.rows == 2, res.error
+    with clickhouse(s) as ch:
+        made = create_view(s, s.tables[0], sink_for(s), ch)
+        assert made["watermark"]["seq"] == 2  # both rows are served from Iceberg
+        hot_types = dict((r[0], r[1]) for r in ch.rows("DESCRIBE k2.types"))
+        assert dict((r[0], r[1]) for r in ch.rows("DESCRIBE k2.types_all")) == hot_types
+        for col in hot_types:
+            q = f"SELECT id, toString({col}) FROM k2.{{}} ORDER BY id"
+            assert ch.rows(q.format("types_all")) == ch.rows(q.format("types")), col
+        ch.command("TRUNCATE TABLE k2.types")  # now only Iceberg holds them: the view still serves both
+        assert int(ch.rows("SELECT count() FROM k2.types_all")[0][0]) == 2

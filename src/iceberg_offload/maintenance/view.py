@@ -36,6 +36,7 @@ from pyiceberg.table import Table
 
 from iceberg_offload.clickhouse.client import Source, open_source
 from iceberg_offload.clickhouse.sql import literal, quote
+from iceberg_offload.clickhouse.types import parse
 from iceberg_offload.clickhouse.window import Watermark
 from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.engine.plan import TablePlan
@@ -129,11 +130,14 @@ def _build(
 
 def _view_type(hot_type: str, optional: bool) -> str:
     """The view column's type: the hot column's, Nullable when Iceberg holds NULLs the hot type cannot
-    (a column added after older rows were offloaded)."""
-    if not optional or hot_type.startswith(_NOT_NULLABLE):
+    (a column added after older rows were offloaded). Read from the parsed type: a hot type that is already
+    nullable (`Nullable(T)`, `LowCardinality(Nullable(T))`) stays as it is."""
+    t = parse(hot_type)
+    inner = t.children[0] if t.name == "LowCardinality" else t
+    if not optional or inner.name == "Nullable" or hot_type.startswith(_NOT_NULLABLE):
         return hot_type
-    if hot_type.startswith("LowCardinality("):
-        return f"LowCardinality(Nullable({hot_type[len('LowCardinality(') : -1]}))"
+    if t.name == "LowCardinality":
+        return f"LowCardinality(Nullable({inner}))"
     return f"Nullable({hot_type})"
 
 
