@@ -137,3 +137,47 @@ def test_a_failed_write_raises_and_every_path_is_known(make_settings, sqlite_uri
     root = table.location().removeprefix("file://")
     on_disk = {os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".parquet")}
     assert on_disk and on_disk <= {p.removeprefix("file://") for p in paths}  # the caller can delete them all
+
+
+def test_manifests_count_nan_values_and_bounds_never_hold_one(make_settings, sqlite_uri):
+    """nan_value_counts per float field, nested ones too (Parquet statistics carry none); min/max bounds
+    leave NaN out, and a column of NaN only has no bounds."""
+    import math
+    import struct
+
+    s = make_settings(
+        [{"source": "floats", "timestamp_column": "ts", "sequence_column": "id", "partition_by": "none"}],
+        catalog_uri=sqlite_uri,
+    )
+    with clickhouse(s) as ch:
+        ch.command(
+            "CREATE TABLE k2.floats (ts DateTime64(3, 'UTC'), id UInt32, f Float64, nf Nullable(Float32), "
+            "only_nan Float64, arr Array(Float64), m Map(String, Float64), t Tuple(a Float64, b String)) "
+            "ENGINE = MergeTree ORDER BY (ts, id)"
+        )
+        ch.command(
+            "INSERT INTO k2.floats VALUES "
+            "('2026-01-01 00:00:00', 1, nan, nan, nan, [nan, 1, nan], {'x': nan}, (nan, 'a')), "
+            "('2026-01-01 00:00:01', 2, 2.5, NULL, nan, [], {'y': 3}, (1, 'b')), "
+            "('2026-01-01 00:00:02', 3, -1, 0.5, nan, [inf], {}, (2, 'c'))"
+        )
+    assert run_cycle(s).tables[0].status == "ok"
+    table = sink_for(s).load("floats")
+    (task,) = list(table.scan().plan_files())
+    schema = table.schema()
+    ids = {name: schema.find_field(name).field_id for name in ("f", "nf", "only_nan", "arr.element", "m.value", "t.a")}
+    assert {name: task.file.nan_value_counts.get(i) for name, i in ids.items()} == {
+        "f": 1,
+        "nf": 1,
+        "only_nan": 3,
+        "arr.element": 2,
+        "m.value": 1,
+        "t.a": 1,
+    }
+    f, nf = ids["f"], ids["nf"]
+    assert struct.unpack("<d", task.file.lower_bounds[f])[0] == -1
+    assert struct.unpack("<d", task.file.upper_bounds[f])[0] == 2.5
+    assert struct.unpack("<f", task.file.lower_bounds[nf])[0] == 0.5
+    for bounds in (task.file.lower_bounds, task.file.upper_bounds):
+        only = bounds.get(ids["only_nan"])
+        assert only is None or not math.isnan(struct.unpack("<d", only)[0])

@@ -32,11 +32,12 @@ from pyiceberg.io.pyarrow import (
 )
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
-from pyiceberg.schema import sanitize_column_names
+from pyiceberg.schema import Schema, sanitize_column_names
 from pyiceberg.table import TableProperties
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.typedef import Record
+from pyiceberg.types import DoubleType, FloatType, IcebergType, ListType, MapType, StructType
 
 DICTIONARY_SAMPLE_ROWS = 10_000
 WORKERS = max(1, min(4, os.cpu_count() or 1))
@@ -140,6 +141,7 @@ class DataFileWriter:
             stats_columns=self.stats_plan,
             parquet_column_mapping=self.column_ids,
         )
+        counts = stats.to_serialized_dict() | {"nan_value_counts": nan_counts(table, self.file_schema)}
         return DataFile.from_args(
             content=DataFileContent.DATA,
             file_path=path,
@@ -150,8 +152,32 @@ class DataFileWriter:
             spec_id=self.metadata.default_spec_id,
             equality_ids=None,
             key_metadata=None,
-            **stats.to_serialized_dict(),
+            **counts,
         )
+
+
+def nan_counts(table: pa.Table, schema: Schema) -> dict[int, int]:
+    """NaN values per float and double field (nested ones too), by field id: the manifest's
+    `nan_value_counts`, which Parquet's statistics do not carry (readers prune `x = NaN` and `isnan(x)` on
+    them; their min/max bounds never hold a NaN)."""
+    out: dict[int, int] = {}
+
+    def walk(field_id: int, kind: IcebergType, values: pa.Array) -> None:
+        if isinstance(kind, FloatType | DoubleType):
+            out[field_id] = out.get(field_id, 0) + int(pc.sum(pc.is_nan(values)).as_py() or 0)
+        elif isinstance(kind, ListType):
+            walk(kind.element_id, kind.element_type, values.flatten())
+        elif isinstance(kind, MapType):
+            walk(kind.key_id, kind.key_type, values.keys)
+            walk(kind.value_id, kind.value_type, values.items)
+        elif isinstance(kind, StructType):
+            for i, f in enumerate(kind.fields):
+                walk(f.field_id, f.field_type, values.field(i))
+
+    for i, f in enumerate(schema.fields):
+        for chunk in table.column(i).chunks:  # only float columns are read; nothing is copied
+            walk(f.field_id, f.field_type, chunk)
+    return out
 
 
 def dictionary_columns(table: pa.Table) -> bool | list[str]:
