@@ -9,7 +9,7 @@ import errno
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
@@ -111,8 +111,30 @@ def catalog_errors(what: str, warehouse: str = "") -> Iterator[None]:
         ) from exc
 
 
+def s3_region(settings: CatalogSettings, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`s3.region` for an s3:// warehouse whose properties name no region: the environment's (AWS_REGION,
+    AWS_DEFAULT_REGION, as the AWS SDKs read it), else us-east-1 when `s3.endpoint` names an S3-compatible
+    store. Without a region pyiceberg asks AWS where the bucket is, per bucket and process: seconds, a wrong
+    answer for a bucket that is not on AWS, or none at all where AWS is unreachable. On AWS without an
+    environment region, pyiceberg still asks."""
+    props = settings.properties
+    environ: Mapping[str, str] = os.environ if env is None else env
+    if not settings.warehouse.startswith(("s3://", "s3a://")) or props.get("s3.region") or props.get("client.region"):
+        return {}
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        return {"s3.region": region}
+    return {"s3.region": "us-east-1"} if props.get("s3.endpoint") else {}
+
+
 def open_catalog(settings: CatalogSettings) -> Catalog:
-    props = {"type": settings.type, "uri": settings.uri, "warehouse": settings.warehouse, **settings.properties}
+    props = {
+        "type": settings.type,
+        "uri": settings.uri,
+        "warehouse": settings.warehouse,
+        **s3_region(settings),
+        **settings.properties,
+    }
     if settings.uri.startswith("sqlite:////"):  # the embedded default: make its folder on first use
         os.makedirs(os.path.dirname(settings.uri[len("sqlite:///") :]), exist_ok=True)
     with catalog_errors("connecting"):
