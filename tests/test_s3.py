@@ -6,16 +6,34 @@ chdb's icebergS3, status, doctor and the exporter. What only AWS can show: docs/
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
+import pyarrow.compute as pc
 import pytest
 
-from conftest import S3Server, clickhouse, cold, sink_for
+from conftest import (
+    TRADES_DDL,
+    S3Server,
+    clickhouse,
+    cold,
+    insert_trades,
+    sink_for,
+    trades_table,
+    warehouse_files,
+)
 from iceberg_offload.cli import demo
 from iceberg_offload.cli import main as cli
+from iceberg_offload.maintenance.orphans import orphans, referenced_files
+from test_exactly_once import CRASHER
 
 pytestmark = pytest.mark.integration
+DAY = 86400
+START_MS = (int(time.time()) - 4 * 3600) * 1000
 
 BRONZE = {
     "source": "bronze_trades_binance",
@@ -93,3 +111,44 @@ def test_offload_to_s3_lands_every_row_and_verify_compares_values(demo_s3, s3_en
         assert table.metadata_location.removeprefix(f"s3://{s3_bucket}/") in keys
     code, verify = run_cli(capsys, "verify", "--values", "--config", s.path)
     assert code == 0 and verify["ok"], verify
+
+
+@pytest.mark.parametrize("point", ["before_commit", "after_commit"])
+def test_sigkill_on_s3_then_rerun_lands_every_row_once(make_settings, s3_env, s3_bucket, tmp_path, capsys, point):
+    """test_exactly_once's crasher (SIGKILL before the commit, after it) on an S3 warehouse;
+    what a killed writer left in the bucket is unreferenced, and orphans removes it past the safety age."""
+    s = s3_settings(
+        make_settings, s3_env, s3_bucket, [trades_table()], max_rows_per_commit=2000, batch_rows=1000, read_rows=1000
+    )
+    with clickhouse(s) as ch:
+        ch.command(TRADES_DDL.format(name="trades") + " SETTINGS index_granularity = 256")
+        insert_trades(ch, "trades", START_MS, 6000, step_ms=100)
+    script = tmp_path / "crasher.py"
+    script.write_text(CRASHER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # the AWS_* keys of s3_env included
+    crashed = subprocess.run(
+        [sys.executable, str(script), point, s.path], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    before = sink_for(s).load("trades")
+    assert (before.scan().to_arrow().num_rows if before is not None else 0) == (2000 if point == "after_commit" else 0)
+    code, run = run_cli(capsys, "run", "--config", s.path)
+    assert code == 0 and run["tables"][0]["rows"] == (4000 if point == "after_commit" else 6000), run
+    _exactly_once(s, 6000)
+    code, verify = run_cli(capsys, "verify", "--config", s.path)
+    assert code == 0 and verify["ok"], verify
+    sink = sink_for(s)
+    table = sink.load("trades")
+    left = warehouse_files(table) - referenced_files(table)  # what the killed writer wrote and never committed
+    assert any(p.endswith(".parquet") for p in left) == (point == "before_commit"), left
+    now = orphans(s, s.tables[0], sink, apply=True)
+    assert now.deleted == 0 and now.too_young == len(left)
+    later = orphans(s, s.tables[0], sink, apply=True, now=time.time() + 4 * DAY)
+    assert {o["path"] for o in later.orphans} == left and later.deleted == len(left)
+    assert warehouse_files(table) == referenced_files(table) & warehouse_files(table)
+    _exactly_once(s, 6000)
+
+
+def _exactly_once(s, n: int) -> None:
+    seqs = cold(s, "trades").column("seq")
+    assert len(seqs) == n and pc.count_distinct(seqs).as_py() == n, f"{len(seqs)} rows, want {n} distinct"
