@@ -203,3 +203,40 @@ def test_every_maintenance_step_on_s3(make_settings, s3_env, s3_bucket, capsys):
     _exactly_once(s, 520)
     code, verify = run_cli(capsys, "verify", "--values", "--config", s.path)
     assert code == 0 and verify["ok"], verify
+
+
+@pytest.mark.parametrize("credentials", ["environment", "secret_files"])
+def test_view_reads_cold_rows_from_s3_without_credentials_in_its_ddl(
+    make_settings, s3_env, s3_bucket, tmp_path, monkeypatch, capsys, credentials
+):
+    """`iceberg-offload view` on an S3 warehouse: chdb's icebergS3 reads the pinned metadata from the moto
+    endpoint. With the keys in the environment the view names none (ClickHouse reads the environment);
+    with them in `_file` keys of [catalog.properties] (and none in the environment) they go into a named
+    collection, never into the view's DDL. Each row of either tier is read once."""
+    props: dict[str, str] = {}
+    if credentials == "secret_files":
+        (tmp_path / "key-id").write_text(s3_env.access_key_id + "\n")
+        (tmp_path / "secret").write_text(s3_env.secret_access_key + "\n")
+        props = {"s3.access-key-id_file": "key-id", "s3.secret-access-key_file": "secret"}
+    s = s3_settings(make_settings, s3_env, s3_bucket, [trades_table()], catalog_properties=props)
+    if credentials == "secret_files":  # nothing in the environment: only the config's files can work
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with clickhouse(s) as ch:
+        ch.command(TRADES_DDL.format(name="trades"))
+        insert_trades(ch, "trades", START_MS, 300)
+    code, run = run_cli(capsys, "run", "--config", s.path)
+    assert code == 0 and run["tables"][0]["rows"] == 300, run
+    with clickhouse(s) as ch:
+        insert_trades(ch, "trades", START_MS + 300_000, 100, seq0=300)  # hot only
+    code, made = run_cli(capsys, "view", "--config", s.path)
+    assert code == 0 and made["ok"], made
+    with clickhouse(s) as ch:
+        ddl = str(ch.rows("SELECT create_table_query FROM system.tables WHERE name = 'trades_all'")[0][0])
+        assert "icebergS3(" in ddl and f"'{s3_env.endpoint}/{s3_bucket}/warehouse/cold/trades/'" in ddl, ddl
+        assert s3_env.secret_access_key not in ddl and s3_env.access_key_id not in ddl, ddl
+        assert ("icebergS3(offload_warehouse, url = " in ddl) == (credentials == "secret_files"), ddl
+        # the TTL took the offloaded rows from the hot tier: only the cold branch (S3) can serve them now
+        ch.command("ALTER TABLE k2.trades DELETE WHERE seq < 300 SETTINGS mutations_sync = 2")
+        count, distinct, low = ch.rows("SELECT count(), uniqExact(seq), countIf(seq < 300) FROM k2.trades_all")[0]
+    assert (int(count), int(distinct), int(low)) == (400, 400, 300)
