@@ -19,6 +19,7 @@ import pytest
 from conftest import (
     TRADES_DDL,
     S3Server,
+    _free_port,
     clickhouse,
     cold,
     insert_trades,
@@ -26,9 +27,11 @@ from conftest import (
     trades_table,
     warehouse_files,
 )
+from iceberg_offload import config, names
 from iceberg_offload.cli import demo
 from iceberg_offload.cli import main as cli
 from iceberg_offload.maintenance.orphans import orphans, referenced_files
+from iceberg_offload.ops.metrics import Exporter
 from test_exactly_once import CRASHER
 
 pytestmark = pytest.mark.integration
@@ -240,3 +243,51 @@ def test_view_reads_cold_rows_from_s3_without_credentials_in_its_ddl(
         ch.command("ALTER TABLE k2.trades DELETE WHERE seq < 300 SETTINGS mutations_sync = 2")
         count, distinct, low = ch.rows("SELECT count(), uniqExact(seq), countIf(seq < 300) FROM k2.trades_all")[0]
     assert (int(count), int(distinct), int(low)) == (400, 400, 300)
+
+
+def test_status_doctor_and_exporter_read_the_s3_warehouse(make_settings, s3_env, s3_bucket, monkeypatch, capsys):
+    """status, doctor --engine-only (every metadata, manifest and data file present in the bucket) and the
+    exporter's cold-side refresh against S3; a data object deleted from the bucket fails doctor naming it;
+    with a wrong secret in the environment each says the warehouse refused access (terminal, not the catalog)."""
+    s = s3_settings(make_settings, s3_env, s3_bucket, [trades_table()], max_rows_per_commit=100)
+    with open(s.path, "a") as f:  # a Prefect API nobody serves: the exporter's Prefect side fails at once
+        f.write(f'\n[prefect]\napi_url = "http://127.0.0.1:{_free_port()}/api"\n')
+    with clickhouse(s) as ch:
+        ch.command(TRADES_DDL.format(name="trades"))
+        insert_trades(ch, "trades", START_MS, 300)
+    code, run = run_cli(capsys, "run", "--config", s.path)
+    assert code == 0 and run["tables"][0]["commits"] == 3, run
+    code, status = run_cli(capsys, "status", "--config", s.path)
+    assert code == 0, status
+    (st,) = status["tables"]
+    assert (st["cold_rows"], st["hot_rows"], st["commits"], st["pending_rows"]) == (300, 300, 3, 0), st
+    assert st["watermark"]["seq"] == 299
+    code, report = run_cli(capsys, "doctor", "--engine-only", "--config", s.path)
+    assert code == 0 and report["ok"], report
+    checks = {c["name"]: c for c in report["checks"]}
+    assert all(c["status"] == "ok" for c in checks.values()), checks
+    assert "3 data files of 1 tables present under s3://" in checks["warehouse"]["saw"], checks["warehouse"]
+
+    exporter = Exporter(config.load(s.path))
+    exporter.refresh(hot=False)
+    samples = {(m.name, tuple(sorted(x.labels.items()))): x.value for m in exporter.collect() for x in m.samples}
+    assert samples[(names.METRIC_CATALOG_UP, ())] == 1
+    assert samples[(names.METRIC_COLD_ROWS, (("table", "trades"),))] == 300
+
+    data = sorted(k for k in objects(s3_env, s3_bucket) if k.endswith(".parquet"))
+    s3_env.client().delete_object(Bucket=s3_bucket, Key=data[0])  # a data file lost from the bucket
+    code, report = run_cli(capsys, "doctor", "--engine-only", "--config", s.path)
+    warehouse = next(c for c in report["checks"] if c["name"] == "warehouse")
+    assert code == 1 and (warehouse["status"], warehouse["scenario"]) == ("fail", "warehouse lost"), warehouse
+    assert data[0] in warehouse["saw"], warehouse
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")  # the bucket refuses every request now
+    code, status = run_cli(capsys, "status", "--config", s.path)
+    assert code == 1 and '"warehouse_error"' in json.dumps(status) and "refused access" in json.dumps(status), status
+    code, report = run_cli(capsys, "doctor", "--engine-only", "--config", s.path)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert code == 1 and checks["warehouse"]["status"] == "fail" and "S3 credentials" in checks["warehouse"]["fix"]
+    assert "refused access" in checks["warehouse"]["saw"] and checks["catalog"]["status"] == "ok", checks
+    exporter.refresh(hot=False)  # the catalog answers (up); the table's error says the warehouse refused
+    error = exporter.snap.tables["trades"].error
+    assert exporter.snap.catalog_up == 1 and error["type"] == "warehouse_error" and not error["transient"], error

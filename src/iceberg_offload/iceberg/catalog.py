@@ -1,6 +1,6 @@
 """The Iceberg catalog opened, and what the catalog and the warehouse answer translated into our errors:
-a transport failure is CatalogUnavailable, a warehouse that refuses a write WarehouseError, and a file the
-catalog lists but the warehouse lacks WarehouseMissing, naming it."""
+a transport failure is CatalogUnavailable, a warehouse that refuses a write (or, an object store, the
+credentials) WarehouseError, and a file the catalog lists but the warehouse lacks WarehouseMissing, naming it."""
 
 from __future__ import annotations
 
@@ -83,6 +83,27 @@ def warehouse_reads(what: str, warehouse: str = "") -> Iterator[None]:
         raise warehouse_missing(what, path, warehouse) from exc
 
 
+# What an object store answers when the credentials are wrong or may not do this (pyarrow's and botocore's words).
+_DENIED = re.compile(
+    r"ACCESS_DENIED|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|InvalidToken|ExpiredToken"
+    r"|HTTP response code: 403|\b403\b.{0,20}Forbidden"
+)
+
+
+def access_denied(exc: BaseException) -> bool:
+    """The warehouse (an object store) refused the request: wrong, expired or insufficient credentials."""
+    return isinstance(exc, OSError) and _DENIED.search(str(exc)) is not None
+
+
+def warehouse_denied(what: str, warehouse: str, exc: BaseException) -> WarehouseError:
+    where = f"[catalog] warehouse ({warehouse})" if warehouse else "[catalog] warehouse"
+    return WarehouseError(
+        f"{what}: the warehouse refused access: {redact(str(exc)).splitlines()[0][:300]}",
+        f"check the S3 credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN or the instance "
+        f"role in the environment, or s3.* keys in [catalog] properties) and that they may read and write {where}",
+    )
+
+
 def warehouse_error(what: str, warehouse: str, exc: BaseException) -> WarehouseError:
     return WarehouseError(
         f"{what}: cannot write to the warehouse: {redact(str(exc)).splitlines()[0][:300]}; nothing was committed",
@@ -105,6 +126,8 @@ def catalog_errors(what: str, warehouse: str = "") -> Iterator[None]:
             raise warehouse_missing(what, path, warehouse) from exc
         if warehouse and storage_error(exc):
             raise warehouse_error(what, warehouse, exc) from exc
+        if access_denied(exc):  # terminal: retrying sends the same credentials
+            raise warehouse_denied(what, warehouse, exc) from exc
         raise CatalogUnavailable(
             f"Iceberg catalog failed while {what}: {redact(str(exc)).splitlines()[0][:300]}",
             "check that the catalog is reachable and [catalog] uri is right",
