@@ -4,11 +4,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +113,13 @@ Make = Callable[..., Settings]
 def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Make:
     """Write an offload.toml in the test folder and load it. Tables are dicts of [[tables]] keys."""
 
-    def make(tables: list[dict[str, Any]], catalog_uri: str | None = None, **offload: Any) -> Settings:
+    def make(
+        tables: list[dict[str, Any]],
+        catalog_uri: str | None = None,
+        warehouse: str | None = None,
+        catalog_properties: dict[str, str] | None = None,
+        **offload: Any,
+    ) -> Settings:
         uri = catalog_uri or f"sqlite:///{tmp_path}/catalog.db"
         lines = [
             "[source]",
@@ -115,7 +129,8 @@ def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Make:
             "",
             "[catalog]",
             f'uri = "{uri}"',
-            f'warehouse = "file://{tmp_path}/warehouse"',
+            f"warehouse = {_toml(warehouse or f'file://{tmp_path}/warehouse')}",
+            *([f"properties = {_toml(catalog_properties)}"] if catalog_properties else []),
             "",
             "[offload]",
             f"settle_seconds = {offload.pop('settle_seconds', 0)}",
@@ -179,3 +194,128 @@ def insert_trades(src: Source, name: str, start_ms: int, count: int, seq0: int =
 
 def trades_table(name: str = "trades", **extra: Any) -> dict[str, Any]:
     return {"source": name, "timestamp_column": "ts", "sequence_column": "seq", **extra}
+
+
+# -- an S3 warehouse: moto's S3 server on 127.0.0.1, one per session, a bucket per test ---------------------
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    access_key_id: str
+    secret_access_key: str
+
+    def client(self, key: str | None = None, secret: str | None = None) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=key or self.access_key_id,
+            aws_secret_access_key=secret or self.secret_access_key,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_answering(proc: subprocess.Popen[bytes], url: str, timeout: float = 30) -> None:
+    """Until `url` answers over HTTP (any status): the server is up. Fails if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # the wait is on the process, not a sleep
+                proc.wait(timeout=0.05)
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {proc.returncode}") from None
+    raise RuntimeError(f"moto_server did not answer at {url} within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 (and IAM) server, authentication enforced: requests need a key of the IAM user made here
+    with the first unauthenticated calls, so a test proves which credentials reached S3."""
+    pytest.importorskip("moto", reason="moto[server] is in the dev extra: pip install -e '.[dev]'")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        _wait_answering(proc, f"{endpoint}/moto-api/")
+        import boto3
+
+        iam = boto3.client(
+            "iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+        )
+        iam.create_user(UserName="offload")  # the unauthenticated calls: user, policy, key
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="offload", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="offload")["AccessKey"]
+        yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The credentials in the environment only (as the AWS SDKs read them), nowhere in the config."""
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_access_key)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return s3_server
+
+
+@pytest.fixture
+def s3_bucket(s3_env: S3Server, request: pytest.FixtureRequest) -> str:
+    """A new bucket for this test (named after it); the S3 warehouse is s3://<bucket>/warehouse."""
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
+    s3_env.client().create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """make_settings keywords for a local warehouse, or an S3 one (a bucket on the moto server, the
+    endpoint in the config, the credentials in the environment)."""
+    if request.param == "local":
+        return {}
+    bucket = request.getfixturevalue("s3_bucket")
+    server: S3Server = request.getfixturevalue("s3_server")
+    return {"warehouse": f"s3://{bucket}/warehouse", "catalog_properties": {"s3.endpoint": server.endpoint}}
+
+
+def warehouse_files(table: Any, suffix: str = "") -> set[str]:
+    """Every file under a table's location, local or S3, as its file system lists it (/path or bucket/key)."""
+    import pyarrow.fs as pafs
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    scheme, netloc, path = PyArrowFileIO.parse_location(table.location())
+    fs = table.io.fs_by_scheme(scheme, netloc)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return {i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)}

@@ -156,3 +156,22 @@ def test_doctor_without_a_stack_checks_the_engine_and_exits_0(offloaded, capsys)
     code, report = run_cli(capsys, "doctor", "--engine-only", "--config", offloaded.path)
     assert code == 0 and [c["name"] for c in report["checks"]] == ["orchestrator", *ENGINE_CHECKS]
     assert report["checks"][0]["saw"] == "not checked (--engine-only)"
+
+
+def test_an_s3_warehouse_without_a_region_takes_the_environments_or_us_east_1_with_an_endpoint():
+    """Without a region pyiceberg asks AWS where the bucket is (seconds, and wrong off AWS)."""
+    from iceberg_offload.config import CatalogSettings
+    from iceberg_offload.iceberg.catalog import access_denied, s3_region
+
+    def region(warehouse: str, env: dict[str, str], **props: str) -> dict[str, str]:
+        return s3_region(CatalogSettings(warehouse=warehouse, properties=props), env)
+
+    endpoint = {"s3.endpoint": "http://minio:9000"}
+    assert region("s3://b/w", {"AWS_REGION": "eu-west-1"}, **endpoint) == {"s3.region": "eu-west-1"}
+    assert region("s3://b/w", {"AWS_DEFAULT_REGION": "eu-north-1"}) == {"s3.region": "eu-north-1"}
+    assert region("s3://b/w", {}, **endpoint) == {"s3.region": "us-east-1"}
+    assert region("s3://b/w", {}) == {}  # on AWS, pyiceberg finds the bucket's region
+    assert region("s3://b/w", {"AWS_REGION": "eu-west-1"}, **{"s3.region": "ap-south-1"}) == {}
+    assert region("file:///w", {"AWS_REGION": "eu-west-1"}) == {}
+    assert access_denied(OSError("AWS Error ACCESS_DENIED during HeadObject operation: No response body."))
+    assert not access_denied(OSError("AWS Error NETWORK_CONNECTION during HeadObject operation"))

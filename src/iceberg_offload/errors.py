@@ -148,7 +148,8 @@ class TTLTooShort(TerminalError):
 
 
 class WarehouseError(TerminalError):
-    """The warehouse refused a write: full, read-only, no permission, not a directory."""
+    """The warehouse refused a write (full, read-only, no permission, not a directory) or, an object store,
+    the credentials (wrong, expired, or not allowed this bucket)."""
 
     kind = "warehouse_error"
 

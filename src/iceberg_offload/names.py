@@ -30,6 +30,11 @@ headroom read them), the error's message and JSON type ("" and None when it went
 offload_errors_total{error_type} and the cycle's status from these), the view's error message."""
 
 
+S3_COLLECTION = "{catalog}_warehouse"
+"""The ClickHouse named collection holding the S3 credentials of [catalog.properties] for the hot + cold views
+(`maintenance/view.py`); the views name it, so renaming it breaks views made before."""
+
+
 TABLE_RUN_PREFIX = "offload "
 TABLE_RUN_NAME = TABLE_RUN_PREFIX + "{table}"
 """The name of a table's offload run (the task in a cycle, the flow of the table deployment): the exporter

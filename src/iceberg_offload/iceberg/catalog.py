@@ -1,6 +1,6 @@
 """The Iceberg catalog opened, and what the catalog and the warehouse answer translated into our errors:
-a transport failure is CatalogUnavailable, a warehouse that refuses a write WarehouseError, and a file the
-catalog lists but the warehouse lacks WarehouseMissing, naming it."""
+a transport failure is CatalogUnavailable, a warehouse that refuses a write (or, an object store, the
+credentials) WarehouseError, and a file the catalog lists but the warehouse lacks WarehouseMissing, naming it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import errno
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
@@ -83,6 +83,27 @@ def warehouse_reads(what: str, warehouse: str = "") -> Iterator[None]:
         raise warehouse_missing(what, path, warehouse) from exc
 
 
+# What an object store answers when the credentials are wrong or may not do this (pyarrow's and botocore's words).
+_DENIED = re.compile(
+    r"ACCESS_DENIED|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|InvalidToken|ExpiredToken"
+    r"|HTTP response code: 403|\b403\b.{0,20}Forbidden"
+)
+
+
+def access_denied(exc: BaseException) -> bool:
+    """The warehouse (an object store) refused the request: wrong, expired or insufficient credentials."""
+    return isinstance(exc, OSError) and _DENIED.search(str(exc)) is not None
+
+
+def warehouse_denied(what: str, warehouse: str, exc: BaseException) -> WarehouseError:
+    where = f"[catalog] warehouse ({warehouse})" if warehouse else "[catalog] warehouse"
+    return WarehouseError(
+        f"{what}: the warehouse refused access: {redact(str(exc)).splitlines()[0][:300]}",
+        f"check the S3 credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN or the instance "
+        f"role in the environment, or s3.* keys in [catalog] properties) and that they may read and write {where}",
+    )
+
+
 def warehouse_error(what: str, warehouse: str, exc: BaseException) -> WarehouseError:
     return WarehouseError(
         f"{what}: cannot write to the warehouse: {redact(str(exc)).splitlines()[0][:300]}; nothing was committed",
@@ -105,14 +126,38 @@ def catalog_errors(what: str, warehouse: str = "") -> Iterator[None]:
             raise warehouse_missing(what, path, warehouse) from exc
         if warehouse and storage_error(exc):
             raise warehouse_error(what, warehouse, exc) from exc
+        if access_denied(exc):  # terminal: retrying sends the same credentials
+            raise warehouse_denied(what, warehouse, exc) from exc
         raise CatalogUnavailable(
             f"Iceberg catalog failed while {what}: {redact(str(exc)).splitlines()[0][:300]}",
             "check that the catalog is reachable and [catalog] uri is right",
         ) from exc
 
 
+def s3_region(settings: CatalogSettings, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`s3.region` for an s3:// warehouse whose properties name no region: the environment's (AWS_REGION,
+    AWS_DEFAULT_REGION, as the AWS SDKs read it), else us-east-1 when `s3.endpoint` names an S3-compatible
+    store. Without a region pyiceberg asks AWS where the bucket is, per bucket and process: seconds, a wrong
+    answer for a bucket that is not on AWS, or none at all where AWS is unreachable. On AWS without an
+    environment region, pyiceberg still asks."""
+    props = settings.properties
+    environ: Mapping[str, str] = os.environ if env is None else env
+    if not settings.warehouse.startswith(("s3://", "s3a://")) or props.get("s3.region") or props.get("client.region"):
+        return {}
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        return {"s3.region": region}
+    return {"s3.region": "us-east-1"} if props.get("s3.endpoint") else {}
+
+
 def open_catalog(settings: CatalogSettings) -> Catalog:
-    props = {"type": settings.type, "uri": settings.uri, "warehouse": settings.warehouse, **settings.properties}
+    props = {
+        "type": settings.type,
+        "uri": settings.uri,
+        "warehouse": settings.warehouse,
+        **s3_region(settings),
+        **settings.properties,
+    }
     if settings.uri.startswith("sqlite:////"):  # the embedded default: make its folder on first use
         os.makedirs(os.path.dirname(settings.uri[len("sqlite:///") :]), exist_ok=True)
     with catalog_errors("connecting"):

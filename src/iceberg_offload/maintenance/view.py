@@ -25,6 +25,17 @@ On chdb, icebergLocal reads only paths below the process's working directory (ch
 at "." whatever it is started with; measured with chdb 4.4). The view states its columns, so creating or
 re-pointing it runs no query and works from any folder; a process reading the view must run in a folder
 above the warehouse (the default layout: where offload.toml is).
+
+On an s3:// warehouse the cold side is icebergS3 on `[catalog.properties] s3.endpoint` (else AWS's
+virtual-hosted URL). Credentials never go into the view's DDL (which `SHOW CREATE` and system.tables show):
+with `s3.access-key-id`/`s3.secret-access-key` (and `s3.session-token`) in the catalog properties, they go
+into the named collection `<catalog name>_warehouse`, created or updated before the view, and the view
+names the collection; without them, ClickHouse uses the credentials of its own environment
+(AWS_ACCESS_KEY_ID, ..., or an instance role) when it reads the view. A named collection made with SQL is
+kept by ClickHouse on disk (chdb: `<chdb path>/named_collections/`, the values in plain text, shown as
+[HIDDEN] in system.named_collections); on a ClickHouse server the user needs the grant
+`NAMED COLLECTION ADMIN` (or `named_collection_control`). Measured against moto's S3 with chdb 4.4
+(tests/test_s3.py).
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from iceberg_offload.engine.plan import TablePlan
 from iceberg_offload.errors import ConfigError, as_error
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import Sink
+from iceberg_offload.names import S3_COLLECTION
 
 _NOT_NULLABLE = ("Array(", "Map(", "Tuple(", "Nested(", "JSON", "Object(", "Variant(", "Dynamic", "Nullable(")
 
@@ -61,6 +73,9 @@ def create_view(
 ) -> dict[str, Any]:
     """Create (or re-point) the view at the table's current watermark and metadata; idempotent."""
     sql, wm, table = _build(settings, cfg, sink, source, name)
+    if table is not None and wm is not None:
+        for statement in s3_collection_sql(settings):
+            source.command(statement)
     source.command(sql)
     snap = table.current_snapshot() if table is not None else None
     return {
@@ -151,15 +166,46 @@ def _cold_function(settings: Settings, table: Table) -> str:
     if url.scheme in ("", "file"):
         return f"icebergLocal({literal(url.path)}, {pinned})"
     if url.scheme in ("s3", "s3a"):
-        props = settings.catalog.properties
-        endpoint = props.get("s3.endpoint", "").rstrip("/")
+        endpoint = settings.catalog.properties.get("s3.endpoint", "").rstrip("/")
         http = (
             f"{endpoint}/{url.netloc}{url.path}/" if endpoint else f"https://{url.netloc}.s3.amazonaws.com{url.path}/"
         )
-        key, secret = props.get("s3.access-key-id"), props.get("s3.secret-access-key")
-        creds = f", {literal(key)}, {literal(secret)}" if key and secret else ""
-        return f"icebergS3({literal(http)}{creds}, {pinned})"
+        if _s3_credentials(settings):  # the keys in a named collection, not in the view's DDL
+            return f"icebergS3({quote(collection_name(settings))}, url = {literal(http)}, {pinned})"
+        return f"icebergS3({literal(http)}, {pinned})"  # ClickHouse's own environment credentials
     raise ConfigError(
         f"{'.'.join(table.name())}: no ClickHouse Iceberg reader for a {url.scheme}:// warehouse",
         "use a file:// or s3:// [catalog] warehouse for the hot + cold view",
     )
+
+
+_S3_KEYS = {  # ClickHouse's named-collection key: the pyiceberg properties that give it, first wins
+    "access_key_id": ("s3.access-key-id", "client.access-key-id"),
+    "secret_access_key": ("s3.secret-access-key", "client.secret-access-key"),
+    "session_token": ("s3.session-token", "client.session-token"),
+}
+
+
+def _s3_credentials(settings: Settings) -> dict[str, str]:
+    """The S3 credentials in [catalog.properties] as named-collection keys; empty unless key and secret are."""
+    props = settings.catalog.properties
+    found = {ch: next((props[p] for p in keys if props.get(p)), "") for ch, keys in _S3_KEYS.items()}
+    if not (found["access_key_id"] and found["secret_access_key"]):
+        return {}
+    return {k: v for k, v in found.items() if v}
+
+
+def collection_name(settings: Settings) -> str:
+    """The ClickHouse named collection holding the warehouse's S3 credentials for the views."""
+    return S3_COLLECTION.format(catalog=settings.catalog.name)
+
+
+def s3_collection_sql(settings: Settings) -> list[str]:
+    """The statements that create the named collection or set its credentials (none without credentials
+    in the catalog properties): run before the view that names it."""
+    creds = _s3_credentials(settings)
+    if not creds:
+        return []
+    name = quote(collection_name(settings))
+    values = ", ".join(f"{k} = {literal(v)}" for k, v in creds.items())
+    return [f"CREATE NAMED COLLECTION IF NOT EXISTS {name} AS {values}", f"ALTER NAMED COLLECTION {name} SET {values}"]

@@ -11,7 +11,7 @@ from pyiceberg.io import FileIO
 from pyiceberg.table import Snapshot
 
 from iceberg_offload.config import PrefectSettings, Settings
-from iceberg_offload.errors import OffloadError, WarehouseMissing
+from iceberg_offload.errors import OffloadError, WarehouseError, WarehouseMissing
 from iceberg_offload.iceberg.catalog import open_catalog, warehouse_missing, warehouse_reads
 from iceberg_offload.iceberg.sink import Sink
 from iceberg_offload.orchestration.stack import stack_dir
@@ -73,8 +73,9 @@ def check_warehouse(settings: Settings) -> list[Check]:
                         raise FileNotFoundError(2, "No such file or directory", snap.manifest_list)
                     files += check_data_files(f"reading {cfg.target}", table.io, snap, sink.warehouse)
         except OffloadError as exc:
-            if not isinstance(exc, WarehouseMissing):
+            if not isinstance(exc, WarehouseError):
                 continue  # the table's own check reports it
+            # a file missing, or the warehouse refusing access (an object store's credentials)
             missing.append(exc)
     if missing:
         return [Check("warehouse", "fail", "; ".join(e.message for e in missing), missing[0].fix, "warehouse lost")]

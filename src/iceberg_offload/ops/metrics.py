@@ -33,7 +33,7 @@ from iceberg_offload.errors import (
     EngineBusy,
     OffloadError,
     SourceUnavailable,
-    WarehouseMissing,
+    WarehouseError,
 )
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import Sink
@@ -137,7 +137,7 @@ class Exporter(Collector):
             for cfg in self.settings.tables:
                 try:
                     cold_status(cfg, self._sink, snap.tables[cfg.target])
-                except WarehouseMissing as exc:  # the catalog answers; this table's files are gone
+                except WarehouseError as exc:  # the catalog answers; this table's files are gone or refused
                     snap.tables[cfg.target].error = exc.as_dict()
             snap.catalog_up = 1
             snap.refreshed["catalog"] = time.time()
