@@ -153,6 +153,7 @@ def test_window_query_uses_the_sort_key(make_settings, sqlite_uri):
             [c.select for c in plan.columns],
             win,
             Watermark(lower.ts_ns + 100 * NS, 995_100),
+            plan.sort_columns,  # ordered as files are written: still reads only the window's granules
         )
         plan_sql = plan_query(plan.info.qualified, False, plan.key, win, 100, 10)
         explains = ["\n".join(r[0] for r in ch.rows("EXPLAIN indexes = 1 " + q)) for q in (sql, plan_sql)]

@@ -217,13 +217,15 @@ def plan_query(table_sql: str, final: bool, key: Key, window: Window, max_rows: 
 
 
 def chunk_query(
-    table_sql: str, final: bool, key: Key, select: list[str], window: Window, cut: Watermark
+    table_sql: str, final: bool, key: Key, select: list[str], window: Window, cut: Watermark, order: list[str]
 ) -> tuple[str, list[str]]:
-    """Every row with lower < key <= cut, inside the window, and the result's column names. No ORDER BY:
-    one commit holds them all."""
+    """Every row with lower < key <= cut, inside the window, and the result's column names, ordered by
+    `order` (a prefix of the table's sorting key: ClickHouse reads it in order, no sort; empty: no ORDER BY)."""
     cols, names = key.aliases.select(select)
+    by = f" ORDER BY {', '.join(quote(c) for c in order)}" if order else ""
     return (
-        f"SELECT {cols} FROM {table_sql}{' FINAL' if final else ''} WHERE {window.where(key)} AND {key.at_most(cut)}"
+        f"SELECT {cols} FROM {table_sql}{' FINAL' if final else ''} WHERE {window.where(key)} AND "
+        f"{key.at_most(cut)}{by}"
     ), names
 
 

@@ -170,7 +170,7 @@ def _offload(
                 names.ROWS_TOTAL: str(totals[0]),
             }
             try:
-                table, rows = sink.commit(table, stream.chunks(), props, time.monotonic())
+                table, rows = sink.commit(table, stream.chunks(), props, time.monotonic(), sorted_by=plan.sort_columns)
             except CommitConflict:
                 conflicts += 1
                 if conflicts > MAX_CONFLICTS:

@@ -12,6 +12,7 @@ from pyiceberg.types import TimestamptzType
 from iceberg_offload import names
 from iceberg_offload.clickhouse.client import Source, TableInfo
 from iceberg_offload.clickhouse.sql import quote
+from iceberg_offload.clickhouse.types import split_top_level
 from iceberg_offload.clickhouse.window import NS, Key, Watermark, Window, upper_bound
 from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.engine.cadence import WAIT_MARGIN_SECONDS, round_up_hour, schedule_interval
@@ -78,6 +79,21 @@ class TablePlan:
         _refuse_null_keys(source, cfg, info, all_cols)
         return cls(cfg, info, key, plans, SourceIdentity.of(source.settings, cfg.source, info.uuid))
 
+    @property
+    def sort_columns(self) -> list[str]:
+        """The order every offload file is written in and the table declares: the longest prefix of the
+        ClickHouse sorting key that is also a prefix of the watermark key (timestamp, sequence). A commit's
+        chunks are key ranges in key order, each read in the sorting key's order (ClickHouse reads in order,
+        no sort), so a file is sorted by exactly this much. Empty when the sorting key does not start with
+        the timestamp column."""
+        key = [self.key.ts] + ([self.key.seq] if self.key.seq else [])
+        out = []
+        for item, col in zip(split_top_level(self.info.sorting_key), key, strict=False):
+            if item.strip() not in (col, quote(col)):
+                break
+            out.append(col)
+        return out
+
     def ensure(self, sink: Sink) -> Table:
         fields = iceberg_fields(self.columns)
         ts_field = next(f for f in fields if f.name == self.cfg.timestamp_column)
@@ -94,6 +110,7 @@ class TablePlan:
             self.cfg.timestamp_column,
             evolve=not self.cfg.columns,
             properties=self.identity.to_props(),
+            sort_columns=self.sort_columns,
         )
 
     def check_source(self, table: Table | None) -> None:

@@ -55,7 +55,7 @@ class Stream:
         source: Source, plan: TablePlan, target: pa.Schema, window: Window, settings: Settings
     ) -> Iterator[Any]:
         tsql, final, key, batch_rows = plan.info.qualified, plan.cfg.final, plan.key, settings.offload.batch_rows
-        select = [c.select for c in plan.columns]
+        select, order = [c.select for c in plan.columns], plan.sort_columns
         while True:
             splits, last, n = source.rows(
                 plan_query(tsql, final, key, window, settings.offload.max_rows_per_commit, settings.offload.read_rows)
@@ -66,7 +66,7 @@ class Stream:
             yield cut
             lower, pending, rows, read = window.lower, [], 0, 0
             for upper in sorted({key.watermark(x) for x in splits if key.watermark(x) < cut}) + [cut]:
-                sql, names = chunk_query(tsql, final, key, select, Window(lower, window.upper_ns), upper)
+                sql, names = chunk_query(tsql, final, key, select, Window(lower, window.upper_ns), upper, order)
                 part = conform(source.arrow(sql, names), plan.columns, target, plan.cfg.source)
                 lower = upper
                 pending.append(part)

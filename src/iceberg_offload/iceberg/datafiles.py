@@ -49,9 +49,18 @@ class DataFileWriter:
     Use as a context manager: leaving it with an error waits for the writes still running."""
 
     def __init__(
-        self, metadata: TableMetadata, io: FileIO, write_uuid: uuid.UUID, paths: list[str], workers: int = WORKERS
+        self,
+        metadata: TableMetadata,
+        io: FileIO,
+        write_uuid: uuid.UUID,
+        paths: list[str],
+        workers: int = WORKERS,
+        sort_order_id: int | None = None,
     ) -> None:
+        """`sort_order_id`: the sort order every file is written in (the chunks come sorted by it); None:
+        unknown."""
         self.metadata, self.io, self.write_uuid, self.paths = metadata, io, write_uuid, paths
+        self.sort_order_id = sort_order_id
         schema = metadata.schema()
         self.file_schema = sanitize_column_names(schema)
         self.props = metadata.properties
@@ -148,7 +157,7 @@ class DataFileWriter:
             file_format=FileFormat.PARQUET,
             partition=key.partition if key else Record(),
             file_size_in_bytes=len(out),
-            sort_order_id=None,
+            sort_order_id=self.sort_order_id,
             spec_id=self.metadata.default_spec_id,
             equality_ids=None,
             key_metadata=None,

@@ -10,7 +10,7 @@ instead (`CommitConflict`), with its data files removed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
@@ -19,7 +19,8 @@ from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
-from pyiceberg.transforms import DayTransform, HourTransform, MonthTransform
+from pyiceberg.table.sorting import NullOrder
+from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform, MonthTransform
 from pyiceberg.types import IcebergType, ListType, MapType, NestedField, StructType
 
 from iceberg_offload import names
@@ -36,6 +37,7 @@ from iceberg_offload.iceberg.catalog import (
 )
 from iceberg_offload.iceberg.datafiles import DataFileWriter
 from iceberg_offload.iceberg.history import Commit
+from iceberg_offload.iceberg.sortorder import claimed_order_id, sort_order
 
 COMMIT_ID = names.COMMIT_ID
 # Offload commits must never be rebased (see CasTransaction); with no retries pyiceberg also stops
@@ -68,19 +70,34 @@ class Sink:
         ts_column: str,
         evolve: bool,
         properties: dict[str, str] | None = None,
+        sort_columns: Sequence[str] = (),
     ) -> Table:
-        """Create the table (with `properties` besides ours), or add new columns (by name) and refuse dropped
-        or retyped ones; `properties` the table lacks are added (a table created before they existed)."""
+        """Create the table (with `properties` besides ours, sorted by `sort_columns`), or add new columns (by
+        name) and refuse dropped or retyped ones; `properties` the table lacks are added, and an unsorted
+        table gets the sort order (a table created before they existed)."""
         table = self.load(target)
         if table is None:
-            table = self._create(target, fields, partition_by, ts_column, properties or {})
+            table = self._create(target, fields, partition_by, ts_column, properties or {}, sort_columns)
         elif missing := {k: v for k, v in (properties or {}).items() if k not in table.properties}:
             with catalog_errors(f"recording properties of {target}", self.warehouse):
                 table = table.transaction().set_properties(missing).commit_transaction()
-        return self._evolve(table, fields, evolve)
+        table = self._evolve(table, fields, evolve)
+        if sort_columns and not table.sort_order().fields:
+            with catalog_errors(f"declaring the sort order of {target}", self.warehouse):
+                with table.update_sort_order() as order:
+                    for c in sort_columns:
+                        order.asc(c, IdentityTransform(), NullOrder.NULLS_LAST)
+                table = self.catalog.load_table(self.ident(target))
+        return table
 
     def _create(
-        self, target: str, fields: list[NestedField], partition_by: str, ts_column: str, properties: dict[str, str]
+        self,
+        target: str,
+        fields: list[NestedField],
+        partition_by: str,
+        ts_column: str,
+        properties: dict[str, str],
+        sort_columns: Sequence[str],
     ) -> Table:
         schema = Schema(*fields)
         spec = PartitionSpec()
@@ -105,6 +122,7 @@ class Sink:
                     self.ident(target),
                     schema=schema,
                     partition_spec=spec,
+                    sort_order=sort_order(schema, sort_columns),
                     properties={**properties, **TABLE_PROPERTIES},
                 )
             except Exception:  # another offload created it first (TableAlreadyExists or a unique violation)
@@ -201,10 +219,12 @@ class Sink:
         props: dict[str, str],
         started: float,
         table_props: dict[str, str] | None = None,
+        sorted_by: Sequence[str] = (),
     ) -> tuple[Table, int]:
         """Write `chunks` as data files and commit them with `props` in one snapshot, CAS on the table's
         current snapshot, setting `table_props` in the same commit. `started` (monotonic) times the commit
-        for its summary. Returns the new table state and the row count."""
+        for its summary; `sorted_by`: the columns the chunks (concatenated) are sorted by (the files claim
+        the table's sort order when it is a prefix of them). Returns the new table state and the row count."""
         txn = CasTransaction(table)
         if table_props:
             txn.set_properties(table_props)
@@ -213,7 +233,13 @@ class Sink:
         try:
             with (
                 txn.update_snapshot(snapshot_properties=props).fast_append() as append,
-                DataFileWriter(txn.table_metadata, table.io, append.commit_uuid, written) as files,
+                DataFileWriter(
+                    txn.table_metadata,
+                    table.io,
+                    append.commit_uuid,
+                    written,
+                    sort_order_id=claimed_order_id(txn.table_metadata, sorted_by),
+                ) as files,
             ):
                 for chunk in chunks:
                     rows += chunk.num_rows

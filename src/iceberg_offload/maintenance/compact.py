@@ -32,6 +32,7 @@ from iceberg_offload.iceberg.cas import CasTransaction, discard_files
 from iceberg_offload.iceberg.catalog import catalog_errors, missing_file, warehouse_missing
 from iceberg_offload.iceberg.datafiles import DataFileWriter
 from iceberg_offload.iceberg.sink import Sink
+from iceberg_offload.iceberg.sortorder import claimed_order_id
 
 DEFAULT_TARGET = 128 * 1024 * 1024
 CARRIED = (names.ROWS_TOTAL, names.COMMITS_TOTAL)
@@ -192,7 +193,13 @@ def _rewrite(
     order = [(c, "ascending") for c in (cfg.timestamp_column, cfg.sequence_column) if c and c in schema.column_names]
     total, done = sum(b.rows for b in bins), 0
     try:
-        with DataFileWriter(txn.table_metadata, table.io, replace.commit_uuid, written) as files:
+        with DataFileWriter(
+            txn.table_metadata,
+            table.io,
+            replace.commit_uuid,
+            written,
+            sort_order_id=claimed_order_id(txn.table_metadata, [c for c, _ in order]),
+        ) as files:
             for b in bins:
                 data = ArrowScan(table.metadata, table.io, schema, AlwaysTrue()).to_table(b.tasks)
                 if data.num_rows != b.rows:
