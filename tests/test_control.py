@@ -131,3 +131,44 @@ def test_a_read_that_times_out_is_read_again_but_a_write_is_not_sent_twice(busy_
     with pytest.raises(PrefectUnavailable):
         control.trigger(settings, names.MAIN)
     assert [m for m, _, _ in seen] == ["GET", "GET", "POST"]  # the create may have landed: not sent again
+
+
+def _run(state: str, held_by: str | None = None, stuck: bool = False) -> dict[str, Any]:
+    """A trigger(wait=True) outcome, as control.trigger returns it."""
+    return {
+        "ok": state == "COMPLETED",
+        "flow_run_id": "r",
+        "name": "n",
+        "deployment": names.MAIN,
+        "state": state,
+        "seconds": 1.0,
+        "held_by": held_by,
+        "holder_stuck": stuck,
+        "note": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "triggers", "final"),
+    [
+        ([_run("CANCELLED"), _run("COMPLETED")], 2, "COMPLETED"),  # the holder ended before we looked
+        ([_run("PENDING", "h", stuck=True), _run("COMPLETED")], 2, "COMPLETED"),  # the holder never starts
+        ([_run("PENDING")], 1, "PENDING"),  # a plain timeout: the run may yet finish, never a second one
+        ([_run("COMPLETED", "h")], 1, "COMPLETED"),  # we waited for the holder and it completed
+        ([_run("CANCELLED"), _run("CANCELLED")], 2, "CANCELLED"),  # at most twice
+    ],
+)
+def test_recover_runs_again_only_when_another_run_took_the_slot(monkeypatch, outcomes, triggers, final):
+    from iceberg_offload.ops import recover
+
+    calls: list[float] = []
+
+    def fake_trigger(settings: Any, deployment: str, wait: bool, timeout: float) -> dict[str, Any]:
+        calls.append(timeout)
+        return outcomes[len(calls) - 1]
+
+    monkeypatch.setattr(recover, "trigger", fake_trigger)
+    monkeypatch.setattr(recover, "_crash_stuck", lambda settings: 0)
+    said, state = recover._run_now(config.load(None, env={}), 300)
+    assert (len(calls), state) == (triggers, final), said
+    assert said.count("flow run ") == triggers

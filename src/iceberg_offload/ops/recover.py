@@ -168,7 +168,10 @@ def _run_now(settings: Settings, timeout: float) -> tuple[str, str]:
         run = trigger(settings, names.MAIN, wait=True, timeout=left)
         note = f" ({run['note']})" if run["note"] else ""
         said.append(f"flow run {run['name']} ({run['flow_run_id']}): {run['state']} in {run['seconds']}s{note}")
-        if not run["holder_stuck"] or attempt == 2:  # a plain timeout is not retried: the run may yet finish
+        # again only when another run took the slot: it never started (stuck), or it ended between our
+        # run's cancel and our look at the slot (cancelled, no holder). A timeout is not retried: it may yet finish.
+        lost_slot = run["holder_stuck"] or (run["state"] == "CANCELLED" and run["held_by"] is None)
+        if not lost_slot or attempt == 2:
             break
     return "; ".join(said), run["state"]
 
