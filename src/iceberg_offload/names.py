@@ -37,10 +37,9 @@ S3_COLLECTION = "{catalog}_warehouse"
 (`maintenance/view.py`); the views name it, so renaming it breaks views made before."""
 
 
-TABLE_RUN_PREFIX = "offload "
-TABLE_RUN_NAME = TABLE_RUN_PREFIX + "{table}"
-"""The name of a table's offload run (the task in a cycle, the flow of the table deployment): the exporter
-reads each table's last success, failure streak and last duration from the runs so named."""
+TABLE_RUN_NAME = "offload {table}"
+"""The display name of a table's offload run (the task in a cycle, the flow of the table deployment), for people:
+nothing reads it back (the exporter reads the cycles' `offload-cycle` rows and the table runs' parameters)."""
 
 
 RUNBOOKS = {
