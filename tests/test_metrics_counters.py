@@ -11,6 +11,7 @@ import time
 import urllib.error
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -174,3 +175,88 @@ def test_run_counters_count_every_retained_run_and_only_rise(prefect, monkeypatc
         assert after == truth
         assert all(after[k] >= v for k, v in first.items())
     assert counters(Exporter(s)) == truth
+
+
+def per_table(exporter: Exporter) -> dict[tuple[str, str], float]:
+    """(metric, table) -> value of the per-table run outcomes, after a refresh with Prefect answering."""
+    counters(exporter)
+    wanted = (names.METRIC_LAST_SUCCESS, names.METRIC_CONSECUTIVE_FAILURES, names.METRIC_LAST_DURATION)
+    return {
+        (sample.name, sample.labels["table"]): sample.value
+        for family in exporter.collect()
+        for sample in family.samples
+        if sample.name in wanted
+    }
+
+
+def test_table_outcomes_come_from_the_cycle_rows_never_from_run_names(prefect):
+    """Last success, failure streak and last duration per table, from the cycles' `offload-cycle` rows (and
+    the table deployment's own runs), whatever the runs are named: here no task run is named like a table's
+    offload except a decoy that says t_a went through, and the exporter must not believe it."""
+    s = prefect
+    main = prefect_api.deployment(s, names.MAIN_FLOW, names.MAIN_DEPLOYMENT)
+    table = prefect_api.deployment(s, names.TABLE_FLOW, names.TABLE_DEPLOYMENT)
+    down = SourceUnavailable("ClickHouse unreachable", "start it")
+
+    def outcome(name: str, seconds: float, error: OffloadError | None = None) -> dict[str, Any]:
+        return _table(name, error) | {"duration_seconds": seconds}
+
+    def run(dep_id: str, state_type: str, parameters: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        body = {"state": {"type": state_type, "message": "t_a ok"}, "parameters": parameters, **extra}
+        found = _post(s, f"/deployments/{dep_id}/create_flow_run", body)
+        assert found["state"]["type"] == state_type and found["end_time"], found
+        return found
+
+    def cycle(state_type: str, outcomes: list[dict[str, Any]] | None, old: bool = False) -> dict[str, Any]:
+        found = run(main["id"], state_type, {})
+        if outcomes is not None:
+            rows = [cycle_row(o) for o in outcomes]
+            if old:  # written before rows carried their duration
+                rows = [{k: v for k, v in r.items() if k != "duration_seconds"} for r in rows]
+            data = json.dumps(rows)
+            _post(
+                s,
+                "/artifacts/",
+                {"key": names.CYCLE_ARTIFACT, "type": "table", "flow_run_id": found["id"], "data": data},
+            )
+        return found
+
+    first = cycle("COMPLETED", [outcome("t_a", 1.5), outcome("t_b", 2.5)], old=True)
+    cycle("FAILED", [outcome("t_a", 0.25, down), outcome("t_b", 3.0)])
+    cycle("CRASHED", None)  # the process died before it wrote its artifact: no table went through
+    last = cycle("FAILED", [outcome("t_a", 0.5, down), outcome("t_b", 4.0)])
+    decoy = _post(
+        s,
+        "/task_runs/",
+        {
+            "flow_run_id": last["id"],
+            "task_key": "offload-table",
+            "dynamic_key": "0",
+            "name": names.TABLE_RUN_NAME.format(table="t_a"),
+            "state": {"type": "COMPLETED"},
+        },
+    )
+    # the table deployment as a cycle's subflow (fan_out = "deployments"): its cycle's row speaks for it
+    run(table["id"], "COMPLETED", {"table": "t_a"}, parent_task_run_id=decoy["id"])
+    by_hand = run(table["id"], "FAILED", {"table": "t_b"})  # started alone: it counts
+
+    def when(found: dict[str, Any]) -> float:
+        return datetime.fromisoformat(found["end_time"].replace("Z", "+00:00")).timestamp()
+
+    want = {
+        (names.METRIC_LAST_SUCCESS, "t_a"): pytest.approx(when(first)),
+        (names.METRIC_CONSECUTIVE_FAILURES, "t_a"): 3,
+        (names.METRIC_LAST_DURATION, "t_a"): 0.5,
+        (names.METRIC_LAST_SUCCESS, "t_b"): pytest.approx(when(last)),
+        (names.METRIC_CONSECUTIVE_FAILURES, "t_b"): 1,
+        (names.METRIC_LAST_DURATION, "t_b"): float(by_hand.get("total_run_time") or 0.0),
+    }
+    exporter = Exporter(s)
+    assert per_table(exporter) == want
+    assert per_table(exporter) == want  # the next refresh reads its cached rows: the same
+
+    cycle("COMPLETED", [outcome("t_a", 0.75), outcome("t_b", 1.25)])
+    now = per_table(exporter)
+    assert now[(names.METRIC_CONSECUTIVE_FAILURES, "t_a")] == now[(names.METRIC_CONSECUTIVE_FAILURES, "t_b")] == 0
+    assert (now[(names.METRIC_LAST_DURATION, "t_a")], now[(names.METRIC_LAST_DURATION, "t_b")]) == (0.75, 1.25)
+    assert now[(names.METRIC_LAST_SUCCESS, "t_a")] > when(by_hand)

@@ -167,3 +167,48 @@ def test_totals_from_artifacts_count_each_run_once_over_pages_and_only_rise():
     assert after == truth and all(after[k] >= v for k, v in first.items())
     calls = fake.artifact_calls
     assert totals.refresh(now + 3) == truth and fake.artifact_calls == calls + 1  # one page, one artifact call
+
+
+def test_table_outcomes_read_a_bounded_page_and_each_cycles_rows_once():
+    """Per-table outcomes (table_outcomes): newest RECENT cycles per refresh, each cycle's artifact read once;
+    a crashed cycle fails only the tables it was to run; a streak longer than the page reads as the page."""
+    from iceberg_offload.orchestration import table_outcomes as to
+
+    down = SourceUnavailable("ClickHouse unreachable", "start it")
+    cycles: list[dict[str, Any]] = []  # oldest first
+    rows: dict[str, list[dict[str, Any]]] = {}
+    asked: list[list[str]] = []
+
+    def page(where: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+        if "parent_task_run_id" in where:
+            return []  # no table deployment runs here
+        return sorted(cycles, key=lambda r: r["end_time"], reverse=True)[:limit]
+
+    def artifacts(ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        asked.append(ids)
+        return {i: rows[i] for i in ids if i in rows}
+
+    def cycle(state: str, found: list[dict[str, Any]] | None, tables: list[str] | None = None) -> None:
+        r = run(len(cycles), state) | {"parameters": {"tables": tables} if tables else {}}
+        cycles.append(r)
+        if found is not None:
+            rows[r["id"]] = found
+
+    outcomes = to.RecentOutcomes(page, artifacts)
+    cycle("COMPLETED", [row("a"), row("b")])
+    cycle("CRASHED", None, tables=["b"])  # it was to run b only: a's streak is not its business
+    cycle("FAILED", [row("a", down), row("b")])
+    got = outcomes.refresh("main", "table", ["a", "b"])
+    assert (got["a"].consecutive_failures, got["b"].consecutive_failures) == (1, 0)
+    assert got["a"].last_success == datetime.fromisoformat(cycles[0]["end_time"]).timestamp()
+    assert asked == [[c["id"] for c in reversed(cycles)]]
+    outcomes.refresh("main", "table", ["a", "b"])
+    assert len(asked) == 1  # nothing new: no artifact call
+
+    for _ in range(to.RECENT + 10):  # a streak longer than one page
+        cycle("FAILED", [row("a", down), row("b")])
+    got = outcomes.refresh("main", "table", ["a", "b"])
+    assert asked[-1] == [c["id"] for c in reversed(cycles[-to.RECENT :])]  # only the page's new cycles
+    assert got["a"].consecutive_failures == to.RECENT and got["b"].consecutive_failures == 0
+    assert got["a"].last_success == datetime.fromisoformat(cycles[0]["end_time"]).timestamp()  # kept from before
+    assert len(outcomes.rows) == to.RECENT  # the cache holds one page

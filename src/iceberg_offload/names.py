@@ -24,10 +24,12 @@ CYCLE_ARTIFACT, RECONCILE_ARTIFACT = "offload-cycle", "reconcile"
 CYCLE_COPIED = ("table", "layer", "status", "rows", "commits")
 LATE_FIGURES = ("late_checked", "late_rows", "late_rows_added", "late_rows_left", "late_oldest_ns", "late_since_ns")
 CYCLE_ERROR, CYCLE_ERROR_TYPE, CYCLE_VIEW_ERROR = "error", "error_type", "view_error"
+CYCLE_DURATION = "duration_seconds"
 """The keys of an `offload-cycle` artifact's rows, one row per table (`artifacts.cycle_row` writes them): copied
 from the table's outcome (`status` ok or failed), its late-row sweep (the exporter's offload_late_rows and TTL
 headroom read them), the error's message and JSON type ("" and None when it went through: the exporter counts
-offload_errors_total{error_type} and the cycle's status from these), the view's error message."""
+offload_errors_total{error_type} and the cycle's status from these), the view's error message, and how long the
+table took (offload_last_duration_seconds; absent from rows written before it was added)."""
 
 
 S3_COLLECTION = "{catalog}_warehouse"
@@ -35,10 +37,9 @@ S3_COLLECTION = "{catalog}_warehouse"
 (`maintenance/view.py`); the views name it, so renaming it breaks views made before."""
 
 
-TABLE_RUN_PREFIX = "offload "
-TABLE_RUN_NAME = TABLE_RUN_PREFIX + "{table}"
-"""The name of a table's offload run (the task in a cycle, the flow of the table deployment): the exporter
-reads each table's last success, failure streak and last duration from the runs so named."""
+TABLE_RUN_NAME = "offload {table}"
+"""The display name of a table's offload run (the task in a cycle, the flow of the table deployment), for people:
+nothing reads it back (the exporter reads the cycles' `offload-cycle` rows and the table runs' parameters)."""
 
 
 RUNBOOKS = {

@@ -3,9 +3,9 @@
 Flow runs are subprocesses of the worker, so nothing here comes from a flow run's memory. A refresher
 thread reads Iceberg snapshot summaries and the Prefect API every `refresh_seconds` (10 s) and the
 ClickHouse hot tier every `hot_refresh_seconds` (30 s) — the embedded engine only when its lock is free,
-so a scrape never waits on it. A scrape serves that cache and derives what moves with the clock (lag,
-TTL headroom) at scrape time: lag keeps growing while nothing runs. `offload_exporter_refresh_age_seconds`
-says how old each part of the cache is.
+so a scrape never waits on it. A scrape serves that cache (`ops.metric_families`) and derives what moves
+with the clock (lag, TTL headroom) at scrape time: lag keeps growing while nothing runs.
+`offload_exporter_refresh_age_seconds` says how old each part of the cache is.
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from iceberg_offload import __version__, names
+from iceberg_offload import names
 from iceberg_offload.clickhouse.client import open_source
 from iceberg_offload.clickhouse.window import Watermark
 from iceberg_offload.config import Settings
@@ -37,42 +35,13 @@ from iceberg_offload.errors import (
 )
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import Sink
-from iceberg_offload.ops.status import TableStatus, cold_status, derive, hot_status
+from iceberg_offload.ops.metric_families import Snapshot, families
+from iceberg_offload.ops.status import TableStatus, cold_status, hot_status
 from iceberg_offload.orchestration import prefect_api
-from iceberg_offload.orchestration.artifacts import LateRows, late_rows, reconcile_metrics
+from iceberg_offload.orchestration.artifacts import late_rows
+from iceberg_offload.orchestration.prefect_api import FINAL
 from iceberg_offload.orchestration.run_totals import CYCLES, ERRORS, Outcome, RunTotals, cycle_outcomes, with_rows
-
-NS = 1_000_000_000
-FINAL = ["COMPLETED", "FAILED", "CRASHED"]
-
-
-@dataclass
-class TableRuns:
-    last_success: float | None = None
-    last_duration: float | None = None
-    consecutive_failures: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class Snapshot:
-    tables: dict[str, TableStatus] = field(default_factory=dict)
-    runs: dict[str, TableRuns] = field(default_factory=dict)
-    catalog_up: int = 0
-    source_up: int = 0
-    prefect_up: int = 0
-    workers_online: int = 0
-    schedule_active: dict[str, int] = field(default_factory=dict)
-    late_runs: dict[str, int] = field(default_factory=dict)
-    cycles: dict[str, int] = field(default_factory=lambda: {"success": 0, "partial": 0, "failed": 0})
-    cycle_duration: float | None = None
-    reconcile: list[dict[str, Any]] = field(default_factory=list)
-    late: dict[str, LateRows] = field(default_factory=dict)
-    refreshed: dict[str, float] = field(default_factory=dict)
-
-
-def _ts(value: str | None) -> float | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+from iceberg_offload.orchestration.table_outcomes import RecentOutcomes
 
 
 class Exporter(Collector):
@@ -85,6 +54,9 @@ class Exporter(Collector):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._cycle_totals: dict[str, RunTotals[Outcome]] = {}  # by deployment id: a recreated one counts on
+        self._outcomes = RecentOutcomes(
+            lambda where, limit: prefect_api.runs_page(settings, "flow_runs", where, {}, limit=limit), self._cycle_rows
+        )
 
     def _pager(self, kind: str) -> Any:
         return lambda where, end_time, offset: prefect_api.runs_page(self.settings, kind, where, end_time, offset)
@@ -174,19 +146,23 @@ class Exporter(Collector):
             if not prefect_api.ready(s):
                 raise OSError("not ready")
             snap.workers_online = prefect_api.online_workers(s)
+            main_id = None
             for flow, name in names.SCHEDULED:
                 full = f"{flow}/{name}"
                 dep = prefect_api.deployment(s, flow, name)
                 snap.schedule_active[full] = int(prefect_api.schedule_active(dep))
                 snap.late_runs[full] = prefect_api.count_runs(s, dep["id"], ["Late"]) if dep else 0
                 if name == names.MAIN_DEPLOYMENT and dep:
-                    self._cycles(snap, dep["id"])
+                    main_id = dep["id"]
+                    self._cycles(snap, main_id)
             totals: dict[Outcome, int] = {}
             for t in self._cycle_totals.values():
                 for k, n in t.totals.items():
                     totals[k] = totals.get(k, 0) + n
             snap.cycles = {k: totals.get((CYCLES, k), 0) for k in ("success", "partial", "failed")}
-            snap.runs = self._table_runs(prefect_api.table_task_runs(s))
+            table_dep = prefect_api.deployment(s, names.TABLE_FLOW, names.TABLE_DEPLOYMENT)
+            tables = [t.target for t in s.tables]
+            snap.runs = self._outcomes.refresh(main_id, table_dep["id"] if table_dep else None, tables)
             for key, count in totals.items():  # (ERRORS, table, error type)
                 if key[0] == ERRORS and key[1] in snap.runs:
                     snap.runs[key[1]].errors[key[2]] = count
@@ -216,24 +192,6 @@ class Exporter(Collector):
         if last:
             snap.cycle_duration = float(last[0].get("total_run_time") or 0.0)
 
-    def _table_runs(self, task_runs: list[dict[str, Any]]) -> dict[str, TableRuns]:
-        out = {t.target: TableRuns() for t in self.settings.tables}
-        streak_open = {name: True for name in out}
-        for run in task_runs:  # newest first
-            name = run["name"].removeprefix(names.TABLE_RUN_PREFIX)
-            if name not in out or not run["name"].startswith(names.TABLE_RUN_PREFIX):
-                continue
-            r, state = out[name], run.get("state") or {}
-            if state.get("type") == "COMPLETED":
-                if r.last_success is None:
-                    r.last_success = _ts(run.get("end_time"))
-                streak_open[name] = False
-            elif streak_open[name]:
-                r.consecutive_failures += 1
-            if r.last_duration is None:
-                r.last_duration = float(run.get("total_run_time") or 0.0)
-        return out
-
     def run(self) -> None:
         last_hot = 0.0
         while not self._stop.wait(self.refresh_seconds):
@@ -250,118 +208,7 @@ class Exporter(Collector):
     def collect(self) -> Iterator[Any]:
         with self._lock:
             snap = self.snap
-        now = time.time()
-        s, n = self.settings, names
-        sched = (
-            f"every {s.schedule.offload_interval_seconds}s"
-            if s.schedule.offload_interval_seconds
-            else s.schedule.offload_cron
-        )
-        info = GaugeMetricFamily(n.METRIC_INFO, "iceberg-offload metadata", labels=["version", "schedule", "tables"])
-        info.add_metric([__version__, sched, str(len(s.tables))], 1)
-        yield info
-        yield GaugeMetricFamily(n.METRIC_TABLES_CONFIGURED, "Tables in the config", value=len(s.tables))
-        g = {
-            name: GaugeMetricFamily(name, h, labels=["table"])
-            for name, h in (
-                (n.METRIC_LAG_SECONDS, "Now minus the table's watermark"),
-                (n.METRIC_LAG_MINUTES, "Now minus the table's watermark, in minutes (kept for the seed runbook)"),
-                (n.METRIC_WATERMARK, "The table's watermark (Unix time, seconds)"),
-                (n.METRIC_LAST_SUCCESS, "Last time the table's offload completed (new rows or not)"),
-                (n.METRIC_CONSECUTIVE_FAILURES, "Failed offloads of the table since its last success"),
-                (n.METRIC_LAST_DURATION, "Duration of the table's last offload"),
-                (n.METRIC_TTL_HEADROOM, "Time before the ClickHouse TTL deletes a row not yet offloaded"),
-                (n.METRIC_HOT_ROWS, "Rows in the ClickHouse table"),
-                (n.METRIC_COLD_ROWS, "Rows in the Iceberg table"),
-                (n.METRIC_PENDING_ROWS, "Settled rows waiting for the next offload"),
-                (n.METRIC_DATA_FILES, "Data files in the Iceberg table's current snapshot"),
-                (
-                    n.METRIC_RETAINED_REPAIRS,
-                    "Reconcile repairs (late rows, duplicates) in the retained Iceberg history",
-                ),
-                (n.METRIC_RETAINED_REPAIRED_ROWS, "Rows those repairs added to Iceberg"),
-                (n.METRIC_RETAINED_COMPACTIONS, "Compactions in the retained Iceberg history"),
-                (
-                    n.METRIC_LATE_ROWS,
-                    "Rows behind the watermark the last late-row sweep or reconcile found missing "
-                    "from Iceberg and could not add",
-                ),
-            )
-        }
-        rows = CounterMetricFamily(n.METRIC_ROWS, "Rows offloaded into Iceberg", labels=["table", "layer"])
-        commits = CounterMetricFamily(n.METRIC_COMMITS, "Offload commits into Iceberg", labels=["table"])
-        errors = CounterMetricFamily(
-            n.METRIC_ERRORS, "Failed table offloads by error type", labels=["table", "error_type"]
-        )
-        for name, st in snap.tables.items():
-            derive(st, now)
-            runs = snap.runs.get(name, TableRuns())
-            if st.watermark is not None:
-                g[n.METRIC_LAG_SECONDS].add_metric([name], st.lag_seconds or 0.0)
-                g[n.METRIC_LAG_MINUTES].add_metric([name], (st.lag_seconds or 0.0) / 60)
-                g[n.METRIC_WATERMARK].add_metric([name], st.watermark["ts_ns"] / NS)
-            last_ok = runs.last_success or _ts(st.last_commit_at)
-            if last_ok is not None:
-                g[n.METRIC_LAST_SUCCESS].add_metric([name], last_ok)
-            g[n.METRIC_CONSECUTIVE_FAILURES].add_metric([name], runs.consecutive_failures)
-            duration = runs.last_duration if runs.last_duration is not None else st.last_commit_seconds
-            if duration is not None:
-                g[n.METRIC_LAST_DURATION].add_metric([name], duration)
-            if st.ttl_headroom_seconds is not None:
-                g[n.METRIC_TTL_HEADROOM].add_metric([name], st.ttl_headroom_seconds)
-            for metric, value in (
-                (n.METRIC_HOT_ROWS, st.hot_rows),
-                (n.METRIC_COLD_ROWS, st.cold_rows),
-                (n.METRIC_PENDING_ROWS, st.pending_rows),
-                (n.METRIC_DATA_FILES, st.data_files),
-                (n.METRIC_RETAINED_REPAIRS, st.repairs),
-                (n.METRIC_RETAINED_REPAIRED_ROWS, st.repaired_rows),
-                (n.METRIC_RETAINED_COMPACTIONS, st.compactions),
-                (n.METRIC_LATE_ROWS, st.late_rows or 0),
-            ):
-                if value is not None:
-                    g[metric].add_metric([name], value)
-            rows.add_metric([name, st.layer], st.rows_total)
-            commits.add_metric([name], st.commits_total)
-            for kind, count in sorted((runs.errors or {"none": 0}).items()):
-                errors.add_metric([name, kind], count)
-        yield from g.values()
-        yield from (rows, commits, errors)
-        cycles = CounterMetricFamily(n.METRIC_CYCLES, "Offload cycles by outcome", labels=["status"])
-        for status in ("success", "partial", "failed"):
-            cycles.add_metric([status], snap.cycles.get(status, 0))
-        yield cycles
-        yield GaugeMetricFamily(
-            n.METRIC_LAST_CYCLE_DURATION,
-            "Duration of the last offload cycle through Prefect (0 before the first)",
-            value=snap.cycle_duration or 0.0,
-        )
-        workers = GaugeMetricFamily(n.METRIC_WORKERS_ONLINE, "ONLINE workers in the pool", labels=["pool"])
-        workers.add_metric([names.POOL], snap.workers_online)
-        yield workers
-        active = GaugeMetricFamily(
-            n.METRIC_SCHEDULE_ACTIVE,
-            "1 when the deployment exists, is not paused and its schedule is active",
-            labels=["deployment"],
-        )
-        yield from reconcile_metrics(snap.reconcile)
-        late = GaugeMetricFamily(n.METRIC_LATE_RUNS, "Runs of the deployment in state Late", labels=["deployment"])
-        for dep in (names.MAIN, names.MAINT):
-            active.add_metric([dep], snap.schedule_active.get(dep, 0))
-            late.add_metric([dep], snap.late_runs.get(dep, 0))
-        yield active
-        yield late
-        for name, value in (
-            (n.METRIC_SOURCE_UP, snap.source_up),
-            (n.METRIC_CATALOG_UP, snap.catalog_up),
-            (n.METRIC_PREFECT_API_UP, snap.prefect_up),
-        ):
-            yield GaugeMetricFamily(name, f"1 when the {name.split('_')[1]} answered the last refresh", value=value)
-        age = GaugeMetricFamily(n.METRIC_REFRESH_AGE, "Age of the exporter's cached state", labels=["part"])
-        for part in ("catalog", "source", "prefect"):
-            if part in snap.refreshed:
-                age.add_metric([part], now - snap.refreshed[part])
-        yield age
+        yield from families(self.settings, snap, time.time())
 
 
 def serve(settings: Settings, keep_trying: bool = False) -> Any:

@@ -29,6 +29,7 @@ def cycle_row(outcome: dict[str, Any]) -> dict[str, Any]:
             names.CYCLE_ERROR: error.get("message", ""),
             names.CYCLE_ERROR_TYPE: error.get("type"),
             names.CYCLE_VIEW_ERROR: view_error.get("message", ""),
+            names.CYCLE_DURATION: outcome.get(names.CYCLE_DURATION),
         }
     )
 

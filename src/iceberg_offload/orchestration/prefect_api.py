@@ -21,6 +21,8 @@ from iceberg_offload.config import Settings
 
 API_ERRORS = (urllib.error.URLError, OSError, ValueError)
 PAGE = 200  # the server's largest page (PREFECT_API_DEFAULT_LIMIT)
+FINAL = ["COMPLETED", "FAILED", "CRASHED"]
+"""The state types of a finished run the exporter reads (a Cancelled run is none of its outcomes)."""
 
 
 RETRY_STATUS = (429, 502, 503)
@@ -105,14 +107,6 @@ def count_runs(settings: Settings, deployment_id: str, state_names: list[str]) -
 
 def flow_runs(settings: Settings, deployment_id: str, state_types: list[str], limit: int = 200) -> list[dict[str, Any]]:
     return runs_page(settings, "flow_runs", deployment_run_filter(deployment_id, state_types), {}, limit=limit)
-
-
-def table_task_runs(settings: Settings, limit: int = 200) -> list[dict[str, Any]]:
-    """Final runs of the `offload-table` task (named `names.TABLE_RUN_NAME`), newest first (one per table per cycle):
-    the exporter's last success, consecutive failures and last duration per table."""
-    final = {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}
-    where = {"name": {"like_": names.TABLE_RUN_PREFIX + "%"}, "state": final}
-    return runs_page(settings, "task_runs", where, {}, limit=limit)
 
 
 def deployment_run_filter(deployment_id: str, state_types: list[str]) -> dict[str, Any]:
