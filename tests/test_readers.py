@@ -90,22 +90,19 @@ class Offloaded:
     tables: list[str]
 
 
-@pytest.fixture(scope="module")
-def offloaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Offloaded]:
+def offload_all(folder: Path) -> Offloaded:
     """The demo's ten tables (a 20-minute slice that ended two days ago: settled, candles closed) and the
-    type-matrix tables, offloaded in one cycle into a SQLite catalog and a local warehouse."""
-    folder = tmp_path_factory.mktemp("readers")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)  # chdb's icebergLocal reads only below the working directory
-        mp.setattr(demo, "FIRST_SLICE_SECONDS", 20 * 60)
-        # several commits (and data files) per table: readers must combine manifests, not read one file
-        text = demo.config_text(config.load(None, env={})).replace(
-            "max_rows_per_commit = 2000000", "max_rows_per_commit = 1000"
-        )
-        for entry in _demo_entries():
-            text += "\n[[tables]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in entry.items())
-        (folder / "offload.toml").write_text(text)
-        settings = config.load(folder / "offload.toml", env={})
+    type-matrix tables, offloaded into a SQLite catalog and a local warehouse under `folder` (which must be
+    the working directory: chdb's icebergLocal reads only below it)."""
+    # several commits (and data files) per table: readers must combine manifests, not read one file
+    text = demo.config_text(config.load(None, env={}))
+    text = text.replace("max_rows_per_commit = 2000000", "max_rows_per_commit = 1000")
+    for entry in _demo_entries():
+        text += "\n[[tables]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in entry.items())
+    (folder / "offload.toml").write_text(text)
+    settings = config.load(folder / "offload.toml", env={})
+    first_slice, demo.FIRST_SLICE_SECONDS = demo.FIRST_SLICE_SECONDS, 20 * 60
+    try:
         with clickhouse(settings) as ch:
             demo.create_tables(ch)
             demo.insert_slice(ch, now=dt.datetime.now(dt.UTC).timestamp() - 2 * 86400)
@@ -113,19 +110,29 @@ def offloaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Offloaded]:
             ch.command(f"INSERT INTO k2.types VALUES {ROW1}, {ROW2}")
             ch.command(f"CREATE TABLE k2.optins ({OPTIN_COLUMNS}) ENGINE = MergeTree ORDER BY (ts, id)")
             ch.command(f"INSERT INTO k2.optins VALUES {OPTIN_ROWS}")
-        result = run_cycle(settings)
-        for t in result.tables:
-            assert t.status == "ok" and t.rows, (t.table, t.error)
-        assert {t.table: t.commits for t in result.tables}["silver_trades"] > 1
-        # a second commit on a schema that grew: the older data files lack the new columns (read by field id)
-        with clickhouse(settings) as ch:
-            ch.command(
-                "ALTER TABLE k2.optins ADD COLUMN added Nullable(String), ADD COLUMN added_d Nullable(Decimal(18, 2))"
-            )
-            ch.command(f"INSERT INTO k2.optins VALUES {OPTIN_ADDED_ROW}")
-        again = run_cycle(settings, ["optins"]).tables[0]
-        assert again.status == "ok" and again.rows == 1, again.error
-        yield Offloaded(settings, folder, [t.source for t in settings.tables])
+    finally:
+        demo.FIRST_SLICE_SECONDS = first_slice
+    result = run_cycle(settings)
+    for t in result.tables:
+        assert t.status == "ok" and t.rows, (t.table, t.error)
+    assert {t.table: t.commits for t in result.tables}["silver_trades"] > 1
+    # a second commit on a schema that grew: the older data files lack the new columns (read by field id)
+    with clickhouse(settings) as ch:
+        ch.command(
+            "ALTER TABLE k2.optins ADD COLUMN added Nullable(String), ADD COLUMN added_d Nullable(Decimal(18, 2))"
+        )
+        ch.command(f"INSERT INTO k2.optins VALUES {OPTIN_ADDED_ROW}")
+    again = run_cycle(settings, ["optins"]).tables[0]
+    assert again.status == "ok" and again.rows == 1, again.error
+    return Offloaded(settings, folder, [t.source for t in settings.tables])
+
+
+@pytest.fixture(scope="module")
+def offloaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Offloaded]:
+    folder = tmp_path_factory.mktemp("readers")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        yield offload_all(folder)
 
 
 # -- what ClickHouse holds, as comparable values ------------------------------------------------------------
