@@ -10,6 +10,7 @@ KNOWN below: a named reader-side bug or limitation, asserted to be exactly that 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import struct
 import uuid
 from collections.abc import Callable, Iterator
@@ -69,6 +70,32 @@ OPTIN_ROWS = """
 OPTIN_ADDED_ROW = """(4, '2026-01-02 00:00:03', 2, '2', '2', '2000-01-01 00:00:00.000000001', '2000-01-01 00:00:00.000000001',
   'four', 'four', 'fou', 2.5, 2.5, 4, 0.5, 0.5, 'hi', '2000-01-01 00:00:00', 4, 4, 'added', -12.34)"""
 
+# Nested types: every scalar that crosses converted (UUID, times, decimals, 128-bit integers as text, enums,
+# IPs, fixed strings, floats' specials) inside arrays, maps and tuples, and nesting of those.
+NESTED_COLUMNS = """
+ id UInt32, ts DateTime64(3, 'UTC'), a_uuid Array(UUID), a_dt64 Array(DateTime64(3, 'Asia/Tokyo')),
+ a_dtm Array(Nullable(DateTime)), a_dec Array(Decimal(18, 4)), a_dec38 Array(Nullable(Decimal(38, 10))),
+ a_i128 Array(Int128), a_enum Array(Enum8('p' = 1, 'q' = 2)), a_fs Array(FixedString(2)), a_ip Array(IPv6),
+ a_lc Array(LowCardinality(String)), a_f Array(Float64), a_f32 Array(Nullable(Float32)), a_b Array(Bool),
+ a_date Array(Date32), a_tup Array(Tuple(x Int32, y Nullable(String))), a_a Array(Array(Nullable(String))),
+ a_u64 Array(UInt64), a_u32 Array(UInt32), m_int Map(UInt64, Array(String)),
+ m_lc Map(LowCardinality(String), Tuple(UInt8, Decimal(9, 2))), m_date Map(Date, Nullable(UUID)),
+ m_dt Map(String, DateTime64(6, 'UTC')), t_nest Tuple(a Array(Map(String, Int64)), b Tuple(c DateTime64(6, 'UTC'), d Enum16('z' = 300))),
+ t_n Nullable(Int8)
+"""
+NESTED_ROWS = """
+ (1, '2026-01-02 00:00:00', ['61f0c404-5cb3-11e7-907b-a6006ad3dba0', '00000000-0000-0000-0000-000000000001'],
+  ['2026-01-02 09:00:00.123', '1960-01-01 00:00:00.001'], ['2026-01-02 03:04:05', NULL], ['-99999999999999.9999', '0.0001'],
+  ['1234567890123456789012345678.0123456789', NULL], [-170141183460469231731687303715884105728, 5], ['q', 'p'],
+  ['ab', '\\0\\xff'], ['2001:db8::1', '::ffff:1.2.3.4'], ['x', ''], [nan, -0., inf, -inf, 5e-324], [1.5, NULL, -0.],
+  [true, false], ['1900-01-01', '2299-12-31'], [(1, 'a'), (-2, NULL)], [['a', NULL], [], [NULL]],
+  [9223372036854775807, 0], [4294967295], {9223372036854775807: ['big'], 0: []}, {'k': (255, -9999999.99)},
+  {'2026-01-02': '61f0c404-5cb3-11e7-907b-a6006ad3dba0', '1970-01-01': NULL}, {'t': '2262-01-01 00:00:00.000001'},
+  ([{'m': -9223372036854775808}, {}], ('1969-12-31 23:59:59.999999', 'z')), -1),
+ (2, '2026-01-02 00:00:01', [], [], [], [], [], [], [], [], [], [], [], [], [], [], [], [], [], [], {}, {}, {}, {},
+  ([], ('1970-01-01 00:00:00', 'z')), NULL)
+"""
+
 
 def _demo_entries() -> list[dict[str, Any]]:
     return [
@@ -80,6 +107,7 @@ def _demo_entries() -> list[dict[str, Any]]:
             "partition_by": "day",
             "column_types": OPTIN_TYPES,
         },
+        {"source": "nested", "timestamp_column": "ts", "sequence_column": "id", "partition_by": "none"},
     ]
 
 
@@ -110,6 +138,8 @@ def offload_all(folder: Path) -> Offloaded:
             ch.command(f"INSERT INTO k2.types VALUES {ROW1}, {ROW2}")
             ch.command(f"CREATE TABLE k2.optins ({OPTIN_COLUMNS}) ENGINE = MergeTree ORDER BY (ts, id)")
             ch.command(f"INSERT INTO k2.optins VALUES {OPTIN_ROWS}")
+            ch.command(f"CREATE TABLE k2.nested ({NESTED_COLUMNS}) ENGINE = MergeTree ORDER BY (ts, id)")
+            ch.command(f"INSERT INTO k2.nested VALUES {NESTED_ROWS}")
     finally:
         demo.FIRST_SLICE_SECONDS = first_slice
     result = run_cycle(settings)
@@ -138,29 +168,58 @@ def offloaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Offloaded]:
 # -- what ClickHouse holds, as comparable values ------------------------------------------------------------
 
 
-def _base(type_: str) -> Any:
-    t = parse(type_)
-    while t.name in ("Nullable", "LowCardinality", "SimpleAggregateFunction"):
+_WRAPPERS = ("Nullable", "LowCardinality", "SimpleAggregateFunction")
+_TEXT = ("Int128", "UInt128", "Int256", "UInt256", "UUID", "IPv4", "IPv6", "JSON", "Object", "Enum8", "Enum16")
+
+
+def _strip(t: Any) -> Any:
+    while t.name in _WRAPPERS:
         t = t.children[-1]
     return t
 
 
+@functools.cache
+def _parse(type_: str) -> Any:
+    return parse(type_)
+
+
+def _base(type_: str) -> Any:
+    return _strip(_parse(type_))
+
+
+def _conv(t: Any, x: str, depth: int = 0) -> str | None:
+    """An expression for x (of ClickHouse type t) whose Arrow value is comparable, or None when x itself is:
+    text where ClickHouse's Arrow output is not the value (128/256-bit integers, UUID, IP, Enum, JSON), epoch
+    ticks for times; inside arrays, maps and tuples too."""
+    t = _strip(t)
+    if t.name in _TEXT or (t.name == "Decimal" and int(t.args[0]) > 38):
+        return f"toString({x})"
+    if t.name == "DateTime":
+        return f"toUnixTimestamp64Micro(toDateTime64({x}, 6))"
+    if t.name == "DateTime64":
+        return f"toUnixTimestamp64Nano({x})" if int(t.args[0]) > 6 else f"toUnixTimestamp64Micro({x})"
+    if t.name == "Array":
+        e = f"e{depth}"
+        inner = _conv(t.children[0], e, depth + 1)
+        return None if inner is None else f"arrayMap({e} -> {inner}, {x})"
+    if t.name == "Map":
+        k, v = f"k{depth}", f"v{depth}"
+        ck, cv = _conv(t.children[0], k, depth + 1), _conv(t.children[1], v, depth + 1)
+        return None if ck is None and cv is None else f"mapApply(({k}, {v}) -> ({ck or k}, {cv or v}), {x})"
+    if t.name == "Tuple":
+        parts = [f"tupleElement({x}, {i + 1})" for i in range(len(t.children))]
+        conv = [_conv(c, p, depth + 1) for c, p in zip(t.children, parts, strict=True)]
+        if all(c is None for c in conv):
+            return None
+        return f"tuple({', '.join(c or p for c, p in zip(conv, parts, strict=True))})"
+    return None
+
+
 def _source_expr(name: str, type_: str, opt_in: str | None) -> str:
-    """The column in a form whose Arrow value is comparable: text where ClickHouse's Arrow output is not
-    the value (128/256-bit integers, UUID, IP, Enum, JSON), epoch ticks for times, hex for bytes."""
-    col, t = quote(name), _base(type_).name
+    col = quote(name)
     if opt_in == "binary":
         return f"hex({col})"
-    if t in ("Int128", "UInt128", "Int256", "UInt256", "UUID", "IPv4", "IPv6", "JSON", "Object", "Enum8", "Enum16"):
-        return f"toString({col})"
-    if t == "DateTime":
-        return f"toUnixTimestamp64Micro(toDateTime64({col}, 6))"
-    if t == "DateTime64":
-        fine = int(_base(type_).args[0]) > 6
-        return f"toUnixTimestamp64Nano({col})" if fine else f"toUnixTimestamp64Micro({col})"
-    if t.startswith("Decimal") and int(_base(type_).args[0]) > 38:
-        return f"toString({col})"
-    return col
+    return _conv(_parse(type_), col) or col
 
 
 def source_rows(ch: Source, settings: Settings, name: str) -> tuple[dict[str, str], dict[tuple, dict[str, Any]]]:
@@ -220,12 +279,16 @@ def same(a: Any, b: Any) -> bool:
 
 
 def expected(type_: str, opt_in: str | None, v: Any) -> Any:
-    """The value a reader should return for ClickHouse's (source_expr) value v, normalized."""
+    """The value a reader should return for ClickHouse's (_source_expr) value v, normalized."""
+    return _expected(_parse(type_), opt_in, v, True)
+
+
+def _expected(t: Any, opt_in: str | None, v: Any, top: bool) -> Any:
+    t = _strip(t)
     if v is None:
         return None
-    t = _base(type_)
     if t.name in ("Int128", "UInt128", "Int256", "UInt256"):
-        return v if opt_in == "string" else Decimal(v)
+        return v if opt_in == "string" or not top else Decimal(v)  # nested: exact text
     if t.name == "UUID":
         return uuid.UUID(v)
     if t.name == "DateTime":
@@ -237,21 +300,38 @@ def expected(type_: str, opt_in: str | None, v: Any) -> Any:
             return ("time", v // 1000, True)  # floored to µs (timestamptz)
         return ("time", v, True)
     if t.name == "Decimal" and int(t.args[0]) > 38:
-        if opt_in == "double":
-            return norm(float(Decimal(v)))
-        return v
+        return norm(float(Decimal(v))) if opt_in == "double" else v
     if t.name == "UInt64" and opt_in and opt_in.startswith("decimal"):
         return Decimal(v)
     if opt_in == "binary":
         return bytes.fromhex(v)
+    if t.name == "Array":
+        return [_expected(t.children[0], None, e, False) for e in v]
+    if t.name == "Map":
+        k, vt = t.children
+        return [(_expected(k, None, a, False), _expected(vt, None, b, False)) for a, b in v]
+    if t.name == "Tuple":
+        return tuple(_expected(c, None, e, False) for c, e in zip(t.children, v.values(), strict=True))
     return norm(v)
 
 
 def as_expected(type_: str, opt_in: str | None, v: Any) -> Any:
-    """A reader's value, normalized; UUIDs given as bytes or text become UUID."""
-    v = norm(v)
-    if v is not None and _base(type_).name == "UUID" and not isinstance(v, uuid.UUID):
+    """A reader's value, normalized; UUIDs given as bytes or text become UUID (at any depth)."""
+    return _as_expected(_parse(type_), norm(v))
+
+
+def _as_expected(t: Any, v: Any) -> Any:
+    t = _strip(t)
+    if v is None:
+        return None
+    if t.name == "UUID" and not isinstance(v, uuid.UUID):
         return uuid.UUID(bytes=v) if isinstance(v, bytes) else uuid.UUID(str(v))
+    if t.name == "Array" and isinstance(v, list):
+        return [_as_expected(t.children[0], e) for e in v]
+    if t.name == "Map" and isinstance(v, list):
+        return [(_as_expected(t.children[0], a), _as_expected(t.children[1], b)) for a, b in v]
+    if t.name == "Tuple" and isinstance(v, tuple):
+        return tuple(_as_expected(c, e) for c, e in zip(t.children, v, strict=True))
     return v
 
 
