@@ -353,13 +353,16 @@ def _duckdb() -> Any:
         path = Path(module.__file__).parent / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
         assert path.exists(), f"{path}: the {name} wheel does not match duckdb {duckdb.__version__}"
         con.execute(f"LOAD '{path}'")
+    loaded = con.execute("SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()
+    assert {("avro",), ("iceberg",)} <= set(loaded), loaded
     con.execute("SET TimeZone = 'UTC'")
     return con
 
 
 def read_duckdb(con: Any, metadata: str, columns: list[str]) -> pa.Table:
     cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
-    return con.execute(f"SELECT {cols} FROM iceberg_scan('{metadata}')").to_arrow_table()
+    path = metadata.replace("'", "''")
+    return con.execute(f"SELECT {cols} FROM iceberg_scan('{path}')").to_arrow_table()
 
 
 def read_chdb(ch: Source, location: str, metadata: str, columns: list[str]) -> pa.Table:
