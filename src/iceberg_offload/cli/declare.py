@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypedDict
 
 import click
 from click.core import ParameterSource
@@ -125,9 +125,7 @@ def command(
         name,
         params=[*params, *global_options()],
         callback=callback,
-        short_help=summary,
-        help=summary[0].upper() + summary[1:] + "." + (f"\n\n{more}" if more else ""),
-        epilog=f"\b\nExample:\n  {example}",
+        **_texts(summary, example, more),
         hidden=hidden,
         context_settings=CONTEXT,
     )
@@ -142,13 +140,26 @@ def subgroup(
         name,
         params=[*params, *global_options()],
         callback=nothing,
-        short_help=summary,
-        help=summary[0].upper() + summary[1:] + "." + (f"\n\n{more}" if more else ""),
-        epilog=f"\b\nExample:\n  {example}",
+        **_texts(summary, example, more),
         context_settings=CONTEXT,
     )
     parent.add_command(group)
     return group
+
+
+class _Texts(TypedDict):
+    short_help: str
+    help: str
+    epilog: str
+
+
+def _texts(summary: str, example: str, more: str) -> _Texts:
+    """A command's help texts: the one-line summary, the help (with `more`), the example."""
+    return {
+        "short_help": summary,
+        "help": summary[0].upper() + summary[1:] + "." + (f"\n\n{more}" if more else ""),
+        "epilog": f"\b\nExample:\n  {example}",
+    }
 
 
 def nothing(**_: Any) -> None:
