@@ -45,7 +45,7 @@ def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     base = str(tmp_path_factory.getbasetemp()) + os.sep
     yield
     deadline = time.monotonic() + 15  # a process stopped just now may still be exiting
-    while (left := _processes_naming(base)) and time.monotonic() < deadline:
+    while (left := processes_naming(base)) and time.monotonic() < deadline:
         time.sleep(0.5)
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
@@ -53,7 +53,8 @@ def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     assert not left, f"the tests left these processes running (now killed): {left}"
 
 
-def _processes_naming(text: str) -> dict[int, str]:
+def processes_naming(text: str) -> dict[int, str]:
+    """pid -> command line of every other process whose command line or environment contains `text`."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():

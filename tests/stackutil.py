@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from conftest import TRADES_DDL, _toml, insert_trades
+from conftest import TRADES_DDL, _toml, insert_trades, processes_naming
 from iceberg_offload import config
 from iceberg_offload.clickhouse.client import open_source
 from iceberg_offload.config import Settings
@@ -206,6 +206,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def stop_flow_runs(folder: Path) -> None:
+    """Kill what a killed worker leaves: its flow runs (Prefect starts each in a session of its own, so they
+    outlive the worker's process group; their environment names the stack's folder)."""
+    import signal
+
+    for pid in processes_naming(str(folder) + os.sep):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not processes_naming(str(folder) + os.sep), 20, f"processes under {folder} gone")
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:

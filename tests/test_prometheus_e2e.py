@@ -18,7 +18,17 @@ import yaml
 from conftest import TRADES_DDL, insert_trades
 from iceberg_offload.clickhouse.client import open_source
 from iceberg_offload.engine.offload import run_cycle
-from stackutil import cli, cli_json, free_port, start_process, start_server, stop, wait_for, write_config
+from stackutil import (
+    cli,
+    cli_json,
+    free_port,
+    start_process,
+    start_server,
+    stop,
+    stop_flow_runs,
+    wait_for,
+    write_config,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).parent.parent
@@ -153,3 +163,4 @@ def test_alerts_fire_and_resolve_and_dashboard_queries_return_data(tmp_path):
         for p in procs:
             stop(p)
         stop(server)
+        stop_flow_runs(tmp_path)  # a flow run of the killed worker outlives it

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
@@ -39,6 +40,17 @@ def read_secret_files(node: Any, base: Path, file: str) -> None:
             read_secret_files(value, base, file)
 
 
+SECRETISH = ("secret", "password", "token", "key", "credential", "sas")
+
+
+def is_secret_key(key: str) -> bool:
+    """A catalog property that holds a secret (`s3.secret-access-key`, `token`, ...). A key's id
+    (`s3.access-key-id`) names the key and is not one: redacting it would hide every word equal to it (an
+    access key id `offload` made every `iceberg-offload` in the output read `iceberg-***`)."""
+    k = key.lower()
+    return any(w in k for w in SECRETISH) and not re.search(r"key[-_.]?id$", k)
+
+
 def register_secrets(data: dict[str, Any]) -> None:
     """Tell `redact` the configured credentials, so no error, log line or output shows them."""
 
@@ -55,13 +67,8 @@ def register_secrets(data: dict[str, Any]) -> None:
                 values += [parsed.password, unquote(parsed.password)]
         except ValueError:
             continue
-    secretish = ("secret", "password", "token", "key", "credential", "sas")
     properties = catalog.get("properties")
-    values += [
-        str(v)
-        for k, v in (properties.items() if isinstance(properties, dict) else ())
-        if any(w in str(k).lower() for w in secretish)
-    ]
+    values += [str(v) for k, v in (properties.items() if isinstance(properties, dict) else ()) if is_secret_key(str(k))]
     auth = prefect.get("auth_string")
     if isinstance(auth, str) and auth:
         values += [auth, auth.partition(":")[2], base64.b64encode(auth.encode()).decode()]
