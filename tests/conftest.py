@@ -119,6 +119,8 @@ def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Make:
         catalog_uri: str | None = None,
         warehouse: str | None = None,
         catalog_properties: dict[str, str] | None = None,
+        catalog_type: str = "sql",
+        namespace: str | None = None,
         **offload: Any,
     ) -> Settings:
         uri = catalog_uri or f"sqlite:///{tmp_path}/catalog.db"
@@ -129,6 +131,8 @@ def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Make:
             "lock_timeout_seconds = 20",
             "",
             "[catalog]",
+            f'type = "{catalog_type}"',
+            *([f'namespace = "{namespace}"'] if namespace else []),
             f'uri = "{uri}"',
             f"warehouse = {_toml(warehouse or f'file://{tmp_path}/warehouse')}",
             *([f"properties = {_toml(catalog_properties)}"] if catalog_properties else []),
@@ -243,7 +247,7 @@ def _wait_answering(proc: subprocess.Popen[bytes], url: str, timeout: float = 30
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """moto's S3 (and IAM) server, authentication enforced: requests need a key of the IAM user made here
+    """moto's S3, Glue (and IAM) server, authentication enforced: requests need a key of the IAM user made here
     with the first unauthenticated calls, so a test proves which credentials reached S3."""
     pytest.importorskip("moto", reason="moto[server] is in the dev extra: pip install -e '.[dev]'")
     port = _free_port()
@@ -266,7 +270,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             "iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
         )
         iam.create_user(UserName="offload")  # the unauthenticated calls: user, policy, key
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        allow = [{"Effect": "Allow", "Action": ["s3:*", "glue:*"], "Resource": "*"}]  # the warehouse, the Glue catalog
+        policy = {"Version": "2012-10-17", "Statement": allow}
         iam.put_user_policy(UserName="offload", PolicyName="s3", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName="offload")["AccessKey"]
         yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"])

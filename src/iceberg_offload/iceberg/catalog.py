@@ -12,10 +12,17 @@ import time
 from collections.abc import Iterator, Mapping
 
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+from pyiceberg.exceptions import CommitFailedException, ForbiddenError, NoSuchTableError, UnauthorizedError
 
 from iceberg_offload.config import CatalogSettings
-from iceberg_offload.errors import CatalogUnavailable, OffloadError, WarehouseError, WarehouseMissing, redact
+from iceberg_offload.errors import (
+    CatalogUnavailable,
+    ConfigError,
+    OffloadError,
+    WarehouseError,
+    WarehouseMissing,
+    redact,
+)
 
 # A file-system answer that retrying will not change: full, read-only, no permission, not a directory.
 _STORAGE_ERRNOS = {
@@ -95,6 +102,29 @@ def access_denied(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and _DENIED.search(str(exc)) is not None
 
 
+_CATALOG_DENIED = {
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+}
+
+
+def catalog_denied(exc: BaseException) -> bool:
+    """The catalog refused the credentials: an AWS API's error code (Glue), or a REST catalog's 401/403."""
+    if isinstance(exc, ForbiddenError | UnauthorizedError):
+        return True
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return (response.get("Error") or {}).get("Code", "") in _CATALOG_DENIED or status in (401, 403)
+
+
 def warehouse_denied(what: str, warehouse: str, exc: BaseException) -> WarehouseError:
     where = f"[catalog] warehouse ({warehouse})" if warehouse else "[catalog] warehouse"
     return WarehouseError(
@@ -128,6 +158,13 @@ def catalog_errors(what: str, warehouse: str = "") -> Iterator[None]:
             raise warehouse_error(what, warehouse, exc) from exc
         if access_denied(exc):  # terminal: retrying sends the same credentials
             raise warehouse_denied(what, warehouse, exc) from exc
+        if catalog_denied(exc):
+            raise ConfigError(
+                f"Iceberg catalog refused access while {what}: {redact(str(exc)).splitlines()[0][:300]}",
+                "check the catalog's credentials (Glue: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or glue.* keys in "
+                "[catalog] properties, allowed glue:GetTable, CreateTable, UpdateTable, GetDatabase, CreateDatabase; "
+                "REST: credential or token)",
+            ) from exc
         raise CatalogUnavailable(
             f"Iceberg catalog failed while {what}: {redact(str(exc)).splitlines()[0][:300]}",
             "check that the catalog is reachable and [catalog] uri is right",
@@ -150,12 +187,32 @@ def s3_region(settings: CatalogSettings, env: Mapping[str, str] | None = None) -
     return {"s3.region": "us-east-1"} if props.get("s3.endpoint") else {}
 
 
+def glue_region(settings: CatalogSettings, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`glue.region` for a Glue catalog whose properties name none: the environment's (AWS_REGION,
+    AWS_DEFAULT_REGION; botocore itself reads only the latter), else us-east-1 when `glue.endpoint` names a
+    Glue-compatible API. Neither: a config error that names the fix (botocore would say only "You must
+    specify a region")."""
+    props = settings.properties
+    environ: Mapping[str, str] = os.environ if env is None else env
+    if settings.type != "glue" or props.get("glue.region") or props.get("client.region"):
+        return {}
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        return {"glue.region": region}
+    if props.get("glue.endpoint"):
+        return {"glue.region": "us-east-1"}
+    raise ConfigError(
+        "the Glue catalog has no region", "set [catalog] properties glue.region (or AWS_REGION), e.g. eu-west-1"
+    )
+
+
 def open_catalog(settings: CatalogSettings) -> Catalog:
     props = {
         "type": settings.type,
         "uri": settings.uri,
         "warehouse": settings.warehouse,
         **s3_region(settings),
+        **glue_region(settings),
         **settings.properties,
     }
     if settings.uri.startswith("sqlite:////"):  # the embedded default: make its folder on first use
