@@ -388,6 +388,21 @@ def test_doctor_names_full_restart_when_the_supervisor_is_gone(tmp_path):
 def test_maintenance_deployment_repairs_late_rows_table_by_table(stack):
     if not any(r.state and r.state.type.value in ("COMPLETED", "FAILED") for r in flow_runs(stack, MAIN)):
         _run_main(stack, via_prefect_cli=False)
+    # the scheduled cycle's late-row sweep would repair the late rows first (then reconcile finds none):
+    # no cycle runs meanwhile
+    cli(stack, "schedule", "pause", "--deployment", MAIN)
+    try:
+        wait_for(
+            lambda: not [r for r in flow_runs(stack, MAIN) if r.state and r.state.type.value in ("RUNNING", "PENDING")],
+            300,
+            "no offload cycle running",
+        )
+        _maintenance_repairs_late_rows(stack)
+    finally:
+        cli(stack, "schedule", "resume", "--deployment", MAIN)
+
+
+def _maintenance_repairs_late_rows(stack) -> None:
     from conftest import insert_trades
     from iceberg_offload.clickhouse.client import open_source
 
