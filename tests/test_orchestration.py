@@ -26,6 +26,7 @@ from stackutil import (
     start_process,
     start_server,
     stop,
+    stop_flow_runs,
     wait_for,
     wait_run_final,
     write_config,
@@ -57,6 +58,7 @@ def stack(tmp_path_factory):
     assert up["api_ready"] and up["workers_online"] >= 1
     yield settings
     cli(settings, "down", check=False)
+    stop_flow_runs(root)  # a killed worker's flow runs outlive it
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ import pytest
 from conftest import cold, insert_trades
 from iceberg_offload.clickhouse.client import open_source
 from iceberg_offload.orchestration.stack import read_state
-from stackutil import PgCluster, cli, cli_json, client, seed, wait_for, write_config
+from stackutil import PgCluster, cli, cli_json, client, seed, stop_flow_runs, wait_for, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MAIN = "iceberg-offload-main/iceberg-offload-15min"
@@ -63,6 +63,7 @@ def stack(tmp_path_factory, pg_cluster):
         yield settings
     finally:
         cli(settings, "down", check=False)
+        stop_flow_runs(root)  # scenarios kill workers: their flow runs outlive them
 
 
 @pytest.fixture

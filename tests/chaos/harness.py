@@ -30,7 +30,17 @@ from iceberg_offload.iceberg.sink import Sink
 from iceberg_offload.orchestration import prefect_api
 from iceberg_offload.orchestration.processes import pid_alive
 from iceberg_offload.orchestration.stack import read_state
-from stackutil import PgCluster, cli, cli_json, free_port, prefect_cli, start_process, stop, write_config
+from stackutil import (
+    PgCluster,
+    cli,
+    cli_json,
+    free_port,
+    prefect_cli,
+    start_process,
+    stop,
+    stop_flow_runs,
+    write_config,
+)
 
 TABLES = ["ch_trades", "ch_quotes", "ch_candles"]
 STEP_MS = 10
@@ -279,6 +289,7 @@ class Chaos:
         if self.exporter is not None:
             stop(self.exporter)
         cli(self.settings, "down", check=False, timeout=120)
+        stop_flow_runs(self.root)  # flow runs of killed workers outlive them (each in a session of its own)
         self.pg.drop()
 
 
