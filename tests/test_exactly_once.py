@@ -88,21 +88,27 @@ def test_many_racers_many_windows_no_duplicates(make_settings, sqlite_uri):
 
 
 def test_conflicting_commit_is_refused_and_its_files_removed(make_settings, sqlite_uri, warehouse):
-    import pyarrow as pa
-
     s = make_settings([trades_table()], catalog_uri=sqlite_uri, **warehouse)
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="trades"))
         insert_trades(ch, "trades", START_MS, 10)
     run_cycle(s)
+    assert_the_racing_loser_is_refused(s)
+
+
+def assert_the_racing_loser_is_refused(s) -> None:
+    """Two handles read the same snapshot of `trades` (10 rows); the second commit is refused by the catalog's
+    compare-and-swap and its files (data, manifests, manifest list) are removed."""
+    import pyarrow as pa
+
     sink = sink_for(s)
-    first, second = sink.load("trades"), sink.load("trades")  # both read the same snapshot
+    first, second = sink.load("trades"), sink.load("trades")
     data = cold(s, "trades").slice(0, 2)
     sink.commit(first, iter([data]), {"offload.watermark.ts-ns": "1"}, time.monotonic())
     files_before = warehouse_files(first)
     with pytest.raises(CommitConflict, match="nothing appended"):
         sink.commit(second, iter([pa.concat_tables([data])]), {"offload.watermark.ts-ns": "2"}, time.monotonic())
-    assert warehouse_files(first) == files_before  # data files, manifests and manifest list of the loser gone
+    assert warehouse_files(first) == files_before
     assert cold(s, "trades").num_rows == 12
 
 

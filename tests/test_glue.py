@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import time
 
-import pyarrow as pa
 import pytest
 
-from conftest import TRADES_DDL, S3Server, clickhouse, cold, insert_trades, sink_for, trades_table, warehouse_files
+from conftest import TRADES_DDL, S3Server, clickhouse, cold, insert_trades, sink_for, trades_table
 from iceberg_offload.cli import main as cli
 from iceberg_offload.engine.offload import run_cycle
-from iceberg_offload.errors import CommitConflict
+from test_exactly_once import assert_the_racing_loser_is_refused
 
 pytestmark = pytest.mark.integration
 START_MS = (int(time.time()) - 4 * 3600) * 1000
@@ -57,15 +56,7 @@ def test_glue_refuses_a_commit_that_lost_the_race_and_its_files_go(glue):
         ch.command(TRADES_DDL.format(name="trades"))
         insert_trades(ch, "trades", START_MS, 10)
     assert run_cycle(s).tables[0].rows == 10
-    sink = sink_for(s)
-    first, second = sink.load("trades"), sink.load("trades")  # both read the same snapshot
-    data = cold(s, "trades").slice(0, 2)
-    sink.commit(first, iter([data]), {"offload.watermark.ts-ns": "1"}, time.monotonic())
-    files_before = warehouse_files(first)
-    with pytest.raises(CommitConflict, match="nothing appended"):
-        sink.commit(second, iter([pa.concat_tables([data])]), {"offload.watermark.ts-ns": "2"}, time.monotonic())
-    assert warehouse_files(first) == files_before  # the loser's data files, manifests and list are gone
-    assert cold(s, "trades").num_rows == 12
+    assert_the_racing_loser_is_refused(s)
 
 
 def test_glue_refusing_the_credentials_is_a_config_error_naming_them(glue, monkeypatch, capsys):

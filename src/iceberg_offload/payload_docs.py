@@ -37,6 +37,8 @@ COMMANDS: list[tuple[str, Any]] = [
 """Each command's payload model, in the order docs/json.md lists them."""
 
 CHECK_ENV = "OFFLOAD_CHECK_PAYLOADS"
+PIPE = "\\|"
+"""A `|` inside a markdown table cell."""
 
 
 def checking() -> bool:
@@ -112,9 +114,9 @@ def _name(hint: Any) -> str:
     if origin is Annotated:
         return _name(args[0])
     if origin in (Union, types.UnionType):
-        return " \\| ".join(_name(a) for a in args)
+        return f" {PIPE} ".join(_name(a) for a in args)
     if origin is Literal:
-        return " \\| ".join(f'"{a}"' if isinstance(a, str) else str(a).lower() for a in args)
+        return f" {PIPE} ".join(f'"{a}"' if isinstance(a, str) else str(a).lower() for a in args)
     if origin is list:
         return f"list of {_name(args[0])}"
     if origin is dict:
@@ -160,7 +162,7 @@ def markdown() -> str:
         "| command | payload |",
         "|---|---|",
     ]
-    out += [f"| `{cmd.replace('|', chr(92) + '|')}` | {_name(model)} |" for cmd, model in COMMANDS]
+    out += [f"| `{cmd.replace('|', PIPE)}` | {_name(model)} |" for cmd, model in COMMANDS]
     seen: list[Any] = []
     for _, model in COMMANDS:
         _models(model, seen)
