@@ -121,12 +121,13 @@ def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Make:
         catalog_properties: dict[str, str] | None = None,
         catalog_type: str = "sql",
         namespace: str | None = None,
+        dsn: str | None = None,
         **offload: Any,
     ) -> Settings:
         uri = catalog_uri or f"sqlite:///{tmp_path}/catalog.db"
         lines = [
             "[source]",
-            f'dsn = "chdb://{tmp_path}/ch"',
+            f'dsn = "{dsn or f"chdb://{tmp_path}/ch"}"',
             'database = "k2"',
             "lock_timeout_seconds = 20",
             "",
@@ -241,8 +242,8 @@ def _wait_answering(proc: subprocess.Popen[bytes], url: str, timeout: float = 30
             with contextlib.suppress(subprocess.TimeoutExpired):  # the wait is on the process, not a sleep
                 proc.wait(timeout=0.05)
             if proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {proc.returncode}") from None
-    raise RuntimeError(f"moto_server did not answer at {url} within {timeout} s")
+                raise RuntimeError(f"{proc.args} exited with {proc.returncode}") from None
+    raise RuntimeError(f"{proc.args} did not answer at {url} within {timeout} s")
 
 
 @pytest.fixture(scope="session")
@@ -325,3 +326,78 @@ def warehouse_files(table: Any, suffix: str = "") -> set[str]:
     fs = table.io.fs_by_scheme(scheme, netloc)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     return {i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)}
+
+
+# -- a ClickHouse server over HTTP: tests/chserver.py, ClickHouse's HTTP interface over the embedded engine --
+
+
+class HttpClickHouse:
+    """One chserver process on 127.0.0.1 serving the engine folder `path`, user `offload` with a password."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.path, self.log = folder, folder / "ch", folder / "chserver.jsonl"
+        self.password = f"pw-{uuid.uuid4().hex[:12]}"
+        (folder / "ch-password").write_text(self.password + "\n")
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def dsn(self, password: str | None = None) -> str:
+        return f"http://offload:{self.password if password is None else password}@127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        script = Path(__file__).with_name("chserver.py")
+        argv = [sys.executable, str(script), "--path", str(self.path), "--port", str(self.port), "--user", "offload"]
+        argv += ["--password-file", str(self.folder / "ch-password"), "--log", str(self.log)]
+        with open(self.folder / "chserver.out", "ab") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_answering(self.proc, f"{self.url}/ping")
+
+    def fault(self, after_bytes: int, match: str) -> None:
+        """The server dies after `after_bytes` of its next answer to a query containing `match`."""
+        body = json.dumps({"after_bytes": after_bytes, "match": match}).encode()
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/__fault", data=body), timeout=10).close()
+
+    def queries(self) -> list[dict[str, Any]]:
+        """Every query the server answered or refused, in order (one JSON object each)."""
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def ch_http(tmp_path: Path) -> Iterator[HttpClickHouse]:
+    """A ClickHouse HTTP endpoint over this test's engine folder (tmp_path/ch); give make_settings
+    `dsn=ch_http.dsn()`. The test must not open the folder itself: the server process holds it."""
+    server = HttpClickHouse(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["embedded", "http"])
+def source_dsn(request: pytest.FixtureRequest) -> str | None:
+    """Run the test on both source paths: None (make_settings' embedded default) or the DSN of a ClickHouse
+    HTTP endpoint over the same engine folder (`ch_http`)."""
+    if request.param == "embedded":
+        return None
+    server: HttpClickHouse = request.getfixturevalue("ch_http")
+    return server.dsn()

@@ -4,13 +4,11 @@ nothing; once the input is fixed, the next offload lands every hot row exactly o
 from __future__ import annotations
 
 import errno
-import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,8 +54,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, dict[str, Any], str]:
     return code, json.loads(out.out), out.err
 
 
-def trades(make_settings, uri=None, rows: int = 30, **offload):
-    s = make_settings([trades_table()], catalog_uri=uri, **offload)
+def trades(make_settings, uri=None, rows: int = 30, dsn: str | None = None, **offload):
+    s = make_settings([trades_table()], catalog_uri=uri, dsn=dsn, **offload)
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="trades"))
         insert_trades(ch, "trades", START_MS, rows)
@@ -136,57 +134,33 @@ def test_timestamp_column_that_is_not_a_time_names_the_time_columns(make_setting
     assert_exactly_once(s, "trades")
 
 
-class _DenyingClickHouse(http.server.BaseHTTPRequestHandler):
-    """Answers every request the way ClickHouse answers a wrong password."""
-
-    def _deny(self) -> None:
-        body = (
-            b"Code: 516. DB::Exception: admin: Authentication failed: password is incorrect, or there is no "
-            b"user with such name. (AUTHENTICATION_FAILED) (version 24.8.4.13 (official build))\n"
-        )
-        self.send_response(401)
-        self.send_header("X-ClickHouse-Exception-Code", "516")
-        self.send_header("Content-Type", "text/plain; charset=UTF-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _deny
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def test_wrong_password_is_terminal_names_the_dsn_and_never_shows_the_password(make_settings, tmp_path, capsys):
+def test_wrong_password_is_terminal_names_the_dsn_and_never_shows_the_password(make_settings, ch_http, capsys):
+    """A real ClickHouse HTTP endpoint (tests/chserver.py) refusing a wrong password with code 516."""
     secret = "Hunter2-xyzzy"
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DenyingClickHouse)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        s = trades(make_settings)
-        good = Path(s.path).read_text()
-        dsn = f"http://admin:{secret}@127.0.0.1:{server.server_address[1]}/"
-        Path(s.path).write_text(good.replace(f'dsn = "chdb://{tmp_path}/ch"', f'dsn = "{dsn}"'))
-        with pytest.raises(SourceError) as caught:
-            run_cycle(config.load(s.path, env={}))
-        assert not caught.value.transient and "ClickHouse refused the credentials" in caught.value.message
-        assert caught.value.fix == "fix the user or password in [source] dsn (or OFFLOAD__SOURCE__DSN)"
-        outputs = [str(caught.value), repr(caught.value.args)]
-        for argv in (
-            ["run", "--config", s.path],
-            ["run", "--config", s.path, "--json"],
-            ["status", "--config", s.path, "--json"],
-        ):
-            code = cli.main(argv)
-            out = capsys.readouterr()
-            outputs += [out.out, out.err]
-            assert code in (1, 2) and "516" in out.out + out.err
-        assert cli.main(["run", "--config", s.path, "--json"]) == 2  # bad input, not an outage
+    s = trades(make_settings, dsn=ch_http.dsn())
+    good = Path(s.path).read_text()
+    Path(s.path).write_text(good.replace(ch_http.dsn(), ch_http.dsn(password=secret)))
+    with pytest.raises(SourceError) as caught:
+        run_cycle(config.load(s.path, env={}))
+    assert not caught.value.transient and "ClickHouse refused the credentials" in caught.value.message
+    assert "516" in caught.value.message and "AUTHENTICATION_FAILED" in caught.value.message
+    assert caught.value.fix == "fix the user or password in [source] dsn (or OFFLOAD__SOURCE__DSN)"
+    outputs = [str(caught.value), repr(caught.value.args)]
+    for argv in (
+        ["run", "--config", s.path],
+        ["run", "--config", s.path, "--json"],
+        ["status", "--config", s.path, "--json"],
+    ):
+        code = cli.main(argv)
         out = capsys.readouterr()
-        assert json.loads(out.out)["error"]["type"] == "source_error"
         outputs += [out.out, out.err]
-        assert not [o for o in outputs if secret in o]
-    finally:
-        server.shutdown()
+        assert code in (1, 2) and "516" in out.out + out.err
+    assert cli.main(["run", "--config", s.path, "--json"]) == 2  # bad input, not an outage
+    out = capsys.readouterr()
+    assert json.loads(out.out)["error"]["type"] == "source_error"
+    outputs += [out.out, out.err]
+    assert not [o for o in outputs if secret in o]
+    assert [q for q in ch_http.queries() if "AUTHENTICATION_FAILED" in (q["error"] or "")], "the server refused none"
     Path(s.path).write_text(good)
     assert run_cycle(config.load(s.path, env={})).tables[0].rows == 30
     assert_exactly_once(s, "trades")

@@ -47,8 +47,8 @@ def _two_int128_tables(ch, bad_in_a: bool = True) -> None:
     )
 
 
-def test_a_table_whose_read_fails_leaves_the_next_table_its_own_rows(make_settings):
-    s = make_settings([_table("a"), _table("b")])
+def test_a_table_whose_read_fails_leaves_the_next_table_its_own_rows(make_settings, source_dsn):
+    s = make_settings([_table("a"), _table("b")], dsn=source_dsn)
     with clickhouse(s) as ch:
         _two_int128_tables(ch)
     a, b = run_cycle(s).tables
@@ -59,10 +59,10 @@ def test_a_table_whose_read_fails_leaves_the_next_table_its_own_rows(make_settin
     assert cold(s, "a").num_rows == 0
 
 
-def test_after_a_failed_query_the_source_answers_the_next_query_exactly(make_settings):
+def test_after_a_failed_query_the_source_answers_the_next_query_exactly(make_settings, source_dsn):
     """The embedded handle keeps a failed query's partial output; whatever path the failure took, the next
     query of any kind returns its own rows (the handle is discarded on any error)."""
-    s = make_settings([_table("a")])
+    s = make_settings([_table("a")], dsn=source_dsn)
     with clickhouse(s) as ch:
         _two_int128_tables(ch)
         failing = "SELECT CAST(toString(v) AS Decimal(38, 0)) AS x FROM k2.a"
@@ -165,8 +165,8 @@ def _bytes_tables(ch) -> None:
     ch.command(f"INSERT INTO k2.nxt SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number)), 1 FROM numbers(10)")
 
 
-def test_invalid_utf8_is_refused_naming_column_and_opt_in_and_the_cycle_goes_on(make_settings):
-    s = make_settings([_table("raw"), _table("nxt")])
+def test_invalid_utf8_is_refused_naming_column_and_opt_in_and_the_cycle_goes_on(make_settings, source_dsn):
+    s = make_settings([_table("raw"), _table("nxt")], dsn=source_dsn)
     with clickhouse(s) as ch:
         _bytes_tables(ch)
     raw, nxt = run_cycle(s).tables
@@ -175,7 +175,7 @@ def test_invalid_utf8_is_refused_naming_column_and_opt_in_and_the_cycle_goes_on(
     assert "raw.s" in text and "UTF-8" in text and '"binary"' in text, text
     assert cold(s, "raw").num_rows == 0
     assert nxt.status == "ok" and nxt.rows == 10
-    s = make_settings([_table("raw", target="raw_bin", column_types={"s": "binary", "lc": "binary"})])
+    s = make_settings([_table("raw", target="raw_bin", column_types={"s": "binary", "lc": "binary"})], dsn=source_dsn)
     raw = run_cycle(s).tables[0]
     assert raw.status == "ok" and raw.rows == 10, raw.error
     tbl = cold(s, "raw_bin").sort_by("ts")
@@ -202,8 +202,8 @@ def test_an_unexpected_error_in_one_table_does_not_end_the_cycle(make_settings, 
 
 
 # -- 4 and 5: late rows at a timestamp that is already there; before 1970 ----------------------------
-def _ts_only(make_settings, start_ms: int, **extra):
-    s = make_settings([_table("ev", **extra)])
+def _ts_only(make_settings, start_ms: int, dsn: str | None = None, **extra):
+    s = make_settings([_table("ev", **extra)], dsn=dsn)
     with clickhouse(s) as ch:
         ch.command("CREATE TABLE k2.ev (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts")
         ch.command(
@@ -215,8 +215,8 @@ def _ts_only(make_settings, start_ms: int, **extra):
 
 
 @pytest.mark.parametrize("start_ms", [NOW_MS, -86400 * 1000 * 400], ids=["recent", "1968"])
-def test_late_rows_at_present_timestamps_are_found_and_repaired(make_settings, start_ms):
-    s = _ts_only(make_settings, start_ms)
+def test_late_rows_at_present_timestamps_are_found_and_repaired(make_settings, start_ms, source_dsn):
+    s = _ts_only(make_settings, start_ms, source_dsn)
     with clickhouse(s) as ch:  # three late rows at timestamps cold already holds
         ch.command(
             f"INSERT INTO k2.ev SELECT fromUnixTimestamp64Milli(toInt64({start_ms} + number * 10000)), 1000 + number "

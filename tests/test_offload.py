@@ -11,8 +11,8 @@ from iceberg_offload.engine.offload import run_cycle
 NOW_MS = (int(time.time()) - 3600) * 1000  # an hour ago: well outside any settle delay
 
 
-def test_incremental_runs_offload_only_new_rows(make_settings, catalog_uri):
-    s = make_settings([trades_table()], catalog_uri=catalog_uri, max_rows_per_commit=1000)
+def test_incremental_runs_offload_only_new_rows(make_settings, catalog_uri, source_dsn):
+    s = make_settings([trades_table()], catalog_uri=catalog_uri, max_rows_per_commit=1000, dsn=source_dsn)
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="trades"))
         insert_trades(ch, "trades", NOW_MS, 2500)
@@ -36,8 +36,8 @@ def test_incremental_runs_offload_only_new_rows(make_settings, catalog_uri):
         assert newer.props["offload.window.lower-ns"] == older.props["offload.watermark.ts-ns"]
 
 
-def test_equal_timestamps_across_chunk_boundary_with_sequence(make_settings, catalog_uri):
-    s = make_settings([trades_table()], catalog_uri=catalog_uri, max_rows_per_commit=7)
+def test_equal_timestamps_across_chunk_boundary_with_sequence(make_settings, catalog_uri, source_dsn):
+    s = make_settings([trades_table()], catalog_uri=catalog_uri, max_rows_per_commit=7, dsn=source_dsn)
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="trades"))
         insert_trades(ch, "trades", NOW_MS, 30, step_ms=0)  # 30 rows, one timestamp
@@ -46,9 +46,9 @@ def test_equal_timestamps_across_chunk_boundary_with_sequence(make_settings, cat
     assert sorted(keys_of(cold(s, "trades"), "seq")) == [(i,) for i in range(30)]
 
 
-def test_equal_timestamps_without_sequence_stay_in_one_chunk(make_settings, catalog_uri):
+def test_equal_timestamps_without_sequence_stay_in_one_chunk(make_settings, catalog_uri, source_dsn):
     table = {"source": "trades", "timestamp_column": "ts", "key_columns": ["ts", "seq"]}
-    s = make_settings([table], catalog_uri=catalog_uri, max_rows_per_commit=4)
+    s = make_settings([table], catalog_uri=catalog_uri, max_rows_per_commit=4, dsn=source_dsn)
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="trades"))
         for i in range(3):  # 3 timestamps x 5 rows each
@@ -61,8 +61,8 @@ def test_equal_timestamps_without_sequence_stay_in_one_chunk(make_settings, cata
     assert run_cycle(s).tables[0].rows == 0
 
 
-def test_rows_exactly_at_watermark_and_empty_window(make_settings, catalog_uri):
-    s = make_settings([trades_table()], catalog_uri=catalog_uri)
+def test_rows_exactly_at_watermark_and_empty_window(make_settings, catalog_uri, source_dsn):
+    s = make_settings([trades_table()], catalog_uri=catalog_uri, dsn=source_dsn)
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="trades"))
         insert_trades(ch, "trades", NOW_MS, 10)
@@ -87,7 +87,7 @@ def test_table_with_no_rows(make_settings, catalog_uri):
     assert cold(s, "trades").schema.names == ["ts", "seq", "symbol", "price"]
 
 
-def test_settle_delay_and_closed_windows(make_settings, sqlite_uri):
+def test_settle_delay_and_closed_windows(make_settings, sqlite_uri, source_dsn):
     now_s = int(time.time())
     candles = {
         "source": "candles",
@@ -98,7 +98,7 @@ def test_settle_delay_and_closed_windows(make_settings, sqlite_uri):
         "layer": "gold",
         "partition_by": "month",
     }
-    s = make_settings([trades_table(), candles], catalog_uri=sqlite_uri, settle_seconds=600)
+    s = make_settings([trades_table(), candles], catalog_uri=sqlite_uri, settle_seconds=600, dsn=source_dsn)
     with clickhouse(s) as ch:
         ch.command(TRADES_DDL.format(name="trades"))
         insert_trades(ch, "trades", (now_s - 1200) * 1000, 1200)  # one row per second up to now

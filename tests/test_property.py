@@ -309,6 +309,17 @@ def _fault(rng: random.Random, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(SEEDS))
 def test_random_tables_land_exactly_or_stop_naming_the_value(make_settings, seed):
+    _random_tables(make_settings, seed, None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(SEEDS, 2 * SEEDS))
+def test_random_tables_over_http_land_exactly_or_stop_naming_the_value(make_settings, ch_http, seed):
+    """The same, read through ClickHouse's HTTP interface (tests/chserver.py): other seeds, other tables."""
+    _random_tables(make_settings, seed, ch_http.dsn())
+
+
+def _random_tables(make_settings, seed: int, dsn: str | None) -> None:
     rng = random.Random(seed)
     specs = [_spec(rng, i) for i in range(TABLES)]
     sizes = {
@@ -316,7 +327,7 @@ def test_random_tables_land_exactly_or_stop_naming_the_value(make_settings, seed
         "read_rows": rng.choice([3, 50, 1000]),
         "batch_rows": rng.choice([5, 200, 250000]),
     }
-    s = make_settings([sp.table(rng) for sp in specs], **sizes)
+    s = make_settings([sp.table(rng) for sp in specs], dsn=dsn, **sizes)
     with clickhouse(s) as ch:
         for i, sp in enumerate(specs):
             _create(ch, sp, rng, seed * 100 + i)

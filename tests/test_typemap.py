@@ -132,8 +132,8 @@ def _types_table(extra: dict | None = None) -> dict:
     }
 
 
-def test_every_type_round_trips(make_settings, catalog_uri):
-    s = make_settings([_types_table()], catalog_uri=catalog_uri)
+def test_every_type_round_trips(make_settings, catalog_uri, source_dsn):
+    s = make_settings([_types_table()], catalog_uri=catalog_uri, dsn=source_dsn)
     with clickhouse(s) as ch:
         ch.command(f"CREATE TABLE k2.types ({COLUMNS}) ENGINE = MergeTree ORDER BY (ts, id)")
         ch.command(f"INSERT INTO k2.types VALUES {ROW1}, {ROW2}")
@@ -232,10 +232,12 @@ def test_type_parser_handles_nesting_quotes_and_names():
     assert t.children[2].args == ("'x,y' = 1",)
 
 
-def test_decimals_and_enums_travel_as_integers_and_decode_exactly(make_settings, sqlite_uri):
+def test_decimals_and_enums_travel_as_integers_and_decode_exactly(make_settings, sqlite_uri, source_dsn):
     """Decimal(P <= 18) crosses as its unscaled integer and an Enum as its number (cheaper than ClickHouse's
     own Arrow conversion); both must decode to exactly what ClickHouse prints, nulls included."""
-    s = make_settings([{"source": "wire", "timestamp_column": "ts", "sequence_column": "id"}], catalog_uri=sqlite_uri)
+    s = make_settings(
+        [{"source": "wire", "timestamp_column": "ts", "sequence_column": "id"}], catalog_uri=sqlite_uri, dsn=source_dsn
+    )
     ddl = (
         "id UInt32, ts DateTime64(3), d4 Decimal(4, 4), d9 Nullable(Decimal(9, 0)), d18 Decimal(18, 18), "
         "d18n Nullable(Decimal64(2)), e Nullable(Enum8('lo' = -128, 'hi' = 127)), "

@@ -16,8 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from iceberg_offload.clickhouse.connect import database_error, open_client
+from iceberg_offload.clickhouse.connect import database_error, open_client, read_answer
 from iceberg_offload.clickhouse.embedded import EngineLock, chdb_path, engine_lock
+from iceberg_offload.clickhouse.settings import ARROW_SHAPE, EMBEDDED_ARROW, FULL_ANSWER, arrow_settings
 from iceberg_offload.clickhouse.sql import literal, quote
 from iceberg_offload.clickhouse.ttl import column_ttls, ttl_expressions
 from iceberg_offload.config import SourceSettings
@@ -80,6 +81,7 @@ class Source:
         self._client: Any = client
         self.embedded = chdb_path(settings.dsn)
         self._engine: Any = None  # a chdb handle of our own for Arrow reads (see _fetch_arrow)
+        self._arrow_settings: dict[str, str] | None = None  # over HTTP: ARROW_SHAPE as the server knows it
         self._engine_mutex = threading.Lock()
 
     # -- queries -----------------------------------------------------------------------------------
@@ -112,18 +114,22 @@ class Source:
             return tbl
 
     def _fetch_arrow(self, sql: str) -> pa.Table:
-        """The one place result rows cross from ClickHouse. Embedded, through a chdb handle of our own that
-        hands over a pyarrow table with Arrow's lz4 framing off: through the client, the framing and the
-        per-query settings round trips cost half as much CPU again as producing the rows."""
+        """The one place result rows cross from ClickHouse, in the shape of settings.ARROW_SHAPE. Over HTTP,
+        the answer's bytes, read here (a server error after the first byte is in them). Embedded, through a
+        chdb handle of our own that hands over a pyarrow table with Arrow's lz4 framing off: through the
+        client, the framing and the per-query settings round trips cost half as much CPU again as producing
+        the rows."""
         if not self.embedded or self.embedded == ":memory:":
-            return self.client.query_arrow(sql, use_strings=True)
+            if self._arrow_settings is None:
+                self._arrow_settings = arrow_settings(self.client)
+            return read_answer(self.client.raw_query(sql, fmt="Arrow", settings=self._arrow_settings))
         with self._engine_mutex:
             if self._engine is None:
                 import chdb  # noqa: PLC0415 - the embedded engine only when a chdb:// source opens
 
                 self._engine = chdb.connect(self.embedded)
-                self._engine.query("SET output_format_arrow_compression_method = 'none'")
-                self._engine.query("SET output_format_arrow_low_cardinality_as_dictionary = 1")
+                for key, value in {**FULL_ANSWER, **ARROW_SHAPE, **EMBEDDED_ARROW}.items():
+                    self._engine.query(f"SET {key} = {literal(value)}")
             result = self._engine.query(sql, "Arrow")
         # read in place: the Arrow buffers point into the result, which the buffer's base keeps alive
         view = result.get_memview().view()
@@ -202,8 +208,13 @@ class Source:
 
     @contextlib.contextmanager
     def _translate(self, sql: str) -> Iterator[None]:
-        from chdb._exceptions import ChdbError  # noqa: PLC0415 - see connect.open_client
         from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError  # noqa: PLC0415
+
+        engine_errors: tuple[type[Exception], ...] = ()
+        if self.embedded:  # chdb is ~240 MB of resident memory: never loaded for a server DSN
+            from chdb._exceptions import ChdbError  # noqa: PLC0415
+
+            engine_errors = (ChdbError,)
 
         try:
             try:
@@ -211,7 +222,7 @@ class Source:
             except BaseException:
                 self.discard()  # a failed query's leftovers must never reach the next query
                 raise
-        except ChdbError as exc:  # our own embedded handle (see _fetch_arrow)
+        except engine_errors as exc:  # our own embedded handle (see _fetch_arrow)
             raise database_error(exc, sql) from exc
         except OperationalError as exc:
             raise SourceUnavailable(
