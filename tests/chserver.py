@@ -17,7 +17,8 @@ interface that clickhouse-connect uses, and executes every query in chdb (the Cl
 
 For tests: `POST /__fault` with `{"after_bytes": N, "match": "text"}` makes the process die (os._exit)
 after sending N bytes of its next answer to a query containing the text, the way a server killed
-mid-stream leaves its client; `POST /__profile` with `{"setting": "value"}` sets settings every query gets
+mid-stream leaves its client; with `"error": "Code: ..."` the answer instead goes on with that error at
+that byte (framed as 25.11+ does, or as plain text after the data with `"framing": "plain"`); `POST /__profile` with `{"setting": "value"}` sets settings every query gets
 (a server profile's, e.g. `max_result_rows`). Every query is logged as a JSON line to `--log`.
 
     python tests/chserver.py --path DIR --port N [--user U --password-file F] [--log FILE]
@@ -196,24 +197,30 @@ def _compressor(encoding: str) -> Any:
     raise ValueError(encoding)
 
 
-class _Streamer:
-    """Writes a body chunked, compressed per Content-Encoding, and dies where a fault says so."""
+class _Cut(Exception):
+    """An injected error at the fault's byte: the answer goes on with the error, as a server's would."""
 
-    def __init__(self, handler: Handler, encoding: str | None, die_after: int | None) -> None:
-        self.handler, self.die_after, self.sent = handler, die_after, 0
+
+class _Streamer:
+    """Writes a body chunked, compressed per Content-Encoding, and dies (or errs) where a fault says so."""
+
+    def __init__(self, handler: Handler, encoding: str | None, fault: dict[str, Any] | None) -> None:
+        self.handler, self.fault, self.sent = handler, fault, 0
         self.comp = _compressor(encoding) if encoding else None
-        self.started = False
         if self.comp is not None and encoding == "lz4":
             self._raw(self.comp.begin())
 
     def _raw(self, data: bytes) -> None:
         if not data:
             return
-        if self.die_after is not None and self.sent + len(data) >= self.die_after:
-            data = data[: max(0, self.die_after - self.sent)]
+        if self.fault is not None and self.sent + len(data) >= int(self.fault["after_bytes"]):
+            data = data[: max(0, int(self.fault["after_bytes"]) - self.sent)]
             self.handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if data else b"")
             self.handler.wfile.flush()
-            os._exit(137)  # a killed server: the kernel closes the socket mid-response
+            if "error" not in self.fault:
+                os._exit(137)  # a killed server: the kernel closes the socket mid-response
+            error, self.fault = self.fault["error"], None
+            raise _Cut(error)
         self.handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.sent += len(data)
 
@@ -288,16 +295,16 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("X-ClickHouse-Timezone", self.server.engine.timezone)
             self.send_header("X-ClickHouse-Query-Id", args.get("query_id") or str(uuid.uuid4()))
             self.send_header("X-ClickHouse-Summary", json.dumps(summary))
-            tag = uuid.uuid4().hex[:16]
-            self.send_header("X-ClickHouse-Exception-Tag", tag)
+            fault = self.server.fault if self.server.fault and self.server.fault.get("match", "") in sql else None
+            if fault is not None:
+                self.server.fault = None
+            tag = None if fault and fault.get("framing") == "plain" else uuid.uuid4().hex[:16]  # plain: before 25.11
+            if tag:
+                self.send_header("X-ClickHouse-Exception-Tag", tag)
             if encoding:
                 self.send_header("Content-Encoding", encoding)
             self.end_headers()
-            fault = self.server.fault
-            die_after = None
-            if fault and fault.get("match", "") in sql:
-                self.server.fault, die_after = None, int(fault["after_bytes"])
-            out = _Streamer(self, encoding, die_after)
+            out = _Streamer(self, encoding, fault)
             total, rows, error = 0, 0 if fmt == "Arrow" else None, None
             try:
                 for data, _, piece_rows in itertools.chain([first], pieces):
@@ -305,13 +312,19 @@ class Handler(BaseHTTPRequestHandler):
                     rows = rows + piece_rows if rows is not None and piece_rows is not None else rows
                     for at in range(0, len(data), _CHUNK):
                         out.write(data[at : at + _CHUNK])
-            except Exception as exc:  # noqa: BLE001 - after the first byte: in the body, tagged (ClickHouse 25.11+)
+            except Exception as exc:  # noqa: BLE001 - after the first byte: the error goes into the body
                 error = str(exc).removeprefix("Streaming query failed: ")
                 text = f"{error.rstrip()} (version {self.server.engine.version} (chdb))\n".encode()
-                marker = b"__exception__\r\n%s\r\n%s%d %s\r\n__exception__\r\n"
-                out.write(marker % (tag.encode(), text, len(text), tag.encode()))
-            out.close()
-        self._log(sql, fmt, bytes=total, arrow_rows=rows, encoding=encoding, error=error)
+                if tag:  # ClickHouse 25.11+ frames it with the answer's tag
+                    text = b"__exception__\r\n%s\r\n%s%d %s\r\n__exception__\r\n" % (
+                        tag.encode(),
+                        text,
+                        len(text),
+                        tag.encode(),
+                    )
+                out.write(text)
+            self._log(sql, fmt, bytes=total, arrow_rows=rows, encoding=encoding, error=error)  # before the end:
+            out.close()  # a client that has the whole answer finds it logged
 
     def _credentials(self, args: dict[str, str]) -> tuple[str, str]:
         auth = self.headers.get("Authorization", "")

@@ -357,9 +357,11 @@ class HttpClickHouse:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_answering(self.proc, f"{self.url}/ping")
 
-    def fault(self, after_bytes: int, match: str) -> None:
-        """The server dies after `after_bytes` of its next answer to a query containing `match`."""
-        body = json.dumps({"after_bytes": after_bytes, "match": match}).encode()
+    def fault(self, after_bytes: int, match: str, error: str | None = None, framing: str = "tagged") -> None:
+        """The server dies after `after_bytes` of its next answer to a query containing `match`; with `error`,
+        the answer goes on with that ClickHouse error instead (`framing`: "tagged" as 25.11+, or "plain")."""
+        fault = {"after_bytes": after_bytes, "match": match, "framing": framing}
+        body = json.dumps({**fault, "error": error} if error else fault).encode()
         urllib.request.urlopen(urllib.request.Request(f"{self.url}/__fault", data=body), timeout=10).close()
 
     def queries(self) -> list[dict[str, Any]]:
