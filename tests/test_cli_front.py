@@ -56,6 +56,59 @@ def test_help_loads_none_of_the_engine(argv):
     assert "iceberg_offload" in loaded and "click" in loaded  # the probe did run the program
 
 
+NOT_BEFORE_FIRST_READ = {"pandas", "prefect", "rich"}
+"""Not for `run --json` before its first ClickHouse read: pandas (pyiceberg's pyarrow module, through
+pyarrow.dataset: the data files and compare need it, a plan does not), the orchestrator, text output."""
+FIRST_READ_PROBE = """import importlib.machinery, os, runpy, sys
+
+
+class Hook:  # at the first query a Source sends, say which modules are loaded, and stop
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "iceberg_offload.clickhouse.client":
+            return None
+        sys.meta_path.remove(Hook)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def first_read(*args, **kwargs):
+            print("MODULES", sorted({m.split(".")[0] for m in sys.modules}), file=sys.stderr, flush=True)
+            os._exit(0)
+
+        def exec_module(module):
+            run(module)
+            for attr in ("rows", "command", "_fetch_arrow"):
+                setattr(module.Source, attr, first_read)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, Hook)
+sys.argv = ["iceberg-offload", *sys.argv[1:]]
+runpy.run_module("iceberg_offload.cli", run_name="__main__")
+"""
+
+
+def test_run_reaches_its_first_clickhouse_read_without_pandas_or_prefect(make_settings):
+    s = make_settings([trades_table()])
+    with clickhouse(s) as ch:
+        ch.command(TRADES_DDL.format(name="trades"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_READ_PROBE, "-c", s.path, "run", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    line = next((ln for ln in done.stderr.splitlines() if ln.startswith("MODULES ")), None)
+    assert done.returncode == 0 and line is not None, done.stderr
+    loaded = set(eval(line.split("MODULES ", 1)[1]))
+    assert {"iceberg_offload", "pyiceberg", "clickhouse_connect"} <= loaded  # the probe stopped at the read
+    assert not loaded & NOT_BEFORE_FIRST_READ, sorted(loaded & NOT_BEFORE_FIRST_READ)
+
+
 def has(args: dict, want: dict) -> bool:
     return {k: args.get(k, "<absent>") for k in want} == want
 

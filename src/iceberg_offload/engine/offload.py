@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iceberg_offload import __version__, names
 from iceberg_offload.clickhouse.client import Source, open_source
@@ -19,9 +19,7 @@ from iceberg_offload.clickhouse.window import (
     count_query,
 )
 from iceberg_offload.config import LAYERS, Settings, TableSettings
-from iceberg_offload.engine.compare import Progress as Progress
 from iceberg_offload.engine.plan import TablePlan
-from iceberg_offload.engine.repair import reconcile as repair_buckets
 from iceberg_offload.engine.stream import Stream
 from iceberg_offload.errors import (
     CatalogUnavailable,
@@ -34,6 +32,9 @@ from iceberg_offload.errors import (
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import COMMIT_ID, Sink
 from iceberg_offload.times import utc_or_none
+
+if TYPE_CHECKING:
+    from iceberg_offload.engine.compare import Progress as Progress
 
 MAX_CONFLICTS = 3
 
@@ -241,6 +242,11 @@ def _sweep_late_rows(settings: Settings, cfg: TableSettings, source: Source, sin
     since = result.late_since_ns = late_since(settings, cfg, sink, int(result.watermark_after["ts_ns"]))
     if since is None:
         return
+    # Here, not with this module: compare and repair (pyarrow.compute; pyiceberg's pyarrow module, which imports
+    # pandas through pyarrow.dataset) are not needed before `run`'s first ClickHouse read (bench/cli_start.py
+    # --run; tests/test_cli_front.py checks what is loaded by then).
+    from iceberg_offload.engine.repair import reconcile as repair_buckets  # noqa: PLC0415 - see above
+
     rec = repair_buckets(settings, cfg, source, sink, apply=True, values=False, since_ns=since)
     result.late_rows, result.late_rows_added = rec.rows_missing, rec.rows_added if rec.applied else 0
     result.late_rows_left, result.late_oldest_ns = rec.rows_left_missing, rec.oldest_left_ns

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from iceberg_offload.errors import OutOfRange, ValueOutOfRange
 
@@ -82,6 +81,8 @@ class Wire:
             return self._bigint(chunk)
         if self.ticks:
             return self._ticks(chunk)
+        import pyarrow.compute as pc  # noqa: PLC0415 - ~30 ms: not for a plan (typemap imports this module)
+
         low, names = self._enum_names
         indices = pc.subtract(chunk.cast(pa.int32()), pa.scalar(low, pa.int32()))
         return pa.DictionaryArray.from_arrays(indices, names).cast(pa.string())
@@ -286,6 +287,8 @@ def _first_bad(column: pa.ChunkedArray, to: pa.DataType) -> object:
 
 
 def _cast_error(table: str, p: ColumnMap, column: pa.ChunkedArray, field: pa.Field, exc: Exception) -> Exception:
+    import pyarrow.compute as pc  # noqa: PLC0415 - see Wire._decode
+
     flat = column
     while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type):
         flat = pc.list_flatten(flat)

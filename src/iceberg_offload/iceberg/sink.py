@@ -35,7 +35,6 @@ from iceberg_offload.iceberg.catalog import (
     warehouse_missing,
     warehouse_reads,
 )
-from iceberg_offload.iceberg.datafiles import DataFileWriter
 from iceberg_offload.iceberg.history import Commit
 from iceberg_offload.iceberg.sortorder import claimed_order_id, sort_order
 
@@ -225,6 +224,9 @@ class Sink:
         current snapshot, setting `table_props` in the same commit. `started` (monotonic) times the commit
         for its summary; `sorted_by`: the columns the chunks (concatenated) are sorted by (the files claim
         the table's sort order when it is a prefix of them). Returns the new table state and the row count."""
+        # pyiceberg's pyarrow module (pyarrow.dataset, which imports pandas): only once there is data to write
+        from iceberg_offload.iceberg.datafiles import DataFileWriter  # noqa: PLC0415 - ~0.2 s, see above
+
         txn = CasTransaction(table)
         if table_props:
             txn.set_properties(table_props)
