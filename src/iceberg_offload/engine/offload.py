@@ -34,6 +34,8 @@ from iceberg_offload.iceberg.sink import COMMIT_ID, Sink
 from iceberg_offload.times import utc_or_none
 
 if TYPE_CHECKING:
+    from pyiceberg.table import Table
+
     from iceberg_offload.engine.compare import Progress as Progress
 
 MAX_CONFLICTS = 3
@@ -209,37 +211,49 @@ def _offload(
         stream.close()
     result.pending_rows = 0
     if result.watermark_after is not None and settings.offload.late_lookback_seconds:
-        _sweep_late_rows(settings, cfg, source, sink, result)
+        _sweep_late_rows(settings, cfg, source, sink, result, plan, table)
 
 
-def _last_skip(sink: Sink, target: str) -> int | None:
-    """The timestamp (ns) up to which the newest `watermark set` moved the watermark, if any is in history."""
-    table = sink.load(target)
+def _last_skip(sink: Sink, target: str, table: Table | None = None) -> int | None:
+    """The timestamp (ns) up to which the newest `watermark set` moved the watermark, if any is in history
+    (of `table`, the target as loaded just now, else loaded here)."""
+    table = table if table is not None else sink.load(target)
     for c in sink.history(table) if table is not None else []:
         if c.props.get(names.SET_BY) == "watermark set" and c.watermark is not None:
             return c.watermark.ts_ns
     return None
 
 
-def late_since(settings: Settings, cfg: TableSettings, sink: Sink, wm_ns: int) -> int | None:
+def late_since(
+    settings: Settings, cfg: TableSettings, sink: Sink, wm_ns: int, table: Table | None = None
+) -> int | None:
     """Where the late-row sweep starts: `late_lookback_seconds` behind the watermark, but after the rows an
-    operator skipped with `watermark set` (they are not late). None: nothing to sweep."""
+    operator skipped with `watermark set` (they are not late). None: nothing to sweep. `table`: the target
+    as just loaded, if the caller has it."""
     if not settings.offload.late_lookback_seconds:
         return None
     since = wm_ns - settings.offload.late_lookback_seconds * NS
-    skipped = _last_skip(sink, cfg.target)
+    skipped = _last_skip(sink, cfg.target, table)
     if skipped is not None and skipped >= since:
         since = (skipped // NS // 3600 + 1) * 3600 * NS  # from the next whole hour
     return since if since <= wm_ns else None
 
 
-def _sweep_late_rows(settings: Settings, cfg: TableSettings, source: Source, sink: Sink, result: TableResult) -> None:
+def _sweep_late_rows(
+    settings: Settings,
+    cfg: TableSettings,
+    source: Source,
+    sink: Sink,
+    result: TableResult,
+    plan: TablePlan,
+    table: Table,
+) -> None:
     """Rows that arrived after their hour was offloaded, up to `late_lookback_seconds` behind the watermark:
     compared per key with the hot tier and repaired now (the same CAS bucket replacement as the daily
     reconcile; its rules hold: never a bucket the TTL may be deleting, never shrinking cold)."""
     assert result.watermark_after is not None
     result.late_checked = True
-    since = result.late_since_ns = late_since(settings, cfg, sink, int(result.watermark_after["ts_ns"]))
+    since = result.late_since_ns = late_since(settings, cfg, sink, int(result.watermark_after["ts_ns"]), table)
     if since is None:
         return
     # Here, not with this module: compare and repair (pyarrow.compute; pyiceberg's pyarrow module, which imports
@@ -247,7 +261,7 @@ def _sweep_late_rows(settings: Settings, cfg: TableSettings, source: Source, sin
     # --run; tests/test_cli_front.py checks what is loaded by then).
     from iceberg_offload.engine.repair import reconcile as repair_buckets  # noqa: PLC0415 - see above
 
-    rec = repair_buckets(settings, cfg, source, sink, apply=True, values=False, since_ns=since)
+    rec = repair_buckets(settings, cfg, source, sink, apply=True, values=False, since_ns=since, plan=plan, table=table)
     result.late_rows, result.late_rows_added = rec.rows_missing, rec.rows_added if rec.applied else 0
     result.late_rows_left, result.late_oldest_ns = rec.rows_left_missing, rec.oldest_left_ns
     result.late_error = rec.error

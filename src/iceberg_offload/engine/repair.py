@@ -99,15 +99,18 @@ def reconcile(
     values: bool | None = None,
     since_ns: int | None = None,
     progress: Progress | None = None,
+    plan: TablePlan | None = None,
+    table: Table | None = None,
 ) -> ReconcileResult:
     """Compare one table's tiers per hour bucket and (with apply) replace the bad buckets it may replace.
     With `values` (default: the table's `final`, whose rows may change after their window was offloaded)
     every column of every row is compared, not only the keys. Without apply nothing changes; the result
     says what would be done. Errors are returned, not raised. `progress` hears the rows compared
-    ("<table> reconcile") and the rows written by the repair ("<table> repair")."""
+    ("<table> reconcile") and the rows written by the repair ("<table> repair"). `plan` and `table`: the
+    table's plan and Iceberg table as the caller (the cycle's sweep) has them just now."""
     res = ReconcileResult(cfg.target, values=cfg.final if values is None else values)
     try:
-        _reconcile(cfg, source, sink, apply, page_rows, ttl_margin_seconds, res, since_ns, progress)
+        _reconcile(cfg, source, sink, apply, page_rows, ttl_margin_seconds, res, since_ns, progress, plan, table)
     except Exception as exc:  # noqa: BLE001 - one table's failure never ends the others' reconcile
         res.error = as_error(exc, cfg.target).as_dict()
         source.discard()
@@ -136,13 +139,15 @@ def _reconcile(
     res: ReconcileResult,
     since_ns: int | None = None,
     progress: Progress | None = None,
+    plan: TablePlan | None = None,
+    table: Table | None = None,
 ) -> None:
-    table = sink.load(cfg.target)
+    table = table if table is not None else sink.load(cfg.target)
     wm, last = sink.watermark(table) if table is not None else (None, None)
     if table is None or wm is None or last is None:
         return
     res.watermark = wm.as_dict()
-    plan = TablePlan.build(source, cfg)
+    plan = plan if plan is not None else TablePlan.build(source, cfg)
     plan.check_source(table)
     plan.check_lineage(last)
     buckets = list(
