@@ -229,3 +229,20 @@ def test_watermark_set_previews_skips_forward_and_refuses_going_back(trades, cap
         "--yes",
     )
     assert code == 2 and "offload 2599 rows again" in err["error"]["message"] and "--reoffload" in err["error"]["fix"]
+
+
+def test_demo_with_a_new_config_elsewhere_seeds_the_engine_that_config_names(tmp_path, monkeypatch, capsys):
+    """`demo -c other/offload.toml` from another folder: the engine, catalog and warehouse it fills are the
+    ones the written config names (beside it), so the next `run -c` finds the tables."""
+    elsewhere, target = tmp_path / "cwd", tmp_path / "other"
+    elsewhere.mkdir()
+    target.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for name in [k for k in os.environ if k.startswith("OFFLOAD")]:
+        monkeypatch.delenv(name)
+    config = str(target / "offload.toml")
+    code, demo = run_json(capsys, "demo", "-c", config)
+    assert code == 0 and demo["config_written"], demo
+    assert (target / ".offload" / "clickhouse").is_dir() and not (elsewhere / ".offload").exists()
+    code, run = run_json(capsys, "run", "-c", config)
+    assert code == 0 and all(t["status"] == "ok" for t in run["tables"]), run

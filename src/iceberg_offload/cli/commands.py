@@ -180,15 +180,15 @@ def cmd_verify(args: Args) -> int:
 
 
 def cmd_demo(args: Args) -> int:
-    from iceberg_offload.cli.demo import seed
+    from iceberg_offload.cli.demo import seed, write_config
     from iceberg_offload.config import load
     from iceberg_offload.engine.offload import run_cycle
     from iceberg_offload.ops.status import status
 
     path = Path(args.config or DEFAULT_CONFIG)
-    settings = load(args.config) if path.exists() else load(None, env={})
-    written, inserted = seed(settings, path)
+    written = write_config(path)  # first: its relative paths are the file's folder's, wherever we run
     settings = load(str(path))
+    inserted = seed(settings)
     with ProgressBar(not args.json) as progress:
         cycle = run_cycle(settings, progress=progress).as_dict()
     states = {s.table: s for s in status(settings)}

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from iceberg_offload.clickhouse.client import Source, open_source
-from iceberg_offload.config import Settings
+from iceberg_offload.config import Settings, load
 from iceberg_offload.errors import ConfigError
 
 EXCHANGES = ("binance", "kraken", "coinbase")
@@ -169,8 +169,17 @@ def config_text(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def seed(settings: Settings, config_path: Path) -> tuple[bool, dict[str, int]]:
-    """Create the demo tables, insert a slice, write the config if missing. Returns (config_written, rows)."""
+def write_config(config_path: Path) -> bool:
+    """Write the demo's config (the embedded default, its paths relative to the file) unless one is there.
+    True when written."""
+    if config_path.exists():
+        return False
+    config_path.write_text(config_text(load(None, env={})))
+    return True
+
+
+def seed(settings: Settings) -> dict[str, int]:
+    """Create the demo tables in the embedded engine `settings` name and insert a slice: {table: rows}."""
     if not settings.source.dsn.startswith("chdb://"):
         raise ConfigError(
             f"the demo seeds the embedded engine, but [source] dsn is {settings.source.dsn}",
@@ -178,9 +187,4 @@ def seed(settings: Settings, config_path: Path) -> tuple[bool, dict[str, int]]:
         )
     with open_source(settings.source) as source:
         create_tables(source)
-        inserted = insert_slice(source)
-    written = False
-    if not config_path.exists():
-        config_path.write_text(config_text(settings))
-        written = True
-    return written, inserted
+        return insert_slice(source)
