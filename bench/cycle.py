@@ -15,26 +15,14 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from _util import free_port
+from _util import cli, free_port
 
 
-def cli(work: Path, *args: str, env: dict[str, str]) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "iceberg_offload.cli", *args],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"{args} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    return out.stdout
+def run_cli(work: Path, *args: str, env: dict[str, str]) -> str:
+    return cli(work, *args, env=env)[1]
 
 
 def main() -> None:
@@ -49,13 +37,13 @@ def main() -> None:
     env["OFFLOAD__PREFECT__API_URL"] = f"http://127.0.0.1:{free_port()}/api"
     env["OFFLOAD__METRICS__PORT"] = str(free_port())
     env["OFFLOAD__PREFECT__WORKER_QUERY_SECONDS"] = "2"
-    cli(work, "demo", env=env)
+    run_cli(work, "demo", env=env)
     plain = []
     for _ in range(args.runs):
         t0 = time.perf_counter()
-        cli(work, "run", env=env)
+        run_cli(work, "run", env=env)
         plain.append(time.perf_counter() - t0)
-    cli(work, "up", env=env)
+    run_cli(work, "up", env=env)
     try:
         os.environ.update({k: v for k, v in env.items() if k.startswith("OFFLOAD")})
         from iceberg_offload import config
@@ -66,14 +54,14 @@ def main() -> None:
         cycles, latencies = [], []
         for _ in range(args.runs):
             t0 = time.perf_counter()
-            res = json.loads(cli(work, "trigger", "--wait", "--json", env=env))
+            res = json.loads(run_cli(work, "trigger", "--wait", "--json", env=env))
             latencies.append(time.perf_counter() - t0)
             assert res["state"] == "COMPLETED", res
             with SyncPrefectClient(settings.prefect.api_url) as c:
                 run = c.read_flow_run(res["flow_run_id"])
             cycles.append((run.end_time - run.start_time).total_seconds())
     finally:
-        cli(work, "down", env=env)
+        run_cli(work, "down", env=env)
     summary = {
         "tables": 10,
         "runs": args.runs,

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _util import free_port
+from _util import free_port, seed_tables
 
 
 def main() -> None:
@@ -28,42 +28,13 @@ def main() -> None:
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    lines = [
-        "[source]",
-        f'dsn = "chdb://{work}/ch"',
-        "[catalog]",
-        f'uri = "sqlite:///{work}/catalog.db"',
-        f'warehouse = "file://{work}/warehouse"',
-        "[offload]",
-        "settle_seconds = 0",
-        "[prefect]",
-        f'api_url = "http://127.0.0.1:{free_port()}/api"',
-        "[metrics]",
-        f"port = {free_port()}",
-    ]
-    names = [f"t{i:02d}" for i in range(args.tables)]
-    for n in names:
-        lines += ["[[tables]]", f'source = "{n}"', 'timestamp_column = "ts"', 'sequence_column = "seq"']
-    (work / "offload.toml").write_text("\n".join(lines) + "\n")
+    seed_tables(work, args.tables, 10_000, free_port(), free_port())
 
     from iceberg_offload import config
-    from iceberg_offload.clickhouse.client import open_source
     from iceberg_offload.engine.offload import run_cycle
     from iceberg_offload.ops.metrics import Exporter, serve
 
     settings = config.load(work / "offload.toml", env={})
-    start = (int(time.time()) - 3600) * 1000
-    with open_source(settings.source) as ch:
-        ch.command("CREATE DATABASE IF NOT EXISTS k2")
-        for n in names:
-            ch.command(
-                f"CREATE TABLE k2.{n} (ts DateTime64(3), seq UInt64, v Float64) ENGINE = MergeTree "
-                f"ORDER BY (ts, seq) TTL toDateTime(ts) + INTERVAL 7 DAY"
-            )
-            ch.command(
-                f"INSERT INTO k2.{n} SELECT fromUnixTimestamp64Milli(toInt64({start} + number * 100)), "
-                f"number, rand() FROM numbers(10000)"
-            )
     for _ in range(3):  # a few commits per table
         run_cycle(settings)
     exporter = Exporter(settings)

@@ -15,68 +15,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from _util import free_port
-
-
-def cli(work: Path, *args: str, env: dict[str, str], ok: tuple[int, ...] = (0,)) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "iceberg_offload.cli", *args],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    took = time.perf_counter() - t0
-    if out.returncode not in ok:
-        raise SystemExit(f"{args} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    return took, out.stdout
-
-
-def seed(work: Path, tables: int, api_port: int, metrics_port: int) -> list[str]:
-    names = [f"t{i:03d}" for i in range(tables)]
-    lines = [
-        "[source]",
-        f'dsn = "chdb://{work}/ch"',
-        "[catalog]",
-        f'uri = "sqlite:///{work}/catalog.db"',
-        f'warehouse = "file://{work}/warehouse"',
-        "[offload]",
-        "settle_seconds = 0",
-        "[prefect]",
-        f'api_url = "http://127.0.0.1:{api_port}/api"',
-        "worker_query_seconds = 2",
-        "[metrics]",
-        f"port = {metrics_port}",
-    ]
-    for n in names:
-        lines += ["[[tables]]", f'source = "{n}"', 'timestamp_column = "ts"', 'sequence_column = "seq"']
-    (work / "offload.toml").write_text("\n".join(lines) + "\n")
-
-    from iceberg_offload import config
-    from iceberg_offload.clickhouse.client import open_source
-
-    settings = config.load(work / "offload.toml", env={})
-    start = (int(time.time()) - 3600) * 1000
-    with open_source(settings.source) as ch:
-        ch.command("CREATE DATABASE IF NOT EXISTS k2")
-        for n in names:
-            ch.command(
-                f"CREATE TABLE k2.{n} (ts DateTime64(3), seq UInt64, v Float64) ENGINE = MergeTree "
-                f"ORDER BY (ts, seq) TTL toDateTime(ts) + INTERVAL 7 DAY"
-            )
-            ch.command(
-                f"INSERT INTO k2.{n} SELECT fromUnixTimestamp64Milli(toInt64({start} + number * 100)), "
-                f"number, rand() FROM numbers(1000)"
-            )
-    return names
+from _util import cli, free_port, seed_tables
 
 
 def main() -> None:
@@ -92,7 +35,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OFFLOAD", "PREFECT"))}
     api_port, metrics_port = free_port(), free_port()
     t0 = time.perf_counter()
-    seed(work, args.tables, api_port, metrics_port)
+    seed_tables(work, args.tables, 1000, api_port, metrics_port, "worker_query_seconds = 2")
     first, _ = cli(work, "run", env=env)  # the catch-up: one commit per table
     seeded = time.perf_counter() - t0
     runs = [cli(work, "run", env=env)[0] for _ in range(args.runs)]
