@@ -623,3 +623,35 @@ def test_a_far_future_row_does_not_stop_verify(make_settings):
     v = verify(s)[0]
     assert v.ok and v.cold_rows == 100, v.as_dict()
     assert reconcile_all(s, apply=True)[0].error is None
+
+
+def test_a_table_recreated_while_the_offload_runs_is_never_swept_into_cold(make_settings, monkeypatch):
+    """The hot table is dropped and recreated with other rows between the offload's commit and its late-row
+    sweep: the sweep plans it again and refuses the other table (`source_mismatch`) instead of adding its rows."""
+    from iceberg_offload.iceberg.sink import Sink
+
+    s = make_settings([_table("ev")])
+    ddl = "CREATE TABLE k2.ev (ts DateTime64(3), v UInt32) ENGINE = MergeTree ORDER BY ts"
+    with clickhouse(s) as ch:
+        ch.command(ddl)
+        ch.command(
+            f"INSERT INTO k2.ev SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + number * 1000)), number FROM numbers(50)"
+        )
+    real = Sink.commit
+
+    def commit_then_recreate(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        with clickhouse(s) as ch:
+            ch.command("DROP TABLE k2.ev SYNC")
+            ch.command(ddl)
+            ch.command(
+                f"INSERT INTO k2.ev SELECT fromUnixTimestamp64Milli(toInt64({NOW_MS} + 500 + number * 1000)), "
+                f"1000 + number FROM numbers(50)"
+            )
+        return out
+
+    monkeypatch.setattr(Sink, "commit", commit_then_recreate)
+    res = run_cycle(s).tables[0]
+    assert res.rows == 50 and res.late_rows_added == 0, res
+    assert res.late_error is not None and res.late_error["type"] == "source_mismatch", res.late_error
+    assert sorted(cold(s, "ev").column("v").to_pylist()) == list(range(50))

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from conftest import TRADES_DDL, HttpClickHouse, clickhouse, cold, insert_trades, sink_for, trades_table
-from iceberg_offload.engine.compare import PAGE_ROWS, verify
+from iceberg_offload.engine.compare import verify
 from iceberg_offload.engine.offload import run_cycle
 from iceberg_offload.errors import OffloadError, SourceError
 
@@ -84,7 +84,7 @@ def test_an_error_after_the_first_byte_is_the_servers_error_and_commits_nothing(
 
 
 SET_BACK = {
-    "limit": {"limit": "1000"},
+    "limit": {"limit": "100"},  # also cuts the client's list of the server's settings short, before `limit`
     "group-by-any": {"max_rows_to_group_by": "10", "group_by_overflow_mode": "any"},
     "table-filter": {"additional_table_filters": "{'k2.trades': 'seq % 2 = 0'}"},
     "query-cache": {
@@ -140,18 +140,29 @@ def test_a_server_profile_that_limits_answers_stops_the_run_loudly(make_settings
 
 
 def test_a_read_only_setting_at_a_value_that_hides_rows_stops_naming_it(make_settings, ch_http):
-    """A profile that forbids setting one back (read-only at another value, as system.settings reports it):
-    the run stops before reading, naming the setting and the fix."""
-    from clickhouse_connect.driver.models import SettingDef
-
+    """A profile that forbids setting one back (read-only at another value, as system.settings reports it;
+    the server's answer doctored, as chserver cannot make a setting read-only): the run stops before reading,
+    naming the setting and the fix."""
     from iceberg_offload.clickhouse import connect
 
     s = _trades(make_settings, ch_http, 10)
     real = connect.pin
 
     def read_only_limit(client):
-        client.server_settings["limit"] = SettingDef(name="limit", value="1000", readonly=1)
-        real(client)
+        query = client.query
+
+        def doctored(sql, *args, **kwargs):
+            result = query(sql, *args, **kwargs)
+            if "FROM system.settings" in sql:
+                rows = [("limit", "1000", 1) if r[0] == "limit" else r for r in result.result_rows]
+                result = type("Answer", (), {"result_rows": rows})()
+            return result
+
+        client.query = doctored
+        try:
+            real(client)
+        finally:
+            del client.query
 
     with pytest.MonkeyPatch.context() as mp, pytest.raises(SourceError) as caught:
         mp.setattr(connect, "pin", read_only_limit)
@@ -176,9 +187,9 @@ def test_query_errors_carry_clickhouse_text_and_code(make_settings, ch_http):
 
 
 def test_reads_are_bounded_by_read_rows_and_memory_not_by_the_backlog(make_settings, ch_http, tmp_path):
-    """`run` as a whole process over HTTP: every row read carries at most read_rows rows (the late-row sweep's
-    key pages at most PAGE_ROWS keys), the embedded engine is never loaded, and peak memory for a 4x larger
-    backlog stays within 1.25x."""
+    """`run` as a whole process over HTTP: every row read carries at most read_rows rows (the late-row sweep
+    reads keys in pages of its own, PAGE_ROWS), the embedded engine is never loaded, and peak memory for a 4x
+    larger backlog stays within 1.25x."""
     pad = "randomPrintableASCII(200)"
     s = make_settings(
         [trades_table("small"), trades_table("large")], dsn=ch_http.dsn(), read_rows=20_000, max_rows_per_commit=50_000
@@ -208,8 +219,30 @@ def test_reads_are_bounded_by_read_rows_and_memory_not_by_the_backlog(make_setti
         peaks[name] = usage.ru_maxrss
     answers = [q for q in ch_http.queries() if q["format"] == "Arrow"]
     rows = [q["arrow_rows"] for q in answers if "`pad`" in q["sql"]]  # the offload's reads: every column
-    keys = [q["arrow_rows"] for q in answers if "`pad`" not in q["sql"]]  # the late-row sweep's key pages
     assert rows and max(rows) <= 20_000 and sum(rows) == 500_000, rows
-    assert max(keys, default=0) <= PAGE_ROWS
     assert cold(s, "large").num_rows == 400_000
     assert peaks["large"] <= 1.25 * peaks["small"], f"peak RSS kB {peaks}"
+
+
+def test_a_value_that_looks_like_a_server_error_is_never_taken_for_one():
+    """An HTTP Arrow answer cut short is unreadable; the server's error is only what ends the body (the last
+    one, in either framing), never text in the rows."""
+    import pyarrow as pa
+
+    from iceberg_offload.clickhouse.connect import read_answer
+    from iceberg_offload.errors import SourceUnavailable
+
+    sink = pa.BufferOutputStream()
+    table = pa.table({"s": ["Code: 516. DB::Exception: Authentication failed (AUTHENTICATION_FAILED)"] * 1000})
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    body = sink.getvalue().to_pybytes()
+    assert read_answer(body).equals(table)
+    with pytest.raises(SourceUnavailable):
+        read_answer(body[: len(body) // 2])
+    error = MEMORY.encode() + b" (version 25.8.1.1 (official build))\n"
+    tag = b"5f1c0a"
+    for tail in (error, b"__exception__\r\n%s\r\n%s%d %s\r\n__exception__\r\n" % (tag, error, len(error), tag)):
+        with pytest.raises(SourceError) as caught:
+            read_answer(body[: len(body) // 2] + tail)
+        assert caught.value.message.startswith("ClickHouse stopped a read at a limit: Code: 241."), caught.value

@@ -43,6 +43,8 @@ class TableInfo:
     column_ttls: tuple[tuple[str, str], ...] = ()
     """(column, TTL expression) of each column TTL: past it, ClickHouse resets the column to its default at a
     merge, so a row offloaded later carries the default. Each is a deadline for the TTL check and headroom."""
+    definition: str = ""
+    """The table's UUID and CREATE statement as read: `Source.definition` tells whether it is still the same."""
 
     @property
     def deadline(self) -> str | None:
@@ -204,7 +206,17 @@ class Source:
             "" if uuid == "00000000-0000-0000-0000-000000000000" else str(uuid),
             per_row,
             column_ttls(str(create_query)),
+            f"{uuid}\n{create_query}",
         )
+
+    def definition(self, table: str) -> str:
+        """The table's UUID and CREATE statement now (`TableInfo.definition`; "" if it is gone): one query to
+        tell that a plan made earlier still describes it (not dropped and recreated, no TTL or column changed)."""
+        found = self.rows(
+            f"SELECT toString(uuid), create_table_query FROM system.tables "
+            f"WHERE database = {literal(self.database)} AND name = {literal(table)}"
+        )
+        return f"{found[0][0]}\n{found[0][1]}" if found else ""
 
     @contextlib.contextmanager
     def _translate(self, sql: str) -> Iterator[None]:

@@ -69,10 +69,15 @@ def open_client(settings: SourceSettings) -> Any:
     return client
 
 
-# A server error after the first byte of an answer: ClickHouse 25.11+ frames it with the answer's
-# X-ClickHouse-Exception-Tag; before, the error text simply follows the bytes sent so far.
-_TAGGED = re.compile(rb"__exception__\r?\n(\w+)\r?\n(.*?)\n(\d+) \1\r?\n__exception__", re.DOTALL)
-_PLAIN = re.compile(rb"(Code: \d+\. DB::Exception: [^\n]*)\s*$")
+# A server error after the first byte of an answer ends it: ClickHouse 25.11+ frames it with the answer's
+# X-ClickHouse-Exception-Tag (`<len> <tag>` before the closing marker); before, the error text simply follows the
+# bytes sent so far, ending in `(NAME) (version ...)`. Both are matched at the very end of the body only, so a
+# value in the rows that looks like an error is never taken for one.
+_TAGGED = re.compile(
+    rb"__exception__\r?\n(\w+)\r?\n((?:(?!__exception__).)*?)\n?(\d+) \1\r?\n__exception__\r?\n?\Z", re.DOTALL
+)
+_START = re.compile(rb"Code: \d+\. DB::Exception: ")
+_PLAIN = re.compile(rb"(Code: \d+\. DB::Exception: [^\n]*\(\w+\) \(version [^\n()]*(?:\([^\n()]*\))?\))\n?\Z")
 
 
 def read_answer(body: bytes) -> pa.Table:
@@ -86,7 +91,9 @@ def read_answer(body: bytes) -> pa.Table:
         tail = body[-65536:]
         found = _TAGGED.search(tail) or _PLAIN.search(tail)
         if found is not None:
-            text = found.group(2 if found.re is _TAGGED else 1).decode("utf-8", "replace")
+            raw = found.group(2 if found.re is _TAGGED else 1)
+            raw = raw[[m.start() for m in _START.finditer(raw)][-1] :] if _START.search(raw) else raw  # the last one
+            text = raw.decode("utf-8", "replace").strip()
             raise database_error(Exception(text), "") from exc  # the server's text, its code parsed from it
         raise SourceUnavailable(
             f"ClickHouse's answer to a read was cut short or unreadable ({exc}); nothing of it was written",

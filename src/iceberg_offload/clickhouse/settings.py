@@ -51,10 +51,24 @@ EMBEDDED_ARROW = {"output_format_arrow_compression_method": "none"}
 """In process, compressing the Arrow buffers only costs CPU (over HTTP they keep ClickHouse's lz4)."""
 
 
-def pin(client: Any) -> None:
-    """Give a clickhouse-connect client FULL_ANSWER for every query it sends (the settings its server has)."""
-    from clickhouse_connect.driver.exceptions import ProgrammingError  # noqa: PLC0415 - see connect.open_client
+PREFERRED = {"output_format_arrow_low_cardinality_as_dictionary"}
+"""ARROW_SHAPE keys `wire` decodes either way (a preference: left as the server has it when read-only)."""
 
+
+def pin(client: Any) -> None:
+    """Give a clickhouse-connect client FULL_ANSWER for every query it sends, as far as its server knows the
+    settings. The client's own list of the server's settings was read under the profile (a `limit` cuts it
+    short), so the settings that matter here are read again with the profile's row limits set back."""
+    from clickhouse_connect.driver.exceptions import ProgrammingError  # noqa: PLC0415 - see connect.open_client
+    from clickhouse_connect.driver.models import SettingDef  # noqa: PLC0415
+
+    names = ", ".join(f"'{k}'" for k in (*FULL_ANSWER, *ARROW_SHAPE))
+    rows = client.query(
+        f"SELECT name, value, readonly FROM system.settings WHERE name IN ({names})",
+        settings={"limit": "0", "offset": "0"},
+    ).result_rows
+    for name, value, readonly in rows:
+        client.server_settings[name] = SettingDef(name=name, value=str(value), readonly=int(readonly))
     for key, value in FULL_ANSWER.items():
         if key in client.server_settings:
             try:
@@ -64,8 +78,19 @@ def pin(client: Any) -> None:
 
 
 def arrow_settings(client: Any) -> dict[str, str]:
-    """ARROW_SHAPE, the keys this client's server knows."""
-    return {k: v for k, v in ARROW_SHAPE.items() if k in client.server_settings}
+    """ARROW_SHAPE as this client's server can take it: the keys it knows; a read-only one at another value
+    is left as it is when `wire` decodes both (PREFERRED), else refused."""
+    out = {}
+    for key, value in ARROW_SHAPE.items():
+        known = client.server_settings.get(key)
+        if known is None:
+            continue
+        if known.readonly and known.value != value:
+            if key in PREFERRED:
+                continue
+            raise refused(key, value, known.value)
+        out[key] = value
+    return out
 
 
 def refused(key: str, wanted: str, now: str) -> SourceError:

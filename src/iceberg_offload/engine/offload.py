@@ -261,6 +261,8 @@ def _sweep_late_rows(
     # --run; tests/test_cli_front.py checks what is loaded by then).
     from iceberg_offload.engine.repair import reconcile as repair_buckets  # noqa: PLC0415 - see above
 
+    if source.definition(cfg.source) != plan.info.definition:  # changed while the offload ran: plan it again
+        plan = TablePlan.build(source, cfg)
     rec = repair_buckets(settings, cfg, source, sink, apply=True, values=False, since_ns=since, plan=plan, table=table)
     result.late_rows, result.late_rows_added = rec.rows_missing, rec.rows_added if rec.applied else 0
     result.late_rows_left, result.late_oldest_ns = rec.rows_left_missing, rec.oldest_left_ns
