@@ -92,8 +92,8 @@ def read_answer(body: bytes) -> pa.Table:
         found = _TAGGED.search(tail) or _PLAIN.search(tail)
         if found is not None:
             raw = found.group(2 if found.re is _TAGGED else 1)
-            raw = raw[[m.start() for m in _START.finditer(raw)][-1] :] if _START.search(raw) else raw  # the last one
-            text = raw.decode("utf-8", "replace").strip()
+            starts = [m.start() for m in _START.finditer(raw)]  # the last error: text before it is the rows'
+            text = raw[starts[-1] if starts else 0 :].decode("utf-8", "replace").strip()
             raise database_error(Exception(text), "") from exc  # the server's text, its code parsed from it
         raise SourceUnavailable(
             f"ClickHouse's answer to a read was cut short or unreadable ({exc}); nothing of it was written",
