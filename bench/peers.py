@@ -1,0 +1,265 @@
+"""Peers in the same run: our offload, dlt's Iceberg destination and ClickHouse's own Iceberg writer.
+
+    python bench/peers.py                        # 3 M bronze-trade rows, 2 rounds, peers alternating
+    python bench/peers.py --rows 5000000 --rounds 3 --only ours,clickhouse
+
+Each measurement is a process of its own; its peak RSS is that process's high-water mark (wait4) and its
+clock starts with the modules imported and the engine open (bench/throughput.py's rule), while the whole
+process is timed too. Every writer gets the same chdb table (seeded as bench/throughput.py seeds it) and a
+fresh destination, writes day partitions, and is read back with pyiceberg: the row count and the sum of
+the sequence numbers must equal the source's, or the peer is reported as wrong, not ranked.
+
+- ours: `run_cycle` on an empty SQLite catalog, the whole table as one backlog (throughput.py's offload).
+- dlt: a resource yielding pyarrow tables read from chdb (`Arrow` format, 250 k sequence numbers a query)
+  into the `filesystem` destination with `table_format="iceberg"` (pyiceberg), day partitions through
+  `iceberg_adapter`; runs in a separate venv (`--peers-python`; `SETUP` below creates it).
+- clickhouse: `CREATE TABLE ... ENGINE = IcebergLocal(path, 'Parquet') PARTITION BY
+  toRelativeDayNum(exchange_timestamp)` then `INSERT INTO ... SELECT * FROM k2.bronze_trades`, in the engine
+  that holds the table (LowCardinality and Enum8 are refused by that writer: they are String there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from throughput import child_offload, seed
+
+PEERS_PYTHON = Path("/tmp/peers-venv/bin/python")
+SETUP = (
+    "python3.11 -m venv /tmp/peers-venv && /tmp/peers-venv/bin/pip install "
+    "'dlt[filesystem,pyiceberg]==1.31.0' chdb==4.4.0 chdb-core==26.9.0 pyarrow==26.0.1"
+)
+KINDS = ("ours", "dlt", "clickhouse")
+ICE_COLUMNS = """exchange_timestamp DateTime64(3), sequence_number UInt64, symbol String, trade_id String,
+    price Decimal(18, 8), quantity Decimal(18, 8), side String"""
+# ClickHouse's Arrow output gives Enum8 as its Int8 code and DateTime64(3) as timestamp[ms], which
+# pyiceberg's day transform refuses: the labels and microseconds are asked for in the query
+DLT_SELECT = """toDateTime64(exchange_timestamp, 6, 'UTC') AS exchange_timestamp, sequence_number, symbol,
+    trade_id, price, quantity, CAST(side, 'String') AS side"""
+ICE_SETTINGS = "allow_experimental_insert_into_iceberg = 1"
+
+
+def child_clickhouse(ch: Path, work: Path) -> dict:
+    import chdb
+
+    os.chdir(work)  # the engine's user_files_path is its working directory; IcebergLocal writes only under it
+    conn = chdb.connect(str(ch))
+    conn.query("CREATE DATABASE IF NOT EXISTS peers")
+    conn.query("DROP TABLE IF EXISTS peers.bronze_trades")
+    dest = work / "iceberg"
+    shutil.rmtree(dest, ignore_errors=True)
+    t0 = time.perf_counter()
+    conn.query(
+        f"CREATE TABLE peers.bronze_trades ({ICE_COLUMNS}) ENGINE = IcebergLocal('{dest}', 'Parquet') "
+        f"PARTITION BY toRelativeDayNum(exchange_timestamp)"
+    )
+    conn.query(f"INSERT INTO peers.bronze_trades SELECT * FROM k2.bronze_trades SETTINGS {ICE_SETTINGS}")
+    seconds = time.perf_counter() - t0
+    conn.query("DROP TABLE peers.bronze_trades")  # the files stay (iceberg_delete_data_on_drop = 0)
+    conn.close()
+    return {"seconds": seconds, "table": str(dest)}
+
+
+def child_dlt(ch: Path, work: Path, batch_rows: int) -> dict:
+    import chdb
+    import dlt
+    import pyarrow as pa
+    from dlt.destinations.impl.filesystem.iceberg_adapter import iceberg_adapter, iceberg_partition
+
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    for d in ("bucket", "pipelines"):
+        shutil.rmtree(work / d, ignore_errors=True)
+    conn = chdb.connect(str(ch))
+    lo, hi = (
+        int(x)
+        for x in conn.query("SELECT min(sequence_number), max(sequence_number) FROM k2.bronze_trades", "CSV")
+        .bytes()
+        .split(b",")
+    )
+
+    @dlt.resource(name="bronze_trades", table_format="iceberg", write_disposition="append")
+    def trades():  # type: ignore[no-untyped-def]
+        for start in range(lo, hi + 1, batch_rows):
+            res = conn.query(
+                f"SELECT {DLT_SELECT} FROM k2.bronze_trades WHERE sequence_number >= {start} "
+                f"AND sequence_number < {start + batch_rows} "
+                "SETTINGS output_format_arrow_compression_method = 'none'",
+                "Arrow",
+            )
+            yield pa.ipc.open_file(pa.py_buffer(res.bytes())).read_all()
+
+    pipeline = dlt.pipeline(
+        pipeline_name="peers",
+        pipelines_dir=str(work / "pipelines"),
+        destination=dlt.destinations.filesystem(bucket_url=(work / "bucket").as_uri()),
+        dataset_name="k2",
+    )
+    t0 = time.perf_counter()
+    pipeline.run(iceberg_adapter(trades, partition=iceberg_partition.day("exchange_timestamp")))
+    seconds = time.perf_counter() - t0
+    conn.close()
+    return {"seconds": seconds, "table": str(work / "bucket" / "k2" / "bronze_trades")}
+
+
+def child_ours(ch: Path, work: Path, batch_rows: int) -> dict:
+    out = child_offload(ch, work, batch_rows)
+    (table,) = (work / "catalog" / "warehouse").glob("*/bronze_trades")
+    return {"seconds": out["seconds"], "commits": out["commits"], "table": str(table)}
+
+
+def measure(kind: str, python: Path, ch: Path, work: Path, batch_rows: int) -> dict:
+    """One child process: its result, its whole-process wall time and its peak RSS (from wait4)."""
+    work.mkdir(parents=True, exist_ok=True)
+    out, err = work / "child.out", work / "child.err"
+    t0 = time.perf_counter()
+    with out.open("w") as o, err.open("w") as e:
+        proc = subprocess.Popen(
+            [str(python), __file__, "_child", kind, str(ch), str(work), str(batch_rows)], stdout=o, stderr=e
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} failed ({proc.returncode}):\n{err.read_text()[-3000:]}")
+    res = json.loads(out.read_text().strip().splitlines()[-1])
+    res["process_seconds"] = wall
+    res["peak_rss_mb"] = usage.ru_maxrss / 1024
+    return res
+
+
+def inspect(table: Path) -> dict:
+    """What a writer left: the current metadata read back with pyiceberg (rows and the sum of sequence
+    numbers through a scan), its snapshots, data files and metadata files, and the Iceberg types."""
+    import pyarrow.compute as pc
+    from pyiceberg.table import StaticTable
+
+    metas = (table / "metadata").glob("*.metadata.json")
+    latest = max(metas, key=lambda p: int(re.match(r"v?(\d+)", p.name).group(1)))  # type: ignore[union-attr]
+    tbl = StaticTable.from_metadata(str(latest))
+    sizes = sorted(t.file.file_size_in_bytes for t in tbl.scan().plan_files())
+    rows = total = 0
+    for batch in tbl.scan(selected_fields=("sequence_number",)).to_arrow_batch_reader():
+        rows += batch.num_rows
+        total += pc.sum(batch.column(0)).as_py() or 0
+    return {
+        "rows": rows,
+        "sequence_sum": total,
+        "snapshots": len(tbl.metadata.snapshots),
+        "data_files": len(sizes),
+        "data_mb": round(sum(sizes) / 2**20, 1),
+        "file_mb_min_median_max": [round(x / 2**20, 2) for x in (sizes[0], statistics.median(sizes), sizes[-1])]
+        if sizes
+        else [],
+        "parquet_on_disk": sum(1 for _ in table.rglob("*.parquet")),
+        "metadata_files": sum(1 for p in (table / "metadata").iterdir() if p.is_file()),
+        "partition_spec": str(tbl.spec()),
+        "types": {f.name: str(f.field_type) for f in tbl.schema().fields},
+    }
+
+
+def source_truth(ch: Path) -> tuple[int, int]:
+    import chdb
+
+    conn = chdb.connect(str(ch))
+    raw = conn.query("SELECT count(), sum(sequence_number) FROM k2.bronze_trades", "CSV").bytes()
+    conn.close()
+    rows, total = (int(x) for x in raw.split(b","))
+    return rows, total
+
+
+def summarize(kind: str, runs: list[dict], rows: int) -> dict:
+    secs = statistics.median(r["seconds"] for r in runs)
+    last = runs[-1]
+    return {
+        "rows_per_s": round(rows / secs),
+        "median_seconds": round(secs, 2),
+        "median_process_seconds": round(statistics.median(r["process_seconds"] for r in runs), 2),
+        "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs)),
+        "correct": all(r["correct"] for r in runs),
+        "runs": len(runs),
+        **{k: last["files"][k] for k in last["files"] if k not in ("rows", "sequence_sum")},
+    }
+
+
+def markdown(summary: dict) -> str:
+    lines = [
+        "| writer | rows/s | s (clock) | s (process) | peak RSS | rows ok | snapshots | data files | MB | "
+        "file MB min/median/max | metadata files |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in KINDS:
+        if kind in summary:
+            s = summary[kind]
+            lines.append(
+                f"| {kind} | {s['rows_per_s'] / 1e6:.2f} M | {s['median_seconds']} | {s['median_process_seconds']}"
+                f" | {s['peak_rss_mb'] / 1024:.2f} GB | {'yes' if s['correct'] else '**no**'} | {s['snapshots']} "
+                f"| {s['data_files']} | {s['data_mb']} | {'/'.join(map(str, s['file_mb_min_median_max']))} "
+                f"| {s['metadata_files']} |"
+            )
+    for key, value in summary.get("ratios", {}).items():
+        lines.append(f"| **{key}** | **{value}** | | | | | | | | | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=3_000_000)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=Path(__file__).parent / "out" / "peers")
+    ap.add_argument("--only", default=",".join(KINDS), help="comma-separated: ours,dlt,clickhouse")
+    ap.add_argument("--batch-rows", type=int, default=250_000)
+    ap.add_argument("--peers-python", type=Path, default=PEERS_PYTHON, help="python of the venv with dlt")
+    args = ap.parse_args()
+    kinds = [k for k in KINDS if k in args.only.split(",")]
+    if "dlt" in kinds and not args.peers_python.exists():
+        raise SystemExit(f"no {args.peers_python}; create the peers venv first:\n  {SETUP}")
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    ch = work / f"ch-{args.rows}"
+    t0 = time.perf_counter()
+    seed(ch, args.rows)
+    truth = source_truth(ch)
+    print(f"seeded {args.rows:,} rows in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    for r in range(args.rounds):
+        for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+            python = args.peers_python if kind == "dlt" else Path(sys.executable)
+            res = measure(kind, python, ch, work / kind, args.batch_rows)
+            res["files"] = inspect(Path(res["table"]))
+            res["correct"] = (res["files"]["rows"], res["files"]["sequence_sum"]) == truth
+            results[kind].append(res)
+            print(f"round {r + 1} {kind}: {json.dumps(res)}", file=sys.stderr)
+    summary: dict = {k: summarize(k, v, args.rows) for k, v in results.items()}
+    if "ours" in summary:
+        summary["ratios"] = {
+            f"ours / {k}": round(summary["ours"]["rows_per_s"] / summary[k]["rows_per_s"], 2)
+            for k in kinds
+            if k != "ours"
+        }
+    summary.update(rows=args.rows, rounds=args.rounds, batch_rows=args.batch_rows)
+    (work / f"results-{args.rows}.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    print(markdown(summary))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        kind, ch_path, work_path, batch = sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5])
+        if kind == "ours":
+            out = child_ours(ch_path, work_path, batch)
+        elif kind == "dlt":
+            out = child_dlt(ch_path, work_path, batch)
+        else:
+            out = child_clickhouse(ch_path, work_path)
+        print(json.dumps(out))
+    else:
+        main()
