@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from throughput import child_offload, seed
+from throughput import child_offload, seed, warm_up
 
 PEERS_PYTHON = Path("/tmp/peers-venv/bin/python")
 SETUP = (
@@ -57,16 +57,16 @@ def child_clickhouse(ch: Path, work: Path) -> dict:
     conn.query("DROP TABLE IF EXISTS peers.bronze_trades")
     dest = work / "iceberg"
     shutil.rmtree(dest, ignore_errors=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     conn.query(
         f"CREATE TABLE peers.bronze_trades ({ICE_COLUMNS}) ENGINE = IcebergLocal('{dest}', 'Parquet') "
         f"PARTITION BY toRelativeDayNum(exchange_timestamp)"
     )
     conn.query(f"INSERT INTO peers.bronze_trades SELECT * FROM k2.bronze_trades SETTINGS {ICE_SETTINGS}")
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     conn.query("DROP TABLE peers.bronze_trades")  # the files stay (iceberg_delete_data_on_drop = 0)
     conn.close()
-    return {"seconds": seconds, "table": str(dest)}
+    return {"seconds": seconds, "cpu_seconds": cpu, "table": str(dest)}
 
 
 def child_dlt(ch: Path, work: Path, batch_rows: int) -> dict:
@@ -103,22 +103,32 @@ def child_dlt(ch: Path, work: Path, batch_rows: int) -> dict:
         destination=dlt.destinations.filesystem(bucket_url=(work / "bucket").as_uri()),
         dataset_name="k2",
     )
-    t0 = time.perf_counter()  # run() is these three steps; timed apart to show where the time goes
+    t0, c0 = time.perf_counter(), time.process_time()  # run() is these three steps, timed apart
     pipeline.extract(iceberg_adapter(trades, partition=iceberg_partition.day("exchange_timestamp")))
     t1 = time.perf_counter()
     pipeline.normalize()
     t2 = time.perf_counter()
     pipeline.load(raise_on_failed_jobs=True)
-    t3 = time.perf_counter()
+    t3, cpu = time.perf_counter(), time.process_time() - c0
     conn.close()
     steps = {"extract": round(t1 - t0, 2), "normalize": round(t2 - t1, 2), "load": round(t3 - t2, 2)}
-    return {"seconds": t3 - t0, "steps": steps, "table": str(work / "bucket" / "k2" / "bronze_trades")}
+    return {
+        "seconds": t3 - t0,
+        "cpu_seconds": cpu,
+        "steps": steps,
+        "table": str(work / "bucket" / "k2" / "bronze_trades"),
+    }
 
 
 def child_ours(ch: Path, work: Path, batch_rows: int) -> dict:
+    import iceberg_offload.engine.offload  # noqa: F401  (imported before the clock, as child_offload does)
+
+    warm_up()
+    c0 = time.process_time()  # CPU from here also covers the config load before child_offload's clock
     out = child_offload(ch, work, batch_rows)
+    cpu = time.process_time() - c0
     (table,) = (work / "catalog" / "warehouse").glob("*/bronze_trades")
-    return {"seconds": out["seconds"], "commits": out["commits"], "table": str(table)}
+    return {"seconds": out["seconds"], "cpu_seconds": cpu, "commits": out["commits"], "table": str(table)}
 
 
 def measure(kind: str, python: Path, ch: Path, work: Path, batch_rows: int) -> dict:
@@ -138,6 +148,7 @@ def measure(kind: str, python: Path, ch: Path, work: Path, batch_rows: int) -> d
     res = json.loads(out.read_text().strip().splitlines()[-1])
     res["process_seconds"] = wall
     res["peak_rss_mb"] = usage.ru_maxrss / 1024
+    res["process_cpu_seconds"] = usage.ru_utime + usage.ru_stime
     return res
 
 
@@ -188,6 +199,8 @@ def summarize(kind: str, runs: list[dict], rows: int) -> dict:
         "rows_per_s": round(rows / secs),
         "median_seconds": round(secs, 2),
         "median_process_seconds": round(statistics.median(r["process_seconds"] for r in runs), 2),
+        "median_cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in runs), 2),
+        "median_process_cpu_seconds": round(statistics.median(r["process_cpu_seconds"] for r in runs), 2),
         "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs)),
         "correct": all(r["correct"] for r in runs),
         "runs": len(runs),
@@ -197,22 +210,17 @@ def summarize(kind: str, runs: list[dict], rows: int) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    lines = [
-        "| writer | rows/s | s (clock) | s (process) | peak RSS | rows ok | snapshots | data files | MB | "
-        "file MB min/median/max | metadata files |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for kind in KINDS:
-        if kind in summary:
-            s = summary[kind]
-            lines.append(
-                f"| {kind} | {s['rows_per_s'] / 1e6:.2f} M | {s['median_seconds']} | {s['median_process_seconds']}"
-                f" | {s['peak_rss_mb'] / 1024:.2f} GB | {'yes' if s['correct'] else '**no**'} | {s['snapshots']} "
-                f"| {s['data_files']} | {s['data_mb']} | {'/'.join(map(str, s['file_mb_min_median_max']))} "
-                f"| {s['metadata_files']} |"
-            )
-    for key, value in summary.get("ratios", {}).items():
-        lines.append(f"| **{key}** | **{value}** | | | | | | | | | |")
+    head = ["writer", "rows/s", "s (clock)", "s (process)", "CPU s (clock)", "peak RSS", "rows ok", "snapshots"]
+    head += ["data files", "MB", "file MB min/median/max", "metadata files"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind in (k for k in KINDS if k in summary):
+        s = summary[kind]
+        cells = [kind, f"{s['rows_per_s'] / 1e6:.2f} M", s["median_seconds"], s["median_process_seconds"]]
+        cells += [s["median_cpu_seconds"], f"{s['peak_rss_mb'] / 1024:.2f} GB", "yes" if s["correct"] else "**no**"]
+        cells += [s["snapshots"], s["data_files"], s["data_mb"], "/".join(map(str, s["file_mb_min_median_max"]))]
+        lines.append("| " + " | ".join(map(str, [*cells, s["metadata_files"]])) + " |")
+    for key, value in {**summary.get("ratios", {}), **summary.get("cpu_ratios", {})}.items():
+        lines.append(f"| **{key}** | **{value}** |" + " |" * (len(head) - 2))
     return "\n".join(lines)
 
 
@@ -250,6 +258,10 @@ def main() -> None:
         peers = [k for k in kinds if k != "ours"]
         summary["ratios"] = {
             f"ours / {k}": round(summary["ours"]["rows_per_s"] / summary[k]["rows_per_s"], 2) for k in peers
+        }
+        summary["cpu_ratios"] = {  # the peer's CPU seconds over ours: less bent by a busy machine than wall time
+            f"{k} / ours": round(summary[k]["median_cpu_seconds"] / summary["ours"]["median_cpu_seconds"], 2)
+            for k in peers
         }
         summary["ratios_per_round"] = {
             f"ours / {k}": [
