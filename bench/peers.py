@@ -36,8 +36,8 @@ from throughput import child_offload, seed, warm_up
 
 PEERS_PYTHON = Path("/tmp/peers-venv/bin/python")
 SETUP = (
-    "python3.11 -m venv /tmp/peers-venv && /tmp/peers-venv/bin/pip install "
-    "'dlt[filesystem,pyiceberg]==1.31.0' chdb==4.4.0 chdb-core==26.9.0 pyarrow==26.0.1"
+    "python3.11 -m venv /tmp/peers-venv && /tmp/peers-venv/bin/pip install 'dlt[filesystem,pyiceberg]==1.31.0' "
+    "pyiceberg==0.12.0 pyiceberg-core==0.11.0 chdb==4.4.0 chdb-core==26.9.0 pyarrow==26.0.1"
 )
 KINDS = ("ours", "dlt", "clickhouse")
 ICE_COLUMNS = """exchange_timestamp DateTime64(3), sequence_number UInt64, symbol String, trade_id String,
