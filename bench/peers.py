@@ -58,7 +58,7 @@ DLT_LAZY_IMPORTS = (
 ICE_SETTINGS = "allow_experimental_insert_into_iceberg = 1"
 
 
-def child_clickhouse(ch: Path, work: Path) -> dict:
+def child_clickhouse(ch: Path, work: Path, insert_threads: int) -> dict:
     import chdb
 
     os.chdir(work)  # the engine's user_files_path is its working directory; IcebergLocal writes only under it
@@ -72,7 +72,8 @@ def child_clickhouse(ch: Path, work: Path) -> dict:
         f"CREATE TABLE peers.bronze_trades ({ICE_COLUMNS}) ENGINE = IcebergLocal('{dest}', 'Parquet') "
         f"PARTITION BY toRelativeDayNum(exchange_timestamp)"
     )
-    conn.query(f"INSERT INTO peers.bronze_trades SELECT * FROM k2.bronze_trades SETTINGS {ICE_SETTINGS}")
+    threads = f", max_insert_threads = {insert_threads}" if insert_threads else ""  # one snapshot per thread
+    conn.query(f"INSERT INTO peers.bronze_trades SELECT * FROM k2.bronze_trades SETTINGS {ICE_SETTINGS}{threads}")
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     conn.query("DROP TABLE peers.bronze_trades")  # the files stay (iceberg_delete_data_on_drop = 0)
     conn.close()
@@ -144,14 +145,16 @@ def child_ours(ch: Path, work: Path, batch_rows: int) -> dict:
     return {"seconds": out["seconds"], "cpu_seconds": cpu, "commits": out["commits"], "table": str(table)}
 
 
-def measure(kind: str, python: Path, ch: Path, work: Path, batch_rows: int) -> dict:
+def measure(kind: str, python: Path, ch: Path, work: Path, batch_rows: int, insert_threads: int) -> dict:
     """One child process: its result, its whole-process wall time and its peak RSS (from wait4)."""
     work.mkdir(parents=True, exist_ok=True)
     out, err = work / "child.out", work / "child.err"
     t0 = time.perf_counter()
     with out.open("w") as o, err.open("w") as e:
         proc = subprocess.Popen(
-            [str(python), __file__, "_child", kind, str(ch), str(work), str(batch_rows)], stdout=o, stderr=e
+            [str(python), __file__, "_child", kind, str(ch), str(work), str(batch_rows), str(insert_threads)],
+            stdout=o,
+            stderr=e,
         )
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -244,6 +247,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "out" / "peers")
     ap.add_argument("--only", default=",".join(KINDS), help="comma-separated: ours,dlt,clickhouse")
     ap.add_argument("--batch-rows", type=int, default=250_000)
+    ap.add_argument(
+        "--clickhouse-insert-threads", type=int, default=0, help="max_insert_threads for its INSERT (0: the default)"
+    )
     ap.add_argument("--peers-python", type=Path, default=PEERS_PYTHON, help="python of the venv with dlt")
     args = ap.parse_args()
     kinds = [k for k in KINDS if k in args.only.split(",")]
@@ -260,7 +266,7 @@ def main() -> None:
     for r in range(args.rounds):
         for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
             python = args.peers_python if kind == "dlt" else Path(sys.executable)
-            res = measure(kind, python, ch, work / kind, args.batch_rows)
+            res = measure(kind, python, ch, work / kind, args.batch_rows, args.clickhouse_insert_threads)
             res["files"] = inspect(Path(res["table"]))
             res["correct"] = (res["files"]["rows"], res["files"]["sequence_sum"]) == truth
             res["load_average"] = round(os.getloadavg()[0], 1)
@@ -283,6 +289,7 @@ def main() -> None:
             for k in peers
         }
     summary.update(rows=args.rows, rounds=args.rounds, batch_rows=args.batch_rows)
+    summary["clickhouse_insert_threads"] = args.clickhouse_insert_threads or "default"
     (work / f"results-{args.rows}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     print(markdown(summary))
@@ -296,7 +303,7 @@ if __name__ == "__main__":
         elif kind == "dlt":
             out = child_dlt(ch_path, work_path, batch)
         else:
-            out = child_clickhouse(ch_path, work_path)
+            out = child_clickhouse(ch_path, work_path, int(sys.argv[6]))
         print(json.dumps(out))
     else:
         main()
