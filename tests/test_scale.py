@@ -1,0 +1,95 @@
+"""Scale in tables: what one idle table costs a cycle (queries counted by the ClickHouse server), and the
+table tasks of a cycle sharing one catalog and a few sources (issue 16, item 4; the timings are in
+bench/tables.py and docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from conftest import HttpClickHouse, clickhouse, trades_table
+from iceberg_offload.clickhouse.embedded import chdb_path, engine_lock
+from iceberg_offload.engine.offload import run_cycle
+from iceberg_offload.orchestration import tasks
+
+START_MS = (int(time.time()) - 3 * 3600) * 1000
+TABLES = ["scale_a", "scale_b", "scale_c"]
+DDL = """CREATE TABLE k2.{name} (ts DateTime64(3), seq UInt64, price Decimal(18, 8))
+    ENGINE = MergeTree ORDER BY (ts, seq) TTL toDateTime(ts) + INTERVAL 7 DAY"""
+
+
+def _tables(make_settings, dsn: str | None = None):
+    s = make_settings([trades_table(n) for n in TABLES], dsn=dsn)
+    with clickhouse(s) as ch:
+        for n in TABLES:
+            ch.command(DDL.format(name=n))
+            ch.command(
+                f"INSERT INTO k2.{n} SELECT fromUnixTimestamp64Milli(toInt64({START_MS} + number * 1000)), number, "
+                f"toDecimal64(number / 100, 8) FROM numbers(2000)"
+            )
+    return s
+
+
+def test_an_idle_table_costs_five_queries_a_cycle_and_one_ttl_check_for_all(make_settings, ch_http: HttpClickHouse):
+    """Counted by the server: per idle table its description (one query, the columns in a subquery), the
+    window count, the sweep's definition check and hour counts, and the sweep's key read; no cut-point query
+    for an empty window; the TTL check's constant query once for tables with the same TTL. Each query costs
+    ~4 ms embedded and a round trip over HTTP, whatever it reads: 200 tables made an idle cycle of 1,853."""
+    s = _tables(make_settings, ch_http.dsn())
+    assert run_cycle(s).status == "success"
+    before = len(ch_http.queries())
+    idle = run_cycle(s)
+    assert idle.status == "success" and idle.as_dict()["rows"] == 0
+    assert all(t.late_checked and t.late_error is None for t in idle.tables), [t.as_dict() for t in idle.tables]
+    sent = [q["sql"] for q in ch_http.queries()[before:]]
+    for name in TABLES:
+        mine = [q for q in sent if name in q]
+        assert len(mine) <= 5, "\n".join(mine)
+    assert sum("numbers(1440)" in q for q in sent) == 1, [q for q in sent if "numbers(1440)" in q]
+
+
+def test_a_late_row_is_still_found_by_the_idle_sweep_with_fewer_queries(make_settings):
+    s = _tables(make_settings)
+    run_cycle(s)
+    with clickhouse(s) as ch:
+        ch.command(f"INSERT INTO k2.scale_b VALUES (fromUnixTimestamp64Milli(toInt64({START_MS} + 500)), 99999, 1)")
+    res = {t.table: t for t in run_cycle(s).tables}
+    assert res["scale_b"].late_rows == 1 and res["scale_b"].late_rows_added == 1, res["scale_b"].as_dict()
+    assert res["scale_a"].late_rows == 0 and res["scale_c"].late_rows == 0
+
+
+def test_the_table_tasks_of_a_cycle_share_one_catalog_and_reuse_sources(make_settings, monkeypatch):
+    s = _tables(make_settings)
+    opened = {"catalog": 0, "source": 0}
+    real_catalog, real_source = tasks.open_catalog, tasks.open_source
+
+    def catalog(*a, **k):
+        opened["catalog"] += 1
+        return real_catalog(*a, **k)
+
+    def source(*a, **k):
+        opened["source"] += 1
+        return real_source(*a, **k)
+
+    monkeypatch.setattr(tasks, "open_catalog", catalog)
+    monkeypatch.setattr(tasks, "open_source", source)
+    with tasks.shared_cycle(s, "run-1") as share:
+        results = [tasks.run_table(str(s.path), n, "run-1") for n in TABLES]
+        assert [r["rows"] for r in results] == [2000, 2000, 2000]
+        assert opened == {"catalog": 1, "source": 1}  # one after another: one source
+        barrier, held = threading.Barrier(2), []
+
+        def hold() -> None:
+            with share.source() as src:
+                held.append(src)
+                barrier.wait(timeout=60)  # both inside at once: never the same source
+
+        threads = [threading.Thread(target=hold) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert len(held) == 2 and held[0] is not held[1]
+    lock = engine_lock(chdb_path(s.source.dsn) or "")
+    assert lock.users == 0 and lock.fd is None  # every source closed: the engine is free for other processes
+    assert [tasks.run_table(str(s.path), n, "run-2")["rows"] for n in TABLES] == [0, 0, 0]  # no share: its own
