@@ -10,6 +10,7 @@ import time
 from conftest import HttpClickHouse, clickhouse, trades_table
 from iceberg_offload.clickhouse.embedded import chdb_path, engine_lock
 from iceberg_offload.engine.offload import run_cycle
+from iceberg_offload.ops.status import status
 from iceberg_offload.orchestration import tasks
 
 START_MS = (int(time.time()) - 3 * 3600) * 1000
@@ -46,6 +47,15 @@ def test_an_idle_table_costs_five_queries_a_cycle_and_one_ttl_check_for_all(make
         mine = [q for q in sent if name in q]
         assert len(mine) <= 5, "\n".join(mine)
     assert sum("numbers(1440)" in q for q in sent) == 1, [q for q in sent if "numbers(1440)" in q]
+
+    before = len(ch_http.queries())
+    shown = status(s)  # `status` and the exporter's hot refresh: four per table
+    assert [(t.hot_rows, t.pending_rows, t.error) for t in shown] == [(2000, 0, None)] * 3
+    assert all(t.ttl_deadline is None and t.ttl_span_seconds and t.ttl_span_seconds > 6 * 86400 for t in shown)
+    sent = [q["sql"] for q in ch_http.queries()[before:]]
+    for name in TABLES:
+        mine = [q for q in sent if name in q]
+        assert len(mine) <= 4, "\n".join(mine)
 
 
 def test_a_late_row_is_still_found_by_the_idle_sweep_with_fewer_queries(make_settings):
