@@ -7,11 +7,15 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from conftest import HttpClickHouse, clickhouse, trades_table
 from iceberg_offload.clickhouse.embedded import chdb_path, engine_lock
 from iceberg_offload.engine.offload import run_cycle
 from iceberg_offload.ops.status import status
+from iceberg_offload.orchestration import share as share_mod
 from iceberg_offload.orchestration import tasks
+from stackutil import wait_for
 
 START_MS = (int(time.time()) - 3 * 3600) * 1000
 TABLES = ["scale_a", "scale_b", "scale_c"]
@@ -71,7 +75,7 @@ def test_a_late_row_is_still_found_by_the_idle_sweep_with_fewer_queries(make_set
 def test_the_table_tasks_of_a_cycle_share_one_catalog_and_reuse_sources(make_settings, monkeypatch):
     s = _tables(make_settings)
     opened = {"catalog": 0, "source": 0}
-    real_catalog, real_source = tasks.open_catalog, tasks.open_source
+    real_catalog, real_source = share_mod.open_catalog, share_mod.open_source
 
     def catalog(*a, **k):
         opened["catalog"] += 1
@@ -81,9 +85,9 @@ def test_the_table_tasks_of_a_cycle_share_one_catalog_and_reuse_sources(make_set
         opened["source"] += 1
         return real_source(*a, **k)
 
-    monkeypatch.setattr(tasks, "open_catalog", catalog)
-    monkeypatch.setattr(tasks, "open_source", source)
-    with tasks.shared_cycle(s, "run-1") as share:
+    monkeypatch.setattr(share_mod, "open_catalog", catalog)
+    monkeypatch.setattr(share_mod, "open_source", source)
+    with share_mod.shared_cycle(s, "run-1") as share:
         results = [tasks.run_table(str(s.path), n, "run-1") for n in TABLES]
         assert [r["rows"] for r in results] == [2000, 2000, 2000]
         assert opened == {"catalog": 1, "source": 1}  # one after another: one source
@@ -103,3 +107,48 @@ def test_the_table_tasks_of_a_cycle_share_one_catalog_and_reuse_sources(make_set
     lock = engine_lock(chdb_path(s.source.dsn) or "")
     assert lock.users == 0 and lock.fd is None  # every source closed: the engine is free for other processes
     assert [tasks.run_table(str(s.path), n, "run-2")["rows"] for n in TABLES] == [0, 0, 0]  # no share: its own
+
+
+def test_the_maintenance_look_of_many_tasks_is_few_reads_each_started_after_its_task_asked():
+    """I11 needs each offload task's look to be a read that started after the task asked (its Running state is
+    set by then). 10 tasks asking at once are answered by 2 reads: the first task's, and one for the 9 that
+    asked while it was in flight. The read is Prefect's API in a flow run; here a function that records."""
+    first_read_may_end = threading.Event()
+    reads: list[tuple[float, set[str]]] = []
+
+    def maintained(tables: set[str]) -> set[str]:
+        reads.append((time.monotonic(), set(tables)))
+        if len(reads) == 1:
+            assert first_read_may_end.wait(60)
+        return {"t3"} & tables
+
+    looks = share_mod.Looks(maintained)
+    asked: dict[str, float] = {}
+    answers: dict[str, bool] = {}
+
+    def ask(table: str) -> None:
+        asked[table] = time.monotonic()
+        answers[table] = looks.asks(table)
+
+    first = threading.Thread(target=ask, args=("t0",))
+    first.start()
+    wait_for(lambda: len(reads) == 1, 60, "the first read")
+    others = [threading.Thread(target=ask, args=(f"t{i}",)) for i in range(1, 10)]
+    for t in others:
+        t.start()
+    wait_for(lambda: len(asked) == 10 and len(looks._asking) == 9, 60, "nine tasks waiting for the next read")
+    first_read_may_end.set()
+    for t in [first, *others]:
+        t.join(timeout=60)
+    assert answers == {f"t{i}": i == 3 for i in range(10)}
+    assert looks.reads == 2 and [r[1] for r in reads] == [{"t0"}, {f"t{i}" for i in range(1, 10)}]
+    assert all(reads[0 if t == "t0" else 1][0] >= at for t, at in asked.items())
+
+
+def test_a_failed_look_fails_every_task_it_answers():
+    def maintained(tables: set[str]) -> set[str]:
+        raise OSError("the Prefect API is down")
+
+    looks = share_mod.Looks(maintained)
+    with pytest.raises(OSError, match="API is down"):
+        looks.asks("t0")

@@ -8,10 +8,8 @@ Like flows, import this module only after `prefect_env()` has set PREFECT_API_UR
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 from prefect import task
@@ -31,13 +29,14 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import State
 
 from iceberg_offload import names
-from iceberg_offload.clickhouse.client import Source, open_source
-from iceberg_offload.config import Settings, load
+from iceberg_offload.clickhouse.client import open_source
+from iceberg_offload.config import load
 from iceberg_offload.engine.offload import offload_table
 from iceberg_offload.errors import OffloadError, OffloadInFlight, TableBusy, TableFailed
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import Sink
 from iceberg_offload.maintenance.daily import maintain_table
+from iceberg_offload.orchestration.share import shared
 
 
 def _transient_only(task: Any, task_run: Any, state: State) -> bool:
@@ -53,52 +52,10 @@ def _transient_only(task: Any, task_run: Any, state: State) -> bool:
     return False
 
 
-class CycleShare:
-    """What the table tasks of one flow run share (tasks fan-out): the settings the cycle loaded, one catalog,
-    and ClickHouse sources handed to one task at a time. Per table, opening a catalog (~0.2 s) and a source
-    (~0.15 s) cost more than an idle table's offload."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
-        self._idle: list[Source] = []
-        self._open = contextlib.ExitStack()
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def source(self) -> Iterator[Source]:
-        with self._lock:
-            source = self._idle.pop() if self._idle else self._open.enter_context(open_source(self.settings.source))
-        try:
-            yield source
-        finally:
-            with self._lock:
-                self._idle.append(source)
-
-    def close(self) -> None:
-        with self._lock:
-            self._idle.clear()
-            self._open.close()
-
-
-_SHARED: dict[str, CycleShare] = {}
-
-
-@contextlib.contextmanager
-def shared_cycle(settings: Settings, run_id: str) -> Iterator[CycleShare]:
-    """Table tasks of `run_id` in this process use one CycleShare until the block ends (then closed)."""
-    share = _SHARED[run_id] = CycleShare(settings)
-    try:
-        yield share
-    finally:
-        del _SHARED[run_id]
-        share.close()
-
-
 def run_table(config: str, table: str, run_id: str) -> dict[str, Any]:
     """Offload one table in this process (with the cycle's shared catalog and sources, when it has them);
     raise TableFailed when it failed."""
-    share = _SHARED.get(run_id)
+    share = shared(run_id)
     if share is None:
         settings = load(config or None)
         sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
@@ -121,33 +78,38 @@ def run_table(config: str, table: str, run_id: str) -> dict[str, Any]:
 )
 def offload_table_task(config: str, table: str, run_id: str, wait_for_maintenance: bool = False) -> dict[str, Any]:
     if wait_for_maintenance:
-        _wait_while_maintained(table)
+        share = shared(run_id)
+        _wait_while_maintained(table, share.maintaining if share is not None else _maintaining)
     return run_table(config, table, run_id)
 
 
 MAINTENANCE_WAIT_SECONDS = 15 * 60
 
 
-def _maintaining(table: str) -> bool:
-    """Is the maintenance task of this table Running (anywhere)?"""
+def maintained_tables(tables: set[str]) -> set[str]:
+    """Which of these tables have a maintenance task Running (anywhere): one API read."""
     with get_client(sync_client=True) as client:
-        return bool(
-            client.read_task_runs(
-                task_run_filter=TaskRunFilter(
-                    name=TaskRunFilterName(any_=[f"maintain {table}"]),
-                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
-                ),
-                limit=1,
-            )
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(
+                name=TaskRunFilterName(any_=[f"maintain {t}" for t in sorted(tables)]),
+                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
+            ),
+            limit=2 * len(tables) + 10,
         )
+    return {r.name.removeprefix("maintain ") for r in runs} & tables
 
 
-def _wait_while_maintained(table: str) -> None:
+def _maintaining(table: str) -> bool:
+    return bool(maintained_tables({table}))
+
+
+def _wait_while_maintained(table: str, maintaining: Callable[[str], bool]) -> None:
     """Tasks fan-out takes no tag slot (too slow per cycle), so it looks: while the maintenance task of this
     table is Running, wait. The maintenance task looks too (after it is Running): it gives way while a cycle
-    runs. Each looks after its own Running state is set, so at least one of them sees the other."""
+    runs. Each looks after its own Running state is set, so at least one of them sees the other (with the
+    cycle's CycleShare, every look is answered by a read that started after the task asked)."""
     deadline = time.monotonic() + MAINTENANCE_WAIT_SECONDS
-    while _maintaining(table):
+    while maintaining(table):
         if time.monotonic() > deadline:
             raise TableBusy(
                 f"the maintenance of {table} has held it for {MAINTENANCE_WAIT_SECONDS // 60} min",
