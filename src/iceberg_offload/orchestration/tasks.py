@@ -103,7 +103,7 @@ def _maintaining(table: str) -> bool:
     return bool(maintained_tables({table}))
 
 
-def _wait_while_maintained(table: str, maintaining: Callable[[str], bool]) -> None:
+def _wait_while_maintained(table: str, maintaining: Callable[[str], bool] = _maintaining) -> None:
     """Tasks fan-out takes no tag slot (too slow per cycle), so it looks: while the maintenance task of this
     table is Running, wait. The maintenance task looks too (after it is Running): it gives way while a cycle
     runs. Each looks after its own Running state is set, so at least one of them sees the other (with the
