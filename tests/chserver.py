@@ -361,7 +361,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _log(self, sql: str, fmt: str, **fields: Any) -> None:
         if self.server.log is not None:
-            line = json.dumps({"sql": sql[:300], "format": fmt, **fields}) + "\n"
+            line = json.dumps({"sql": sql[:4000], "format": fmt, **fields}) + "\n"
             with self.server.log_lock, open(self.server.log, "a") as out:
                 out.write(line)
 

@@ -85,6 +85,7 @@ class Source:
         self._engine: Any = None  # a chdb handle of our own for Arrow reads (see _fetch_arrow)
         self._arrow_settings: dict[str, str] | None = None  # over HTTP: ARROW_SHAPE as the server knows it
         self._engine_mutex = threading.Lock()
+        self._memo: dict[str, list[tuple[Any, ...]]] = {}
 
     # -- queries -----------------------------------------------------------------------------------
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
@@ -169,32 +170,17 @@ class Source:
                 self._engine = None
 
     def table_info(self, table: str) -> TableInfo:
-        db = literal(self.database)
+        """The table as ClickHouse shows it now, in one query (the columns in a subquery: per table, a query costs
+        more than what it reads)."""
+        db, name = literal(self.database), literal(table)
         found = self.rows(
-            f"SELECT engine, sorting_key, engine_full, toString(uuid), create_table_query FROM system.tables "
-            f"WHERE database = {db} AND name = {literal(table)}"
+            f"SELECT engine, sorting_key, engine_full, toString(uuid), create_table_query, "
+            f"(SELECT arraySort(groupArray((position, name, type))) FROM system.columns "
+            f"WHERE database = {db} AND table = {name}) FROM system.tables WHERE database = {db} AND name = {name}"
         )
         if not found:
-            dbs = self.rows(f"SELECT name FROM system.databases WHERE name = {db}")
-            where = f"database {self.database!r}" if dbs else f"server (no database {self.database!r})"
-            fix = "fix [[tables]] source or [source] database in the config"
-            if self.embedded:  # name the folder: a wrong dsn opens a new, empty engine there
-                where = (
-                    f"database {self.database!r} of the embedded ClickHouse at {self.embedded}"
-                    if dbs
-                    else f"embedded ClickHouse at {self.embedded} (no database {self.database!r}: a new, empty "
-                    f"engine folder?)"
-                )
-                fix = (
-                    "point [source] dsn at the engine folder that holds it (a relative path is resolved "
-                    "against the config file's folder), or " + fix
-                )
-            raise SourceError(f"ClickHouse table {self.database}.{table} does not exist in the {where}", fix)
-        engine, sorting_key, engine_full, uuid, create_query = found[0]
-        cols = self.rows(
-            f"SELECT name, type FROM system.columns WHERE database = {db} AND table = {literal(table)} "
-            f"ORDER BY position"
-        )
+            raise self._missing(table)
+        engine, sorting_key, engine_full, uuid, create_query, cols = found[0]
         bound, per_row = ttl_expressions(engine_full)
         return TableInfo(
             self.database,
@@ -202,12 +188,30 @@ class Source:
             engine,
             sorting_key,
             bound,
-            tuple((str(n), str(t)) for n, t in cols),
+            tuple((str(n), str(t)) for _, n, t in cols),
             "" if uuid == "00000000-0000-0000-0000-000000000000" else str(uuid),
             per_row,
             column_ttls(str(create_query)),
-            f"{uuid}\n{create_query}",
+            _definition(uuid, create_query),
         )
+
+    def _missing(self, table: str) -> SourceError:
+        db = literal(self.database)
+        dbs = self.rows(f"SELECT name FROM system.databases WHERE name = {db}")
+        where = f"database {self.database!r}" if dbs else f"server (no database {self.database!r})"
+        fix = "fix [[tables]] source or [source] database in the config"
+        if self.embedded:  # name the folder: a wrong dsn opens a new, empty engine there
+            where = (
+                f"database {self.database!r} of the embedded ClickHouse at {self.embedded}"
+                if dbs
+                else f"embedded ClickHouse at {self.embedded} (no database {self.database!r}: a new, empty "
+                f"engine folder?)"
+            )
+            fix = (
+                "point [source] dsn at the engine folder that holds it (a relative path is resolved "
+                "against the config file's folder), or " + fix
+            )
+        return SourceError(f"ClickHouse table {self.database}.{table} does not exist in the {where}", fix)
 
     def definition(self, table: str) -> str:
         """The table's UUID and CREATE statement now (`TableInfo.definition`; "" if it is gone): one query to
@@ -216,7 +220,14 @@ class Source:
             f"SELECT toString(uuid), create_table_query FROM system.tables "
             f"WHERE database = {literal(self.database)} AND name = {literal(table)}"
         )
-        return f"{found[0][0]}\n{found[0][1]}" if found else ""
+        return _definition(*found[0]) if found else ""
+
+    def memo(self, sql: str) -> list[tuple[Any, ...]]:
+        """`rows(sql)` for a query that reads no table (a constant expression): asked once per Source. The
+        TTL check asks the same of every table with the same TTL and timestamp column."""
+        if sql not in self._memo:
+            self._memo[sql] = self.rows(sql)
+        return self._memo[sql]
 
     @contextlib.contextmanager
     def _translate(self, sql: str) -> Iterator[None]:
@@ -248,6 +259,10 @@ class Source:
                 f"ClickHouse at {self.settings.dsn} is unreachable: {exc}",
                 "check that ClickHouse is running and [source] dsn is right",
             ) from exc
+
+
+def _definition(uuid: object, create_query: object) -> str:
+    return f"{uuid}\n{create_query}"
 
 
 @contextlib.contextmanager

@@ -28,7 +28,6 @@ from iceberg_offload.engine.tiers import (
     hot_hours,
     hot_range,
     key_plans,
-    oldest_hour,
     pages,
     value_columns,
 )
@@ -123,11 +122,10 @@ def compare(
     later) up to the watermark, oldest first. With `values`, each bucket's rows are compared whole (the
     columns both tiers have had all along). `progress` hears the hot rows compared, a page at a time, out
     of the per-hour counts the pages are cut on (no query of its own)."""
-    oldest = oldest_hour(plan, source)
+    oldest, counts = hot_hours(plan, source, wm, since_ns)
     if oldest is None:
         return
     lo_hour = oldest if since_ns is None else max(oldest, since_ns // NS // HOUR * HOUR)
-    counts = hot_hours(plan, source, wm, lo_hour)
     keys = [p.name for p in key_plans(plan)]
     ts = plan.cfg.timestamp_column
     chosen = value_columns(plan, table) if values else key_plans(plan)

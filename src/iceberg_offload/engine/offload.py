@@ -146,7 +146,7 @@ def _offload(
     if existing is not None:  # before the schema evolves: a refused config changes nothing
         plan.check_source(existing)
         plan.check_lineage(sink.watermark(existing)[1])
-    table = plan.ensure(sink)  # records the source identity (created now, or before it was recorded)
+    table = plan.ensure(sink, existing)  # records the source identity (created now, or before it was recorded)
     plan.check_source(table)  # another offload may have created it first
     lower, last = sink.watermark(table)
     plan.check_lineage(last)
@@ -157,7 +157,8 @@ def _offload(
     if progress:
         progress(cfg.target, 0, total)
     conflicts = 0
-    stream = Stream(source, plan, table, window, settings)
+    # an empty window plans no commit (a row arriving meanwhile waits for the next cycle: the watermark stays)
+    stream = Stream(source, plan, table, window, settings, empty=not total)
     try:
         while (cut := stream.next_commit()) is not None:
             commit_id = f"{run_id}/{uuid.uuid4().hex[:12]}"

@@ -94,7 +94,8 @@ class TablePlan:
             out.append(col)
         return out
 
-    def ensure(self, sink: Sink) -> Table:
+    def ensure(self, sink: Sink, loaded: Table | None = None) -> Table:
+        """The Iceberg table, created or evolved to this plan (`loaded`: the table as the caller just loaded it)."""
         fields = iceberg_fields(self.columns)
         ts_field = next(f for f in fields if f.name == self.cfg.timestamp_column)
         if self.cfg.partition_by != "none" and not isinstance(ts_field.field_type, TimestamptzType):
@@ -111,6 +112,7 @@ class TablePlan:
             evolve=not self.cfg.columns,
             properties=self.identity.to_props(),
             sort_columns=self.sort_columns,
+            loaded=loaded,
         )
 
     def check_source(self, table: Table | None) -> None:
@@ -190,9 +192,10 @@ class TablePlan:
         ts, n = quote(self.cfg.timestamp_column), self.key.aliases.name("n")
         # rows stamped at every minute of a day from now: a TTL rounded to an hour or a day keeps the row
         # stamped just before the boundary the least time, and that is the one that must not be lost
-        stamps = self.key.ts_literal_of(f"{time.time_ns() // NS * NS} + {n} * {60 * NS}")
+        # (from the minute: the same query for every table with this TTL and timestamp column, asked once)
+        stamps = self.key.ts_literal_of(f"{time.time_ns() // (60 * NS) * 60 * NS} + {n} * {60 * NS}")
         try:
-            rows = source.rows(
+            rows = source.memo(
                 f"SELECT min(toInt64(toUnixTimestamp(toDateTime({expr}))) - "
                 f"toInt64(toUnixTimestamp({ts}))) FROM (SELECT {stamps} AS {ts} FROM "
                 f"(SELECT number AS {n} FROM numbers(1440)))"

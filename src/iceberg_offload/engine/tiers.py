@@ -71,17 +71,23 @@ def pages(counts: dict[int, int], lo_hour: int, last_hour: int, budget: int) -> 
     return out
 
 
-def hot_hours(plan: TablePlan, source: Source, wm: Watermark, lo_hour: int) -> dict[int, int]:
-    """{hour: rows} of the hot tier from lo_hour up to the watermark (pages are cut on these)."""
+def hot_hours(
+    plan: TablePlan, source: Source, wm: Watermark, since_ns: int | None
+) -> tuple[int | None, dict[int, int]]:
+    """(the hour holding the hot tier's oldest row, None if it is empty; {hour: rows} of the hot tier from the
+    later of that hour and the hour of `since_ns` up to the watermark, which pages are cut on), in one query."""
     key, cfg = plan.key, plan.cfg
-    where = f"{quote(cfg.timestamp_column)} >= {key.ts_literal(lo_hour * NS)} AND {key.at_most(wm)}"
-    b, ns = key.aliases.name("b"), key.ts_ns_expr()
+    ts, tsql = quote(cfg.timestamp_column), plan.info.qualified + (" FINAL" if cfg.final else "")
+    since = f"{ts} >= {key.ts_literal(since_ns // NS // HOUR * HOUR * NS)} AND " if since_ns is not None else ""
+    b, c, ns = key.aliases.name("b"), key.aliases.name("c"), key.ts_ns_expr()
     floor = f"intDiv({ns} - positiveModulo({ns}, {NS * HOUR}), {NS})"  # floored: hours before 1970 too
-    rows = source.rows(
-        f"SELECT {floor} AS {b}, count() FROM {plan.info.qualified}{' FINAL' if cfg.final else ''} "
-        f"WHERE {where} GROUP BY {b}"
-    )
-    return {int(h): int(n) for h, n in rows}
+    n, oldest, hours = source.rows(
+        f"SELECT count(), {key.ts_ns_of(f'min({ts})')}, (SELECT groupArray(({b}, {c})) FROM (SELECT {floor} "
+        f"AS {b}, count() AS {c} FROM {tsql} WHERE {since}{key.at_most(wm)} GROUP BY {b})) FROM {tsql}"
+    )[0]
+    if not n:
+        return None, {}
+    return int(oldest) // NS // HOUR * HOUR, {int(h): int(k) for h, k in hours}  # floor: before 1970 too
 
 
 def hot_range(

@@ -70,11 +70,12 @@ class Sink:
         evolve: bool,
         properties: dict[str, str] | None = None,
         sort_columns: Sequence[str] = (),
+        loaded: Table | None = None,
     ) -> Table:
         """Create the table (with `properties` besides ours, sorted by `sort_columns`), or add new columns (by
         name) and refuse dropped or retyped ones; `properties` the table lacks are added, and an unsorted
-        table gets the sort order (a table created before they existed)."""
-        table = self.load(target)
+        table gets the sort order (a table created before they existed). `loaded`: the table as just loaded."""
+        table = loaded if loaded is not None else self.load(target)
         if table is None:
             table = self._create(target, fields, partition_by, ts_column, properties or {}, sort_columns)
         elif missing := {k: v for k, v in (properties or {}).items() if k not in table.properties}:

@@ -3,8 +3,9 @@
 Flow runs are subprocesses of the worker, so nothing here comes from a flow run's memory. A refresher
 thread reads Iceberg snapshot summaries and the Prefect API every `refresh_seconds` (10 s) and the
 ClickHouse hot tier every `hot_refresh_seconds` (30 s) — the embedded engine only when its lock is free,
-so a scrape never waits on it. A scrape serves that cache (`ops.metric_families`) and derives what moves
-with the clock (lag, TTL headroom) at scrape time: lag keeps growing while nothing runs.
+so a scrape never waits on it. After each refresh the refresh thread renders the answer (`ops.endpoint`),
+deriving what moves with the clock (lag, TTL headroom) then; a scrape writes it, or renders its own when the
+last is older than two refresh intervals: lag keeps growing while nothing runs.
 `offload_exporter_refresh_age_seconds` says how old each part of the cache is.
 """
 
@@ -14,11 +15,10 @@ import contextlib
 import errno
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.registry import Collector
 
 from iceberg_offload import names
@@ -35,6 +35,7 @@ from iceberg_offload.errors import (
 )
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import Sink
+from iceberg_offload.ops import endpoint
 from iceberg_offload.ops.metric_families import Snapshot, families
 from iceberg_offload.ops.status import TableStatus, cold_status, hot_status
 from iceberg_offload.orchestration import prefect_api
@@ -53,6 +54,8 @@ class Exporter(Collector):
         self._sink: Sink | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self.on_refresh: Callable[[], None] = lambda: None
+        """Called on the refresh thread after each refresh: the endpoint renders its answers."""
         self._cycle_totals: dict[str, RunTotals[Outcome]] = {}  # by deployment id: a recreated one counts on
         self._outcomes = RecentOutcomes(
             lambda where, limit: prefect_api.runs_page(settings, "flow_runs", where, {}, limit=limit), self._cycle_rows
@@ -200,6 +203,8 @@ class Exporter(Collector):
                 self.refresh(hot=hot)
                 if hot:
                     last_hot = time.monotonic()
+            with contextlib.suppress(Exception):
+                self.on_refresh()
 
     def stop(self) -> None:
         self._stop.set()
@@ -220,16 +225,16 @@ def serve(settings: Settings, keep_trying: bool = False) -> Any:
     exporter = Exporter(settings, settings.metrics.refresh_seconds, settings.metrics.hot_refresh_seconds)
     with contextlib.suppress(Exception):
         exporter.refresh()
-    registry = CollectorRegistry()
-    registry.register(exporter)
+    answers = endpoint.Answers(exporter, 2 * settings.metrics.refresh_seconds)
+    exporter.on_refresh = answers.render_all
     handle = _Handle(None, exporter)
     try:
-        handle.server = _bind(settings, registry)
+        handle.server = _bind(settings, answers)
     except ConfigError as exc:
         if not keep_trying:
             raise
         print(f"error: {exc.message}; serving no metrics until it is free. fix: {exc.fix}", flush=True)
-        threading.Thread(target=handle.bind_later, args=(settings, registry), name="metrics-bind", daemon=True).start()
+        threading.Thread(target=handle.bind_later, args=(settings, answers), name="metrics-bind", daemon=True).start()
     handle.refresher = threading.Thread(target=exporter.run, name="metrics-refresh", daemon=True)
     handle.refresher.start()
     return handle
@@ -238,10 +243,10 @@ def serve(settings: Settings, keep_trying: bool = False) -> Any:
 BIND_RETRY_SECONDS = 5.0
 
 
-def _bind(settings: Settings, registry: CollectorRegistry) -> Any:
+def _bind(settings: Settings, answers: endpoint.Answers) -> Any:
     m = settings.metrics
     try:
-        server, _thread = start_http_server(m.port, addr=m.host, registry=registry)
+        server = endpoint.start(m.host, m.port, answers)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             fix = f"find the holder with `ss -ltnp 'sport = :{m.port}'`, stop it, or set [metrics] port"
@@ -257,10 +262,10 @@ class _Handle:
     stopped: threading.Event = field(default_factory=threading.Event)
     refresher: threading.Thread | None = None
 
-    def bind_later(self, settings: Settings, registry: CollectorRegistry) -> None:
+    def bind_later(self, settings: Settings, answers: endpoint.Answers) -> None:
         while not self.stopped.wait(BIND_RETRY_SECONDS):
             with contextlib.suppress(ConfigError):
-                self.server = _bind(settings, registry)
+                self.server = _bind(settings, answers)
                 print(f"metrics now served on {settings.metrics.host}:{settings.metrics.port}", flush=True)
                 return
 

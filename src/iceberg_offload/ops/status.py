@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iceberg_offload import names
 from iceberg_offload.clickhouse.client import Source, open_source
 from iceberg_offload.clickhouse.sql import quote
-from iceberg_offload.clickhouse.window import NS, Watermark, Window, count_query, upper_bound
+from iceberg_offload.clickhouse.window import NS, Watermark, upper_bound
 from iceberg_offload.config import Settings, TableSettings
 from iceberg_offload.engine.plan import TablePlan
 from iceberg_offload.errors import OffloadError
@@ -20,6 +20,9 @@ from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.history import Commit
 from iceberg_offload.iceberg.sink import Sink
 from iceberg_offload.times import utc, utc_ms, utc_or_none, utc_s
+
+if TYPE_CHECKING:
+    from pyiceberg.table import Table
 
 
 def _now_ns(now_ns: int | None) -> int:
@@ -73,9 +76,10 @@ class TableStatus:
         return out
 
 
-def cold_status(cfg: TableSettings, sink: Sink, st: TableStatus) -> Watermark | None:
-    """The Iceberg half: watermark, rows, commits and their running totals, from snapshot summaries."""
-    table = sink.load(cfg.target)
+def cold_status(cfg: TableSettings, sink: Sink, st: TableStatus, table: Table | None = None) -> Watermark | None:
+    """The Iceberg half: watermark, rows, commits and their running totals, from snapshot summaries (of
+    `table`, the target as the caller just loaded it, else loaded here)."""
+    table = table if table is not None else sink.load(cfg.target)
     if table is None:
         return None
     history = sink.history(table)
@@ -113,15 +117,16 @@ def hot_status(
     st.hot_rows = count
     if count:
         st.oldest_hot, st.oldest_hot_ns, st.newest_hot, st.newest_hot_ns = utc(oldest), oldest, utc(newest), newest
-    window = Window(wm, upper_bound(now, settings.offload.settle_seconds, cfg.closed_after_seconds))
-    st.pending_rows = int(source.rows(count_query(tsql, cfg.final, key, window))[0][0])
+    upper = upper_bound(now, settings.offload.settle_seconds, cfg.closed_after_seconds)
     st.ttl = plan.info.ttl
     st.column_ttl = dict(plan.info.column_ttls) or None
     deadline = plan.info.row_deadline  # the table TTL per row, and every column TTL
+    fsql = tsql + (" FINAL" if cfg.final else "")
+    st.pending_rows, st.ttl_deadline = _waiting(source, fsql, key, wm, upper, deadline)
     if deadline:
         spans = plan.ttl_spans(source)  # from the expressions: known also when the TTL left no row
         span = min((x.span for x in spans if x.span is not None), default=None)
-        st.ttl_deadline, rows_span = _ttl_bounds(source, tsql, key, wm, deadline)
+        rows_span = _newest_span(source, tsql, key, deadline)
         st.ttl_span_seconds = min((x for x in (rows_span, span) if x is not None), default=None)
         plan.check_ttl(settings, spans)
     return plan
@@ -134,10 +139,11 @@ def table_status(
     now = _now_ns(now_ns)
     st = TableStatus(cfg.target, cfg.layer, cfg.source)
     try:
-        wm = cold_status(cfg, sink, st)
+        table = sink.load(cfg.target)
+        wm = cold_status(cfg, sink, st, table)
         if source is not None:
             plan = hot_status(settings, cfg, source, st, wm, now)
-            plan.check_source(sink.load(cfg.target))  # a mixed target is this table's error
+            plan.check_source(table)  # a mixed target is this table's error
     except OffloadError as exc:
         st.error = exc.as_dict()
     derive(st, now / NS)
@@ -166,19 +172,27 @@ def _bounds(source: Source, tsql: str, key: Any) -> tuple[int, int, int]:
     return int(count), int(oldest or 0) * 1_000_000, int(newest or 0) * 1_000_000
 
 
-def _ttl_bounds(
-    source: Source, tsql: str, key: Any, wm: Watermark | None, ttl: str
-) -> tuple[float | None, float | None]:
-    """(when the TTL deletes the first row not yet offloaded, how long the TTL keeps the newest row), with
-    the table's per-row TTL deadline: the earliest over every row waiting, not the oldest row's (a `WHERE`
-    rule may spare it, or the TTL may be on another column)."""
+def _waiting(
+    source: Source, tsql: str, key: Any, wm: Watermark | None, upper_ns: int, ttl: str | None
+) -> tuple[int, float | None]:
+    """(rows in the next window, when the TTL deletes the first row not yet offloaded), in one query. The
+    deadline is the table's per-row one, the earliest over every row waiting, not the oldest row's (a `WHERE`
+    rule may spare it, or the TTL may be on another column); of a `final` table, over the rows FINAL keeps."""
+    ttl_s = f"toInt64(toUnixTimestamp(toDateTime({ttl})))" if ttl else "0"
+    pending, n, first = source.rows(
+        f"SELECT countIf({key.not_after(upper_ns)}), count(), min({ttl_s}) FROM {tsql} WHERE {key.after(wm)}"
+    )[0]
+    return int(pending), (float(first) if n and ttl else None)
+
+
+def _newest_span(source: Source, tsql: str, key: Any, ttl: str) -> float | None:
+    """How long the TTL keeps the newest row."""
     ttl_s = f"toInt64(toUnixTimestamp(toDateTime({ttl})))"
-    n, first = source.rows(f"SELECT count(), min({ttl_s}) FROM {tsql} WHERE {key.after(wm)}")[0]
     span = source.rows(
         f"SELECT {ttl_s} - toInt64(intDiv({key.ts_ms_of(quote(key.ts))}, 1000)) FROM {tsql} "
         f"ORDER BY {key.order_by(desc=True)} LIMIT 1"
     )
-    return (float(first) if n else None), (float(span[0][0]) if span else None)
+    return float(span[0][0]) if span else None
 
 
 def status(settings: Settings, names: list[str] | None = None, now_ns: int | None = None) -> list[TableStatus]:

@@ -24,7 +24,8 @@ from iceberg_offload.engine.offload import TableResult, cycle_status, new_run_id
 from iceberg_offload.errors import OrchestrationError, TableFailed
 from iceberg_offload.maintenance import view
 from iceberg_offload.orchestration.artifacts import cycle_row
-from iceberg_offload.orchestration.tasks import maintain_table_task, offload_table_task
+from iceberg_offload.orchestration.share import shared_cycle
+from iceberg_offload.orchestration.tasks import maintain_table_task, maintained_tables, offload_table_task
 
 
 def _run_id() -> str:
@@ -56,8 +57,9 @@ def _layer_with_tasks(settings: Settings, tables: list[str], run_id: str) -> lis
     concurrency limit (1, CANCEL_NEW) already keeps one cycle in flight, and tag slots cost ~0.7 s each."""
     delays = settings.prefect.retry_delays_seconds
     task_ = offload_table_task.with_options(retries=len(delays), retry_delay_seconds=delays or 0)
-    futures = [task_.submit(settings.path, n, run_id, wait_for_maintenance=True) for n in tables]
-    return [f.result(raise_on_failure=False) for f in futures]
+    with shared_cycle(settings, run_id, maintained_tables):
+        futures = [task_.submit(settings.path, n, run_id, wait_for_maintenance=True) for n in tables]
+        return [f.result(raise_on_failure=False) for f in futures]
 
 
 def _layer_with_deployments(settings: Settings, tables: list[str], run_id: str) -> list[Any]:

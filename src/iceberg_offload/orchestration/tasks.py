@@ -9,6 +9,7 @@ Like flows, import this module only after `prefect_env()` has set PREFECT_API_UR
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect import task
@@ -35,6 +36,7 @@ from iceberg_offload.errors import OffloadError, OffloadInFlight, TableBusy, Tab
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import Sink
 from iceberg_offload.maintenance.daily import maintain_table
+from iceberg_offload.orchestration.share import shared
 
 
 def _transient_only(task: Any, task_run: Any, state: State) -> bool:
@@ -51,12 +53,17 @@ def _transient_only(task: Any, task_run: Any, state: State) -> bool:
 
 
 def run_table(config: str, table: str, run_id: str) -> dict[str, Any]:
-    """Offload one table in this process; raise TableFailed when it failed."""
-    settings = load(config or None)
-    cfg = settings.table(table)
-    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
-    with open_source(settings.source) as source:
-        result = offload_table(settings, cfg, source, sink, run_id)
+    """Offload one table in this process (with the cycle's shared catalog and sources, when it has them);
+    raise TableFailed when it failed."""
+    share = shared(run_id)
+    if share is None:
+        settings = load(config or None)
+        sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+        with open_source(settings.source) as source:
+            result = offload_table(settings, settings.table(table), source, sink, run_id)
+    else:
+        with share.source() as source:
+            result = offload_table(share.settings, share.settings.table(table), source, share.sink, run_id)
     if result.status != "ok":
         raise TableFailed(result.as_dict())
     return result.as_dict()
@@ -71,33 +78,38 @@ def run_table(config: str, table: str, run_id: str) -> dict[str, Any]:
 )
 def offload_table_task(config: str, table: str, run_id: str, wait_for_maintenance: bool = False) -> dict[str, Any]:
     if wait_for_maintenance:
-        _wait_while_maintained(table)
+        share = shared(run_id)
+        _wait_while_maintained(table, share.maintaining if share is not None else _maintaining)
     return run_table(config, table, run_id)
 
 
 MAINTENANCE_WAIT_SECONDS = 15 * 60
 
 
-def _maintaining(table: str) -> bool:
-    """Is the maintenance task of this table Running (anywhere)?"""
+def maintained_tables(tables: set[str]) -> set[str]:
+    """Which of these tables have a maintenance task Running (anywhere): one API read."""
     with get_client(sync_client=True) as client:
-        return bool(
-            client.read_task_runs(
-                task_run_filter=TaskRunFilter(
-                    name=TaskRunFilterName(any_=[f"maintain {table}"]),
-                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
-                ),
-                limit=1,
-            )
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(
+                name=TaskRunFilterName(any_=[f"maintain {t}" for t in sorted(tables)]),
+                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
+            ),
+            limit=2 * len(tables) + 10,
         )
+    return {r.name.removeprefix("maintain ") for r in runs} & tables
 
 
-def _wait_while_maintained(table: str) -> None:
+def _maintaining(table: str) -> bool:
+    return bool(maintained_tables({table}))
+
+
+def _wait_while_maintained(table: str, maintaining: Callable[[str], bool] = _maintaining) -> None:
     """Tasks fan-out takes no tag slot (too slow per cycle), so it looks: while the maintenance task of this
     table is Running, wait. The maintenance task looks too (after it is Running): it gives way while a cycle
-    runs. Each looks after its own Running state is set, so at least one of them sees the other."""
+    runs. Each looks after its own Running state is set, so at least one of them sees the other (with the
+    cycle's CycleShare, every look is answered by a read that started after the task asked)."""
     deadline = time.monotonic() + MAINTENANCE_WAIT_SECONDS
-    while _maintaining(table):
+    while maintaining(table):
         if time.monotonic() > deadline:
             raise TableBusy(
                 f"the maintenance of {table} has held it for {MAINTENANCE_WAIT_SECONDS // 60} min",
