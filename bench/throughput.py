@@ -99,11 +99,11 @@ def child_export(ch: Path, out: Path, table: str, columns: list[str]) -> dict[st
 
     conn = chdb.connect(str(ch))
     out.unlink(missing_ok=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     conn.query(export_sql(table, columns, out))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     conn.close()
-    return {"seconds": seconds, "bytes": out.stat().st_size}
+    return {"seconds": seconds, "cpu_seconds": cpu, "bytes": out.stat().st_size}
 
 
 def write_config(ch: Path, work: Path, table: str, columns: list[str], batch_rows: int) -> Path:
@@ -133,12 +133,13 @@ def child_offload(ch: Path, work: Path, table: str, columns: list[str], batch_ro
     limit_malloc_arenas()
     settings = config.load(write_config(ch, work, table, columns, batch_rows), env={})
     warm_up()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = run_cycle(settings)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = result.tables[0]
     assert out.status == "ok", out.error
-    return {"seconds": seconds, "rows": out.rows, "commits": out.commits, "bytes": warehouse_bytes(work)}
+    done = {"rows": out.rows, "commits": out.commits, "bytes": warehouse_bytes(work)}
+    return {"seconds": seconds, "cpu_seconds": cpu, **done}
 
 
 def warm_up() -> None:
@@ -151,8 +152,9 @@ def warm_up() -> None:
     from pyiceberg.catalog.sql import SqlCatalog  # noqa: F401
 
 
-def timed(argv: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, stdout) of one whole child process (its own rusage, from wait4)."""
+def timed(argv: list[str]) -> tuple[float, float, float, str]:
+    """(wall seconds, CPU seconds, peak RSS in MB, stdout) of one whole child process (its own rusage, from
+    wait4)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, text=True)
@@ -164,7 +166,7 @@ def timed(argv: list[str]) -> tuple[float, float, str]:
         stdout, stderr = out.read(), err.read()
     if code != 0:
         raise SystemExit(f"{argv[:4]} failed ({code}):\n{stdout[-2000:]}\n{stderr[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024, stdout
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stdout
 
 
 def measure(kind: str, ch: Path, work: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -172,18 +174,20 @@ def measure(kind: str, ch: Path, work: Path, args: argparse.Namespace) -> dict[s
     cols = ",".join(args.columns)
     if not args.whole:
         argv = [sys.executable, __file__, "_child", kind, str(ch), str(work), table, cols, str(args.batch_rows)]
-        return json.loads(timed(argv)[2].strip().splitlines()[-1])
+        return json.loads(timed(argv)[3].strip().splitlines()[-1])
     if kind == "export":
         out = work / "export.parquet"
         out.unlink(missing_ok=True)
         code = f"import chdb\nconn = chdb.connect({str(ch)!r})\nconn.query({export_sql(table, args.columns, out)!r})"
-        seconds, peak, _ = timed([sys.executable, "-c", code])
-        return {"seconds": seconds, "peak_rss_mb": peak, "bytes": out.stat().st_size}
+        seconds, cpu, peak, _ = timed([sys.executable, "-c", code])
+        return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak, "bytes": out.stat().st_size}
     cfg = write_config(ch, work, table, args.columns, args.batch_rows)
-    seconds, peak, stdout = timed([sys.executable, "-m", "iceberg_offload.cli", "-c", str(cfg), "run", "--json"])
+    argv = [sys.executable, "-m", "iceberg_offload.cli", "-c", str(cfg), "run", "--json"]
+    seconds, cpu, peak, stdout = timed(argv)
     tables = json.loads(stdout)["tables"]
     assert tables[0]["status"] == "ok", tables
-    return {"seconds": seconds, "peak_rss_mb": peak, "rows": tables[0]["rows"], "bytes": warehouse_bytes(work)}
+    done = {"rows": tables[0]["rows"], "bytes": warehouse_bytes(work)}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak, **done}
 
 
 def main() -> None:
@@ -197,11 +201,15 @@ def main() -> None:
     ap.add_argument("--only", choices=["both", "offload", "export"], default="both")
     ap.add_argument("--batch-rows", type=int, default=250_000)
     args = ap.parse_args()
+    if args.columns:  # the offload needs the key; the export reads the same columns
+        args.columns = [*KEY, *(c for c in args.columns if c not in KEY)]
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     ch = work / (f"ch-{args.rows}" if args.schema == "bronze" else f"ch-{args.schema}-{args.rows}")
     t0 = time.perf_counter()
-    seed(ch, args.schema, args.rows)
+    # in a child: a parent grown by the engine would pass its peak RSS on to every child it forks (Linux keeps
+    # the high-water mark across fork and exec)
+    subprocess.run([sys.executable, __file__, "_seed", str(ch), args.schema, str(args.rows)], check=True)
     print(f"seeded {args.rows:,} rows in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     kinds = ["export", "offload"] if args.only == "both" else [args.only]
     results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
@@ -217,6 +225,7 @@ def main() -> None:
             "rows_per_s": round(args.rows / secs),
             "median_seconds": round(secs, 2),
             "seconds": [round(x["seconds"], 2) for x in runs],
+            "median_cpu_seconds": round(statistics.median(x["cpu_seconds"] for x in runs), 2),
             "peak_rss_mb": round(max(x["peak_rss_mb"] for x in runs)),
             "parquet_mb": round(runs[0]["bytes"] / 2**20, 1),
             "runs": len(runs),
@@ -225,6 +234,8 @@ def main() -> None:
         ratios = [e["seconds"] / o["seconds"] for e, o in zip(results["export"], results["offload"], strict=True)]
         summary["ratio_offload_over_export"] = round(statistics.median(ratios), 2)
         summary["ratio_per_round"] = [round(x, 2) for x in ratios]
+        cpu = [e["cpu_seconds"] / o["cpu_seconds"] for e, o in zip(results["export"], results["offload"], strict=True)]
+        summary["cpu_ratio_offload_over_export"] = round(statistics.median(cpu), 2)
     summary |= {"schema": args.schema, "whole": args.whole, "rows": args.rows, "columns": args.columns}
     summary["batch_rows"] = args.batch_rows
     suffix = f"{args.schema}-{'whole-' if args.whole else ''}{args.rows}"
@@ -233,7 +244,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+    if len(sys.argv) > 1 and sys.argv[1] == "_seed":
+        seed(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_child":
         kind, ch_path, work_path, tbl = sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5]
         picked, batch = [c for c in sys.argv[6].split(",") if c], int(sys.argv[7])
         out = (
