@@ -15,7 +15,7 @@ from iceberg_offload.clickhouse.client import Source
 from iceberg_offload.clickhouse.window import Watermark, Window, chunk_query, plan_query
 from iceberg_offload.config import Settings
 from iceberg_offload.engine.plan import TablePlan
-from iceberg_offload.engine.wire import conform
+from iceberg_offload.engine.wire import conform, file_schema
 from iceberg_offload.errors import ResultMismatch
 
 
@@ -26,7 +26,7 @@ class Stream:
     The commits' compare-and-swap keeps this safe: a read-ahead past a commit that fails is thrown away."""
 
     def __init__(self, source: Source, plan: TablePlan, table: Table, window: Window, settings: Settings) -> None:
-        self.items = prefetch(self._produce(source, plan, table.schema().as_arrow(), window, settings), 2)
+        self.items = prefetch(self._produce(source, plan, file_schema(table.schema().as_arrow()), window, settings), 2)
         self.pending: Watermark | None = None
 
     def next_commit(self) -> Watermark | None:

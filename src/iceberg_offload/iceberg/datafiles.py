@@ -96,7 +96,9 @@ class DataFileWriter:
         if chunk.num_rows == 0:
             return
         task_schema = pyarrow_to_schema(
-            chunk.schema, name_mapping=self.metadata.schema().name_mapping, format_version=self.metadata.format_version
+            _wide_decimals(chunk.schema),
+            name_mapping=self.metadata.schema().name_mapping,
+            format_version=self.metadata.format_version,
         )
         for key, part in split_by_partition(self.metadata, chunk):
             for batches in bin_pack_arrow_table(part, max_file_bytes or self.target_bytes):
@@ -140,6 +142,7 @@ class DataFileWriter:
                 stream,
                 schema=table.schema,
                 store_decimal_as_integer=True,
+                store_schema=False,
                 use_dictionary=dictionary_columns(table),
                 **self.writer_kwargs,
             )
@@ -163,6 +166,14 @@ class DataFileWriter:
             key_metadata=None,
             **counts,
         )
+
+
+def _wide_decimals(schema: pa.Schema) -> pa.Schema:
+    """decimal64 columns as decimal128, for pyiceberg's schema conversion, which knows only the latter. The
+    projection leaves the decimal64 values as they are (same Iceberg type), and Parquet stores both as the
+    same INT64 (`store_decimal_as_integer`)."""
+    wide = [pa.decimal128(t.precision, t.scale) if pa.types.is_decimal64(t) else t for t in schema.types]
+    return pa.schema([f.with_type(t) for f, t in zip(schema, wide, strict=True)])
 
 
 def nan_counts(table: pa.Table, schema: Schema) -> dict[int, int]:
