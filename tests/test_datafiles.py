@@ -240,3 +240,21 @@ def test_a_decimal_up_to_18_digits_crosses_to_the_writer_without_a_copy():
     assert narrow.to_pylist()[1] is None and str(narrow.to_pylist()[0]) == "-9999999999.99999999"
     target = pa.schema([pa.field("a", pa.decimal128(18, 8)), pa.field("b", pa.decimal128(19, 8))])
     assert file_schema(target).types == [pa.decimal64(18, 8), pa.decimal128(19, 8)]
+
+
+def test_day_and_hour_partitions_floor_like_the_spec():
+    """Days (hours) since the epoch, floored as Iceberg's spec defines them (floorDiv): a row in the last second
+    before a pre-1970 midnight belongs to that earlier day. (pyiceberg's Arrow transform gives the next day
+    there; the writer computes them itself.)"""
+    from pyiceberg.transforms import DayTransform, HourTransform
+
+    from iceberg_offload.iceberg.datafiles import _time_buckets
+
+    day, hour = 86_400 * 10**6, 3_600 * 10**6
+    micros = [-17_524 * day - 732_456, -1, 0, day - 1, day, 20_000 * day + 5]
+    full = pa.array(micros, pa.timestamp("us", tz="UTC"))
+    ts = pa.chunked_array([full.slice(1, 2), full.slice(3)])  # chunks at an offset into their buffers
+    assert _time_buckets(DayTransform(), ts).to_pylist() == [m // day for m in micros[1:]]
+    assert _time_buckets(HourTransform(), ts).to_pylist() == [m // hour for m in micros[1:]]
+    assert _time_buckets(DayTransform(), full).to_pylist()[0] == -17_525
+    assert _time_buckets(DayTransform(), pa.array([None, 0], pa.timestamp("us", tz="UTC"))) is None  # pyiceberg's

@@ -153,8 +153,9 @@ def _offload(
     totals = last.totals if last is not None else (0, 0)
     result.watermark_before = result.watermark_after = lower.as_dict() if lower else None
     window = plan.window(settings, lower, now_ns)
-    total = int(source.rows(count_query(plan.info.qualified, cfg.final, plan.key, window))[0][0])
+    total = 0  # the window's rows, for a progress bar only: counting them reads the key columns of the backlog
     if progress:
+        total = int(source.rows(count_query(plan.info.qualified, cfg.final, plan.key, window))[0][0])
         progress(cfg.target, 0, total)
     conflicts = 0
     stream = Stream(source, plan, table, window, settings)
