@@ -259,7 +259,7 @@ def split_by_partition(metadata: TableMetadata, table: pa.Table) -> list[tuple[P
     ]
 
 
-_MICROS = {DayTransform: 86_400 * 10**6, HourTransform: 3_600 * 10**6}
+_MICROS: dict[type, int] = {DayTransform: 86_400 * 10**6, HourTransform: 3_600 * 10**6}
 
 
 def _time_buckets(transform: Any, values: pa.ChunkedArray | pa.Array) -> pa.Array | None:
