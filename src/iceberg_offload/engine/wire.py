@@ -184,6 +184,8 @@ def conform(batch: pa.RecordBatch | pa.Table, plans: list[ColumnMap], target: pa
                 column = p.wire.decode(column, field.type)
             except OutOfRange as exc:
                 raise _out_of_range(table, p, exc.value, f"does not fit {field.type}", exc.fix) from None
+        if pa.types.is_uint64(column.type) and pa.types.is_int64(field.type):
+            column = _uint64_as_long(column)
         if not column.type.equals(field.type):
             try:
                 column = checked_cast(column, field.type)
@@ -193,6 +195,21 @@ def conform(batch: pa.RecordBatch | pa.Table, plans: list[ColumnMap], target: pa
             _check_utf8(table, p, column)
         arrays.append(column)
     return pa.Table.from_arrays(arrays, schema=pa.schema([fields[p.name] for p in plans]))
+
+
+def _uint64_as_long(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A UInt64 column as long without a copy when every value is below 2^63 (the same bits); a chunk with
+    nulls (their slots hold anything) or a value above long stays as it is, for the checked cast and its error
+    naming the value."""
+    out = []
+    for c in column.chunks:
+        if c.null_count:
+            return column
+        bits = np.frombuffer(c.buffers()[1], dtype=np.int64, count=c.offset + len(c))[c.offset :]
+        if len(bits) and bits.min() < 0:
+            return column
+        out.append(pa.Array.from_buffers(pa.int64(), len(c), [None, c.buffers()[1]], 0, c.offset))
+    return pa.chunked_array(out, type=pa.int64())
 
 
 def checked_cast(column: pa.ChunkedArray | pa.Array, to: pa.DataType) -> pa.ChunkedArray | pa.Array:
