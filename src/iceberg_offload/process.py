@@ -18,12 +18,12 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off inside, one full collection at the end. The libraries a cycle
-    imports as it goes (pyiceberg, SQLAlchemy, pyarrow's modules, pandas) make hundreds of thousands of
-    objects, and the collector traverses them again and again while they load: about a quarter of their
-    import CPU time (0.5 s a `run` process, docs/benchmarks.md). Nothing is leaked meanwhile (reference
-    counting frees everything that is not a cycle, and a cycle offloads only a backlog of bounded batches);
-    for a command that runs once, not for a long-lived worker."""
+    """Python's cyclic garbage collector off inside, one full collection when the outermost pause ends. The
+    libraries a run imports as it goes (pyiceberg, SQLAlchemy, pyarrow's modules, pandas) make hundreds of
+    thousands of objects, and the collector traverses them again and again while they load and while the
+    offload allocates: about a quarter of their import CPU time, and ~5% of an offload's (docs/benchmarks.md).
+    Reference counting still frees everything that is not a cycle. For work that ends (a cycle, a command
+    that runs once), never around a long-lived worker."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -31,4 +31,4 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-        gc.collect()
+            gc.collect()

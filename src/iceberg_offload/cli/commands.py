@@ -16,10 +16,9 @@ from iceberg_offload.payloads import Demo, Run, Status, Verify
 
 def cmd_run(args: Args) -> int:
     from iceberg_offload.engine.offload import run_cycle
-    from iceberg_offload.process import gc_paused
 
     settings = load_settings(args)
-    with ProgressBar(not args.json) as progress, gc_paused():
+    with ProgressBar(not args.json) as progress:
         result = run_cycle(settings, args.table, progress=progress if progress.enabled else None)
     moved = [t.table for t in result.tables if t.status == "ok" and (t.rows or t.late_rows_added)]
     if moved:  # a view that cannot follow stays where it was (exact until the TTL passes it): reported

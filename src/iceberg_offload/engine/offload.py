@@ -31,6 +31,7 @@ from iceberg_offload.errors import (
 )
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import COMMIT_ID, Sink
+from iceberg_offload.process import gc_paused
 from iceberg_offload.times import utc_or_none
 
 if TYPE_CHECKING:
@@ -287,10 +288,11 @@ def run_cycle(
     started = time.monotonic()
     tables = settings.select(names)
     cycle = CycleResult(run_id or new_run_id())
-    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
-    with open_source(settings.source) as source:
-        for layer in LAYERS:
-            for cfg in (t for t in tables if t.layer == layer):
-                cycle.tables.append(offload_table(settings, cfg, source, sink, cycle.run_id, now_ns, progress))
+    with gc_paused():  # a cycle ends: its imports and batches without the cyclic GC's traversals
+        sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+        with open_source(settings.source) as source:
+            for layer in LAYERS:
+                for cfg in (t for t in tables if t.layer == layer):
+                    cycle.tables.append(offload_table(settings, cfg, source, sink, cycle.run_id, now_ns, progress))
     cycle.duration_seconds = time.monotonic() - started
     return cycle
