@@ -181,3 +181,80 @@ def test_manifests_count_nan_values_and_bounds_never_hold_one(make_settings, sql
     for bounds in (task.file.lower_bounds, task.file.upper_bounds):
         only = bounds.get(ids["only_nan"])
         assert only is None or not math.isnan(struct.unpack("<d", only)[0])
+
+
+def test_decimals_up_to_18_digits_are_int64_in_parquet_and_read_back_exact(make_settings, sqlite_uri):
+    """Decimal(P <= 18) goes from ClickHouse's unscaled integers to Parquet INT64 (INT32 for P <= 9) as decimal64,
+    never widened to 128 bits; pyiceberg and DuckDB read back every value exactly, the extremes included."""
+    from decimal import Decimal
+
+    from test_readers import _duckdb, read_duckdb
+
+    s = make_settings([trades_table("decs")], catalog_uri=sqlite_uri)
+    top, small = "9999999999.99999999", "9999999.99"  # (10^18 - 1) / 10^8 and (10^9 - 1) / 10^2
+    values = [f"-{top}", "-0.00000001", "0", "0.00000001", "12345.67891234", top]
+    with clickhouse(s) as ch:
+        ch.command(
+            "CREATE TABLE k2.decs (ts DateTime64(3), seq UInt64, d18 Decimal(18, 8), d9n Nullable(Decimal(9, 2)), "
+            "d18n Nullable(Decimal(18, 8))) ENGINE = MergeTree ORDER BY (ts, seq)"
+        )
+        rows = ", ".join(
+            f"(fromUnixTimestamp64Milli({1_767_225_600_000 + i}), {i}, '{v}', "
+            f"{'NULL' if i % 2 else repr(small if i % 4 == 0 else '-' + small)}, {'NULL' if i % 3 == 0 else repr(v)})"
+            for i, v in enumerate(values)
+        )
+        ch.command(f"INSERT INTO k2.decs VALUES {rows}")
+    assert run_cycle(s).tables[0].status == "ok"
+    table = sink_for(s).load("decs")
+    for task in table.scan().plan_files():
+        meta = pq.ParquetFile(task.file.file_path.removeprefix("file://")).metadata
+        physical = {meta.schema.column(i).name: meta.schema.column(i).physical_type for i in range(meta.num_columns)}
+        assert physical["d18"] == physical["d18n"] == "INT64" and physical["d9n"] == "INT32"
+    expected = [
+        (
+            i,
+            Decimal(v),
+            None if i % 2 else Decimal(small if i % 4 == 0 else "-" + small),
+            None if i % 3 == 0 else Decimal(v),
+        )
+        for i, v in enumerate(values)
+    ]
+    cols = ["seq", "d18", "d9n", "d18n"]
+    got = table.scan().to_arrow().select(cols).sort_by("seq")
+    assert [tuple(r.values()) for r in got.to_pylist()] == expected
+    assert [f.type for f in got.schema][1:] == [pa.decimal128(18, 8), pa.decimal128(9, 2), pa.decimal128(18, 8)]
+    duck = read_duckdb(_duckdb(), table.metadata_location, cols).sort_by("seq")
+    assert [tuple(r.values()) for r in duck.to_pylist()] == expected
+
+
+def test_a_decimal_up_to_18_digits_crosses_to_the_writer_without_a_copy():
+    from iceberg_offload.engine.wire import Wire, file_schema
+
+    raw = pa.array([-(10**18 - 1), None, 10**18 - 1, 5], pa.int64())
+    wire = Wire(decimal=(18, 8, 64))
+    narrow = wire.decode(pa.chunked_array([raw]), pa.decimal64(18, 8))
+    assert narrow.type == pa.decimal64(18, 8)
+    assert narrow.chunk(0).buffers()[1].address == raw.buffers()[1].address  # the integers as they crossed
+    wide = wire.decode(pa.chunked_array([raw]))  # compare and repair read decimal128, as pyiceberg does
+    assert wide.type == pa.decimal128(18, 8) and wide.to_pylist() == narrow.to_pylist()
+    assert narrow.to_pylist()[1] is None and str(narrow.to_pylist()[0]) == "-9999999999.99999999"
+    target = pa.schema([pa.field("a", pa.decimal128(18, 8)), pa.field("b", pa.decimal128(19, 8))])
+    assert file_schema(target).types == [pa.decimal64(18, 8), pa.decimal128(19, 8)]
+
+
+def test_day_and_hour_partitions_floor_like_the_spec():
+    """Days (hours) since the epoch, floored as Iceberg's spec defines them (floorDiv): a row in the last second
+    before a pre-1970 midnight belongs to that earlier day. (pyiceberg's Arrow transform gives the next day
+    there; the writer computes them itself.)"""
+    from pyiceberg.transforms import DayTransform, HourTransform
+
+    from iceberg_offload.iceberg.datafiles import _time_buckets
+
+    day, hour = 86_400 * 10**6, 3_600 * 10**6
+    micros = [-17_524 * day - 732_456, -1, 0, day - 1, day, 20_000 * day + 5]
+    full = pa.array(micros, pa.timestamp("us", tz="UTC"))
+    ts = pa.chunked_array([full.slice(1, 2), full.slice(3)])  # chunks at an offset into their buffers
+    assert _time_buckets(DayTransform(), ts).to_pylist() == [m // day for m in micros[1:]]
+    assert _time_buckets(HourTransform(), ts).to_pylist() == [m // hour for m in micros[1:]]
+    assert _time_buckets(DayTransform(), full).to_pylist()[0] == -17_525
+    assert _time_buckets(DayTransform(), pa.array([None, 0], pa.timestamp("us", tz="UTC"))) is None  # pyiceberg's

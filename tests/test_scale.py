@@ -37,9 +37,10 @@ def _tables(make_settings, dsn: str | None = None):
 
 def test_an_idle_table_costs_five_queries_a_cycle_and_one_ttl_check_for_all(make_settings, ch_http: HttpClickHouse):
     """Counted by the server: per idle table its description (one query, the columns in a subquery), the
-    window count, the sweep's definition check and hour counts, and the sweep's key read; no cut-point query
-    for an empty window; the TTL check's constant query once for tables with the same TTL. Each query costs
-    ~4 ms embedded and a round trip over HTTP, whatever it reads: 200 tables made an idle cycle of 1,853."""
+    plan of its next commit (it finds the window empty; no count is sent without a progress bar), the sweep's
+    definition check and hour counts, and the sweep's key read; the TTL check's constant query once for tables
+    with the same TTL. Each query costs ~4 ms embedded and a round trip over HTTP, whatever it reads: 200
+    tables made an idle cycle of 1,853."""
     s = _tables(make_settings, ch_http.dsn())
     assert run_cycle(s).status == "success"
     before = len(ch_http.queries())

@@ -300,3 +300,15 @@ def test_wire_decoding_of_sliced_chunks_keeps_values_and_nulls():
     assert Wire(enum=((-1, "a"), (2, "b"))).decode(enum).to_pylist() == [None, "a"]
     lc = pa.chunked_array([pa.DictionaryArray.from_arrays(pa.array([1, 0, None], pa.int32()), pa.array(["x", "y"]))])
     assert Wire(dictionary=True).decode(lc).to_pylist() == ["y", "x", None]
+
+
+def test_uint64_becomes_long_without_a_copy_only_when_every_value_fits():
+    from iceberg_offload.engine.wire import _uint64_as_long
+
+    raw = pa.array([7, 2**63 - 1, 0, 5], pa.uint64())
+    fits = _uint64_as_long(pa.chunked_array([raw.slice(1, 2), raw.slice(3)]))
+    assert fits.type == pa.int64() and fits.to_pylist() == [2**63 - 1, 0, 5]
+    assert fits.chunk(0).buffers()[1].address == raw.buffers()[1].address  # the same bits, no copy
+    for kept in ([2**63, 1], [None, 1]):  # above long, or nulls: left to the checked cast (and its error)
+        column = pa.chunked_array([pa.array(kept, pa.uint64())])
+        assert _uint64_as_long(column).type == pa.uint64()

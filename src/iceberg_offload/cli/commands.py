@@ -19,7 +19,7 @@ def cmd_run(args: Args) -> int:
 
     settings = load_settings(args)
     with ProgressBar(not args.json) as progress:
-        result = run_cycle(settings, args.table, progress=progress)
+        result = run_cycle(settings, args.table, progress=progress if progress.enabled else None)
     moved = [t.table for t in result.tables if t.status == "ok" and (t.rows or t.late_rows_added)]
     if moved:  # a view that cannot follow stays where it was (exact until the TTL passes it): reported
         from iceberg_offload.maintenance.view import refresh_views

@@ -34,7 +34,7 @@ from iceberg_offload.cli.output import EXIT_OK, Args, print_json
 from iceberg_offload.cli.watermark import cmd_adopt, cmd_watermark_set, cmd_watermark_show
 from iceberg_offload.errors import OffloadError, UsageError
 from iceberg_offload.payloads import ErrorPayload
-from iceberg_offload.process import limit_malloc_arenas
+from iceberg_offload.process import gc_paused, limit_malloc_arenas
 
 PROG = "iceberg-offload"
 __all__ = [
@@ -88,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         limit_malloc_arenas()
         _say_warnings()
+        if invocation.func == "cmd_run":  # runs once: its imports and its cycle without the cyclic GC
+            with gc_paused():
+                return _run(invocation)
         return _run(invocation)
     except BrokenPipeError:  # `| head` closed the pipe: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

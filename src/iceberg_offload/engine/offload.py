@@ -31,6 +31,7 @@ from iceberg_offload.errors import (
 )
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import COMMIT_ID, Sink
+from iceberg_offload.process import gc_paused
 from iceberg_offload.times import utc_or_none
 
 if TYPE_CHECKING:
@@ -153,12 +154,12 @@ def _offload(
     totals = last.totals if last is not None else (0, 0)
     result.watermark_before = result.watermark_after = lower.as_dict() if lower else None
     window = plan.window(settings, lower, now_ns)
-    total = int(source.rows(count_query(plan.info.qualified, cfg.final, plan.key, window))[0][0])
+    total = 0  # the window's rows, for a progress bar only: counting them reads the key columns of the backlog
     if progress:
+        total = int(source.rows(count_query(plan.info.qualified, cfg.final, plan.key, window))[0][0])
         progress(cfg.target, 0, total)
     conflicts = 0
-    # an empty window plans no commit (a row arriving meanwhile waits for the next cycle: the watermark stays)
-    stream = Stream(source, plan, table, window, settings, empty=not total)
+    stream = Stream(source, plan, table, window, settings)
     try:
         while (cut := stream.next_commit()) is not None:
             commit_id = f"{run_id}/{uuid.uuid4().hex[:12]}"
@@ -287,10 +288,11 @@ def run_cycle(
     started = time.monotonic()
     tables = settings.select(names)
     cycle = CycleResult(run_id or new_run_id())
-    sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
-    with open_source(settings.source) as source:
-        for layer in LAYERS:
-            for cfg in (t for t in tables if t.layer == layer):
-                cycle.tables.append(offload_table(settings, cfg, source, sink, cycle.run_id, now_ns, progress))
+    with gc_paused():  # a cycle ends: its imports and batches without the cyclic GC's traversals
+        sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+        with open_source(settings.source) as source:
+            for layer in LAYERS:
+                for cfg in (t for t in tables if t.layer == layer):
+                    cycle.tables.append(offload_table(settings, cfg, source, sink, cycle.run_id, now_ns, progress))
     cycle.duration_seconds = time.monotonic() - started
     return cycle

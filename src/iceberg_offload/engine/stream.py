@@ -15,7 +15,7 @@ from iceberg_offload.clickhouse.client import Source
 from iceberg_offload.clickhouse.window import Watermark, Window, chunk_query, plan_query
 from iceberg_offload.config import Settings
 from iceberg_offload.engine.plan import TablePlan
-from iceberg_offload.engine.wire import conform
+from iceberg_offload.engine.wire import conform, file_schema
 from iceberg_offload.errors import ResultMismatch
 
 
@@ -25,12 +25,8 @@ class Stream:
     with one bounded key-range query per `read_rows` keys and handed over in batches of about `batch_rows`.
     The commits' compare-and-swap keeps this safe: a read-ahead past a commit that fails is thrown away."""
 
-    def __init__(
-        self, source: Source, plan: TablePlan, table: Table, window: Window, settings: Settings, empty: bool = False
-    ) -> None:
-        """`empty`: the caller has just counted no rows in the window: no reader thread, no query."""
-        produce = _nothing() if empty else self._produce(source, plan, table.schema().as_arrow(), window, settings)
-        self.items: Iterator[Any] = produce if empty else prefetch(produce, 2)
+    def __init__(self, source: Source, plan: TablePlan, table: Table, window: Window, settings: Settings) -> None:
+        self.items = prefetch(self._produce(source, plan, file_schema(table.schema().as_arrow()), window, settings), 2)
         self.pending: Watermark | None = None
 
     def next_commit(self) -> Watermark | None:
@@ -94,10 +90,6 @@ class Stream:
 
 _DONE = object()
 _END = object()
-
-
-def _nothing() -> Iterator[Any]:
-    yield from ()
 
 
 def prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:

@@ -54,12 +54,16 @@ class Wire:
             return f"reinterpret({col}, 'Int64')"
         return col
 
-    def decode(self, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    def decode(self, column: pa.ChunkedArray, to: pa.DataType | None = None) -> pa.ChunkedArray:
+        """The column in its Iceberg type's Arrow shape; a Decimal(P <= 18) as decimal64 when `to` is (its
+        unscaled integers as they crossed, no copy: see `file_schema`), else as decimal128."""
         if self.dictionary:
             return column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
         if pa.types.is_dictionary(column.type):  # LowCardinality(...) of a type crossing as raw values
             column = column.cast(column.type.value_type)
-        return pa.chunked_array([self._decode(_whole(c)) for c in column.chunks], type=self._type())
+        narrow = self.decimal is not None and to is not None and pa.types.is_decimal64(to)
+        out = pa.decimal64(*self.decimal[:2]) if narrow and self.decimal else self._type()
+        return pa.chunked_array([self._decode(_whole(c), narrow) for c in column.chunks], type=out)
 
     def _type(self) -> pa.DataType:
         if self.decimal:
@@ -70,12 +74,17 @@ class Wire:
             return pa.timestamp("us", tz="UTC") if self.ticks[1] == "us" else pa.int64()
         return pa.string()
 
-    def _decode(self, chunk: pa.Array) -> pa.Array:
+    def _decode(self, chunk: pa.Array, narrow: bool = False) -> pa.Array:
         if self.decimal:
-            # decimal128 is the 128-bit two's complement of the unscaled value: the integer, then its sign
-            # (a checked cast would re-verify precision the column type already guarantees)
+            # decimal64 is the unscaled integer itself; decimal128 its 128-bit two's complement: the integer,
+            # then its sign (a checked cast would re-verify precision the column type already guarantees)
             width = np.int32 if self.decimal[2] == 32 else np.int64  # the raw data buffer: nulls hold junk
+            if narrow and width is np.int64:
+                return pa.Array.from_buffers(pa.decimal64(*self.decimal[:2]), len(chunk), chunk.buffers()[:2])
             values = np.frombuffer(chunk.buffers()[1], dtype=width, count=len(chunk)).astype(np.int64, copy=False)
+            if narrow:
+                data = [chunk.buffers()[0], pa.py_buffer(values)]
+                return pa.Array.from_buffers(pa.decimal64(*self.decimal[:2]), len(chunk), data, chunk.null_count)
             return _decimal128(values, values >> 63, chunk, self._type())
         if self.bigint:
             return self._bigint(chunk)
@@ -172,9 +181,11 @@ def conform(batch: pa.RecordBatch | pa.Table, plans: list[ColumnMap], target: pa
         field = fields[p.name]
         if p.wire is not None:
             try:
-                column = p.wire.decode(column)
+                column = p.wire.decode(column, field.type)
             except OutOfRange as exc:
                 raise _out_of_range(table, p, exc.value, f"does not fit {field.type}", exc.fix) from None
+        if pa.types.is_uint64(column.type) and pa.types.is_int64(field.type):
+            column = _uint64_as_long(column)
         if not column.type.equals(field.type):
             try:
                 column = checked_cast(column, field.type)
@@ -184,6 +195,21 @@ def conform(batch: pa.RecordBatch | pa.Table, plans: list[ColumnMap], target: pa
             _check_utf8(table, p, column)
         arrays.append(column)
     return pa.Table.from_arrays(arrays, schema=pa.schema([fields[p.name] for p in plans]))
+
+
+def _uint64_as_long(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A UInt64 column as long without a copy when every value is below 2^63 (the same bits); a chunk with
+    nulls (their slots hold anything) or a value above long stays as it is, for the checked cast and its error
+    naming the value."""
+    out = []
+    for c in column.chunks:
+        if c.null_count:
+            return column
+        bits = np.frombuffer(c.buffers()[1], dtype=np.int64, count=c.offset + len(c))[c.offset :]
+        if len(bits) and bits.min() < 0:
+            return column
+        out.append(pa.Array.from_buffers(pa.int64(), len(c), [None, c.buffers()[1]], 0, c.offset))
+    return pa.chunked_array(out, type=pa.int64())
 
 
 def checked_cast(column: pa.ChunkedArray | pa.Array, to: pa.DataType) -> pa.ChunkedArray | pa.Array:
@@ -257,6 +283,22 @@ def small_type(t: pa.DataType) -> pa.DataType:
     if pa.types.is_struct(t):
         return pa.struct([t.field(i).with_type(small_type(t.field(i).type)) for i in range(t.num_fields)])
     return t
+
+
+def file_schema(target: pa.Schema) -> pa.Schema:
+    """The Arrow schema data files are written from: `target` with every top-level decimal of precision <= 18
+    as decimal64. Parquet stores those as INT64 either way (datafiles writes decimals as integers); decimal64
+    is that integer in Arrow, so a Decimal(P <= 18) goes from ClickHouse's buffer to the file without
+    widening to 128 bits and narrowing back."""
+    return pa.schema(
+        [
+            f.with_type(pa.decimal64(f.type.precision, f.type.scale))
+            if pa.types.is_decimal128(f.type) and f.type.precision <= 18
+            else f
+            for f in target
+        ],
+        metadata=target.metadata,
+    )
 
 
 def _col(name: str) -> str:

@@ -15,6 +15,7 @@ import os
 import uuid
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -36,6 +37,7 @@ from pyiceberg.schema import Schema, sanitize_column_names
 from pyiceberg.table import TableProperties
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.transforms import DayTransform, HourTransform
 from pyiceberg.typedef import Record
 from pyiceberg.types import DoubleType, FloatType, IcebergType, ListType, MapType, StructType
 
@@ -96,7 +98,9 @@ class DataFileWriter:
         if chunk.num_rows == 0:
             return
         task_schema = pyarrow_to_schema(
-            chunk.schema, name_mapping=self.metadata.schema().name_mapping, format_version=self.metadata.format_version
+            _wide_decimals(chunk.schema),
+            name_mapping=self.metadata.schema().name_mapping,
+            format_version=self.metadata.format_version,
         )
         for key, part in split_by_partition(self.metadata, chunk):
             for batches in bin_pack_arrow_table(part, max_file_bytes or self.target_bytes):
@@ -140,6 +144,7 @@ class DataFileWriter:
                 stream,
                 schema=table.schema,
                 store_decimal_as_integer=True,
+                store_schema=False,
                 use_dictionary=dictionary_columns(table),
                 **self.writer_kwargs,
             )
@@ -163,6 +168,14 @@ class DataFileWriter:
             key_metadata=None,
             **counts,
         )
+
+
+def _wide_decimals(schema: pa.Schema) -> pa.Schema:
+    """decimal64 columns as decimal128, for pyiceberg's schema conversion, which knows only the latter. The
+    projection leaves the decimal64 values as they are (same Iceberg type), and Parquet stores both as the
+    same INT64 (`store_decimal_as_integer`)."""
+    wide = [pa.decimal128(t.precision, t.scale) if pa.types.is_decimal64(t) else t for t in schema.types]
+    return pa.schema([f.with_type(t) for f, t in zip(schema, wide, strict=True)])
 
 
 def nan_counts(table: pa.Table, schema: Schema) -> dict[int, int]:
@@ -220,8 +233,13 @@ def split_by_partition(metadata: TableMetadata, table: pa.Table) -> list[tuple[P
         if column is None:
             raise ValueError(f"partition source field {field.source_id} is not in the schema")
         source_type = schema.find_field(field.source_id).field_type
-        values = field.transform.pyarrow_transform(source_type)(_get_field_from_arrow_table(table, column))
-        keys.append(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+        values = _get_field_from_arrow_table(table, column)
+        fast = _time_buckets(field.transform, values)
+        if fast is None:
+            values = field.transform.pyarrow_transform(source_type)(values)
+        keys.append(
+            fast if fast is not None else values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        )
     starts = [0] + [i + 1 for i in pc.indices_nonzero(_changes(keys)).to_pylist()]
     firsts = [k.take(pa.array(starts, pa.int64())).to_pylist() for k in keys]
     ends = starts[1:] + [table.num_rows]
@@ -239,6 +257,23 @@ def split_by_partition(metadata: TableMetadata, table: pa.Table) -> list[tuple[P
         )
         for key, parts in runs.items()
     ]
+
+
+_MICROS: dict[type, int] = {DayTransform: 86_400 * 10**6, HourTransform: 3_600 * 10**6}
+
+
+def _time_buckets(transform: Any, values: pa.ChunkedArray | pa.Array) -> pa.Array | None:
+    """The day or hour transform of a microsecond timestamp column without nulls, computed on its integers:
+    days (hours) since the epoch, floored, as Iceberg defines them and pyiceberg computes them (which costs
+    more, and its first call in a process starts its Rust runtime); None for anything else."""
+    step = _MICROS.get(type(transform))
+    t = values.type
+    if step is None or not pa.types.is_timestamp(t) or t.unit != "us" or values.null_count:
+        return None
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    parts = [np.frombuffer(c.buffers()[1], dtype=np.int64, count=c.offset + len(c))[c.offset :] for c in chunks]
+    micros = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    return pa.array((micros // step).astype(np.int32), pa.int32())
 
 
 def _changes(keys: list[pa.Array]) -> pa.Array:
