@@ -86,17 +86,26 @@ def offload_table_task(config: str, table: str, run_id: str, wait_for_maintenanc
 MAINTENANCE_WAIT_SECONDS = 15 * 60
 
 
+LOOK_TABLES = 100
+"""Tables per API read of `maintained_tables`: the server returns at most 200 runs a read (PREFECT_API_DEFAULT_LIMIT),
+room for two Running maintenance tasks of each."""
+
+
 def maintained_tables(tables: set[str]) -> set[str]:
-    """Which of these tables have a maintenance task Running (anywhere): one API read."""
+    """Which of these tables have a maintenance task Running (anywhere): one API read per LOOK_TABLES tables."""
+    names_ = sorted(tables)
+    running: set[str] = set()
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(
-                name=TaskRunFilterName(any_=[f"maintain {t}" for t in sorted(tables)]),
-                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
-            ),
-            limit=2 * len(tables) + 10,
-        )
-    return {r.name.removeprefix("maintain ") for r in runs} & tables
+        for at in range(0, len(names_), LOOK_TABLES):
+            runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(
+                    name=TaskRunFilterName(any_=[f"maintain {t}" for t in names_[at : at + LOOK_TABLES]]),
+                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
+                ),
+                limit=2 * LOOK_TABLES,
+            )
+            running |= {r.name.removeprefix("maintain ") for r in runs}
+    return running & tables
 
 
 def _maintaining(table: str) -> bool:
