@@ -12,6 +12,7 @@ import pytest
 from conftest import HttpClickHouse, clickhouse, trades_table
 from iceberg_offload.clickhouse.embedded import chdb_path, engine_lock
 from iceberg_offload.engine.offload import run_cycle
+from iceberg_offload.errors import CatalogUnavailable
 from iceberg_offload.ops.status import status
 from iceberg_offload.orchestration import share as share_mod
 from iceberg_offload.orchestration import tasks
@@ -153,3 +154,87 @@ def test_a_failed_look_fails_every_task_it_answers():
     looks = share_mod.Looks(maintained)
     with pytest.raises(OSError, match="API is down"):
         looks.asks("t0")
+
+
+def test_a_catalog_that_does_not_answer_fails_each_table_task_transiently_not_the_cycle(make_settings):
+    """The share opens the catalog in the first task that needs it: the error is that task's, retried as any
+    transient one, and the cycle still records every table's outcome."""
+    s = make_settings([trades_table("t")], catalog_type="rest", catalog_uri="http://127.0.0.1:9")
+    with share_mod.shared_cycle(s, "run-1"):  # entering opens nothing
+        for _ in range(2):  # each attempt tries again
+            with pytest.raises(CatalogUnavailable) as failed:
+                tasks.run_table(str(s.path), "t", "run-1")
+            assert failed.value.transient
+
+
+def test_a_source_a_task_holds_when_the_share_closes_stays_locked_until_given_back(make_settings):
+    s = make_settings([trades_table("t")])
+    lock = engine_lock(chdb_path(s.source.dsn) or "")
+    with share_mod.shared_cycle(s, "run-1") as share:
+        held = share.source()
+        source = held.__enter__()
+    assert lock.users == 1 and source.rows("SELECT 1") == [(1,)]  # the task reads on, under the engine lock
+    held.__exit__(None, None, None)
+    assert lock.users == 0 and lock.fd is None
+    with pytest.raises(RuntimeError, match="closed"), share.source():
+        pass
+
+
+def test_an_interrupted_look_leaves_no_task_waiting_forever():
+    release = threading.Event()
+    calls: list[set[str]] = []
+
+    def maintained(tables: set[str]) -> set[str]:
+        calls.append(set(tables))
+        if len(calls) == 1:
+            assert release.wait(60)
+            raise KeyboardInterrupt  # a cancelled flow run, a signal
+        return set()
+
+    looks = share_mod.Looks(maintained)
+    seen: dict[str, object] = {}
+
+    def ask(table: str) -> None:
+        try:
+            seen[table] = looks.asks(table)
+        except BaseException as exc:  # noqa: BLE001 - what the task would see
+            seen[table] = type(exc).__name__
+
+    first = threading.Thread(target=ask, args=("t0",))
+    first.start()
+    wait_for(lambda: len(calls) == 1, 60, "the first read")
+    second = threading.Thread(target=ask, args=("t1",))
+    second.start()
+    wait_for(lambda: "t1" in looks._asking, 60, "the second task waiting")
+    release.set()
+    for t in (first, second):
+        t.join(timeout=60)
+    assert seen == {"t0": "KeyboardInterrupt", "t1": False} and calls == [{"t0"}, {"t1"}]
+
+
+def test_a_scrape_rendering_an_older_snapshot_never_replaces_a_newer_answer():
+    """A counter served must never step back (Prometheus takes that for a reset)."""
+    from prometheus_client.core import CounterMetricFamily
+
+    from iceberg_offload.ops.endpoint import Answers
+
+    rows, gate, reading = [100], threading.Event(), threading.Event()
+
+    class Collector:
+        def collect(self):
+            value = rows[0]
+            if threading.current_thread().name == "slow-scrape":
+                reading.set()
+                assert gate.wait(60)
+            yield CounterMetricFamily("offload_rows", "rows", value=value)
+
+    answers = Answers(Collector(), max_age_seconds=0.0)  # every scrape renders its own (a stalled refresh)
+    slow = threading.Thread(target=answers.answer, args=("text/plain",), name="slow-scrape")
+    slow.start()
+    assert reading.wait(60)
+    rows[0] = 110
+    answers.render("text/plain")  # the refresh lands meanwhile
+    gate.set()
+    slow.join(timeout=60)
+    answers.max_age_seconds = 3600
+    assert "offload_rows_total 110.0" in answers.answer("text/plain")[1].decode()

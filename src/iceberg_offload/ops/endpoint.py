@@ -29,9 +29,11 @@ class Answers:
 
     def render(self, accept: str) -> tuple[float, str, bytes]:
         encoder, content_type = choose_encoder(accept)
-        answer = (time.monotonic(), content_type, encoder(self.collector))
-        with self._lock:
-            self._by_accept[accept] = answer
+        started = time.monotonic()  # before the snapshot is read
+        answer = (started, content_type, encoder(self.collector))
+        with self._lock:  # never over a newer one (a counter served must not step back)
+            if (kept := self._by_accept.get(accept)) is None or kept[0] <= answer[0]:
+                self._by_accept[accept] = answer
         return answer
 
     def render_all(self) -> None:

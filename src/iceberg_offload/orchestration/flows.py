@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
+from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
@@ -58,8 +59,12 @@ def _layer_with_tasks(settings: Settings, tables: list[str], run_id: str) -> lis
     delays = settings.prefect.retry_delays_seconds
     task_ = offload_table_task.with_options(retries=len(delays), retry_delay_seconds=delays or 0)
     with shared_cycle(settings, run_id, maintained_tables):
-        futures = [task_.submit(settings.path, n, run_id, wait_for_maintenance=True) for n in tables]
-        return [f.result(raise_on_failure=False) for f in futures]
+        futures: list[Any] = []
+        try:
+            futures += [task_.submit(settings.path, n, run_id, wait_for_maintenance=True) for n in tables]
+            return [f.result(raise_on_failure=False) for f in futures]
+        finally:  # leaving early (cancelled): the share closes only after every task has given its source back
+            wait(futures)
 
 
 def _layer_with_deployments(settings: Settings, tables: list[str], run_id: str) -> list[Any]:

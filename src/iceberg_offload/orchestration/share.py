@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 from iceberg_offload.clickhouse.client import Source, open_source
 from iceberg_offload.config import Settings
+from iceberg_offload.errors import OrchestrationError
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import Sink
 
@@ -19,31 +20,52 @@ from iceberg_offload.iceberg.sink import Sink
 class CycleShare:
     """What the table tasks of one flow run share (tasks fan-out): the settings the cycle loaded, one catalog,
     and ClickHouse sources handed to one task at a time. Per table, opening a catalog (~0.2 s) and a source
-    (~0.15 s) cost more than an idle table's offload."""
+    (~0.15 s) cost more than an idle table's offload. Both are opened by the first task that needs them (a
+    catalog that does not answer is that task's transient error, retried as any), and a source still in a
+    task's hands when the share closes is closed when the task gives it back."""
 
     def __init__(self, settings: Settings, maintained: Callable[[set[str]], set[str]] = lambda tables: set()) -> None:
         self.settings = settings
         self._looks = Looks(maintained)
         self.maintaining = self._looks.asks
-        self.sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
-        self._idle: list[Source] = []
-        self._open = contextlib.ExitStack()
+        self._sink: Sink | None = None
+        self._idle: list[tuple[contextlib.AbstractContextManager[Source], Source]] = []
+        self._closed = False
         self._lock = threading.Lock()
+
+    @property
+    def sink(self) -> Sink:
+        with self._lock:
+            if self._sink is None:
+                self._sink = Sink(open_catalog(self.settings.catalog), self.settings.catalog.namespace)
+            return self._sink
 
     @contextlib.contextmanager
     def source(self) -> Iterator[Source]:
         with self._lock:
-            source = self._idle.pop() if self._idle else self._open.enter_context(open_source(self.settings.source))
+            if self._closed:
+                raise RuntimeError("the cycle's share is closed")
+            held = self._idle.pop() if self._idle else None
+        if held is None:
+            opener = open_source(self.settings.source)
+            held = (opener, opener.__enter__())
         try:
-            yield source
+            yield held[1]
         finally:
             with self._lock:
-                self._idle.append(source)
+                closed = self._closed
+                if not closed:
+                    self._idle.append(held)
+            if closed:
+                held[0].__exit__(None, None, None)
 
     def close(self) -> None:
+        """Close the idle sources now; one a task still holds is closed when it comes back."""
         with self._lock:
-            self._idle.clear()
-            self._open.close()
+            self._closed, idle, self._idle = True, self._idle, []
+        for opener, _ in idle:
+            with contextlib.suppress(Exception):
+                opener.__exit__(None, None, None)
 
 
 _SHARED: dict[str, CycleShare] = {}
@@ -66,6 +88,11 @@ def shared_cycle(
     finally:
         del _SHARED[run_id]
         share.close()
+
+
+_INTERRUPTED = OrchestrationError(
+    "the look for the table's maintenance was interrupted", "none needed: the table is offloaded by the next cycle"
+)
 
 
 class Looks:
@@ -92,17 +119,18 @@ class Looks:
                     continue
                 self._busy, tables, self._asking = True, self._asking, set()
                 self._cv.release()
+                answer: tuple[set[str], Exception | None] = (set(), _INTERRUPTED)  # unless the read returns
                 try:
-                    answer: tuple[set[str], Exception | None] = (self._maintained(tables), None)
+                    answer = (self._maintained(tables), None)
                 except Exception as exc:  # noqa: BLE001 - handed to every task of this read
                     answer = (set(), exc)
-                finally:
+                finally:  # also when the read is interrupted: the tasks waiting for it are answered
                     self._cv.acquire()
-                self.reads += 1
-                self._done += 1
-                self._answers[self._done] = answer
-                self._busy = False
-                self._cv.notify_all()
+                    self.reads += 1
+                    self._done += 1
+                    self._answers[self._done] = answer
+                    self._busy = False
+                    self._cv.notify_all()
             running, error = self._answers[mine]
         if error is not None:
             raise error

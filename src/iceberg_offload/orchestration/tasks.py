@@ -97,14 +97,17 @@ def maintained_tables(tables: set[str]) -> set[str]:
     running: set[str] = set()
     with get_client(sync_client=True) as client:
         for at in range(0, len(names_), LOOK_TABLES):
-            runs = client.read_task_runs(
-                task_run_filter=TaskRunFilter(
-                    name=TaskRunFilterName(any_=[f"maintain {t}" for t in names_[at : at + LOOK_TABLES]]),
-                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
-                ),
-                limit=2 * LOOK_TABLES,
+            where = TaskRunFilter(
+                name=TaskRunFilterName(any_=[f"maintain {t}" for t in names_[at : at + LOOK_TABLES]]),
+                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING])),
             )
-            running |= {r.name.removeprefix("maintain ") for r in runs}
+            offset = 0
+            while True:  # a full page: read on (Running runs a crashed worker left may fill it)
+                runs = client.read_task_runs(task_run_filter=where, limit=2 * LOOK_TABLES, offset=offset)
+                running |= {r.name.removeprefix("maintain ") for r in runs}
+                if len(runs) < 2 * LOOK_TABLES:
+                    break
+                offset += len(runs)
     return running & tables
 
 
