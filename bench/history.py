@@ -192,7 +192,9 @@ class History:
             "load_ms": timed(lambda: self.sink.load(self.cfg.target)),
             "watermark_ms": timed(lambda: self.sink.watermark(table)),
             "find_commit_ms": timed(lambda: self.sink.find_commit(self.cfg.target, self.first_commit_id), 3),
-            "status_ms": timed(lambda: cold_status(self.cfg, self.sink, TableStatus(self.cfg.target, "bronze", "trades")), 3),
+            "status_ms": timed(
+                lambda: cold_status(self.cfg, self.sink, TableStatus(self.cfg.target, "bronze", "trades")), 3
+            ),
             "metadata_json_bytes": os.path.getsize(table.metadata_location.removeprefix("file://")),
             "snapshots": len(meta.snapshots),
             "snapshot_log": len(meta.snapshot_log),
