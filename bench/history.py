@@ -101,19 +101,21 @@ class History:
         self.first_commit_id = ""
         self.cpu_ms: list[float] = []
 
-    def commit(self) -> float:
-        """One offload commit of the next window; its `Sink.commit` in ms."""
-        lower = self.clock.now_ns - STEP_NS
-        ts = pa.array([(lower + (i + 1) * (STEP_NS // ROWS)) // 1000 for i in range(ROWS)], pa.int64())
-        seq = pa.array(range(self.seq, self.seq + ROWS), pa.int64())
-        chunk = pa.Table.from_arrays([ts.cast(pa.timestamp("us")), seq, pa.array([1.0] * ROWS)], schema=self.schema)
-        self.seq += ROWS
+    def commit(self, windows: int = 1) -> float:
+        """One offload commit of the next `windows` 15-minute windows (more than one: a fast-forward day, the
+        rows a compacted day holds in one file); its `Sink.commit` in ms."""
+        rows, span = ROWS * windows, STEP_NS * windows
+        lower = self.clock.now_ns - span
+        ts = pa.array([(lower + (i + 1) * (span // rows)) // 1000 for i in range(rows)], pa.int64())
+        seq = pa.array(range(self.seq, self.seq + rows), pa.int64())
+        chunk = pa.Table.from_arrays([ts.cast(pa.timestamp("us")), seq, pa.array([1.0] * rows)], schema=self.schema)
+        self.seq += rows
         wm, last = self.sink.watermark(self.table)
         totals = last.totals if last is not None else (0, 0)
         run_id = f"run-{self.commits}"
         commit_id = f"{run_id}/{self.commits:012x}"
         self.first_commit_id = self.first_commit_id or commit_id
-        cut_ns = lower + STEP_NS
+        cut_ns = lower + span
         props = {
             names.WATERMARK_TS_NS: str(cut_ns),
             names.WATERMARK_TS: utc(cut_ns),
@@ -127,16 +129,16 @@ class History:
             names.WINDOW_LOWER_NS: str(wm.ts_ns) if wm else "",
             names.WINDOW_UPPER_NS: str(cut_ns),
             names.VERSION: __version__,
-            names.COMMITS_TOTAL: str(totals[1] + 1),
+            names.COMMITS_TOTAL: str(totals[1] + windows),
             names.ROWS_TOTAL: str(totals[0]),
         }
         t0, c0 = time.perf_counter(), time.process_time()
         self.table, _ = self.sink.commit(self.table, [chunk], props, time.monotonic(), sorted_by=("ts", "seq"))
         took = (time.perf_counter() - t0) * 1000
         self.cpu_ms.append((time.process_time() - c0) * 1000)
-        self.commits += 1
-        self.clock.now_ns += STEP_NS
-        if self.commits % DAY_COMMITS == 0:
+        self.commits += windows
+        self.clock.now_ns += span
+        if windows == 1 and self.commits % DAY_COMMITS == 0:
             self.daily()
         return took
 
@@ -217,10 +219,16 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=20)
     ap.add_argument("--no-expiry", action="store_true")
     ap.add_argument("--budget-s", type=float, default=3600, help="stop building after this many seconds")
+    ap.add_argument(
+        "--fast-forward",
+        action="store_true",
+        help="reach each point after the first with one commit per day (a compacted day's file) up to 8 days "
+        "before it, one daily maintenance, then 8 days at */15: the retained history is the point's",
+    )
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "out" / "history")
     args = ap.parse_args()
     expiry = not args.no_expiry
-    work = (args.work / ("expiry" if expiry else "no-expiry")).resolve()
+    work = (args.work / (("expiry" if expiry else "no-expiry") + ("-ff" if args.fast_forward else ""))).resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     import pyiceberg.table.snapshots as snapshots
@@ -234,7 +242,14 @@ def main() -> None:
     hist = History(work, expiry, clock)
     points = sorted(p for p in (int(p) for p in args.at.split(",")) if p <= args.commits)
     began = time.perf_counter()
-    for point in points:
+    for n, point in enumerate(points):
+        ff_to = (point - 8 * DAY_COMMITS) // DAY_COMMITS * DAY_COMMITS
+        if args.fast_forward and n and hist.commits < ff_to:
+            while hist.commits % DAY_COMMITS:  # to a day boundary at */15
+                hist.commit()
+            while hist.commits < ff_to:
+                hist.commit(DAY_COMMITS)
+            hist.daily()
         while hist.commits < point:
             hist.commit()
             if time.perf_counter() - began > args.budget_s:
