@@ -137,7 +137,7 @@ def check_history(settings: Settings) -> list[Check]:
         return []
     over = [t for t in seen if t[1] > limit]
     if over:
-        saw = "; ".join(f"{t}: {n} snapshots, metadata file {b / 2**20:.1f} MB" for t, n, b in over)
+        saw = "; ".join(f"{t}: {n} snapshots, metadata file {_size(b)}" for t, n, b in over)
         tables = " ".join(f"--table {t}" for t, _, _ in over)
         return [
             Check(
@@ -155,6 +155,10 @@ def check_history(settings: Settings) -> list[Check]:
         Check(
             "history",
             "ok",
-            f"at most {most} snapshots in a table ({name}, metadata file {size / 2**20:.1f} MB; warns above {limit})",
+            f"at most {most} snapshots in a table ({name}, metadata file {_size(size)}; warns above {limit})",
         )
     ]
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"
