@@ -7,26 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
 
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table, Transaction
 from pyiceberg.table.metadata import TableMetadata
-from pyiceberg.table.snapshots import MetadataLogEntry, Snapshot, SnapshotLogEntry
 from pyiceberg.table.update import TableUpdate, update_table_metadata
-
-
-def _committed(self: Any, memo: dict[int, Any] | None = None) -> Any:
-    """A deep copy of a snapshot (or a snapshot or metadata log entry) is itself: it is history, a frozen
-    model no one changes. pyiceberg deep-copies the whole table metadata at least twice per commit (our
-    transaction, the catalog's commit), and the snapshots are nearly all of it: ~75 µs each, so a table
-    keeping a week of */15 commits (~700 snapshots) spent ~100 ms of every commit copying them
-    (docs/benchmarks.md "Scale in history")."""
-    return self
-
-
-for _history in (Snapshot, SnapshotLogEntry, MetadataLogEntry):
-    _history.__deepcopy__ = _committed  # type: ignore[method-assign]
 
 
 class CasTransaction(Transaction):
