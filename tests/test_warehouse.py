@@ -18,7 +18,7 @@ from iceberg_offload import config
 from iceberg_offload.cli import main as cli
 
 START_MS = (int(time.time()) - 3 * 3600) * 1000
-ENGINE_CHECKS = ["clickhouse", "catalog", "table trades", "warehouse"]
+ENGINE_CHECKS = ["clickhouse", "catalog", "table trades", "warehouse", "history"]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, dict[str, Any]]:

@@ -110,6 +110,9 @@ class MaintenanceSettings(_Section):
     keep_last_snapshots: int = Field(default=10, ge=1)
     orphan_age_days: float = Field(default=3.0, gt=0)
     """Unreferenced files are deleted only when older than this (a running offload's files are younger)."""
+    warn_snapshots: int = Field(default=1000, ge=1)
+    """`doctor` warns when a table holds more snapshots than this: expiry is not keeping up, and every commit
+    and watermark read costs more with each snapshot (docs/benchmarks.md "Scale in history")."""
 
 
 PartitionBy = Literal["hour", "day", "month", "none"]

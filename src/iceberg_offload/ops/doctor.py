@@ -20,7 +20,7 @@ from iceberg_offload.engine.repair import reconcile
 from iceberg_offload.errors import EngineBusy, OffloadError, TTLTooShort, reported_as
 from iceberg_offload.iceberg.catalog import open_catalog
 from iceberg_offload.iceberg.sink import Sink
-from iceberg_offload.ops.doctor_engine import Check, check_orchestrator, check_warehouse, stack_used
+from iceberg_offload.ops.doctor_engine import Check, check_history, check_orchestrator, check_warehouse, stack_used
 from iceberg_offload.ops.doctor_stack import (
     check_deployment,
     check_metrics,
@@ -169,6 +169,7 @@ def diagnose(settings: Settings, engine_only: bool = False) -> Report:
         report.checks += _stack_checks(settings)
     report.checks += check_tables(settings)
     report.checks += check_warehouse(settings)
+    report.checks += check_history(settings)
     return report
 
 

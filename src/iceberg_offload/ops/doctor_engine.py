@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pyiceberg.io import FileIO
 from pyiceberg.table import Snapshot
 
+from iceberg_offload import names
 from iceberg_offload.config import PrefectSettings, Settings
 from iceberg_offload.errors import OffloadError, WarehouseError, WarehouseMissing
 from iceberg_offload.iceberg.catalog import open_catalog, warehouse_missing, warehouse_reads
@@ -111,3 +112,53 @@ def check_data_files(what: str, io: FileIO, snap: Snapshot, warehouse: str) -> i
         f"missing from the warehouse: {named}",
         first.fix,
     )
+
+
+def check_history(settings: Settings) -> list[Check]:
+    """Each table's snapshots and current metadata file. Every commit rewrites (and every load parses) the
+    metadata file, which holds every snapshot: beyond `[maintenance] warn_snapshots` expiry is not keeping
+    up, and commits slow down with each snapshot (docs/benchmarks.md "Scale in history")."""
+    try:
+        sink = Sink(open_catalog(settings.catalog), settings.catalog.namespace)
+    except OffloadError:
+        return []  # the catalog check says why
+    limit = settings.maintenance.warn_snapshots
+    seen: list[tuple[str, int, int]] = []  # (table, snapshots, metadata file bytes)
+    for cfg in settings.tables:
+        try:
+            table = sink.load(cfg.target)
+            if table is None:
+                continue
+            size = len(table.io.new_input(table.metadata_location))
+        except (OffloadError, OSError):
+            continue  # the table's own check or the warehouse check reports it
+        seen.append((cfg.target, len(table.metadata.snapshots), size))
+    if not seen:
+        return []
+    over = [t for t in seen if t[1] > limit]
+    if over:
+        saw = "; ".join(f"{t}: {n} snapshots, metadata file {_size(b)}" for t, n, b in over)
+        tables = " ".join(f"--table {t}" for t, _, _ in over)
+        return [
+            Check(
+                "history",
+                "warn",
+                f"{saw} (more than [maintenance] warn_snapshots = {limit}): each snapshot makes every commit "
+                "and load of the table slower; is the daily expiry running?",
+                f"iceberg-offload maintain expire {tables} --yes, and keep the daily maintenance running "
+                f"({names.MAINT}, or `iceberg-offload maintain all --yes` once a day); if it runs, lower "
+                "[maintenance] snapshot_retention_days",
+            )
+        ]
+    name, most, size = max(seen, key=lambda t: t[1])
+    return [
+        Check(
+            "history",
+            "ok",
+            f"at most {most} snapshots in a table ({name}, metadata file {_size(size)}; warns above {limit})",
+        )
+    ]
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"
