@@ -32,16 +32,23 @@ def cli(work: Path, *args: str, env: dict[str, str], ok: tuple[int, ...] = (0,))
     return took, out.stdout
 
 
-def seed_tables(work: Path, tables: int, rows: int, api_port: int, metrics_port: int, *extra: str) -> list[str]:
-    """An embedded config in `work` with `tables` tables t000.. (ts, seq, v; a 7-day TTL) of `rows` rows each,
-    an hour old; `extra` lines go into its [prefect] section. Returns the table names."""
-    names = [f"t{i:03d}" for i in range(tables)]
-    lines = [
+def embedded(work: Path) -> list[str]:
+    """The config lines of the embedded default in `work`: chdb folder, SQLite catalog, local warehouse."""
+    return [
         "[source]",
         f'dsn = "chdb://{work}/ch"',
         "[catalog]",
         f'uri = "sqlite:///{work}/catalog.db"',
         f'warehouse = "file://{work}/warehouse"',
+    ]
+
+
+def seed_tables(work: Path, tables: int, rows: int, api_port: int, metrics_port: int, *extra: str) -> list[str]:
+    """An embedded config in `work` with `tables` tables t000.. (ts, seq, v; a 7-day TTL) of `rows` rows each,
+    an hour old; `extra` lines go into its [prefect] section. Returns the table names."""
+    names = [f"t{i:03d}" for i in range(tables)]
+    lines = [
+        *embedded(work),
         "[offload]",
         "settle_seconds = 0",
         "[prefect]",

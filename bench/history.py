@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from _util import embedded
 
 from iceberg_offload import __version__, config, names
 from iceberg_offload.iceberg.catalog import open_catalog
@@ -66,11 +67,7 @@ def rss_mb() -> float:
 
 def settings_in(work: Path, expiry: bool) -> config.Settings:
     lines = [
-        "[source]",
-        f'dsn = "chdb://{work}/ch"',
-        "[catalog]",
-        f'uri = "sqlite:///{work}/catalog.db"',
-        f'warehouse = "file://{work}/warehouse"',
+        *embedded(work),
         "[[tables]]",
         'source = "trades"',
         'timestamp_column = "ts"',
